@@ -1,0 +1,13 @@
+"""Errors that reach the user as one line and an exit code (see DESIGN.md, 'Streams and exit codes')."""
+
+
+class MaskkitError(Exception):
+    """Bad usage or bad input: one line naming the file and the fix, exit code 2."""
+
+    exit_code = 2
+
+
+class RunFailure(MaskkitError):
+    """A failure while running (not the user's input): exit code 1."""
+
+    exit_code = 1

@@ -1,0 +1,59 @@
+"""The competition's labels: mask x gender x age group = 18 classes (see shared DESIGN.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+MASKS = ("wear", "incorrect", "not_wear")
+GENDERS = ("male", "female")
+AGE_GROUPS = ("<30", "30-59", ">=60")
+NUM_CLASSES = 18
+TASKS = {"mask": len(MASKS), "gender": len(GENDERS), "age": len(AGE_GROUPS)}
+
+# The seven images of a person, by file stem.
+IMAGE_STEMS = {
+    "mask1": "wear",
+    "mask2": "wear",
+    "mask3": "wear",
+    "mask4": "wear",
+    "mask5": "wear",
+    "incorrect_mask": "incorrect",
+    "normal": "not_wear",
+}
+
+YOUNG_BELOW = 30
+OLD_FROM = 60
+
+
+def age_group(age, old_from: int = OLD_FROM):
+    """Age group 0 (< 30), 1 (30..old_from-1) or 2 (>= old_from); works on scalars and arrays."""
+    age = np.asarray(age)
+    group = (age >= YOUNG_BELOW).astype(np.int64) + (age >= old_from).astype(np.int64)
+    return int(group) if group.ndim == 0 else group
+
+
+def encode(mask, gender, age_grp):
+    """Class 0..17 from mask, gender and age-group indices (scalars or arrays)."""
+    return 6 * np.asarray(mask) + 3 * np.asarray(gender) + np.asarray(age_grp)
+
+
+def decode(label):
+    """(mask, gender, age_group) indices from class 0..17 (scalars or arrays)."""
+    label = np.asarray(label)
+    return label // 6, (label // 3) % 2, label % 3
+
+
+def class_name(label: int) -> str:
+    mask, gender, age_grp = (int(v) for v in decode(label))
+    return f"{MASKS[mask]}/{GENDERS[gender]}/{AGE_GROUPS[age_grp]}"
+
+
+def label_of(mask: str, gender: str, age: float) -> int:
+    """Class of one image from its names and age in years."""
+    return int(encode(MASKS.index(mask), GENDERS.index(gender), age_group(age)))
+
+
+def task_labels(label) -> dict[str, np.ndarray]:
+    """Per-task indices for an array of classes: {'mask': ..., 'gender': ..., 'age': ...}."""
+    mask, gender, age_grp = decode(label)
+    return {"mask": mask, "gender": gender, "age": age_grp}
