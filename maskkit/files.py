@@ -16,7 +16,7 @@ from maskkit.errors import MaskkitError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 # Everything that is not data goes to stderr, so stdout stays a clean CSV stream.
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def is_hidden(name: str) -> bool:

@@ -1,0 +1,1 @@
+complete --command maskkit --no-files --arguments "(env _MASKKIT_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) maskkit)" --condition "env _MASKKIT_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) maskkit"

@@ -1,0 +1,91 @@
+"""The fixes CSV of DESIGN.md: label corrections that `audit` suggests and `split --fixes` applies.
+
+`target` is a person id (for gender and age) or an image (for mask): an image is named by its path
+or by `<person or folder>/<file name or stem>`, matched on its last two path parts. Applying fixes
+changes the table only, never the image files.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path, PurePath
+
+import pandas as pd
+
+from maskkit.errors import MaskkitError
+from maskkit.files import console, examples, read_csv
+from maskkit.labels import GENDERS, MASKS, label_of
+
+FIXES_COLUMNS = ("target", "column", "old", "new", "reason")
+FIXABLE = ("gender", "age", "mask")
+KNOWN = "known"
+
+
+def known_fixes_path() -> Path:
+    """The corrections of the real competition data that many teams agree on, shipped in the package."""
+    return Path(str(resources.files("maskkit") / "data" / "known_fixes.csv"))
+
+
+def read_fixes(path: str | Path) -> pd.DataFrame:
+    """Read and validate a fixes CSV (`known` reads the shipped one)."""
+    path = known_fixes_path() if str(path) == KNOWN else Path(path)
+    fix = "a fixes CSV has columns target,column,old,new,reason"
+    fixes = read_csv(path, FIXES_COLUMNS, fix=fix, dtype=str, keep_default_na=False)
+    unknown = sorted(set(fixes["column"]) - set(FIXABLE))
+    if unknown:
+        raise MaskkitError(
+            f"{path}: unknown column value(s) {', '.join(map(repr, unknown))} in 'column' "
+            f"(a fix changes one of {', '.join(FIXABLE)})"
+        )
+    checks = {"gender": GENDERS, "mask": MASKS}
+    for column, allowed in checks.items():
+        rows = fixes[fixes["column"] == column]
+        bad = rows.loc[~rows["new"].isin(allowed), "new"].tolist()
+        if bad:
+            raise MaskkitError(f"{path}: new {column} {examples(bad)} not one of {', '.join(allowed)}")
+    ages = fixes.loc[fixes["column"] == "age", "new"]
+    bad_ages = ages[pd.to_numeric(ages, errors="coerce").isna()].tolist()
+    if bad_ages:
+        raise MaskkitError(f"{path}: new age {examples(bad_ages)} is not a number of years")
+    return fixes
+
+
+def _image_index(images: pd.DataFrame) -> dict[tuple[str, str], list[int]]:
+    """(folder or person, file name or stem) -> row positions, for matching mask targets."""
+    index: dict[tuple[str, str], list[int]] = {}
+    for pos, (path, person) in enumerate(zip(images["path"], images["person"])):
+        p = PurePath(path)
+        for owner in {p.parent.name, str(person)}:
+            for name in {p.name, p.stem}:
+                index.setdefault((owner, name), []).append(pos)
+    return index
+
+
+def apply_fixes(images: pd.DataFrame, fixes: pd.DataFrame, source: str = "fixes") -> pd.DataFrame:
+    """A copy of the image table with the fixes applied and labels recomputed; unmatched fixes reported."""
+    images = images.copy().reset_index(drop=True)
+    index = _image_index(images)
+    applied, not_found, stale = 0, [], []
+    for fix in fixes.itertuples(index=False):
+        if fix.column == "mask":
+            parts = PurePath(fix.target.replace("\\", "/")).parts
+            rows = sorted(set(index.get(tuple(parts[-2:]), []))) if len(parts) >= 2 else []
+        else:
+            rows = images.index[(images["person"] == fix.target) | (images["folder"] == fix.target)].tolist()
+        if not rows:
+            not_found.append(fix.target)
+            continue
+        new = int(float(fix.new)) if fix.column == "age" else fix.new
+        current = images.loc[rows, fix.column].astype(str)
+        if fix.old and not (current == str(fix.old)).all() and not (current == str(new)).all():
+            stale.append(f"{fix.target} ({fix.column} is {current.iloc[0]}, fix expects {fix.old})")
+            continue
+        images.loc[rows, fix.column] = new
+        applied += 1
+    images["label"] = [label_of(m, g, a) for m, g, a in zip(images["mask"], images["gender"], images["age"])]
+    console.print(f"{source}: {applied} of {len(fixes)} fixes applied")
+    if not_found:
+        console.print(f"  {len(not_found)} fixes name targets not in this dataset (skipped): {examples(not_found)}")
+    if stale:
+        console.print(f"  {len(stale)} fixes expect another current value (skipped): {examples(stale)}")
+    return images

@@ -1,0 +1,40 @@
+"""completions/ holds the shell completion scripts generated from the app; they must not drift."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer._completion_shared import get_completion_script
+
+COMPLETIONS = Path(__file__).resolve().parent.parent / "completions"
+SHELLS = {"bash": "maskkit.bash", "zsh": "_maskkit", "fish": "maskkit.fish"}
+
+
+def completion_script(shell: str) -> str:
+    return get_completion_script(prog_name="maskkit", complete_var="_MASKKIT_COMPLETE", shell=shell)
+
+
+@pytest.mark.parametrize("shell", sorted(SHELLS))
+def test_completion_scripts_match_the_app(shell):
+    script = completion_script(shell)
+    committed = (COMPLETIONS / SHELLS[shell]).read_text()
+    assert committed.strip() == script.strip(), (
+        f"completions/{SHELLS[shell]} drifted: regenerate with "
+        "with `python tests/test_completions.py`"
+    )
+
+
+def test_completion_lists_the_subcommands(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, _MASKKIT_COMPLETE="complete_bash", COMP_WORDS="maskkit sp", COMP_CWORD="1")
+    result = subprocess.run([sys.executable, "-m", "maskkit"], env=env, capture_output=True, text=True)
+    assert "split" in result.stdout.split()
+
+
+if __name__ == "__main__":  # regenerate completions/
+    for shell, name in SHELLS.items():
+        (COMPLETIONS / name).write_text(completion_script(shell))

@@ -1,0 +1,133 @@
+"""`maskkit split`: person-disjoint stratified folds, reproducible, with fixes applied first."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from maskkit.labels import age_group
+from maskkit.split import MANIFEST_COLUMNS
+
+
+def read_manifest(text: str) -> pd.DataFrame:
+    return pd.read_csv(io.StringIO(text), dtype={"person": str})
+
+
+def split_ok(cli, *args) -> pd.DataFrame:
+    result = cli("split", *args)
+    assert result.exit_code == 0, result.stderr
+    return read_manifest(result.stdout)
+
+
+def test_folds_are_person_disjoint_and_balanced_per_stratum(drawn, cli):
+    result = cli("split", drawn / "train", "--folds", 3, "--seed", 7)
+    assert result.exit_code == 0, result.stderr
+    manifest = read_manifest(result.stdout)
+    assert tuple(manifest.columns) == MANIFEST_COLUMNS
+    assert (manifest.groupby("person")["fold"].nunique() == 1).all()
+    assert set(manifest["fold"]) == {0, 1, 2}
+    persons = manifest.groupby("person").first()
+    persons["stratum"] = persons["gender"] + "/" + pd.Series(age_group(persons["age"].to_numpy()), index=persons.index).astype(str)
+    for stratum, group in persons.groupby("stratum"):
+        counts = group["fold"].value_counts().reindex(range(3), fill_value=0)
+        ideal = len(group) / 3
+        assert (abs(counts - ideal) < 1).all(), (stratum, counts.tolist())
+    assert "images per class and fold" in result.stderr and "no person in two folds" in result.stderr
+
+
+def test_same_seed_is_byte_identical_and_another_seed_differs(drawn, cli, tmp_path):
+    outs = []
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        out = tmp_path / f"{name}.csv"
+        result = cli("split", drawn / "train", "--folds", 3, "--seed", seed, "-o", out)
+        assert result.exit_code == 0 and result.stdout == ""
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+    assert outs[0] != outs[2]
+
+
+def test_too_many_folds_names_the_short_stratum(drawn, cli, tmp_path):
+    out = tmp_path / "m.csv"
+    result = cli("split", drawn / "train", "--folds", 40, "-o", out)
+    assert result.exit_code == 2
+    line = result.stderr.strip()
+    assert "\n" not in line and "--folds 40" in line and "/>=60 has" in line and "or fewer" in line
+    assert not out.exists()
+    result = cli("split", drawn / "train", "--folds", 1)
+    assert result.exit_code == 2 and "at least 2 folds" in result.stderr
+
+
+def rename_person(train: Path, folder: str, new_folder: str, new_id: str) -> None:
+    (train / "images" / folder).rename(train / "images" / new_folder)
+    table = pd.read_csv(train / "train.csv", dtype={"id": str})
+    table.loc[table["path"] == folder, ["id", "path"]] = [new_id, new_folder]
+    table.to_csv(train / "train.csv", index=False)
+
+
+def test_known_fixes_correct_the_real_competition_ids(drawn_copy, cli):
+    train = drawn_copy / "train"
+    table = pd.read_csv(train / "train.csv", dtype={"id": str})
+    female = table[table["gender"] == "female"].iloc[0]
+    other = table[table["path"] != female["path"]].iloc[0]
+    rename_person(train, female["path"], f"006359_female_Asian_{female['age']}", "006359")
+    rename_person(train, other["path"], f"004418_{other['gender']}_Asian_{other['age']}", "004418")
+
+    result = cli("split", train, "--folds", 2, "--fixes", "known")
+    assert result.exit_code == 0, result.stderr
+    manifest = read_manifest(result.stdout)
+    fixed = manifest[manifest["person"] == "006359"]
+    assert set(fixed["gender"]) == {"male"}
+    swapped = manifest[manifest["person"] == "004418"]
+    swapped = swapped.set_index(swapped["path"].map(lambda p: Path(p).stem))
+    assert swapped.loc["incorrect_mask", "mask"] == "not_wear"
+    assert swapped.loc["normal", "mask"] == "incorrect"
+    assert swapped.loc["normal", "label"] == 6 + 3 * (other["gender"] == "female") + age_group(other["age"])
+    # targets absent from this dataset are reported, not fatal
+    assert "not in this dataset" in result.stderr and "006360" in result.stderr
+
+
+def test_fixes_file_with_an_unknown_column_is_refused(drawn, cli, tmp_path):
+    fixes = tmp_path / "fixes.csv"
+    fixes.write_text("target,column,old,new,reason\n000001,race,Asian,Other,typo\n")
+    result = cli("split", drawn / "train", "--fixes", fixes)
+    assert result.exit_code == 2 and str(fixes) in result.stderr and "'race'" in result.stderr
+    fixes.write_text("who,what\n000001,gender\n")
+    result = cli("split", drawn / "train", "--fixes", fixes)
+    assert result.exit_code == 2 and "missing column(s) target" in result.stderr
+
+
+def test_fixes_never_touch_the_image_files(drawn_copy, cli, tmp_path):
+    train = drawn_copy / "train"
+    before = {p: p.stat().st_mtime_ns for p in train.rglob("*")}
+    person = pd.read_csv(train / "train.csv", dtype={"id": str})["id"].iloc[0]
+    fixes = tmp_path / "fixes.csv"
+    fixes.write_text(f"target,column,old,new,reason,score\n{person},age,,61,looks old,0.9\n")
+    manifest = split_ok(cli, train, "--folds", 2, "--fixes", fixes)
+    rows = manifest[manifest["person"] == person]
+    assert set(rows["age"]) == {61} and set(rows["label"] % 3) == {2}
+    assert {p: p.stat().st_mtime_ns for p in train.rglob("*")} == before
+
+
+def test_injected_errors_applied_as_fixes_restore_the_truth(tmp_path, cli):
+    from maskkit.synth import synthesize
+
+    noisy, clean = tmp_path / "noisy", tmp_path / "clean"
+    synthesize(noisy, persons=30, eval_persons=2, size=(32, 40), seed=5, noise=0.15)
+    synthesize(clean, persons=30, eval_persons=2, size=(32, 40), seed=5)
+    fixes = noisy / "train" / "injected_errors.csv"
+    assert len(pd.read_csv(fixes)) > 0
+
+    def labels(manifest: pd.DataFrame) -> pd.Series:
+        """Labels keyed by what the image shows (its bytes), since swapped files keep their names."""
+        key = manifest["path"].map(lambda p: hashlib.sha256(Path(p).read_bytes()).hexdigest())
+        return manifest.set_index(key.rename(None))["label"].sort_index()
+
+    truth = labels(split_ok(cli, clean / "train", "--folds", 2))
+    noisy_labels = labels(split_ok(cli, noisy / "train", "--folds", 2))
+    fixed = labels(split_ok(cli, noisy / "train", "--folds", 2, "--fixes", fixes))
+    assert (noisy_labels != truth).any()
+    pd.testing.assert_series_equal(fixed, truth)
