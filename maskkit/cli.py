@@ -70,21 +70,166 @@ def root(
 
 
 # --- synth (issue 2) ---------------------------------------------------------------------------
+@app.command()
+def synth(
+    out: Path = typer.Argument(..., help="Folder to create (OUT/train, OUT/eval, OUT/masks); must be empty or absent."),
+    persons: int = typer.Option(60, "--persons", help="Training persons (7 images each)."),
+    eval_persons: int = typer.Option(20, "--eval-persons", help="Evaluation persons (7 images each, hex names, shuffled)."),
+    size: str = typer.Option("384x512", "--size", help="Image size WIDTHxHEIGHT (the real data is 384x512)."),
+    seed: int = typer.Option(0, "--seed", help="Same seed, byte-identical files."),
+    noise: float = typer.Option(0.0, "--noise", help="Label errors: flip the gender of this fraction of persons and "
+                                "swap incorrect_mask/normal of another such fraction (listed in train/injected_errors.csv)."),
+    shortcut: float = typer.Option(0.0, "--shortcut", help="0..1: chance that a train person's background is chosen "
+                                   "by gender x age group (eval backgrounds stay random)."),
+    masks: bool = typer.Option(False, "--masks", help="Also write each image's true person mask under OUT/masks/."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT when it holds a dataset written by synth."),
+) -> None:
+    """Draw a synthetic dataset in the competition layout (faces with masks, gender and age).
+
+    Example: maskkit synth data --persons 200 --eval-persons 60 --size 192x256 --seed 1 --noise 0.05
+    """
+    from maskkit import synth as synth_module   # lazy import: keeps --help fast
+
+    with reported("synth"):
+        synth_module.synthesize(out, persons=persons, eval_persons=eval_persons, size=parse_size(size, "--size"),
+                                seed=seed, noise=noise, shortcut=shortcut, masks=masks, overwrite=overwrite)
 # --- end synth ---
 
 # --- split (issue 2) ---------------------------------------------------------------------------
+@app.command()
+def split(
+    data: Path = typer.Argument(Path("data/train"), help="DATA/train of the competition layout (or DATA)."),
+    folds: int = typer.Option(5, "--folds", "-k", help="Number of folds (>= 2)."),
+    seed: int = typer.Option(42, "--seed", help="Seed: the same seed gives byte-identical folds."),
+    fixes: Optional[str] = typer.Option(
+        None, "--fixes", help="Fixes CSV to apply first (from `maskkit audit --fixes-out`), or 'known' "
+        "for the agreed corrections of the real competition data."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Write the manifest here instead of stdout."),
+) -> None:
+    """Split persons into stratified folds and write the manifest CSV (path,person,...,label,fold).
+
+    Example: maskkit split data/train --folds 5 --fixes known > folds.csv
+    """
+    from maskkit import split as split_module
+
+    with reported("split"):
+        split_module.run(data, folds=folds, seed=seed, fixes=fixes, out=out)
+
+
 # --- end split ---
 
 # --- train / predict / runs / demo (issue 3) ---------------------------------------------------
 # --- end train ---
 
 # --- vote / audit (issue 4) --------------------------------------------------------------------
+
+@app.command()
+def vote(
+    files: List[Path] = typer.Argument(..., help="Prediction CSVs (ImageID,ans[,p0..p17]); best model first."),
+    soft: bool = typer.Option(False, "--soft", help="Average p0..p17 instead of counting ans."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="One weight per file, e.g. 2,1,1."),
+    info: Optional[Path] = typer.Option(None, "--info", help="info.csv whose ImageID order the output follows."),
+    probs: bool = typer.Option(False, "--probs", help="With --soft: also write the averaged p0..p17."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Write here instead of stdout."),
+) -> None:
+    """Hard or soft vote of prediction CSVs; ties go to the earliest input.
+
+    Example: maskkit vote preds/effb2.csv preds/vit.csv preds/r34.csv > submission.csv
+    """
+    from maskkit import vote as vote_module
+
+    with reported("vote"):
+        vote_module.run(files, soft=soft, weights=weights, info=info, probs=probs, out=out)
+
+
+@app.command()
+def audit(
+    data: Path = typer.Argument(..., help="DATA/train (or DATA) of the competition layout."),
+    oof: Optional[List[Path]] = typer.Option(
+        None, "--oof", help="Run folder (reads RUN/val_preds.csv) or val_preds CSV; repeat once per fold."),
+    manifest: Optional[Path] = typer.Option(
+        None, "--manifest", help="Judge this manifest's labels (e.g. after split --fixes) instead of train.csv's."),
+    fixes_out: Optional[Path] = typer.Option(
+        None, "--fixes-out", help="Write the label suggestions as a fixes CSV for `split --fixes` (needs --oof)."),
+    sheet: Optional[Path] = typer.Option(None, "--sheet", help="Draw a contact sheet of the top suspects (PNG)."),
+    top: int = typer.Option(30, "--top", min=1, help="Suspects on the contact sheet."),
+    min_score: Optional[float] = typer.Option(
+        None, "--min-score", help="List gender and mask suspects from this score on (0..1) [default: 0.65, measured]."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Write the suspects CSV here instead of stdout."),
+) -> None:
+    """Rank suspect files and labels: structural checks, plus label checks from out-of-fold predictions.
+
+    Example: maskkit audit data/train --oof runs/f0 --oof runs/f1 --oof runs/f2 --fixes-out fixes.csv --sheet audit.png
+    """
+    from maskkit import audit as audit_module
+
+    with reported("audit"):
+        audit_module.run(data, oof=oof or [], manifest=manifest, fixes_out=fixes_out, sheet=sheet, out=out,
+                         min_score=min_score, top=top)
+
 # --- end vote ---
 
 # --- segment (issue 5) -------------------------------------------------------------------------
+@app.command()
+def segment(
+    src: Path = typer.Argument(..., metavar="IN", help="Dataset root, DATA/train, DATA/eval or any folder of images (never modified)."),
+    out: Path = typer.Argument(..., metavar="OUT", help="Output folder: IN's tree with the backgrounds replaced and the other files copied."),
+    model: str = typer.Option("resnet50", "--model", help="DeepLabV3 backbone: resnet50, resnet101 or mobilenet."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Local DeepLabV3 state dict (offline servers); default: download torchvision's COCO-with-VOC-labels weights."),
+    fill: str = typer.Option("black", "--fill", help="Background: black, white, gray, mean (the image's mean colour) or blur."),
+    masks: Optional[Path] = typer.Option(None, "--masks", help="Also save binary person masks here (PNG, 255 = person), mirroring IN."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu, cuda or cuda:N."),
+    threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Person probability from which a pixel is person."),
+    size: int = typer.Option(520, "--size", min=16, help="Working resolution: the shorter side in pixels (masks are resized back)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: up to 4)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo images an earlier run finished (default: skip them, i.e. resume)."),
+) -> None:
+    """Replace image backgrounds with DeepLabV3's person mask; OUT mirrors IN. Resumes when re-run.
+
+    Example: maskkit segment data data_seg --fill gray --masks data_masks --weights deeplabv3_resnet50_coco.pth
+    """
+    from maskkit import segment as segment_module
+
+    with reported("segment"):
+        segment_module.run(
+            src, out, model=model, weights=weights, fill=fill, masks=masks, batch_size=batch_size,
+            device=device, threshold=threshold, size=size, workers=workers, overwrite=overwrite,
+        )
 # --- end segment ---
 
 # --- cam (issue 5) -----------------------------------------------------------------------------
+@app.command()
+def cam(
+    run: Path = typer.Argument(..., help="Run folder written by `maskkit train` (config.json + best.pt)."),
+    images: List[Path] = typer.Argument(..., help="Images, folders (searched recursively), DATA/train, DATA/eval "
+                                        "or a manifest CSV (train data and manifests give true labels)."),
+    out: Path = typer.Option(Path("cam"), "--out", help="Folder for OUT/<head>/<image path>.png, cam.csv, sheet.png."),
+    head: str = typer.Option("class", "--head", help="class, mask, gender, age, a comma list, or all."),
+    target: str = typer.Option("pred", "--target", help="Explain the predicted class (pred), the true one (true) "
+                               "or class K of the head."),
+    method: str = typer.Option("gradcam", "--method", help="gradcam, gradcam++ or eigencam."),
+    sheet: Optional[Path] = typer.Option(None, "--sheet", help="Contact sheet PNG [default: OUT/sheet.png]."),
+    summary: bool = typer.Option(False, "--summary", help="CSV of the CAM mass on the person vs the background, "
+                                 "per class and overall (needs --masks)."),
+    masks: Optional[Path] = typer.Option(None, "--masks", help="Person masks (from segment --masks or synth --masks)."),
+    summary_out: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the summary CSV here, not stdout."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Explain only N images, spread evenly over the input."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Images per forward/backward pass."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda, cuda:1..."),
+) -> None:
+    """Grad-CAM overlays of a run's decisions, a contact sheet, and how much it looks at the background.
+
+    Example: maskkit cam runs/effb2 data/train --limit 64 --summary --masks data/masks > cam_summary.csv
+    """
+    from maskkit import cam as cam_module
+
+    with reported("cam"):
+        cam_module.run(run, images, out=out, head=head, target=target, method=method, sheet=sheet,
+                       summary=summary, masks=masks, summary_out=summary_out, batch_size=batch_size,
+                       device=device, limit=limit)
+
+
 # --- end cam ---
 
 
