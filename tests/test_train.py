@@ -1,0 +1,307 @@
+"""`maskkit train`: learning on held-out persons, the run folder, resume, the leakage guard, bad inputs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from maskkit.errors import RunFailure
+from maskkit.labels import NUM_CLASSES
+from maskkit.train import METRIC_COLUMNS, Interrupted, TrainOptions, file_sha256, targets_of, task_loss, train
+from trained_runs import FAST, manifest, multi_run, one_thread, single_run
+
+CHANCE = 1 / NUM_CLASSES
+F1_FLOOR = 0.25  # measured 0.30-0.42 for these tiny from-scratch runs; chance is 0.056
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, drawn):
+    return single_run(tmp_path_factory, drawn)
+
+
+@pytest.fixture(scope="module")
+def multi(tmp_path_factory, drawn):
+    return multi_run(tmp_path_factory, drawn)
+
+
+@pytest.fixture(scope="module")
+def manifest_path(tmp_path_factory, drawn):
+    return manifest(tmp_path_factory, drawn)
+
+
+def best_of(run) -> pd.Series:
+    metrics = pd.read_csv(run / "metrics.csv")
+    return metrics.loc[metrics["val_f1"].idxmax()]
+
+
+@pytest.mark.parametrize("which", ["single", "multi"])
+def test_tiny_model_learns_far_above_chance_on_held_out_persons(which, request):
+    run = request.getfixturevalue(which)
+    best = best_of(run)
+    assert best["val_f1"] > F1_FLOOR > 4 * CHANCE
+    assert best["f1_mask"] > 0.4 and best["f1_gender"] > 0.6
+
+
+def test_run_folder_holds_what_design_md_lists(single, manifest_path):
+    names = {p.name for p in single.iterdir()}
+    assert {"config.json", "manifest.csv", "metrics.csv", "best.pt", "last.pt", "val_preds.csv",
+            "confusion.png", "curves.png"} <= names
+    assert not [n for n in names if ".tmp" in n]  # atomic writes leave no temporary files
+
+    metrics = pd.read_csv(single / "metrics.csv")
+    assert tuple(metrics.columns) == METRIC_COLUMNS
+    assert metrics["epoch"].tolist() == list(range(1, 11))
+
+    best = torch.load(single / "best.pt", weights_only=True)
+    assert best["epoch"] == int(best_of(single)["epoch"])
+    assert best["val_f1"] == pytest.approx(best_of(single)["val_f1"])
+
+    config = json.loads((single / "config.json").read_text())
+    assert config["backbone"] == "test_resnet" and config["heads"] == "single" and config["fold"] == 0
+    assert config["img_size"] == [48, 40] and len(config["mean"]) == 3 and len(config["std"]) == 3
+    assert config["manifest_sha256"] == file_sha256(single / "manifest.csv") == file_sha256(manifest_path)
+    assert {"torch", "timm", "albumentations"} <= set(config["versions"])
+    assert config["options"]["balanced"] is True and config["options"]["lr"] == FAST["lr"]
+
+
+def test_val_preds_are_the_best_epochs_out_of_fold_predictions(multi, manifest_path):
+    from maskkit.models import class_probs, load_run
+
+    manifest = pd.read_csv(manifest_path, dtype={"person": str})
+    preds = pd.read_csv(multi / "val_preds.csv", dtype={"person": str})
+    val = manifest[manifest["fold"] == 0]
+    assert list(preds.columns) == ["ImageID", "ans", *[f"p{i}" for i in range(18)], "person", "label"]
+    assert sorted(preds["ImageID"]) == sorted(val["path"])
+    assert not set(preds["person"]) & set(manifest.loc[manifest["fold"] != 0, "person"])
+    assert (preds.set_index("ImageID")["label"] == val.set_index("path")["label"]).all()
+    probs = preds[[f"p{i}" for i in range(18)]].to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-4)
+    assert (probs.argmax(1) == preds["ans"]).all()
+
+    # The saved probabilities are best.pt's: recompute a few with the rebuilt model.
+    from maskkit.loader import ImageDataset, eval_transform
+
+    model, config = load_run(multi)
+    assert "age_years" in model.heads  # the age-regression branch is there
+    rows = preds.head(8)
+    dataset = ImageDataset(rows["ImageID"], None, config["img_size"],
+                           eval_transform(config["img_size"], config["mean"], config["std"], config["crop"]))
+    with torch.no_grad():
+        again = class_probs(model(torch.stack([dataset[i][0] for i in range(len(rows))]))).numpy()
+    np.testing.assert_allclose(again, rows[[f"p{i}" for i in range(18)]].to_numpy(), atol=2e-5)
+
+
+def test_age_regression_branch_learns_years(multi, manifest_path):
+    from maskkit.loader import ImageDataset, eval_transform
+    from maskkit.models import load_run, target_to_age
+
+    model, config = load_run(multi)
+    manifest = pd.read_csv(manifest_path)
+    val = manifest[manifest["fold"] == 0].reset_index(drop=True)
+    dataset = ImageDataset(val["path"], None, config["img_size"],
+                           eval_transform(config["img_size"], config["mean"], config["std"], config["crop"]))
+    with torch.no_grad():
+        years = target_to_age(model(torch.stack([dataset[i][0] for i in range(len(val))]))["age_years"]).numpy()
+    assert np.corrcoef(years, val["age"])[0, 1] > 0.5
+
+
+def test_old_age_moves_training_targets_only():
+    rows = pd.DataFrame({"mask": ["wear", "not_wear"], "gender": ["male", "female"], "age": [58, 59]})
+    targets = targets_of(rows, old_age=58)
+    assert targets["age"].tolist() == [2, 2]  # trained as the oldest group
+    assert targets["label"].tolist() == [2, 6 * 2 + 3 + 2]
+    assert targets["true_label"].tolist() == [1, 6 * 2 + 3 + 1]  # validation scores the true groups
+
+
+def test_focal_loss_down_weights_easy_examples():
+    logits = torch.tensor([[4.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    target = torch.tensor([0, 0])
+    ce = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    assert task_loss(logits, target) == pytest.approx(float(ce.mean()))
+    focal = task_loss(logits[:1], target[:1], gamma=2.0) / float(ce[0])
+    hard = task_loss(logits[1:], target[1:], gamma=2.0) / float(ce[1])
+    assert focal < 0.01 < hard  # (1 - p)^2: about 0.0013 for p = 0.96, 0.44 for p = 1/3
+    assert task_loss(logits, target, smoothing=0.1) > task_loss(logits, target)
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def test_interrupted_then_resumed_run_ends_with_the_same_weights(tmp_path, manifest_path):
+    # Everything random at once: augmentation, cutmix, dropout, balanced sampling, EMA.
+    options = dict(FAST, aug="basic", cutmix=0.5, dropout=0.2, balanced=True, ema=True, ema_decay=0.9, epochs=2)
+    with one_thread():
+        straight = train(manifest_path, TrainOptions(**options), out=tmp_path, name="straight", progress=False)
+        with pytest.raises(Interrupted):
+            train(manifest_path, TrainOptions(**options), out=tmp_path, name="resumed", progress=False,
+                  stop=lambda epoch, step: (epoch, step) == (0, 3))
+        stopped = _weights(tmp_path / "resumed" / "last.pt")
+        assert stopped["progress"]["epoch"] == 0 and stopped["progress"]["current"]["step"] == 3
+        resumed = train(None, TrainOptions(**{**options, "lr": 1.0}), resume=tmp_path / "resumed", progress=False)
+
+    a, b = _weights(straight / "last.pt"), _weights(resumed / "last.pt")
+    for key in ("model", "ema"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs after resume"
+    assert torch.equal(a["optimizer"]["state"][0]["exp_avg"], b["optimizer"]["state"][0]["exp_avg"])
+    best_a, best_b = _weights(straight / "best.pt"), _weights(resumed / "best.pt")
+    assert best_a["epoch"] == best_b["epoch"]
+    assert all(torch.equal(best_a["model"][k], best_b["model"][k]) for k in best_a["model"])
+    metrics_a, metrics_b = (pd.read_csv(r / "metrics.csv").drop(columns="seconds") for r in (straight, resumed))
+    pd.testing.assert_frame_equal(metrics_a, metrics_b)  # appended on resume, one row per epoch
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, manifest_path, monkeypatch):
+    import maskkit.train as train_module
+
+    calls = {"n": 0}
+    real = train_module.compute_loss
+
+    def poisoned(outputs, targets, options):
+        calls["n"] += 1
+        loss = real(outputs, targets, options)
+        return loss * float("nan") if calls["n"] > 30 else loss  # epoch 1 has 19 steps (+ validation)
+
+    monkeypatch.setattr(train_module, "compute_loss", poisoned)
+    with one_thread(), pytest.raises(RunFailure, match="NaN"):
+        train(manifest_path, TrainOptions(**dict(FAST, epochs=3)), out=tmp_path, name="nan", progress=False)
+    last = _weights(tmp_path / "nan" / "last.pt")
+    assert last["progress"]["epoch"] == 1 and last["progress"]["current"]["step"] == 0
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+    assert len(pd.read_csv(tmp_path / "nan" / "metrics.csv")) == 1
+
+
+def test_cli_trains_a_dataset_folder_with_an_on_the_fly_split(cli, drawn, tmp_path, monkeypatch):
+    import maskkit.train as train_module
+    from maskkit.dataset import load_train
+    from maskkit.split import make_manifest
+
+    monkeypatch.setattr(train_module, "AUTO_FOLDS", 4)  # the shared drawn dataset is too small for 5
+    with one_thread():
+        result = cli("train", drawn / "train", "--backbone", "test_resnet", "--no-pretrained", "--img-size", "48x40",
+                     "--epochs", "1", "--batch-size", "16", "--workers", "0", "--device", "cpu",
+                     "--out", tmp_path, "--name", "folder")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == ""  # stdout stays for data
+    assert "epoch 1/1" in result.stderr and "img/s" in result.stderr and "data wait" in result.stderr
+    saved = pd.read_csv(tmp_path / "folder" / "manifest.csv", dtype={"person": str})
+    expected = make_manifest(load_train(drawn / "train", report=False), 4, 42)
+    assert saved["fold"].tolist() == expected["fold"].tolist()
+    assert (saved.groupby("person")["fold"].nunique() == 1).all()
+
+
+def test_leaking_manifest_is_refused_naming_the_persons(cli, manifest_path, tmp_path):
+    leaky = pd.read_csv(manifest_path, dtype={"person": str})
+    person = leaky.loc[leaky["fold"] == 0, "person"].iloc[0]
+    leaky.loc[(leaky["person"] == person) & (leaky["mask"] == "not_wear"), "fold"] = 1
+    leaky.to_csv(tmp_path / "leaky.csv", index=False)
+    result = cli("train", tmp_path / "leaky.csv", "--backbone", "test_resnet", "--no-pretrained", "--out", tmp_path / "runs")
+    assert result.exit_code == 2
+    assert person in result.stderr and "two folds" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.fixture
+def existing_run(tmp_path, manifest_path):
+    run = tmp_path / "runs" / "taken"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    return run
+
+
+BAD_INPUTS = {
+    "missing columns": (["{manifest_no_fold}"], "missing column"),
+    "missing source": (["{tmp}/nowhere.csv"], "not found"),
+    "unknown backbone": (["{manifest}", "--backbone", "no_such_net"], "unknown backbone"),
+    "fold not in manifest": (["{manifest}", "--fold", "7"], "--fold 7"),
+    "existing run": (["{manifest}", "--name", "taken"], "--exist-ok"),
+    "wandb missing": (["{manifest}", "--wandb", "proj"], "wandb is not installed"),
+    "bad image size": (["{manifest}", "--img-size", "big"], "--img-size"),
+    "bad aug": (["{manifest}", "--aug", "wild"], "--aug"),
+    "no cuda": (["{manifest}", "--device", "cuda"], "CUDA is not available"),
+    "resume without last.pt": (["--resume", "{tmp}/runs/taken"], "no last.pt"),
+    "batch larger than data": (["{manifest}", "--batch-size", "4000", "--img-size", "48x40"], "--batch-size"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_inputs_give_one_line_and_exit_2(case, cli, tmp_path, manifest_path, existing_run):
+    if case == "no cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    if case == "wandb missing" and importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    no_fold = tmp_path / "no_fold.csv"
+    pd.read_csv(manifest_path).drop(columns="fold").to_csv(no_fold, index=False)
+    args, expected = BAD_INPUTS[case]
+    args = [a.format(manifest=manifest_path, manifest_no_fold=no_fold, tmp=tmp_path) for a in args]
+    if "--backbone" not in args:
+        args += ["--backbone", "test_resnet"]
+    result = cli("train", *args, "--no-pretrained", "--out", tmp_path / "runs", "--workers", "0", "--epochs", "1")
+    assert result.exit_code == 2, result.stderr
+    assert expected in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stdout == ""
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["taken"]  # nothing written
+
+
+def test_ctrl_c_writes_last_pt_exits_130_and_resume_finishes(tmp_path, manifest_path):
+    """A real SIGINT to `maskkit train` in a subprocess, then `--resume`."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    args = [sys.executable, "-m", "maskkit", "train", str(manifest_path), "--backbone", "test_resnet",
+            "--no-pretrained", "--img-size", "48x40", "--epochs", "3", "--batch-size", "16", "--workers", "0",
+            "--device", "cpu", "--out", str(tmp_path), "--name", "ctrlc"]
+    process = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    lines = []
+    for line in process.stderr:  # interrupt right after the first finished epoch
+        lines.append(line)
+        if line.startswith("epoch 1/3"):
+            process.send_signal(signal.SIGINT)
+            break
+    process.wait(timeout=120)
+    rest = process.stderr.read()  # the same buffered reader the loop used
+    assert process.returncode == 130, "".join(lines) + rest
+    assert "resume with: maskkit train --resume" in rest
+    last = _weights(tmp_path / "ctrlc" / "last.pt")
+    assert last["progress"]["epoch"] == 1 and last["progress"]["current"]["step"] < 19  # mid epoch 2
+    assert pd.read_csv(tmp_path / "ctrlc" / "metrics.csv")["epoch"].tolist() == [1]
+
+    from typer.testing import CliRunner
+
+    from maskkit.cli import app
+
+    with one_thread():
+        result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "ctrlc"), "--workers", "0", "--device", "cpu"])
+    assert result.exit_code == 0, result.stderr
+    assert f"resuming {tmp_path / 'ctrlc'} at epoch 2" in result.stderr
+    assert pd.read_csv(tmp_path / "ctrlc" / "metrics.csv")["epoch"].tolist() == [1, 2, 3]
+
+
+def test_pretrained_weights_unavailable_is_one_line_and_leaves_no_run(cli, manifest_path, tmp_path, monkeypatch):
+    import timm
+
+    real = timm.create_model
+
+    def offline(name, pretrained=False, **kwargs):
+        if pretrained:
+            raise OSError("offline: cannot reach huggingface.co")
+        return real(name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    result = cli("train", manifest_path, "--backbone", "test_resnet", "--img-size", "48x40", "--workers", "0",
+                 "--cache", "none", "--out", tmp_path / "runs", "--name", "hub")
+    assert result.exit_code == 2
+    assert "--weights FILE" in result.stderr and "--no-pretrained" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "runs" / "hub").exists()  # a re-run needs no --exist-ok
