@@ -1,0 +1,148 @@
+"""`maskkit vote`: hard or soft ensembles of prediction CSVs (DESIGN.md), vectorised over rows.
+
+Hard vote: each input adds its weight to the class it predicts; the class with the most weight wins,
+and a tie goes to the class predicted by the earliest input among the tied classes (list the best
+model first). Soft vote: the weighted mean of p0..p17, renormalised; `ans` is its argmax.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from maskkit.errors import MaskkitError
+from maskkit.files import examples, read_csv, write_csv
+from maskkit.labels import NUM_CLASSES
+
+PROB_COLUMNS = [f"p{i}" for i in range(NUM_CLASSES)]
+PREDICTION_FIX = "a prediction CSV has columns ImageID,ans,p0..p17 as `maskkit predict` writes"
+
+
+def parse_weights(text: str | None, count: int) -> np.ndarray:
+    """'2,1,1' -> array([2., 1., 1.]); one positive number per input file."""
+    if text is None:
+        return np.ones(count)
+    try:
+        weights = np.array([float(v) for v in text.split(",")])
+    except ValueError:
+        raise MaskkitError(f"--weights {text!r}: expected comma-separated numbers like 2,1,1") from None
+    if len(weights) != count:
+        raise MaskkitError(f"--weights {text!r}: {len(weights)} weights for {count} input files (give one per file)")
+    if not np.all(np.isfinite(weights)) or np.any(weights <= 0):
+        raise MaskkitError(f"--weights {text!r}: weights must be positive numbers")
+    return weights
+
+
+def read_predictions(path: Path, soft: bool) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """One prediction CSV, checked: unique ImageIDs, integer `ans` in 0..17, probabilities when soft.
+
+    Returns the table (ImageID, ans) and the (rows, 18) probabilities (None unless soft).
+    """
+    required = ["ImageID", "ans"] + (PROB_COLUMNS if soft else [])
+    fix = PREDICTION_FIX if soft else "a prediction CSV has columns ImageID,ans"
+    df = read_csv(path, required, fix=fix, dtype={"ImageID": str},
+                  usecols=lambda c: c in required)
+    if df["ImageID"].isna().any():
+        raise MaskkitError(f"{path}: {int(df['ImageID'].isna().sum())} rows without an ImageID; every row needs one")
+    dup = df["ImageID"].duplicated(keep="first")
+    if dup.any():
+        raise MaskkitError(f"{path}: {int(dup.sum())} rows repeat an ImageID "
+                           f"({examples(df.loc[dup, 'ImageID'].unique().tolist())}); keep one row per image")
+    ans = df["ans"] if pd.api.types.is_integer_dtype(df["ans"]) else pd.to_numeric(df["ans"], errors="coerce")
+    values = ans.to_numpy(np.float64)
+    bad = ~np.isfinite(values) | (values % 1 != 0) | (values < 0) | (values >= NUM_CLASSES)
+    if bad.any():
+        raise MaskkitError(f"{path}: {int(bad.sum())} rows with ans outside 0..{NUM_CLASSES - 1} "
+                           f"({examples(df.loc[bad, 'ImageID'].tolist())}); ans must be a class 0..17")
+    table = pd.DataFrame({"ImageID": df["ImageID"], "ans": values.astype(np.int64)})
+    probs = None
+    if soft:
+        columns = df[PROB_COLUMNS]
+        if not all(pd.api.types.is_numeric_dtype(t) for t in columns.dtypes):  # text in a p column
+            columns = columns.apply(pd.to_numeric, errors="coerce")
+        probs = columns.to_numpy(np.float64)
+        bad = ~np.isfinite(probs).all(axis=1) | (probs < 0).any(axis=1) | (probs.sum(axis=1) <= 0)
+        if bad.any():
+            raise MaskkitError(f"{path}: {int(bad.sum())} rows with missing or negative probabilities "
+                               f"({examples(df.loc[bad, 'ImageID'].tolist())}); p0..p17 must be numbers >= 0")
+    return table, probs
+
+
+def align(df: pd.DataFrame, order: pd.Index, path: Path, reference: str) -> np.ndarray:
+    """Row positions of `order`'s ImageIDs in `df`; one-line error when the ImageID sets differ."""
+    positions = pd.Index(df["ImageID"]).get_indexer(order)
+    found = int((positions >= 0).sum())
+    if found == len(order) == len(df):  # both sides are free of duplicates, so the sets are equal
+        return positions
+    missing = order[positions < 0]
+    extra = df["ImageID"][~df["ImageID"].isin(order)]
+    raise MaskkitError(
+        f"{path}: {len(missing) + len(extra)} rows differ from {reference} "
+        f"({len(missing)} ImageIDs missing, {len(extra)} not in {reference}, e.g. "
+        f"{examples((list(missing) + extra.tolist())[:3], 3)}); vote needs predictions on the same images"
+    )
+
+
+def hard_vote(answers: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(rows, inputs) classes -> winning class per row; ties go to the earliest input's class."""
+    rows, inputs = answers.shape
+    counts = np.zeros((rows, NUM_CLASSES))
+    first = np.full((rows, NUM_CLASSES), inputs)  # index of the first input predicting each class
+    index = np.arange(rows)
+    for j in range(inputs):  # a loop over inputs, not rows
+        counts[index, answers[:, j]] += weights[j]
+    for j in reversed(range(inputs)):
+        first[index, answers[:, j]] = j
+    best = counts.max(axis=1, keepdims=True)
+    tied = np.isclose(counts, best, rtol=1e-9, atol=1e-12)
+    return np.where(tied, first, inputs + 1).argmin(axis=1)
+
+
+def soft_vote(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(inputs, rows, 18) probabilities -> (rows, 18) weighted mean, rows renormalised to sum to 1."""
+    mean = np.tensordot(weights / weights.sum(), probs, axes=1)
+    return mean / mean.sum(axis=1, keepdims=True)
+
+
+def vote(files: Sequence[Path], soft: bool = False, weights: str | None = None,
+         info: Path | None = None, probs: bool = False) -> pd.DataFrame:
+    """The vote of `files` as a DataFrame: ImageID, ans (+ p0..p17 with `probs`)."""
+    if not files:
+        raise MaskkitError("vote: no input files (pass one or more prediction CSVs)")
+    if probs and not soft:
+        raise MaskkitError("--probs writes the averaged probabilities of a soft vote; add --soft")
+    files = [Path(f) for f in files]
+    w = parse_weights(weights, len(files))
+    frames, probabilities = zip(*(read_predictions(f, soft) for f in files))
+    if info is not None:
+        info_df = read_csv(info, ["ImageID"], fix="the competition's info.csv has columns ImageID,ans",
+                           dtype={"ImageID": str}, usecols=lambda c: c == "ImageID")
+        dup = info_df["ImageID"].duplicated()
+        if dup.any():
+            raise MaskkitError(f"{info}: {int(dup.sum())} rows repeat an ImageID "
+                               f"({examples(info_df.loc[dup, 'ImageID'].tolist())}); keep one row per image")
+        order, reference = pd.Index(info_df["ImageID"]), str(info)
+    else:
+        order, reference = pd.Index(frames[0]["ImageID"]), str(files[0])
+    positions = [align(df, order, f, reference) for df, f in zip(frames, files)]
+    out = pd.DataFrame({"ImageID": order.to_numpy()})
+    if soft:
+        stacked = np.stack([p[pos] for p, pos in zip(probabilities, positions)])
+        mean = soft_vote(stacked, w)
+        out["ans"] = mean.argmax(axis=1)
+        if probs:
+            out = pd.concat([out, pd.DataFrame(mean, columns=PROB_COLUMNS)], axis=1)
+    else:
+        answers = np.stack([df["ans"].to_numpy()[pos] for df, pos in zip(frames, positions)], axis=1)
+        out["ans"] = hard_vote(answers, w)
+    return out
+
+
+def run(files: Sequence[Path], soft: bool = False, weights: str | None = None, info: Path | None = None,
+        probs: bool = False, out: Path | None = None) -> None:
+    """`maskkit vote`: write the vote to stdout or atomically to `out`."""
+    result = vote(files, soft=soft, weights=weights, info=info, probs=probs)
+    write_csv(result, out, float_format="%.6g")
