@@ -1,0 +1,604 @@
+"""`maskkit cam`: Grad-CAM overlays of a trained run, a contact sheet, and "does it look at the person?".
+
+The model sees exactly what `predict` sees (the run's decode + eval transform); the overlay is drawn on
+the same resized image, and a person mask goes through the same geometry (nearest interpolation), so
+`--summary` can say how much of the CAM mass falls on the person rather than on the background.
+Outputs: OUT/<head>/<image's relative path>.png, OUT/cam.csv (one row per image and head),
+OUT/sheet.png (or --sheet), and with --summary a per-class CSV on stdout (or -o).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Callable, Sequence
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from maskkit.errors import MaskkitError, RunFailure
+from maskkit.files import atomic_path, console, is_image, read_csv, write_csv
+from maskkit.labels import AGE_GROUPS, GENDERS, MASKS, NUM_CLASSES, class_name, decode
+
+HEADS = ("class", "mask", "gender", "age")
+HEAD_CLASSES = {
+    "class": tuple(class_name(k) for k in range(NUM_CLASSES)),
+    "mask": MASKS,
+    "gender": GENDERS,
+    "age": AGE_GROUPS,
+}
+METHODS = ("gradcam", "gradcam++", "eigencam")
+SHEET_MAX = 256  # tiles on one contact sheet; use --limit to choose which images
+TILE_HEIGHT = 160  # sheet tiles are scaled to this height
+TILE_MIN_WIDTH = 200  # room for a caption like "pred incorrect/female/30-59 0.93"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input image: where it is, its output name under OUT/<head>/, its true class (if known)."""
+
+    path: Path
+    rel: PurePosixPath
+    label: int | None = None
+    mask: Path | None = None
+
+
+# --- inputs --------------------------------------------------------------------------------------
+
+
+def safe_rel(path: Path) -> PurePosixPath:
+    """A path's parts without its anchor, '.' and '..', so it can be mirrored under OUT."""
+    parts = [p for p in Path(path).parts if p not in ("", ".", "..") and p != Path(path).anchor]
+    return PurePosixPath(*parts) if parts else PurePosixPath(Path(path).name or "image")
+
+
+def _folder_items(folder: Path) -> list[Item]:
+    """Images of a folder: a train dataset (with labels), an eval dataset, or any image folder."""
+    from maskkit.dataset import load_eval, load_folder, load_train
+
+    base = PurePosixPath(folder.resolve().name or "root")
+    if (folder / "train.csv").is_file() or (folder / "train" / "train.csv").is_file():
+        table = load_train(folder)
+        labels = table["label"].tolist()
+    elif (folder / "info.csv").is_file() or (folder / "eval" / "info.csv").is_file():
+        table = load_eval(folder)
+        labels = [None] * len(table)
+    else:
+        table = load_folder(folder)
+        labels = [None] * len(table)
+    return [Item(Path(p), base / Path(p).relative_to(folder).as_posix(), None if lab is None else int(lab))
+            for p, lab in zip(table["path"], labels)]
+
+
+def _manifest_items(csv_path: Path) -> list[Item]:
+    """Rows of a manifest CSV (path,label): images with known labels."""
+    table = read_csv(csv_path, ("path", "label"), fix="pass a manifest CSV from `maskkit split` (path,...,label)",
+                     dtype={"path": str})
+    labels = pd.to_numeric(table["label"], errors="coerce")
+    bad = table["path"][labels.isna() | (labels < 0) | (labels >= NUM_CLASSES)].tolist()
+    if bad:
+        raise MaskkitError(f"{csv_path}: label not in 0..17 for {bad[0]} (fix the manifest)")
+    missing = [p for p in table["path"] if not Path(p).is_file()]
+    if missing:
+        raise MaskkitError(f"{csv_path}: image not found: {missing[0]} (paths are read from where you run the command)")
+    return [Item(Path(p), safe_rel(Path(p)), int(lab)) for p, lab in zip(table["path"], labels)]
+
+
+def collect_images(inputs: Sequence[Path], out: Path | None = None) -> list[Item]:
+    """Every image named by IMAGES (files, folders, datasets, manifest CSVs), each once, in order.
+
+    Files under OUT are skipped (so a re-run does not explain its own overlays); two different images
+    that would get the same output name get '~2', '~3' appended.
+    """
+    items: list[Item] = []
+    for entry in inputs:
+        entry = Path(entry)
+        if entry.is_dir():
+            items.extend(_folder_items(entry))
+        elif entry.is_file() and entry.suffix.lower() == ".csv":
+            items.extend(_manifest_items(entry))
+        elif entry.is_file() and is_image(entry):
+            items.append(Item(entry, safe_rel(entry)))
+        elif entry.exists():
+            raise MaskkitError(f"{entry}: not an image, folder or manifest CSV (pass .jpg/.jpeg/.png files or folders)")
+        else:
+            raise MaskkitError(f"{entry}: image not found (pass image files, folders, DATA/train or DATA/eval)")
+    out_abs = Path(os.path.abspath(out)) if out is not None else None
+    seen: set[str] = set()
+    names: dict[PurePosixPath, int] = {}
+    unique = []
+    for item in items:
+        key = os.path.abspath(item.path)
+        if key in seen or (out_abs is not None and Path(key).is_relative_to(out_abs)):
+            continue
+        seen.add(key)
+        rel = item.rel.with_suffix(".png")
+        count = names.get(rel, 0) + 1
+        names[rel] = count
+        if count > 1:
+            rel = rel.with_name(f"{rel.stem}~{count}.png")
+        unique.append(Item(item.path, rel, item.label, item.mask))
+    if not unique:
+        raise MaskkitError(f"{' '.join(map(str, inputs))}: no images to explain (pass images outside --out)")
+    return unique
+
+
+def spread(n: int, limit: int | None) -> list[int]:
+    """Indices of `limit` items spread evenly over `n` (all when limit is None or >= n)."""
+    if limit is None or limit >= n:
+        return list(range(n))
+    return sorted(set(np.linspace(0, n - 1, limit).round().astype(int).tolist()))
+
+
+def mask_candidates(image: Path, masks_dir: Path) -> list[Path]:
+    """Where an image's mask may be, longest trailing part of the image path first (the brief's rule)."""
+    parts = Path(os.path.abspath(image)).with_suffix(".png").parts[1:]
+    return [masks_dir.joinpath(*parts[i:]) for i in range(len(parts))]
+
+
+def find_mask(image: Path, masks_dir: Path) -> Path:
+    """The person mask of an image under MASKS, or a one-line error naming the image."""
+    candidates = mask_candidates(image, masks_dir)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise MaskkitError(
+        f"{image}: no person mask under {masks_dir} (looked for {candidates[-1]} and longer paths ending in it; "
+        "make masks with `maskkit segment --masks` or `maskkit synth --masks`)"
+    )
+
+
+def parse_target(text: str) -> str | int:
+    """'pred', 'true' or a class index of the chosen head."""
+    text = str(text).strip().lower()
+    if text in ("pred", "true"):
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise MaskkitError(f"--target {text!r}: expected pred, true or a class index like 2") from None
+    if value < 0:
+        raise MaskkitError(f"--target {text!r}: a class index is 0 or more")
+    return value
+
+
+def parse_heads(text: str) -> tuple[str, ...]:
+    """'class', 'mask,age' or 'all' -> heads in a fixed order."""
+    names = [h.strip().lower() for h in str(text).split(",") if h.strip()]
+    if names == ["all"]:
+        return HEADS
+    bad = [h for h in names if h not in HEADS]
+    if bad or not names:
+        raise MaskkitError(f"--head {text!r}: expected one or more of {', '.join(HEADS)} (comma-separated) or all")
+    return tuple(h for h in HEADS if h in names)
+
+
+# --- model ---------------------------------------------------------------------------------------
+
+
+def head_logits(outputs: dict[str, torch.Tensor], head: str) -> torch.Tensor:
+    """The chosen head's scores from MaskModel outputs.
+
+    A multi-output model gives its own head; its 'class' is the joint log-probability
+    log p_mask + log p_gender + log p_age. A single 18-way model gives its logits for 'class'
+    and, for mask/gender/age, the log of the marginal probability (summing its 18 classes).
+    """
+    if head in outputs:
+        return outputs[head]
+    if head == "class":
+        joint = (torch.log_softmax(outputs["mask"], 1)[:, :, None, None]
+                 + torch.log_softmax(outputs["gender"], 1)[:, None, :, None]
+                 + torch.log_softmax(outputs["age"], 1)[:, None, None, :])
+        return joint.flatten(1)
+    # class = 6 * mask + 3 * gender + age: a (mask, gender, age) grid of 3 x 2 x 3.
+    grid = torch.log_softmax(outputs["class"], 1).view(-1, len(MASKS), len(GENDERS), len(AGE_GROUPS))
+    summed = {"mask": (2, 3), "gender": (1, 3), "age": (1, 2)}[head]
+    return torch.logsumexp(grid, dim=summed)
+
+
+class HeadModel(nn.Module):
+    """MaskModel -> one head's scores, since pytorch-grad-cam needs a model returning a tensor."""
+
+    def __init__(self, model: nn.Module, head: str) -> None:
+        super().__init__()
+        self.model = model
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return head_logits(self.model(x), self.head)
+
+
+class TokenGrid:
+    """Reshape ViT tokens (B, prefix + gh*gw, C) into a feature map (B, C, gh, gw)."""
+
+    def __init__(self, grid: tuple[int, int], prefix: int) -> None:
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.prefix = int(prefix)
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        patches = tokens[:, self.prefix:, :]
+        gh, gw = self.grid
+        if patches.shape[1] != gh * gw:
+            raise RunFailure(
+                f"ViT gave {patches.shape[1]} patch tokens, expected {gh}x{gw} for its input size "
+                "(the run's img_size does not match the model's patch grid)"
+            )
+        return patches.reshape(patches.shape[0], gh, gw, patches.shape[2]).permute(0, 3, 1, 2)
+
+
+def nhwc_to_nchw(features: torch.Tensor) -> torch.Tensor:
+    return features.permute(0, 3, 1, 2)
+
+
+def target_layer(backbone: nn.Module, img_size: tuple[int, int]) -> tuple[nn.Module, Callable | None]:
+    """The layer to explain and how to turn its output into (B, C, h, w), by backbone family.
+
+    ViTs: the last block's norm1, tokens reshaped on the patch grid of `img_size` (minus the prefix
+    tokens). EfficientNets: bn2 (the head conv's activated output that the classifier pools). Other
+    timm CNNs: the module of the last stage in `feature_info`.
+    """
+    patch_embed = getattr(backbone, "patch_embed", None)
+    blocks = getattr(backbone, "blocks", None)
+    if patch_embed is not None and blocks is not None and hasattr(blocks[-1], "norm1") \
+            and hasattr(backbone, "num_prefix_tokens"):
+        if getattr(backbone, "dynamic_img_size", False) and hasattr(patch_embed, "dynamic_feat_size"):
+            grid = patch_embed.dynamic_feat_size(tuple(img_size))
+        else:
+            grid = patch_embed.grid_size
+        return blocks[-1].norm1, TokenGrid(grid, backbone.num_prefix_tokens)
+    import timm.models.efficientnet as timm_efficientnet
+
+    if isinstance(backbone, timm_efficientnet.EfficientNet) and hasattr(backbone, "bn2"):
+        return backbone.bn2, None
+    info = getattr(backbone, "feature_info", None)
+    if not info:
+        raise RunFailure(f"{type(backbone).__name__}: no Grad-CAM target layer known for this backbone "
+                         "(it has no timm feature_info)")
+    layer = backbone.get_submodule(info[-1]["module"])
+    reshape = nhwc_to_nchw if getattr(backbone, "output_fmt", "NCHW") == "NHWC" else None
+    return layer, reshape
+
+
+def make_cam(method: str, model: nn.Module, layer: nn.Module, reshape: Callable | None):
+    """A pytorch-grad-cam object (use it as a context manager so its hooks are released)."""
+    from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus
+
+    cls = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM}[method]
+    return cls(model=model, target_layers=[layer], reshape_transform=reshape)
+
+
+# --- preprocessing -------------------------------------------------------------------------------
+
+
+def split_transform(transform):
+    """The eval transform cut at Normalize: (geometry and pixel steps before it, Normalize + ToTensor).
+
+    The first part is applied to image and mask together (albumentations resizes masks with nearest
+    interpolation), so the CAM, the overlay and the mask share one geometry.
+    """
+    import albumentations as A
+
+    steps = list(transform.transforms)
+    cut = next((i for i, t in enumerate(steps) if isinstance(t, A.Normalize)), None)
+    if cut is None:
+        raise RunFailure("the run's eval transform has no Normalize step (maskkit.loader.eval_transform changed?)")
+    return A.Compose(steps[:cut]), A.Compose(steps[cut:])
+
+
+def read_mask(path: Path, shape_hw: tuple[int, int]) -> np.ndarray:
+    """A binary person mask (uint8 0/1) brought to the decoded image's size (nearest), as its image was."""
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise MaskkitError(f"{path}: not a readable PNG mask (remake it with `maskkit segment --masks`)")
+    if mask.shape != tuple(shape_hw):
+        mask = cv2.resize(mask, (shape_hw[1], shape_hw[0]), interpolation=cv2.INTER_NEAREST)
+    return (mask > 127).astype(np.uint8)
+
+
+def check_files(items: Sequence[Item]) -> None:
+    """Every image (and mask) readable from its header, each mask shaped like its image: checked
+    before anything is written."""
+    from maskkit.loader import image_size
+
+    for item in items:
+        wh = image_size_or_error(image_size, item.path, "not a readable image; remove or replace it")
+        if item.mask is None:
+            continue
+        mw, mh = image_size_or_error(image_size, item.mask, "not a readable PNG mask; remake it")
+        if abs(mw / mh - wh[0] / wh[1]) > 0.02 * wh[0] / wh[1]:
+            raise MaskkitError(f"{item.mask}: mask is {mw}x{mh} but its image {item.path} is {wh[0]}x{wh[1]} "
+                               "(pass the masks made for these images)")
+
+
+def image_size_or_error(reader: Callable, path: Path, problem: str) -> tuple[int, int]:
+    try:
+        return reader(path)
+    except Exception:  # PIL raises several types for a file that is not an image
+        raise MaskkitError(f"{path}: {problem}") from None
+
+
+# --- numbers -------------------------------------------------------------------------------------
+
+
+def mass_inside(cam: np.ndarray, mask: np.ndarray) -> float:
+    """Share of the CAM's mass that lies inside the mask (NaN for an all-zero CAM)."""
+    cam = np.clip(np.asarray(cam, dtype=np.float64), 0, None)
+    total = cam.sum()
+    if total <= 0:
+        return float("nan")
+    return float(cam[np.asarray(mask) > 0].sum() / total)
+
+
+def summarize(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per head, per class and overall: mean share of CAM mass on the person, on the background,
+    the person's mean area (what a CAM spread evenly would score) and lift = inside / area.
+
+    Classes are the true ones (`by` = label) where every image has a label, else the predicted ones (pred).
+    Each image counts once (mean of per-image shares); images with an all-zero CAM are left out.
+    """
+    out = []
+    for head, group in rows.groupby("head", sort=False):
+        group = group[group["cam_inside"].notna()]
+        known = group["label"].notna().all() and len(group) > 0
+        by = "label" if known else "pred"
+        classes = group["label" if known else "pred"].astype(int)
+        names = HEAD_CLASSES[head]
+        parts = [(str(k), names[k], group[classes == k]) for k in sorted(classes.unique())]
+        parts.append(("all", "all", group))
+        for key, name, part in parts:
+            inside, area = part["cam_inside"].mean(), part["person_area"].mean()
+            out.append({"head": head, "by": by, "class": key, "name": name, "images": len(part),
+                        "cam_inside": inside, "cam_background": 1 - inside, "person_area": area,
+                        "lift": inside / area if area > 0 else float("nan")})
+    return pd.DataFrame(out, columns=["head", "by", "class", "name", "images", "cam_inside", "cam_background",
+                                      "person_area", "lift"])
+
+
+# --- pictures ------------------------------------------------------------------------------------
+
+
+def overlay(rgb: np.ndarray, cam: np.ndarray) -> np.ndarray:
+    """The CAM as a heat map over the image (RGB uint8)."""
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    return show_cam_on_image(rgb.astype(np.float32) / 255.0, np.clip(cam, 0, 1), use_rgb=True)
+
+
+def write_png(path: Path, rgb: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+            raise RunFailure(f"{path}: could not write the PNG (disk full or not writable?)")
+
+
+def tile(rgb: np.ndarray, lines: Sequence[str], colour: tuple[int, int, int]) -> np.ndarray:
+    """An overlay scaled to the sheet's tile height with its caption lines underneath."""
+    scale = TILE_HEIGHT / rgb.shape[0]
+    size = (max(1, round(rgb.shape[1] * scale)), TILE_HEIGHT)
+    small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    width = max(small.shape[1], TILE_MIN_WIDTH)
+    band = np.full((14 * len(lines) + 4, width, 3), 24, np.uint8)
+    chars = max(4, width // 6)
+    for i, text in enumerate(lines):
+        text = text if len(text) <= chars else "~" + text[-(chars - 1):]
+        cv2.putText(band, text, (3, 12 + 14 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
+                    colour if i else (235, 235, 235), 1, cv2.LINE_AA)
+    body = np.zeros((small.shape[0], width, 3), np.uint8)
+    left = (width - small.shape[1]) // 2
+    body[:, left: left + small.shape[1]] = small
+    return np.vstack([body, band])
+
+
+def contact_sheet(tiles: Sequence[np.ndarray], columns: int = 8, gap: int = 4) -> np.ndarray:
+    """Tiles in a grid, row by row."""
+    columns = max(1, min(columns, len(tiles)))
+    rows = math.ceil(len(tiles) / columns)
+    cell_h = max(t.shape[0] for t in tiles) + gap
+    cell_w = max(t.shape[1] for t in tiles) + gap
+    sheet = np.full((rows * cell_h + gap, columns * cell_w + gap, 3), 255, np.uint8)
+    for i, t in enumerate(tiles):
+        y, x = gap + (i // columns) * cell_h, gap + (i % columns) * cell_w
+        sheet[y: y + t.shape[0], x: x + t.shape[1]] = t
+    return sheet
+
+
+def caption(item: Item, head: str, pred: int, prob: float, target: int, truth: int | None) -> tuple[list[str], tuple]:
+    """Caption lines and colour (green right, red wrong, grey unknown) for one overlay."""
+    names = HEAD_CLASSES[head]
+    where = f"{item.rel.parent.name}/{item.rel.stem}".lstrip("/")
+    lines = [where, ("" if head == "class" else f"{head}: ") + f"pred {names[pred]} {prob:.2f}",
+             f"true {names[truth]}" if truth is not None else "true ?"]
+    if target != pred:
+        lines.append(f"cam for {names[target]}")
+    colour = (150, 150, 150) if truth is None else ((90, 220, 90) if truth == pred else (240, 80, 80))
+    return lines, colour
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def head_truth(label: int | None, head: str) -> int | None:
+    """The true class of an image for one head (None when unknown)."""
+    if label is None:
+        return None
+    mask, gender, age = (int(v) for v in decode(label))
+    return {"class": int(label), "mask": mask, "gender": gender, "age": age}[head]
+
+
+def check_run(run_dir: Path) -> None:
+    if not Path(run_dir).is_dir():
+        raise MaskkitError(f"{run_dir}: run folder not found (pass a folder written by `maskkit train`, "
+                           "e.g. runs/NAME)")
+    for name in ("config.json", "best.pt"):
+        if not (Path(run_dir) / name).is_file():
+            raise MaskkitError(f"{Path(run_dir) / name}: missing (pass a run folder written by `maskkit train`)")
+
+
+def pick_device(device: str | None) -> str:
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise MaskkitError(f"--device {device}: CUDA is not available here (use --device cpu)")
+    return str(device)
+
+
+def prepare(items: Sequence[Item], geometry, tensorize, decode_hw: tuple[int, int]):
+    """Decode a batch as predict does; return (resized RGB images, person masks or None, input tensor)."""
+    from maskkit.loader import decode_image
+
+    images, masks, tensors = [], [], []
+    for item in items:
+        rgb = decode_image(item.path, decode_hw)  # UnreadableImage (exit 2) names the file
+        if item.mask is not None:
+            person = read_mask(item.mask, rgb.shape[:2])
+            done = geometry(image=rgb, mask=person)
+            masks.append(done["mask"])
+        else:
+            done = geometry(image=rgb)
+            masks.append(None)
+        images.append(done["image"])
+        tensors.append(tensorize(image=done["image"])["image"])
+    return images, masks, torch.stack(tensors)
+
+
+def explain(cam, x: torch.Tensor, target: str | int, truths: Sequence[int | None]):
+    """CAMs (B, H, W) in [0, 1], predictions and probabilities for one batch and one head."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    if target == "pred":
+        targets = None
+    elif target == "true":
+        targets = [ClassifierOutputTarget(t) for t in truths]
+    else:
+        targets = [ClassifierOutputTarget(target)] * len(x)
+    try:
+        cams = cam(input_tensor=x, targets=targets)
+    except IndexError as exc:  # pytorch-grad-cam's __exit__ would swallow an IndexError
+        raise RunFailure(f"Grad-CAM failed: {exc}") from None
+    with torch.no_grad():
+        probs = torch.softmax(cam.outputs.detach().float(), 1).cpu().numpy()
+    return cams, probs
+
+
+def run(run_dir: Path, images: Sequence[Path], out: Path = Path("cam"), head: str = "class",
+        target: str = "pred", method: str = "gradcam", sheet: Path | None = None, summary: bool = False,
+        masks: Path | None = None, summary_out: Path | None = None, batch_size: int = 16,
+        device: str | None = None, limit: int | None = None) -> pd.DataFrame:
+    """Explain a run's decisions on IMAGES; returns the per-image table (also written to OUT/cam.csv)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    # Everything the user can get wrong is checked before anything is computed or written.
+    out = Path(out)
+    heads = parse_heads(head)
+    goal = parse_target(target)
+    if method not in METHODS:
+        raise MaskkitError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+    if batch_size < 1:
+        raise MaskkitError(f"--batch-size {batch_size}: expected 1 or more")
+    if limit is not None and limit < 1:
+        raise MaskkitError(f"--limit {limit}: expected 1 or more")
+    if summary and masks is None:
+        raise MaskkitError("--summary needs --masks DIR (person masks from `maskkit segment --masks` "
+                           "or `maskkit synth --masks`)")
+    if masks is not None and not Path(masks).is_dir():
+        raise MaskkitError(f"{masks}: mask folder not found (make it with `maskkit segment --masks` "
+                           "or `maskkit synth --masks`)")
+    if method == "eigencam" and goal != "pred":
+        raise MaskkitError(f"--target {target}: --method eigencam explains no particular class "
+                           "(leave --target at pred, or use gradcam)")
+    if isinstance(goal, int):
+        for h in heads:
+            if goal >= len(HEAD_CLASSES[h]):
+                raise MaskkitError(f"--target {goal}: the {h} head has classes 0..{len(HEAD_CLASSES[h]) - 1}")
+    check_run(run_dir)
+    device = pick_device(device)
+    items = collect_images(images, out)
+    items = [items[i] for i in spread(len(items), limit)]
+    if goal == "true":
+        unknown = [it.path for it in items if it.label is None]
+        if unknown:
+            raise MaskkitError(f"{unknown[0]}: no known label for --target true (pass DATA/train or a manifest CSV, "
+                               "or use --target pred)")
+    if masks is not None:
+        items = [Item(it.path, it.rel, it.label, find_mask(it.path, Path(masks))) for it in items]
+    check_files(items)
+
+    from maskkit.loader import DEFAULT_CROP, eval_transform, work_size
+    from maskkit.models import load_run
+
+    model, config = load_run(run_dir, device)
+    model.eval()
+    model.requires_grad_(True)  # Grad-CAM needs gradients at the target layer
+    img_size = tuple(int(v) for v in config["img_size"])
+    crop = tuple(config.get("crop", DEFAULT_CROP))
+    geometry, tensorize = split_transform(eval_transform(img_size, config["mean"], config["std"], crop))
+    layer, reshape = target_layer(model.backbone, img_size)
+
+    rows, tiles = [], []
+    columns = TextColumn("[bold]cam[/]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
+    quiet = len(items) < 2 or not console.is_terminal
+    with Progress(*columns, console=console, transient=True, disable=quiet) as progress:
+        task = progress.add_task("cam", total=len(items))
+        for start in range(0, len(items), batch_size):
+            batch = items[start: start + batch_size]
+            rgbs, person, x = prepare(batch, geometry, tensorize, work_size(img_size, crop))
+            x = x.to(device)
+            for h in heads:
+                wrapped = HeadModel(model, h)
+                truths = [head_truth(it.label, h) for it in batch]
+                with make_cam(method, wrapped, layer, reshape) as cam:
+                    cams, probs = explain(cam, x, goal, truths)
+                for i, item in enumerate(batch):
+                    pred = int(probs[i].argmax())
+                    chosen = pred if goal == "pred" else (truths[i] if goal == "true" else int(goal))
+                    picture = overlay(rgbs[i], cams[i])
+                    path = out / h / item.rel
+                    write_png(path, picture)
+                    if len(tiles) < SHEET_MAX:
+                        lines, colour = caption(item, h, pred, float(probs[i, pred]), chosen, truths[i])
+                        tiles.append((start + i, heads.index(h), tile(picture, lines, colour)))
+                    inside = mass_inside(cams[i], person[i]) if person[i] is not None else float("nan")
+                    rows.append({
+                        "image": str(item.path), "overlay": str(path), "head": h, "target": chosen,
+                        "pred": pred, "prob": float(probs[i, pred]), "target_prob": float(probs[i, chosen]),
+                        "label": truths[i], "cam_inside": inside,
+                        "person_area": float(person[i].mean()) if person[i] is not None else float("nan"),
+                    })
+            progress.advance(task, len(batch))
+
+    table = pd.DataFrame(rows)
+    table["label"] = table["label"].astype("Int64")
+    write_csv(table, out / "cam.csv", float_format="%.6g")
+    sheet = Path(sheet) if sheet is not None else out / "sheet.png"
+    per_row = len(heads) * max(1, 8 // len(heads))  # an image's heads side by side
+    write_png(sheet, contact_sheet([t for _, _, t in sorted(tiles, key=lambda k: k[:2])], columns=per_row))
+    shown = f" (first {SHEET_MAX} of {len(rows)}; use --limit)" if len(rows) > SHEET_MAX else ""
+    console.print(f"maskkit cam: {len(items)} images x {len(heads)} head(s) -> {out}/, sheet {sheet}{shown}")
+    if summary:
+        result = summarize(table)
+        print_summary(result, table)
+        write_csv(result, summary_out, float_format="%.6g")
+    return table
+
+
+def print_summary(result: pd.DataFrame, table: pd.DataFrame) -> None:
+    """A short table on stderr: where the CAM mass falls, per class (lift 1 = no preference)."""
+    from rich.table import Table
+
+    zero = int(table["cam_inside"].isna().sum())
+    view = Table(title="CAM mass on the person vs the background (lift = on person / person area)",
+                 title_justify="left")
+    for name in ("head", "class", "images", "person", "backgr.", "area", "lift"):
+        view.add_column(name, justify="left" if name in ("head", "class") else "right")
+    for r in result.itertuples(index=False):
+        key = r[2]
+        label = "all" if key == "all" else f"{key} {r.name}" + (" (pred)" if r.by == "pred" else "")
+        view.add_row(r.head, label, str(r.images), f"{r.cam_inside:.1%}", f"{r.cam_background:.1%}",
+                     f"{r.person_area:.1%}", f"{r.lift:.2f}", style="bold" if key == "all" else None)
+    console.print(view)
+    if zero:
+        console.print(f"{zero} CAM(s) were all zero and are left out of the summary")
