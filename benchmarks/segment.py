@@ -20,6 +20,7 @@ import cv2
 import torch
 
 from maskkit import segment
+from maskkit.devices import resolve_device
 from maskkit.synth import synthesize
 
 
@@ -98,7 +99,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    device = segment.resolve_device(args.device)
+    device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         synthesize(tmp / "data", persons=max(1, args.images // 7), eval_persons=0, size=(384, 512), seed=0, progress=False)

@@ -35,7 +35,8 @@ from maskkit.dataset import load_train
 from maskkit.files import write_csv
 from maskkit.split import make_manifest
 from maskkit.synth import synthesize
-from maskkit.train import EpochState, Trainer, TrainOptions, build_config, default_workers, targets_of
+from maskkit.devices import default_workers
+from maskkit.train import EpochState, Trainer, TrainOptions, build_config, targets_of
 
 
 class BaselineDataset(Dataset):

@@ -526,8 +526,11 @@ def draw_sheet(suspects: pd.DataFrame, images: pd.DataFrame, path: Path, top: in
             cv2.putText(tile, str(line)[:25], (4, tile_h + 15 + 17 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1,
                         cv2.LINE_AA)
         tiles.append(tile)
+    drawn = len(tiles)
     if not tiles:
-        tiles.append(np.full((tile_h + text_h, tile_w, 3), 255, np.uint8))
+        empty = np.full((tile_h + text_h, tile_w, 3), 255, np.uint8)
+        cv2.putText(empty, "no suspects", (4, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+        tiles.append(empty)
     while len(tiles) % columns and len(tiles) > columns:
         tiles.append(np.full_like(tiles[0], 255))
     grid = [np.hstack(tiles[i: i + columns]) for i in range(0, len(tiles), columns)]
@@ -537,7 +540,7 @@ def draw_sheet(suspects: pd.DataFrame, images: pd.DataFrame, path: Path, top: in
         if not ok:
             raise MaskkitError(f"{path}: could not encode the contact sheet as PNG")
         tmp.write_bytes(data.tobytes())
-    return len(tiles)
+    return drawn
 
 
 def summary(suspects: pd.DataFrame) -> Table:

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from maskkit.devices import resolve_device
 from maskkit.errors import MaskkitError, RunFailure
 from maskkit.files import atomic_path, console, is_image, read_csv, write_csv
 from maskkit.labels import AGE_GROUPS, GENDERS, MASKS, NUM_CLASSES, class_name, decode
@@ -438,14 +439,6 @@ def check_run(run_dir: Path) -> None:
             raise MaskkitError(f"{Path(run_dir) / name}: missing (pass a run folder written by `maskkit train`)")
 
 
-def pick_device(device: str | None) -> str:
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise MaskkitError(f"--device {device}: CUDA is not available here (use --device cpu)")
-    return str(device)
-
-
 def prepare(items: Sequence[Item], geometry, tensorize, decode_hw: tuple[int, int]):
     """Decode a batch as predict does; return (resized RGB images, person masks or None, input tensor)."""
     from maskkit.loader import decode_image
@@ -515,7 +508,7 @@ def run(run_dir: Path, images: Sequence[Path], out: Path = Path("cam"), head: st
             if goal >= len(HEAD_CLASSES[h]):
                 raise MaskkitError(f"--target {goal}: the {h} head has classes 0..{len(HEAD_CLASSES[h]) - 1}")
     check_run(run_dir)
-    device = pick_device(device)
+    device = resolve_device(device or "auto")
     items = collect_images(images, out)
     items = [items[i] for i in spread(len(items), limit)]
     if goal == "true":

@@ -7,7 +7,6 @@ one-line messages with DESIGN.md's exit codes, and imports heavy modules lazily 
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import List, Optional
@@ -119,6 +118,116 @@ def split(
 # --- end split ---
 
 # --- train / predict / runs / demo (issue 3) ---------------------------------------------------
+@app.command()
+def train(
+    source: Path = typer.Argument(Path("data/train"), help="Manifest CSV from `maskkit split`, or DATA/train "
+                                  "(split on the fly into 5 person folds, seed 42, saved in the run folder)."),
+    fold: int = typer.Option(0, "--fold", "-f", help="Validation fold; the other folds train."),
+    backbone: str = typer.Option("effb2", "--backbone", "-b", help="resnet18, resnet34, effb0..effb4, vit-tiny, "
+                                 "vit-small, lite0 (offline ImageNet weights), or any timm model name."),
+    multi: bool = typer.Option(False, "--multi/--single", help="Heads: mask, gender and age (multi) or one 18-way head."),
+    age_weight: float = typer.Option(0.0, "--age-weight", help="> 0 adds an age-regression branch (MSE on normalised "
+                                     "years) with this loss weight, e.g. 0.1."),
+    old_age: int = typer.Option(60, "--old-age", help="Train with age >= N as the oldest group (e.g. 58); "
+                                "validation always scores the true groups (60)."),
+    pretrained: bool = typer.Option(True, "--pretrained/--no-pretrained", help="Start from ImageNet weights."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Local state dict for the backbone (offline servers)."),
+    img_size: str = typer.Option("320x256", "--img-size", help="Model input HEIGHTxWIDTH."),
+    epochs: int = typer.Option(10, "--epochs", "-e", help="Epochs."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per step."),
+    lr: float = typer.Option(3e-4, "--lr", help="Peak learning rate (AdamW, cosine schedule with warmup)."),
+    weight_decay: float = typer.Option(0.01, "--weight-decay", help="AdamW weight decay."),
+    warmup: float = typer.Option(1.0, "--warmup", help="Epochs of linear learning-rate warmup."),
+    label_smoothing: float = typer.Option(0.0, "--label-smoothing", help="Cross-entropy label smoothing, e.g. 0.1."),
+    focal: float = typer.Option(0.0, "--focal", help="Focal-loss gamma (0 = plain cross-entropy), e.g. 2."),
+    balanced: bool = typer.Option(False, "--balanced", help="Class-balanced sampling (with replacement)."),
+    aug: str = typer.Option("basic", "--aug", help="none, basic (crop, brightness/contrast, noise, flip) or strong."),
+    cutmix: float = typer.Option(0.0, "--cutmix", help="Probability of CutMix per batch."),
+    dropout: float = typer.Option(0.0, "--dropout", help="Dropout before the heads."),
+    ema: bool = typer.Option(False, "--ema", help="Keep an exponential moving average of the weights; validate and save it."),
+    ema_decay: float = typer.Option(0.999, "--ema-decay", help="EMA decay."),
+    patience: int = typer.Option(0, "--patience", help="Stop after N epochs without a better val macro F1 (0 = never)."),
+    seed: int = typer.Option(42, "--seed", help="Seed of everything random (same seed, same weights on the CPU)."),
+    precision: str = typer.Option("auto", "--precision", help="CUDA autocast: auto (bf16 where supported, else fp16), "
+                                  "bf16, fp16 or fp32."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Loader worker processes (default: from the device)."),
+    cache: str = typer.Option("auto", "--cache", help="ram: decode every image once into memory; none; auto: ram when it fits."),
+    out: Path = typer.Option(Path("runs"), "--out", help="Folder of run folders."),
+    name: Optional[str] = typer.Option(None, "--name", "-n", help="Run name (default BACKBONE-fFOLD)."),
+    exist_ok: bool = typer.Option(False, "--exist-ok", help="Replace an existing run of the same name."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue RUN from its last.pt (its config.json "
+                                          "gives the options; --device, --workers, --cache and --wandb may change)."),
+    wandb: Optional[str] = typer.Option(None, "--wandb", help="Log to this Weights & Biases project (needs wandb)."),
+) -> None:
+    """Train one fold into runs/NAME/ (config, metrics, best.pt, last.pt, val_preds.csv, plots).
+
+    Example: maskkit train folds.csv --fold 0 --backbone effb2 --multi --age-weight 0.1 --epochs 12
+    """
+    from maskkit import train as train_module
+
+    with reported("train"):
+        options = train_module.TrainOptions(
+            backbone=backbone, heads="multi" if multi else "single", age_weight=age_weight, old_age=old_age,
+            pretrained=pretrained, weights=str(weights) if weights else None, dropout=dropout,
+            label_smoothing=label_smoothing, focal=focal, balanced=balanced, aug=aug, cutmix=cutmix,
+            img_size=parse_size(img_size, "--img-size"), epochs=epochs, batch_size=batch_size, lr=lr,
+            weight_decay=weight_decay, warmup=warmup, ema=ema, ema_decay=ema_decay, patience=patience, seed=seed,
+            fold=fold, precision=precision, device=device, workers=workers, cache=cache, wandb=wandb,
+        )
+        train_module.train(source, options, out=out, name=name, exist_ok=exist_ok, resume=resume)
+
+
+@app.command()
+def predict(
+    run: Path = typer.Argument(..., help="Run folder written by `maskkit train` (uses its best.pt)."),
+    data: Path = typer.Argument(Path("data/eval"), help="DATA/eval (rows in info.csv's order) or a folder of images."),
+    tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none or flip (average with the mirror image)."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Write the CSV here instead of stdout."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per batch."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Loader worker processes."),
+) -> None:
+    """Write the prediction CSV (ImageID,ans,p0..p17) of a trained run for DATA/eval.
+
+    Example: maskkit predict runs/effb2-f0 data/eval --tta flip -o preds/effb2-f0.csv
+    """
+    from maskkit import predict as predict_module
+
+    with reported("predict"):
+        predict_module.predict(run, data, tta=tta, out=out, batch_size=batch_size, device=device, workers=workers)
+
+
+@app.command()
+def runs(
+    folders: Optional[List[Path]] = typer.Argument(None, help="Run folders (default: every run under runs/)."),
+) -> None:
+    """Compare runs: backbone, heads, key options, best epoch, val macro F1 and per-task F1.
+
+    Example: maskkit runs runs/* > runs.csv
+    """
+    from maskkit import runs as runs_module
+
+    with reported("runs"):
+        runs_module.run(folders or None)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Argument(Path("demo"), help="Working folder (re-running reuses what is there)."),
+    epochs: int = typer.Option(4, "--epochs", help="Training epochs."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Draw a small dataset, split it, train lite0, predict, vote, and score against the drawn truth.
+
+    Example: maskkit demo
+    """
+    from maskkit import demo as demo_module
+
+    with reported("demo"):
+        demo_module.run(out, epochs=epochs, device=device)
+
+
 # --- end train ---
 
 # --- vote / audit (issue 4) --------------------------------------------------------------------
@@ -150,11 +259,12 @@ def audit(
     manifest: Optional[Path] = typer.Option(
         None, "--manifest", help="Judge this manifest's labels (e.g. after split --fixes) instead of train.csv's."),
     fixes_out: Optional[Path] = typer.Option(
-        None, "--fixes-out", help="Write the label suggestions as a fixes CSV for `split --fixes` (needs --oof)."),
+        None, "--fixes-out", help="Write the gender and mask-swap suggestions as a fixes CSV for `split --fixes` (needs --oof)."),
     sheet: Optional[Path] = typer.Option(None, "--sheet", help="Draw a contact sheet of the top suspects (PNG)."),
     top: int = typer.Option(30, "--top", min=1, help="Suspects on the contact sheet."),
     min_score: Optional[float] = typer.Option(
-        None, "--min-score", help="List gender and mask suspects from this score on (0..1) [default: 0.65, measured]."),
+        None, "--min-score",
+        help="List gender and mask suspects from this score on, 0..1 (default 0.65, measured in benchmarks/audit.py)."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Write the suspects CSV here instead of stdout."),
 ) -> None:
     """Rank suspect files and labels: structural checks, plus label checks from out-of-fold predictions.
@@ -209,7 +319,7 @@ def cam(
     target: str = typer.Option("pred", "--target", help="Explain the predicted class (pred), the true one (true) "
                                "or class K of the head."),
     method: str = typer.Option("gradcam", "--method", help="gradcam, gradcam++ or eigencam."),
-    sheet: Optional[Path] = typer.Option(None, "--sheet", help="Contact sheet PNG [default: OUT/sheet.png]."),
+    sheet: Optional[Path] = typer.Option(None, "--sheet", help="Contact sheet PNG (default: OUT/sheet.png)."),
     summary: bool = typer.Option(False, "--summary", help="CSV of the CAM mass on the person vs the background, "
                                  "per class and overall (needs --masks)."),
     masks: Optional[Path] = typer.Option(None, "--masks", help="Person masks (from segment --masks or synth --masks)."),

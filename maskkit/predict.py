@@ -80,7 +80,7 @@ def predict(run: str | Path, data: str | Path, tta: str = "none", out: str | Pat
     from maskkit.dataset import load_eval
     from maskkit.loader import DEFAULT_CROP, ImageDataset, eval_transform, make_loader
     from maskkit.models import load_run, to_channels_last
-    from maskkit.train import autocast_dtype, default_workers, resolve_device
+    from maskkit.devices import autocast_dtype, default_workers, resolve_device
 
     if tta not in TTA_MODES:
         raise MaskkitError(f"--tta {tta!r}: use none or flip")

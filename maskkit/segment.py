@@ -44,6 +44,7 @@ from rich.text import Text
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from maskkit.devices import resolve_device
 from maskkit.errors import MaskkitError, RunFailure
 from maskkit.files import atomic_path, console, examples, is_hidden, is_image, write_csv
 
@@ -163,19 +164,6 @@ def build_model(model: str = "resnet50", weights: str | Path | None = None) -> n
     net = _download(model) if weights is None else _from_file(model, Path(weights))
     net.aux_classifier = None  # the auxiliary head only helps training; skipping it saves time
     return net.eval().requires_grad_(False)
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' is cuda when a GPU is visible, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise MaskkitError(f"--device {name!r}: unknown device (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MaskkitError(f"--device {name}: no CUDA GPU is visible here (use --device cpu or auto)")
-    return device
 
 
 def prepare(net: nn.Module, device: torch.device) -> nn.Module:

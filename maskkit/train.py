@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from maskkit.devices import autocast_dtype, default_workers, resolve_device
 from maskkit.errors import MaskkitError, RunFailure
 from maskkit.files import atomic_path, console, examples, read_csv, write_csv
 from maskkit.labels import GENDERS, MASKS, NUM_CLASSES, TASKS, age_group, encode
@@ -127,42 +128,6 @@ class TrainOptions:
     @property
     def age_regression(self) -> bool:
         return self.age_weight > 0
-
-
-# --- devices ---------------------------------------------------------------------------------
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' -> cuda when available, else cpu; a named device that is not there is a usage error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise MaskkitError(f"--device {name!r}: not a device (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MaskkitError(f"--device {name}: CUDA is not available here (use --device cpu)")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise MaskkitError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise MaskkitError(f"--device {name}: MPS is not available here (use --device cpu)")
-    return device
-
-
-def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
-    """The autocast dtype on CUDA (bf16 where supported, else fp16); None (fp32) elsewhere."""
-    if device.type != "cuda" or precision == "fp32":
-        return None
-    if precision == "fp16" or (precision == "auto" and not torch.cuda.is_bf16_supported()):
-        return torch.float16
-    return torch.bfloat16
-
-
-def default_workers(device: torch.device) -> int:
-    """Loader workers: most cores on a GPU server; on the CPU the model needs the cores itself."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if device.type == "cuda":
-        return max(1, min(8, cpus - 1))
-    return 1 if cpus <= 4 else 2
 
 
 # --- the manifest ----------------------------------------------------------------------------

@@ -42,8 +42,11 @@ def one_line_error(result, *needles: str) -> None:
 # --- structural ---------------------------------------------------------------------------------
 
 
-def test_clean_drawn_dataset_has_no_structural_suspects(drawn, cli):
-    assert len(suspects_of(cli("audit", drawn / "train"))) == 0
+def test_clean_drawn_dataset_has_no_structural_suspects(drawn, tmp_path, cli):
+    result = cli("audit", drawn / "train", "--sheet", tmp_path / "sheet.png")
+    assert len(suspects_of(result)) == 0
+    assert "contact sheet of 0 suspects" in result.stderr  # an empty sheet, not a count of blank tiles
+    assert cv2.imread(str(tmp_path / "sheet.png")) is not None
 
 
 def test_every_structural_check_finds_what_was_broken(drawn_copy, cli):

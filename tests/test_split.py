@@ -7,7 +7,6 @@ import io
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from maskkit.labels import age_group
 from maskkit.split import MANIFEST_COLUMNS
