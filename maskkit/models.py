@@ -7,10 +7,13 @@ plus `"age_years": (B,)` (normalised years, see `age_to_target`) with age regres
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import Mapping
+import socket
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -245,6 +248,30 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, quiet: bool = F
     return report
 
 
+@contextlib.contextmanager
+def _hub_cache_only_when_unreachable(timeout_s: float = 5.0) -> Iterator[str | None]:
+    """Use only the local Hugging Face cache when its host cannot be reached.
+
+    Without this an offline server spends about a minute in huggingface_hub's retries (printing
+    "Retrying in 8s" lines) before the one-line error; weights already in the cache still load.
+    Yields the unreachable host's name, or None when it answered.
+    """
+    import huggingface_hub.constants as hub
+
+    host = urlparse(hub.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout_s).close()
+        reachable = True
+    except OSError:
+        reachable = False
+    saved = hub.HF_HUB_OFFLINE
+    hub.HF_HUB_OFFLINE = saved or not reachable  # read at call time by huggingface_hub
+    try:
+        yield None if reachable else host
+    finally:
+        hub.HF_HUB_OFFLINE = saved
+
+
 def _create_backbone(timm_name: str, img_size: tuple[int, int] | None, pretrained: bool) -> nn.Module:
     import timm
 
@@ -254,12 +281,18 @@ def _create_backbone(timm_name: str, img_size: tuple[int, int] | None, pretraine
         kwargs["img_size"] = tuple(img_size)  # ViTs: position embeddings for this size
     if not pretrained:
         return timm.create_model(timm_name, pretrained=False, **kwargs)
+    unreachable = None
     try:
-        return timm.create_model(timm_name, pretrained=True, **kwargs)
+        with _hub_cache_only_when_unreachable() as unreachable:
+            return timm.create_model(timm_name, pretrained=True, **kwargs)
     except Exception as exc:  # offline hub, HTTP errors, missing cache: all end the same way
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if unreachable:
+            reason = f"{unreachable} is unreachable and the weights are not in the local cache"
+        else:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            reason = f"{type(exc).__name__}: {first_line[:100]}"
         raise MaskkitError(
-            f"cannot download pretrained weights for {timm_name} ({type(exc).__name__}: {reason[:100]});"
+            f"cannot download pretrained weights for {timm_name} ({reason});"
             " give a local file with --weights FILE or train from scratch with --no-pretrained"
         ) from None
 

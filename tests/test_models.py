@@ -194,6 +194,20 @@ def test_pretrained_without_network_names_the_fixes(tmp_path, monkeypatch):
     assert "\n" not in message
 
 
+def test_unreachable_hub_fails_fast_with_the_reason_and_restores_online_mode(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setattr(hub, "ENDPOINT", "https://hub.invalid")  # .invalid never resolves
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(MaskkitError) as err:
+        build_model("resnet18", pretrained=True)
+    message = str(err.value)
+    assert "hub.invalid is unreachable" in message and "--weights FILE" in message and "\n" not in message
+    assert hub.HF_HUB_OFFLINE is False  # cache-only mode was for this call only
+
+
 def _write_run(run, model, config) -> None:
     run.mkdir()
     (run / "config.json").write_text(json.dumps(config))
