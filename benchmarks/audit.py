@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from maskkit.audit import MIN_SCORE, image_key
-from maskkit.dataset import load_train
-from maskkit.labels import NUM_CLASSES, decode, task_labels
+from maskkit.commands.audit import MIN_SCORE, image_key
+from maskkit.contract.layout import load_train
+from maskkit.contract.labels import NUM_CLASSES, decode, task_labels
 
 PROB_COLUMNS = [f"p{i}" for i in range(NUM_CLASSES)]
 
@@ -38,7 +38,7 @@ def lite0_features(paths: list[str], size: tuple[int, int], mirror: bool = True,
     import torch
     import torch.nn.functional as F
 
-    from maskkit.models import build_model, model_defaults
+    from maskkit.engine.models import build_model, model_defaults
 
     net = build_model("lite0", heads="multi", pretrained=True).backbone.eval()
     stats = model_defaults("lite0")
@@ -200,7 +200,7 @@ def main() -> None:
     args = parser.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
 
-    from maskkit.synth import synthesize
+    from maskkit.commands.synth import synthesize
 
     base = Path(tempfile.mkdtemp(prefix="audit-bench-")) if args.keep is None else args.keep
     totals = {"injected": 0, "suggested": 0, "hits": 0}

@@ -23,9 +23,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from maskkit.loader import (ImageDataset, build_cache, build_transform, make_loader, normalize_batch, reduction_factor,
+from maskkit.data.loader import (ImageDataset, build_cache, build_transform, make_loader, normalize_batch, reduction_factor,
                             work_size)
-from maskkit.synth import synthesize
+from maskkit.commands.synth import synthesize
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.2, 0.2, 0.2)  # the baseline's normalisation
 BATCH = 32

@@ -1,6 +1,6 @@
 """Held-out macro F1 of maskkit's training recipe against the official competition baseline's recipe.
 
-Same backbone (lite0 = timm tf_efficientnet_lite0 with the ImageNet weights `maskkit.models`
+Same backbone (lite0 = timm tf_efficientnet_lite0 with the ImageNet weights `maskkit.engine.models`
 loads offline), same input size (128x96 HxW), same epochs, same training persons, same held-out
 persons; only the recipe differs:
 
@@ -10,12 +10,12 @@ persons; only the recipe differs:
             ToTensor, Normalize with the dataset's mean/std), one 18-way head, CrossEntropy,
             SGD lr 1e-3 (momentum 0, weight decay 5e-4), StepLR(20, gamma 0.5), batch 64, the best
             epoch chosen by accuracy on the leaky validation split.
-  maskkit   `maskkit.train.train` with heads=multi, age_weight=0.1 and every other option at its
+  maskkit   `maskkit.commands.train.train` with heads=multi, age_weight=0.1 and every other option at its
             default (AdamW, cosine schedule with warm-up, aug basic, batch 32, centre crop,
-            validation on a person-grouped fold), then `maskkit.predict.predict` on the held-out
+            validation on a person-grouped fold), then `maskkit.commands.predict.predict` on the held-out
             persons.
 
-Held-out persons: by default a drawn dataset (`maskkit.synth`), whose DATA/eval persons are never
+Held-out persons: by default a drawn dataset (`maskkit.commands.synth`), whose DATA/eval persons are never
 trained on (labels in eval/truth.csv). With --data DIR: DIR/eval/truth.csv (ImageID,ans), or with
 --holdout-persons FRACTION that share of DIR/train's persons (stratified by gender x age group).
 Wall times are measured in this process, one recipe after the other. --device auto trains both
@@ -49,15 +49,15 @@ from sklearn.metrics import f1_score
 from torch.utils.data import DataLoader, Dataset, random_split
 from torchvision import transforms
 
-from maskkit.dataset import load_train
-from maskkit.devices import resolve_device
-from maskkit.files import write_csv
-from maskkit.labels import NUM_CLASSES, task_labels
-from maskkit.models import build_model
-from maskkit.predict import predict
-from maskkit.split import make_manifest, person_strata
-from maskkit.synth import synthesize
-from maskkit.train import TrainOptions, train
+from maskkit.contract.layout import load_train
+from maskkit.engine.devices import resolve_device
+from maskkit.contract.files import write_csv
+from maskkit.contract.labels import NUM_CLASSES, task_labels
+from maskkit.engine.models import build_model
+from maskkit.commands.predict import predict
+from maskkit.commands.split import make_manifest, person_strata
+from maskkit.commands.synth import synthesize
+from maskkit.commands.train import TrainOptions, train
 
 BACKBONE = "lite0"
 BASELINE_MEAN, BASELINE_STD = (0.548, 0.504, 0.479), (0.237, 0.247, 0.246)  # MaskBaseDataset's defaults
@@ -257,7 +257,7 @@ def run_baseline(images: pd.DataFrame, test: HeldOut, args: argparse.Namespace) 
 # --- the maskkit recipe ------------------------------------------------------------------------------
 
 def run_maskkit(images: pd.DataFrame, test: HeldOut, work: Path, args: argparse.Namespace) -> Result:
-    """maskkit.train on person-grouped folds (fold 0 validates), then maskkit.predict on the held-out images."""
+    """maskkit.commands.train on person-grouped folds (fold 0 validates), then maskkit.commands.predict on the held-out images."""
     started = time.perf_counter()
     manifest = write_manifest(images, work / "manifest.csv", args.seed)
     options = TrainOptions(backbone=BACKBONE, heads="multi", age_weight=0.1, img_size=args.img_size,

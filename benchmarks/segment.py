@@ -19,9 +19,9 @@ from pathlib import Path
 import cv2
 import torch
 
-from maskkit import segment
-from maskkit.devices import resolve_device
-from maskkit.synth import synthesize
+from maskkit.commands import segment
+from maskkit.engine.devices import resolve_device
+from maskkit.commands.synth import synthesize
 
 
 def make_weights(model: str, path: Path) -> None:

@@ -1,6 +1,6 @@
 """Share of a training step spent waiting for data, with a small model on the CPU (goal: < 5%).
 
-maskkit's training loop (`maskkit.train.Trainer.train_epoch`, the code `maskkit train` runs) times
+maskkit's training loop (`maskkit.commands.train.Trainer.train_epoch`, the code `maskkit train` runs) times
 how long each step waits for its batch. Same drawn 384x512 JPEGs, same model (lite0, 128x96,
 batch 32, AdamW), same process, four data pipelines:
 
@@ -31,12 +31,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from maskkit.dataset import load_train
-from maskkit.files import write_csv
-from maskkit.split import make_manifest
-from maskkit.synth import synthesize
-from maskkit.devices import default_workers
-from maskkit.train import EpochState, Trainer, TrainOptions, build_config, targets_of
+from maskkit.contract.layout import load_train
+from maskkit.contract.files import write_csv
+from maskkit.commands.split import make_manifest
+from maskkit.commands.synth import synthesize
+from maskkit.engine.devices import default_workers
+from maskkit.commands.train import EpochState, Trainer, TrainOptions, build_config, targets_of
 
 
 class BaselineDataset(Dataset):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from maskkit.vote import PROB_COLUMNS, vote
+from maskkit.commands.vote import PROB_COLUMNS, vote
 
 FILES, ROWS, REPEATS = 10, 12_600, 7
 

@@ -14,7 +14,7 @@ from typing import List, Optional
 import typer
 
 from maskkit import __version__
-from maskkit.errors import MaskkitError
+from maskkit.contract.errors import MaskkitError
 
 app = typer.Typer(
     name="maskkit",
@@ -87,7 +87,7 @@ def synth(
 
     Example: maskkit synth data --persons 200 --eval-persons 60 --size 192x256 --seed 1 --noise 0.05
     """
-    from maskkit import synth as synth_module   # lazy import: keeps --help fast
+    from maskkit.commands import synth as synth_module   # lazy import: keeps --help fast
 
     with reported("synth"):
         synth_module.synthesize(out, persons=persons, eval_persons=eval_persons, size=parse_size(size, "--size"),
@@ -109,7 +109,7 @@ def split(
 
     Example: maskkit split data/train --folds 5 --fixes known > folds.csv
     """
-    from maskkit import split as split_module
+    from maskkit.commands import split as split_module
 
     with reported("split"):
         split_module.run(data, folds=folds, seed=seed, fixes=fixes, out=out)
@@ -164,7 +164,7 @@ def train(
 
     Example: maskkit train folds.csv --fold 0 --backbone effb2 --multi --age-weight 0.1 --epochs 12
     """
-    from maskkit import train as train_module
+    from maskkit.commands import train as train_module
 
     with reported("train"):
         options = train_module.TrainOptions(
@@ -192,7 +192,7 @@ def predict(
 
     Example: maskkit predict runs/effb2-f0 data/eval --tta flip -o preds/effb2-f0.csv
     """
-    from maskkit import predict as predict_module
+    from maskkit.commands import predict as predict_module
 
     with reported("predict"):
         predict_module.predict(run, data, tta=tta, out=out, batch_size=batch_size, device=device, workers=workers)
@@ -206,7 +206,7 @@ def runs(
 
     Example: maskkit runs runs/* > runs.csv
     """
-    from maskkit import runs as runs_module
+    from maskkit.commands import runs as runs_module
 
     with reported("runs"):
         runs_module.run(folders or None)
@@ -222,7 +222,7 @@ def demo(
 
     Example: maskkit demo
     """
-    from maskkit import demo as demo_module
+    from maskkit.commands import demo as demo_module
 
     with reported("demo"):
         demo_module.run(out, epochs=epochs, device=device)
@@ -245,7 +245,7 @@ def vote(
 
     Example: maskkit vote preds/effb2.csv preds/vit.csv preds/r34.csv > submission.csv
     """
-    from maskkit import vote as vote_module
+    from maskkit.commands import vote as vote_module
 
     with reported("vote"):
         vote_module.run(files, soft=soft, weights=weights, info=info, probs=probs, out=out)
@@ -271,7 +271,7 @@ def audit(
 
     Example: maskkit audit data/train --oof runs/f0 --oof runs/f1 --oof runs/f2 --fixes-out fixes.csv --sheet audit.png
     """
-    from maskkit import audit as audit_module
+    from maskkit.commands import audit as audit_module
 
     with reported("audit"):
         audit_module.run(data, oof=oof or [], manifest=manifest, fixes_out=fixes_out, sheet=sheet, out=out,
@@ -299,7 +299,7 @@ def segment(
 
     Example: maskkit segment data data_seg --fill gray --masks data_masks --weights deeplabv3_resnet50_coco.pth
     """
-    from maskkit import segment as segment_module
+    from maskkit.commands import segment as segment_module
 
     with reported("segment"):
         segment_module.run(
@@ -332,7 +332,7 @@ def cam(
 
     Example: maskkit cam runs/effb2 data/train --limit 64 --summary --masks data/masks > cam_summary.csv
     """
-    from maskkit import cam as cam_module
+    from maskkit.commands import cam as cam_module
 
     with reported("cam"):
         cam_module.run(run, images, out=out, head=head, target=target, method=method, sheet=sheet,

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maskkit.audit import SUSPECT_COLUMNS, image_key
-from maskkit.dataset import load_train
-from maskkit.labels import decode, encode
+from maskkit.commands.audit import SUSPECT_COLUMNS, image_key
+from maskkit.contract.layout import load_train
+from maskkit.contract.labels import decode, encode
 
 P = [f"p{i}" for i in range(18)]
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "audit.py"
@@ -214,7 +214,7 @@ def noisy(tmp_path_factory):
     import torch
     from threadpoolctl import threadpool_limits
 
-    from maskkit.synth import synthesize
+    from maskkit.commands.synth import synthesize
 
     spec = importlib.util.spec_from_file_location("audit_benchmark", BENCH)
     bench = importlib.util.module_from_spec(spec)

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 import torch
 
-from maskkit import cam
-from maskkit.labels import NUM_CLASSES, decode
-from maskkit.loader import decode_image, eval_transform, work_size
-from maskkit.models import build_model, class_probs, task_probs
+from maskkit.commands import cam
+from maskkit.contract.labels import NUM_CLASSES, decode
+from maskkit.data.loader import decode_image, eval_transform, work_size
+from maskkit.engine.models import build_model, class_probs, task_probs
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
 
@@ -40,7 +40,7 @@ def read_rgb(path: Path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def drawn_masks(tmp_path_factory) -> Path:
     """A tiny drawn dataset with person masks (DATA/train, DATA/eval, DATA/masks)."""
-    from maskkit.synth import synthesize
+    from maskkit.commands.synth import synthesize
 
     root = tmp_path_factory.mktemp("cam") / "data"
     synthesize(root, persons=2, eval_persons=1, size=(48, 64), seed=5, masks=True)
@@ -272,7 +272,7 @@ def test_every_head_of_a_multi_output_model_can_be_the_target(tmp_path, cli, dra
     assert (table["target"] == 1).all()
 
     # The CAM sees what predict sees: same decode, same eval transform, same probabilities.
-    from maskkit.models import load_run
+    from maskkit.engine.models import load_run
 
     model, config = load_run(multi_run)
     transform = eval_transform(config["img_size"], MEAN, STD)
@@ -294,7 +294,7 @@ def test_target_true_uses_the_train_labels(tmp_path, cli, drawn_masks, multi_run
     result = cli("cam", multi_run, drawn_masks / "train", "--out", out, "--head", "gender,age", "--target", "true")
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "cam.csv")
-    from maskkit.dataset import load_train
+    from maskkit.contract.layout import load_train
 
     truth = load_train(drawn_masks / "train", report=False).set_index("path")["label"]
     _, gender, age = decode(truth.loc[table["image"]].to_numpy())
@@ -304,7 +304,7 @@ def test_target_true_uses_the_train_labels(tmp_path, cli, drawn_masks, multi_run
 
 
 def test_cam_hooks_are_released_after_use(multi_run):
-    from maskkit.models import load_run
+    from maskkit.engine.models import load_run
 
     model, _ = load_run(multi_run)
     layer, reshape = cam.target_layer(model.backbone, (64, 48))

@@ -9,9 +9,9 @@ import cv2
 import pandas as pd
 import pytest
 
-from maskkit.dataset import load_eval, load_folder, load_train
-from maskkit.errors import MaskkitError
-from maskkit.labels import IMAGE_STEMS, label_of
+from maskkit.contract.layout import load_eval, load_folder, load_train
+from maskkit.contract.errors import MaskkitError
+from maskkit.contract.labels import IMAGE_STEMS, label_of
 
 
 def person_folders(train: Path) -> list[Path]:

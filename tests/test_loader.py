@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from maskkit.errors import MaskkitError, RunFailure
-from maskkit.loader import (
+from maskkit.contract.errors import MaskkitError, RunFailure
+from maskkit.data.loader import (
     ImageDataset,
     build_cache,
     build_transform,
@@ -171,7 +171,7 @@ def test_cache_fits_a_budget():
 def test_data_wait_counts_the_time_spent_waiting():
     import time
 
-    from maskkit.loader import DataWait
+    from maskkit.data.loader import DataWait
 
     def slow():
         for i in range(3):

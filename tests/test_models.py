@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from maskkit import labels
-from maskkit.errors import MaskkitError
-from maskkit.models import (
+from maskkit.contract import labels
+from maskkit.contract.errors import MaskkitError
+from maskkit.engine.models import (
     BACKBONES,
     build_model,
     class_probs,

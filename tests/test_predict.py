@@ -11,7 +11,7 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
-from maskkit.predict import PROB_COLUMNS, predict
+from maskkit.commands.predict import PROB_COLUMNS, predict
 from trained_runs import multi_run, one_thread, single_run
 
 
@@ -83,8 +83,8 @@ def test_a_plain_image_folder_works_with_relative_paths_as_image_ids(multi, draw
 
 def test_flip_tta_averages_an_image_and_its_mirror(multi):
     """With --tta flip, an image and its mirror get the same probabilities; without, they do not."""
-    from maskkit.models import load_run
-    from maskkit.predict import predict_probs
+    from maskkit.engine.models import load_run
+    from maskkit.commands.predict import predict_probs
 
     model, config = load_run(multi)
     images = torch.randn(3, 3, *config["img_size"], generator=torch.Generator().manual_seed(0))

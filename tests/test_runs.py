@@ -8,7 +8,7 @@ from io import StringIO
 import pandas as pd
 import pytest
 
-from maskkit.runs import COLUMNS
+from maskkit.commands.runs import COLUMNS
 from trained_runs import multi_run, single_run
 
 

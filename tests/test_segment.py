@@ -22,10 +22,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from maskkit import segment
+from maskkit.commands import segment
 from maskkit.cli import app
-from maskkit.dataset import load_eval, load_folder, load_train
-from maskkit.synth import synthesize
+from maskkit.contract.layout import load_eval, load_folder, load_train
+from maskkit.commands.synth import synthesize
 
 SIZE = 64  # working resolution of every run here
 runner = CliRunner()
@@ -250,7 +250,7 @@ def test_rerun_skips_finished_images_and_overwrite_redoes_them(segmented, weight
 
 KILLER = """
 import os, signal, sys, threading
-import maskkit.segment as seg
+import maskkit.commands.segment as seg
 
 lock, writes = threading.Lock(), [0]
 

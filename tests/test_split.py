@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from maskkit.labels import age_group
-from maskkit.split import MANIFEST_COLUMNS
+from maskkit.contract.labels import age_group
+from maskkit.commands.split import MANIFEST_COLUMNS
 
 
 def read_manifest(text: str) -> pd.DataFrame:
@@ -112,7 +112,7 @@ def test_fixes_never_touch_the_image_files(drawn_copy, cli, tmp_path):
 
 
 def test_injected_errors_applied_as_fixes_restore_the_truth(tmp_path, cli):
-    from maskkit.synth import synthesize
+    from maskkit.commands.synth import synthesize
 
     noisy, clean = tmp_path / "noisy", tmp_path / "clean"
     synthesize(noisy, persons=30, eval_persons=2, size=(32, 40), seed=5, noise=0.15)

@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from maskkit import synth as synth_module
+from maskkit.commands import synth as synth_module
 from maskkit.cli import app
-from maskkit.dataset import load_eval, load_train, parse_folder_name
-from maskkit.errors import MaskkitError
-from maskkit.labels import IMAGE_STEMS, label_of
-from maskkit.synth import synthesize
+from maskkit.contract.layout import load_eval, load_train, parse_folder_name
+from maskkit.contract.errors import MaskkitError
+from maskkit.contract.labels import IMAGE_STEMS, label_of
+from maskkit.commands.synth import synthesize
 
 SIZE = (64, 80)  # width, height
 runner = CliRunner()

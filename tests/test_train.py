@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 import torch
 
-from maskkit.errors import RunFailure
-from maskkit.labels import NUM_CLASSES
-from maskkit.train import METRIC_COLUMNS, Interrupted, TrainOptions, file_sha256, targets_of, task_loss, train
+from maskkit.contract.errors import RunFailure
+from maskkit.contract.labels import NUM_CLASSES
+from maskkit.commands.train import METRIC_COLUMNS, Interrupted, TrainOptions, file_sha256, targets_of, task_loss, train
 from trained_runs import FAST, manifest, multi_run, one_thread, single_run
 
 CHANCE = 1 / NUM_CLASSES
@@ -74,7 +74,7 @@ def test_run_folder_holds_what_design_md_lists(single, manifest_path):
 
 
 def test_val_preds_are_the_best_epochs_out_of_fold_predictions(multi, manifest_path):
-    from maskkit.models import class_probs, load_run
+    from maskkit.engine.models import class_probs, load_run
 
     manifest = pd.read_csv(manifest_path, dtype={"person": str})
     preds = pd.read_csv(multi / "val_preds.csv", dtype={"person": str})
@@ -88,7 +88,7 @@ def test_val_preds_are_the_best_epochs_out_of_fold_predictions(multi, manifest_p
     assert (probs.argmax(1) == preds["ans"]).all()
 
     # The saved probabilities are best.pt's: recompute a few with the rebuilt model.
-    from maskkit.loader import ImageDataset, eval_transform
+    from maskkit.data.loader import ImageDataset, eval_transform
 
     model, config = load_run(multi)
     assert "age_years" in model.heads  # the age-regression branch is there
@@ -101,8 +101,8 @@ def test_val_preds_are_the_best_epochs_out_of_fold_predictions(multi, manifest_p
 
 
 def test_age_regression_branch_learns_years(multi, manifest_path):
-    from maskkit.loader import ImageDataset, eval_transform
-    from maskkit.models import load_run, target_to_age
+    from maskkit.data.loader import ImageDataset, eval_transform
+    from maskkit.engine.models import load_run, target_to_age
 
     model, config = load_run(multi)
     manifest = pd.read_csv(manifest_path)
@@ -163,7 +163,7 @@ def test_interrupted_then_resumed_run_ends_with_the_same_weights(tmp_path, manif
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, manifest_path, monkeypatch):
-    import maskkit.train as train_module
+    import maskkit.commands.train as train_module
 
     calls = {"n": 0}
     real = train_module.compute_loss
@@ -183,9 +183,9 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
 
 
 def test_cli_trains_a_dataset_folder_with_an_on_the_fly_split(cli, drawn, tmp_path, monkeypatch):
-    import maskkit.train as train_module
-    from maskkit.dataset import load_train
-    from maskkit.split import make_manifest
+    import maskkit.commands.train as train_module
+    from maskkit.contract.layout import load_train
+    from maskkit.commands.split import make_manifest
 
     monkeypatch.setattr(train_module, "AUTO_FOLDS", 4)  # the shared drawn dataset is too small for 5
     with one_thread():

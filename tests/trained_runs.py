@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from maskkit.dataset import load_train
-from maskkit.files import write_csv
-from maskkit.split import make_manifest
+from maskkit.contract.layout import load_train
+from maskkit.contract.files import write_csv
+from maskkit.commands.split import make_manifest
 
 # A few-second training on the drawn 48x64 images: timm's tiny test ResNet from scratch.
 FAST = dict(backbone="test_resnet", pretrained=False, img_size=(48, 40), batch_size=16, lr=5e-3, aug="none",
@@ -45,7 +45,7 @@ def manifest(tmp_path_factory, drawn: Path) -> Path:
 def trained_run(tmp_path_factory, drawn: Path, name: str, **options) -> Path:
     """runs/<name>, trained once per session with FAST options updated by `options`."""
     if name not in _made:
-        from maskkit.train import TrainOptions, train
+        from maskkit.commands.train import TrainOptions, train
 
         out = tmp_path_factory.mktemp("runs")
         with one_thread():

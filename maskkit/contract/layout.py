@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from maskkit.errors import MaskkitError
-from maskkit.files import console, examples, is_hidden, is_image, read_csv
-from maskkit.labels import GENDERS, IMAGE_STEMS, label_of
+from maskkit.contract.errors import MaskkitError
+from maskkit.contract.files import console, examples, is_hidden, is_image, read_csv
+from maskkit.contract.labels import GENDERS, IMAGE_STEMS, label_of
 
 TRAIN_COLUMNS = ("id", "gender", "race", "age", "path")
 EVAL_COLUMNS = ("ImageID", "ans")

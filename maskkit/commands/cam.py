@@ -21,10 +21,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from maskkit.devices import resolve_device
-from maskkit.errors import MaskkitError, RunFailure
-from maskkit.files import atomic_path, console, is_image, read_csv, write_csv
-from maskkit.labels import AGE_GROUPS, GENDERS, MASKS, NUM_CLASSES, class_name, decode
+from maskkit.engine.devices import resolve_device
+from maskkit.contract.errors import MaskkitError, RunFailure
+from maskkit.contract.files import atomic_path, console, is_image, read_csv, write_csv
+from maskkit.contract.labels import AGE_GROUPS, GENDERS, MASKS, NUM_CLASSES, class_name, decode
 
 HEADS = ("class", "mask", "gender", "age")
 HEAD_CLASSES = {
@@ -60,7 +60,7 @@ def safe_rel(path: Path) -> PurePosixPath:
 
 def _folder_items(folder: Path) -> list[Item]:
     """Images of a folder: a train dataset (with labels), an eval dataset, or any image folder."""
-    from maskkit.dataset import load_eval, load_folder, load_train
+    from maskkit.contract.layout import load_eval, load_folder, load_train
 
     base = PurePosixPath(folder.resolve().name or "root")
     if (folder / "train.csv").is_file() or (folder / "train" / "train.csv").is_file():
@@ -287,7 +287,7 @@ def split_transform(transform):
     steps = list(transform.transforms)
     cut = next((i for i, t in enumerate(steps) if isinstance(t, A.Normalize)), None)
     if cut is None:
-        raise RunFailure("the run's eval transform has no Normalize step (maskkit.loader.eval_transform changed?)")
+        raise RunFailure("the run's eval transform has no Normalize step (maskkit.data.loader.eval_transform changed?)")
     return A.Compose(steps[:cut]), A.Compose(steps[cut:])
 
 
@@ -304,7 +304,7 @@ def read_mask(path: Path, shape_hw: tuple[int, int]) -> np.ndarray:
 def check_files(items: Sequence[Item]) -> None:
     """Every image (and mask) readable from its header, each mask shaped like its image: checked
     before anything is written."""
-    from maskkit.loader import image_size
+    from maskkit.data.loader import image_size
 
     for item in items:
         wh = image_size_or_error(image_size, item.path, "not a readable image; remove or replace it")
@@ -441,7 +441,7 @@ def check_run(run_dir: Path) -> None:
 
 def prepare(items: Sequence[Item], geometry, tensorize, decode_hw: tuple[int, int]):
     """Decode a batch as predict does; return (resized RGB images, person masks or None, input tensor)."""
-    from maskkit.loader import decode_image
+    from maskkit.data.loader import decode_image
 
     images, masks, tensors = [], [], []
     for item in items:
@@ -520,8 +520,8 @@ def run(run_dir: Path, images: Sequence[Path], out: Path = Path("cam"), head: st
         items = [Item(it.path, it.rel, it.label, find_mask(it.path, Path(masks))) for it in items]
     check_files(items)
 
-    from maskkit.loader import DEFAULT_CROP, eval_transform, work_size
-    from maskkit.models import load_run
+    from maskkit.data.loader import DEFAULT_CROP, eval_transform, work_size
+    from maskkit.engine.models import load_run
 
     model, config = load_run(run_dir, device)
     model.eval()

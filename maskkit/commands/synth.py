@@ -27,9 +27,9 @@ import numpy as np
 import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from maskkit.errors import MaskkitError
-from maskkit.files import console
-from maskkit.labels import GENDERS, IMAGE_STEMS, label_of
+from maskkit.contract.errors import MaskkitError
+from maskkit.contract.files import console
+from maskkit.contract.labels import GENDERS, IMAGE_STEMS, label_of
 
 STEMS = tuple(IMAGE_STEMS)  # mask1..mask5, incorrect_mask, normal
 JPEG_QUALITY = 92

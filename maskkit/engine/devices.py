@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from maskkit.errors import MaskkitError
+from maskkit.contract.errors import MaskkitError
 
 
 def resolve_device(name: str = "auto") -> torch.device:

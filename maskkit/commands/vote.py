@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from maskkit.errors import MaskkitError
-from maskkit.files import examples, read_csv, write_csv
-from maskkit.labels import NUM_CLASSES
+from maskkit.contract.errors import MaskkitError
+from maskkit.contract.files import examples, read_csv, write_csv
+from maskkit.contract.labels import NUM_CLASSES
 
 PROB_COLUMNS = [f"p{i}" for i in range(NUM_CLASSES)]
 PREDICTION_FIX = "a prediction CSV has columns ImageID,ans,p0..p17 as `maskkit predict` writes"

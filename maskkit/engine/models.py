@@ -18,9 +18,9 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from maskkit.errors import MaskkitError
-from maskkit.files import console, examples
-from maskkit.labels import NUM_CLASSES, TASKS
+from maskkit.contract.errors import MaskkitError
+from maskkit.contract.files import console, examples
+from maskkit.contract.labels import NUM_CLASSES, TASKS
 
 BACKBONES = {
     "resnet18": "resnet18",

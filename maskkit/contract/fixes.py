@@ -12,9 +12,9 @@ from pathlib import Path, PurePath
 
 import pandas as pd
 
-from maskkit.errors import MaskkitError
-from maskkit.files import console, examples, read_csv
-from maskkit.labels import GENDERS, MASKS, label_of
+from maskkit.contract.errors import MaskkitError
+from maskkit.contract.files import console, examples, read_csv
+from maskkit.contract.labels import GENDERS, MASKS, label_of
 
 FIXES_COLUMNS = ("target", "column", "old", "new", "reason")
 FIXABLE = ("gender", "age", "mask")

@@ -9,11 +9,11 @@ import pandas as pd
 from rich.table import Table
 from sklearn.model_selection import StratifiedGroupKFold
 
-from maskkit.dataset import load_train
-from maskkit.errors import MaskkitError
-from maskkit.files import console, examples, write_csv
-from maskkit.fixes import apply_fixes, read_fixes
-from maskkit.labels import AGE_GROUPS, GENDERS, NUM_CLASSES, age_group, class_name
+from maskkit.contract.layout import load_train
+from maskkit.contract.errors import MaskkitError
+from maskkit.contract.files import console, examples, write_csv
+from maskkit.contract.fixes import apply_fixes, read_fixes
+from maskkit.contract.labels import AGE_GROUPS, GENDERS, NUM_CLASSES, age_group, class_name
 
 MANIFEST_COLUMNS = ("path", "person", "gender", "age", "mask", "label", "fold")
 

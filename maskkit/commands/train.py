@@ -37,10 +37,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from maskkit.devices import autocast_dtype, default_workers, resolve_device
-from maskkit.errors import MaskkitError, RunFailure
-from maskkit.files import atomic_path, console, examples, read_csv, write_csv
-from maskkit.labels import GENDERS, MASKS, NUM_CLASSES, TASKS, age_group, encode
+from maskkit.engine.devices import autocast_dtype, default_workers, resolve_device
+from maskkit.contract.errors import MaskkitError, RunFailure
+from maskkit.contract.files import atomic_path, console, examples, read_csv, write_csv
+from maskkit.contract.labels import GENDERS, MASKS, NUM_CLASSES, TASKS, age_group, encode
 
 MANIFEST_COLUMNS = ("path", "person", "gender", "age", "mask", "label", "fold")
 METRIC_COLUMNS = ("epoch", "seconds", "lr", "train_loss", "val_loss", "val_f1", "val_acc",
@@ -93,8 +93,8 @@ class TrainOptions:
 
     def check(self) -> None:
         """Raise MaskkitError on an option out of range (before anything is written)."""
-        from maskkit.loader import AUGMENTATIONS
-        from maskkit.models import HEADS, resolve_backbone
+        from maskkit.data.loader import AUGMENTATIONS
+        from maskkit.engine.models import HEADS, resolve_backbone
 
         resolve_backbone(self.backbone)
         problems = [
@@ -142,7 +142,7 @@ def file_sha256(path: str | Path) -> str:
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
     """Read and check a manifest CSV: columns, values, and no person in two folds (leakage guard)."""
-    from maskkit.split import check_persons_disjoint
+    from maskkit.commands.split import check_persons_disjoint
 
     fix = "make one with: maskkit split DATA/train -o manifest.csv"
     manifest = read_csv(path, MANIFEST_COLUMNS, fix=fix, dtype={"path": str, "person": str})
@@ -167,8 +167,8 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
 
 def manifest_from_folder(data: str | Path) -> pd.DataFrame:
     """The 5-fold person split (seed 42) of a dataset folder, made on the fly."""
-    from maskkit.dataset import load_train
-    from maskkit.split import make_manifest
+    from maskkit.contract.layout import load_train
+    from maskkit.commands.split import make_manifest
 
     images = load_train(data)
     try:
@@ -189,7 +189,7 @@ def check_images_exist(manifest: pd.DataFrame, source: str) -> None:
 
 def targets_of(rows: pd.DataFrame, old_age: int) -> dict[str, np.ndarray]:
     """Per-image targets: training groups use `old_age`; `true_label` always uses the true groups (60)."""
-    from maskkit.models import age_to_target
+    from maskkit.engine.models import age_to_target
 
     mask = rows["mask"].map(MASKS.index).to_numpy(np.int64)
     gender = rows["gender"].map(GENDERS.index).to_numpy(np.int64)
@@ -234,7 +234,7 @@ def score(true_label: np.ndarray, probs: np.ndarray, task_prob: dict[str, np.nda
     """Macro F1 over the 18 classes, accuracy, and the macro F1 of each task."""
     from sklearn.metrics import f1_score
 
-    from maskkit.labels import task_labels
+    from maskkit.contract.labels import task_labels
 
     pred = probs.argmax(1)
     result = {
@@ -266,7 +266,7 @@ def cutmix(images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tens
 # --- sampling --------------------------------------------------------------------------------
 
 def _make_sampler(n: int, seed: int, weights: np.ndarray | None):
-    from maskkit.loader import SeededSampler
+    from maskkit.data.loader import SeededSampler
 
     class ResumableSampler(SeededSampler):
         """SeededSampler that can sample class-balanced and skip the batches already done this epoch."""
@@ -349,7 +349,7 @@ def plot_run(run_dir: Path) -> None:
     from matplotlib.figure import Figure
     from sklearn.metrics import confusion_matrix
 
-    from maskkit.labels import class_name
+    from maskkit.contract.labels import class_name
 
     metrics_path, preds_path = run_dir / "metrics.csv", run_dir / "val_preds.csv"
     if metrics_path.is_file():
@@ -420,8 +420,8 @@ class Trainer:
                  progress: bool | None = None, resumed: bool = False) -> None:
         from timm.scheduler import CosineLRScheduler
 
-        from maskkit.loader import ImageDataset, build_transform, eval_transform, make_loader
-        from maskkit.models import build_model, to_channels_last
+        from maskkit.data.loader import ImageDataset, build_transform, eval_transform, make_loader
+        from maskkit.engine.models import build_model, to_channels_last
 
         self.run_dir, self.options, self.config = run_dir, options, config
         self.device = resolve_device(options.device)
@@ -490,7 +490,7 @@ class Trainer:
 
     def _caches(self, crop) -> tuple:
         """RAM caches of the training and validation images at the working size (or None, None)."""
-        from maskkit.loader import build_cache, cache_bytes, cache_fits, work_size
+        from maskkit.data.loader import build_cache, cache_bytes, cache_fits, work_size
 
         size = work_size(self.config["img_size"], crop)
         mode, n = self.options.cache, len(self.train_rows) + len(self.val_rows)
@@ -502,7 +502,7 @@ class Trainer:
 
     def to_device(self, images: torch.Tensor) -> torch.Tensor:
         """A loader batch on the training device: normalised there when it came as uint8, channels_last on CUDA."""
-        from maskkit.loader import normalize_batch
+        from maskkit.data.loader import normalize_batch
 
         images = images.to(self.device, non_blocking=True)
         if self.normalize_on_device:
@@ -568,7 +568,7 @@ class Trainer:
 
     def train_epoch(self, epoch: int, stop: Callable[[int, int], bool] | None) -> bool:
         """Train one epoch (from the saved step when resuming); False when stopped on request."""
-        from maskkit.loader import DataWait
+        from maskkit.data.loader import DataWait
 
         options, current = self.options, self.progress.current
         self.model.train()
@@ -663,7 +663,7 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
         """Metrics, class probabilities (N, 18) and manifest rows of the validation fold."""
-        from maskkit.models import class_probs, task_probs
+        from maskkit.engine.models import class_probs, task_probs
 
         model = self.eval_model()
         model.eval()
@@ -729,7 +729,7 @@ class Trainer:
         return self.progress
 
     def _save_best(self, epoch: int, val_f1: float, probs: np.ndarray, rows: np.ndarray) -> None:
-        from maskkit.predict import prediction_frame
+        from maskkit.commands.predict import prediction_frame
 
         save_torch({"model": self.eval_model().state_dict(), "epoch": epoch, "val_f1": val_f1},
                    self.run_dir / "best.pt")
@@ -808,8 +808,8 @@ def _deterministic(device: torch.device):
 # --- entry point -------------------------------------------------------------------------------
 
 def build_config(options: TrainOptions, manifest_path: Path, source: str, manifest: pd.DataFrame) -> dict:
-    from maskkit.loader import DEFAULT_CROP
-    from maskkit.models import model_defaults, resolve_backbone
+    from maskkit.data.loader import DEFAULT_CROP
+    from maskkit.engine.models import model_defaults, resolve_backbone
 
     defaults = model_defaults(options.backbone)
     fold = options.fold

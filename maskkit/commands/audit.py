@@ -31,10 +31,10 @@ import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from maskkit.dataset import load_train, parse_folder_name, train_root
-from maskkit.errors import MaskkitError
-from maskkit.files import atomic_path, console, examples, is_hidden, read_csv, write_csv
-from maskkit.labels import AGE_GROUPS, GENDERS, IMAGE_STEMS, MASKS, NUM_CLASSES, OLD_FROM, YOUNG_BELOW, decode
+from maskkit.contract.layout import load_train, parse_folder_name, train_root
+from maskkit.contract.errors import MaskkitError
+from maskkit.contract.files import atomic_path, console, examples, is_hidden, read_csv, write_csv
+from maskkit.contract.labels import AGE_GROUPS, GENDERS, IMAGE_STEMS, MASKS, NUM_CLASSES, OLD_FROM, YOUNG_BELOW, decode
 
 SUSPECT_COLUMNS = ["target", "column", "given", "suggested", "score", "reason", "evidence"]
 PROB_COLUMNS = [f"p{i}" for i in range(NUM_CLASSES)]

@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from maskkit.errors import MaskkitError
-from maskkit.files import console, write_csv
-from maskkit.labels import NUM_CLASSES
+from maskkit.contract.errors import MaskkitError
+from maskkit.contract.files import console, write_csv
+from maskkit.contract.labels import NUM_CLASSES
 
 PROB_COLUMNS = [f"p{i}" for i in range(NUM_CLASSES)]
 TTA_MODES = ("none", "flip")
@@ -42,8 +42,8 @@ def predict_probs(model: torch.nn.Module, loader, n: int, device: torch.device, 
     """
     from rich.progress import Progress
 
-    from maskkit.loader import UnreadableImage, normalize_batch
-    from maskkit.models import class_probs
+    from maskkit.data.loader import UnreadableImage, normalize_batch
+    from maskkit.engine.models import class_probs
 
     probs = np.zeros((n, NUM_CLASSES), dtype=np.float64)
     show = console.is_terminal if progress is None else progress
@@ -77,10 +77,10 @@ def predict_probs(model: torch.nn.Module, loader, n: int, device: torch.device, 
 def predict(run: str | Path, data: str | Path, tta: str = "none", out: str | Path | None = None,
             batch_size: int = 64, device: str = "auto", workers: int | None = None) -> pd.DataFrame:
     """Predict every image of DATA/eval (or a plain image folder) with RUN's best.pt; write the CSV."""
-    from maskkit.dataset import load_eval
-    from maskkit.loader import DEFAULT_CROP, ImageDataset, eval_transform, make_loader
-    from maskkit.models import load_run, to_channels_last
-    from maskkit.devices import autocast_dtype, default_workers, resolve_device
+    from maskkit.contract.layout import load_eval
+    from maskkit.data.loader import DEFAULT_CROP, ImageDataset, eval_transform, make_loader
+    from maskkit.engine.models import load_run, to_channels_last
+    from maskkit.engine.devices import autocast_dtype, default_workers, resolve_device
 
     if tta not in TTA_MODES:
         raise MaskkitError(f"--tta {tta!r}: use none or flip")

@@ -34,8 +34,8 @@ from albumentations.pytorch import ToTensorV2
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from maskkit.errors import MaskkitError, RunFailure
-from maskkit.files import console, examples
+from maskkit.contract.errors import MaskkitError, RunFailure
+from maskkit.contract.files import console, examples
 
 AUGMENTATIONS = ("none", "basic", "strong")
 # Fraction (height, width) of the frame the deterministic centre crop keeps: the competition's

@@ -44,9 +44,9 @@ from rich.text import Text
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from maskkit.devices import resolve_device
-from maskkit.errors import MaskkitError, RunFailure
-from maskkit.files import atomic_path, console, examples, is_hidden, is_image, write_csv
+from maskkit.engine.devices import resolve_device
+from maskkit.contract.errors import MaskkitError, RunFailure
+from maskkit.contract.files import atomic_path, console, examples, is_hidden, is_image, write_csv
 
 # torchvision builder and weights enum per --model (COCO images with the 21 Pascal VOC labels).
 MODELS = {

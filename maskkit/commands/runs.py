@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from maskkit.errors import MaskkitError
-from maskkit.files import console, write_csv
+from maskkit.contract.errors import MaskkitError
+from maskkit.contract.files import console, write_csv
 
 COLUMNS = ("name", "backbone", "heads", "age_weight", "old_age", "img_size", "aug", "loss", "lr", "batch_size",
            "epochs", "fold", "best_epoch", "val_f1", "f1_mask", "f1_gender", "f1_age", "path")

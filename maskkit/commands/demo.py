@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from maskkit.errors import MaskkitError
-from maskkit.files import console, write_csv
+from maskkit.contract.errors import MaskkitError
+from maskkit.contract.files import console, write_csv
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,8 @@ class DemoPlan:
 def demo_options(plan: DemoPlan, fold: int, device: str):
     """lite0 with its offline ImageNet weights (multi heads + age regression, the team's recipe);
     without the weights package, a small network from scratch with more epochs."""
-    from maskkit.models import lite0_weights_file
-    from maskkit.train import TrainOptions
+    from maskkit.engine.models import lite0_weights_file
+    from maskkit.commands.train import TrainOptions
 
     common = dict(heads="multi", age_weight=0.1, img_size=plan.img_size, batch_size=plan.batch_size, fold=fold,
                   device=device, workers=plan.workers, warmup=0.5, aug="basic", seed=42)
@@ -59,7 +59,7 @@ def macro_f1(truth: pd.DataFrame, preds: pd.DataFrame, source: str) -> float:
 
 def _train_fold(run_dir: Path, manifest: Path, options) -> None:
     """Train, resume, or skip (finished) the run of one fold."""
-    from maskkit.train import train
+    from maskkit.commands.train import train
 
     if (run_dir / "last.pt").is_file() and (run_dir / "config.json").is_file():
         train(None, options, resume=run_dir)  # prints "already finished" when it is
@@ -69,16 +69,16 @@ def _train_fold(run_dir: Path, manifest: Path, options) -> None:
 
 def run(out: str | Path = "demo", epochs: int = 4, device: str = "auto", plan: DemoPlan | None = None) -> pd.DataFrame:
     """Run the demo in OUT; returns (and prints) the macro F1 of each model and of the vote."""
-    from maskkit.dataset import load_train
-    from maskkit.predict import predict
-    from maskkit.split import make_manifest
+    from maskkit.contract.layout import load_train
+    from maskkit.commands.predict import predict
+    from maskkit.commands.split import make_manifest
 
     plan = plan or DemoPlan(epochs=epochs)
     out = Path(out)
     started = time.perf_counter()
     data = out / "data"
     if not (data / "eval" / "truth.csv").is_file():
-        from maskkit.synth import synthesize
+        from maskkit.commands.synth import synthesize
 
         console.rule("1/5 synth: drawing a small dataset")
         synthesize(data, persons=plan.persons, eval_persons=plan.eval_persons, size=plan.size, seed=0,
@@ -104,7 +104,7 @@ def run(out: str | Path = "demo", epochs: int = 4, device: str = "auto", plan: D
     scores = [{"model": p.stem, "macro_f1": macro_f1(truth, pd.read_csv(p, dtype={"ImageID": str}), str(p))}
               for p in pred_files]
     try:
-        from maskkit import vote
+        from maskkit.commands import vote
     except ImportError:
         vote = None
     if vote is not None and len(pred_files) > 1:

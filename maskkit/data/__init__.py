@@ -1,0 +1,1 @@
+"""Images in, tensors out: decoding, caching, augmentation presets and loaders."""

@@ -1,0 +1,1 @@
+"""Models, devices and the training / inference loops shared by train, predict and cam."""
