@@ -5,7 +5,7 @@ or doubled images, zero-byte / truncated / undecodable files, exact duplicates (
 near-duplicates across persons (a 64-bit dHash computed with OpenCV, confirmed by the correlation
 of small grayscale thumbnails; cv2.img_hash is not part of opencv-python-headless).
 
-Label checks read out-of-fold predictions (`val_preds.csv` of DESIGN.md). A person's gender and age
+Label checks read out-of-fold predictions (`val_preds.csv`, docs/formats.md). A person's gender and age
 group are judged on all the person's images together (mean probability over the images), so one odd
 image never overrules the other six; a mask swap on the person's likeliest pair of images with
 different masks (each looks like the other's label, and "swapped" beats "as labelled"). cleanlab
@@ -34,10 +34,11 @@ from rich.table import Table
 from maskkit.contract.layout import load_train, parse_folder_name, train_root
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import atomic_path, console, examples, is_hidden, read_csv, write_csv
+from maskkit.contract.manifest import read_manifest
+from maskkit.contract.predictions import PROB_COLUMNS, read_predictions
 from maskkit.contract.labels import AGE_GROUPS, GENDERS, IMAGE_STEMS, MASKS, NUM_CLASSES, OLD_FROM, YOUNG_BELOW, decode
 
 SUSPECT_COLUMNS = ["target", "column", "given", "suggested", "score", "reason", "evidence"]
-PROB_COLUMNS = [f"p{i}" for i in range(NUM_CLASSES)]
 FIX = {"fix": True}  # marks the label suspects that --fixes-out writes
 
 # Cut-offs, chosen from benchmarks/audit.py (drawn data with injected errors; see benchmarks/README.md).
@@ -295,13 +296,7 @@ def read_oof(sources: Sequence[Path]) -> pd.DataFrame:
         path = source / "val_preds.csv" if source.is_dir() else source
         if source.is_dir() and not path.is_file():
             raise MaskkitError(f"{source}: run folder without val_preds.csv (pass a finished run of maskkit train)")
-        df = read_csv(path, ["ImageID", *PROB_COLUMNS], dtype={"ImageID": str},
-                      fix="val_preds.csv has columns ImageID,ans,p0..p17,person,label")
-        probs = df[PROB_COLUMNS].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
-        bad = ~np.isfinite(probs).all(axis=1) | (probs < 0).any(axis=1) | (probs.sum(axis=1) <= 0)
-        if bad.any():
-            raise MaskkitError(f"{path}: {int(bad.sum())} rows with missing or negative probabilities "
-                               "(p0..p17 must be numbers >= 0)")
+        df, probs = read_predictions(path, fix="val_preds.csv has columns ImageID,ans,p0..p17,person,label")
         keys = df["ImageID"].map(image_key)
         for key in keys:
             if key in seen:
@@ -478,7 +473,7 @@ def rank(suspects: pd.DataFrame) -> pd.DataFrame:
 
 
 def fixes_table(labels: pd.DataFrame) -> pd.DataFrame:
-    """Person-level gender and mask-swap suggestions as a fixes CSV (DESIGN.md) plus their score.
+    """Person-level gender and mask-swap suggestions as a fixes CSV (docs/formats.md) plus their score.
 
     Age suspects and single-image masks stay in the suspects CSV only: age-group evidence cannot say
     how many years to write and mostly sits at a group boundary; a lone image is not judged against
@@ -562,9 +557,7 @@ def load_images(data: Path, manifest: Path | None) -> tuple[Path, pd.DataFrame]:
     images = load_train(root)
     if manifest is None:
         return root, images
-    table = read_csv(manifest, ("path", "person", "gender", "age", "mask", "label"),
-                     fix="a manifest from maskkit split has columns path,person,gender,age,mask,label,fold",
-                     dtype={"person": str})
+    table = read_manifest(manifest)
     table = table.assign(folder=[PurePath(p).parent.name for p in table["path"]],
                          stem=[PurePath(p).stem for p in table["path"]])
     # judge the manifest's labels, but show the dataset's own files on the sheet

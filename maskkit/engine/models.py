@@ -8,7 +8,6 @@ plus `"age_years": (B,)` (normalised years, see `age_to_target`) with age regres
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import socket
 from collections.abc import Iterator, Mapping
@@ -37,7 +36,7 @@ BACKBONES = {
     # uses symmetric padding and gives different outputs with those weights).
     "lite0": "tf_efficientnet_lite0",
 }
-HEADS = ("single", "multi")
+from maskkit.options import HEADS  # noqa: E402  (re-exported)
 
 # Age regression target: (years - AGE_CENTER) / AGE_SCALE, so typical ages land in about [-1, 1].
 AGE_CENTER = 40.0
@@ -335,49 +334,31 @@ def to_channels_last(model: nn.Module) -> nn.Module:
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[MaskModel, dict]:
     """Rebuild a trained model from `RUN/config.json` and `RUN/best.pt`, in eval mode on `device`.
 
-    best.pt is {"model": state_dict, "epoch": int, "val_f1": float} or a plain state dict.
-    The returned config always holds "img_size" [H, W], "mean" and "std".
+    Returns the model and the run's config view (contract.runfolder.read_config), which always
+    holds "img_size" [H, W], "mean", "std" and "crop".
     """
-    run = Path(run_dir)
-    config_path, best_path = run / "config.json", run / "best.pt"
-    if not run.is_dir():
-        raise MaskkitError(f"{run}: run folder not found (give a folder written by maskkit train)")
-    if not config_path.is_file():
-        raise MaskkitError(f"{run}: no config.json (not a run folder written by maskkit train)")
-    if not best_path.is_file():
-        raise MaskkitError(
-            f"{run}: no best.pt (training has not finished an epoch; resume it with maskkit train --resume {run})"
-        )
-    try:
-        config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MaskkitError(f"{config_path}: not valid JSON ({exc}); re-create the run with maskkit train") from None
-    missing = [k for k in ("backbone", "heads", "img_size") if k not in config]
-    if missing:
-        raise MaskkitError(f"{config_path}: missing {', '.join(missing)} (re-create the run with maskkit train)")
+    from maskkit.contract.runfolder import BEST, read_best_state, read_config, require
+    from maskkit.data.presets import DEFAULT_CROP
+
+    config = read_config(run_dir)
+    require(run_dir, BEST)
     defaults = model_defaults(config["backbone"])
     config.setdefault("mean", list(defaults["mean"]))
     config.setdefault("std", list(defaults["std"]))
+    config.setdefault("crop", list(DEFAULT_CROP))
     model = build_model(
         config["backbone"],
         heads=config["heads"],
-        age_regression=bool(config.get("age_regression", False)),
+        age_regression=bool(config["age_regression"]),
         pretrained=False,
         img_size=tuple(config["img_size"]),
         dropout=float(config.get("dropout", 0.0)),
     )
-    try:
-        checkpoint = torch.load(best_path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        reason = type(exc).__name__
-        raise MaskkitError(f"{best_path}: unreadable checkpoint ({reason}); re-train or resume the run") from None
-    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, Mapping) else None
-    if not isinstance(state, Mapping):
-        raise MaskkitError(f"{best_path}: holds no model state dict (re-train the run)")
+    state = read_best_state(run_dir)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         detail = first[1].strip() if len(first) > 1 else first[0]
-        raise MaskkitError(f"{best_path}: does not match config.json's model ({detail[:150]})") from None
+        raise MaskkitError(f"{Path(run_dir) / BEST}: does not match config.json's model ({detail[:150]})") from None
     return model.to(device).eval(), config
