@@ -1,4 +1,4 @@
-"""`maskkit predict`: the prediction CSV of DESIGN.md from a trained run."""
+"""`maskkit predict`: the prediction CSV of docs/formats.md from a trained run."""
 
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ def test_tiny_model_learns_far_above_chance_on_held_out_persons(which, request):
     assert best["f1_mask"] > 0.4 and best["f1_gender"] > 0.6
 
 
-def test_run_folder_holds_what_design_md_lists(single, manifest_path):
+def test_run_folder_holds_what_formats_md_lists(single, manifest_path):
     names = {p.name for p in single.iterdir()}
     assert {"config.json", "manifest.csv", "metrics.csv", "best.pt", "last.pt", "val_preds.csv",
             "confusion.png", "curves.png"} <= names
@@ -307,3 +307,80 @@ def test_pretrained_weights_unavailable_is_one_line_and_leaves_no_run(cli, manif
     assert "--weights FILE" in result.stderr and "--no-pretrained" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "runs" / "hub").exists()  # a re-run needs no --overwrite
+
+
+# --- recipes, option spellings, extending a run, the optimizer --------------------------------------
+
+def recipe_of(result) -> dict:
+    import yaml
+
+    assert result.exit_code == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+def test_print_config_round_trips_and_flags_win_over_the_file(cli, manifest_path, tmp_path):
+    first = recipe_of(cli("train", manifest_path, "--backbone", "test_resnet", "--multi", "--lr", "0.002",
+                          "--input-size", "40x48", "--opt", "sgd", "--sched", "tanh", "--print-config"))
+    assert (first["heads"], first["lr"], first["input_size"], first["opt"], first["sched"]) == \
+        ("multi", 0.002, "40x48", "sgd", "tanh")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml_dump(first))
+    again = recipe_of(cli("train", manifest_path, "--config", recipe, "--print-config"))
+    assert again == first
+    changed = recipe_of(cli("train", manifest_path, "--config", recipe, "--lr", "0.01", "--fold", "2",
+                            "--print-config"))
+    assert changed == {**first, "lr": 0.01, "fold": 2}
+
+
+def yaml_dump(data) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def test_a_runs_config_json_seeds_a_new_run_on_another_fold(cli, multi_run, manifest_path):
+    seeded = recipe_of(cli("train", manifest_path, "--config", multi_run / "config.json", "--fold", "1",
+                           "--print-config"))
+    saved = json.loads((multi_run / "config.json").read_text())["options"]
+    assert seeded["fold"] == 1 and seeded["heads"] == "multi" and seeded["age_weight"] == 0.1
+    assert seeded["lr"] == saved["lr"] and seeded["input_size"] == "40x48"
+
+
+def test_old_option_spellings_work_with_a_one_line_note(cli, manifest_path):
+    result = cli("train", manifest_path, "--img-size", "48x40", "--exist-ok", "--print-config")
+    assert recipe_of(result)["input_size"] == "40x48"  # --img-size kept its HEIGHTxWIDTH meaning
+    notes = [line for line in result.stderr.splitlines() if "deprecated" in line]
+    assert len(notes) == 2 and any("--input-size WIDTHxHEIGHT" in n for n in notes)
+
+
+def test_choice_options_refuse_values_outside_their_list(cli, manifest_path):
+    result = cli("train", manifest_path, "--aug", "wild")
+    assert result.exit_code == 2 and "'wild' is not one of" in result.stderr
+
+
+def test_a_larger_epochs_extends_a_run_onto_the_longer_schedule(tmp_path, manifest_path):
+    """Resumed with --epochs 3, a 2-epoch run continues on the 3-epoch schedule: its third epoch ends
+    at the learning rate of a run planned for 3 epochs (the first two ran on the 2-epoch plan)."""
+    options = dict(FAST, epochs=2, warmup=0.0)
+    with one_thread():
+        short = train(manifest_path, TrainOptions(**options), out=tmp_path, name="short", progress=False)
+        planned = train(manifest_path, TrainOptions(**{**options, "epochs": 3}), out=tmp_path, name="planned",
+                        progress=False)
+        extended = train(None, TrainOptions(**{**options, "epochs": 3}), resume=short, progress=False)
+    short_lr = pd.read_csv(extended / "metrics.csv")["lr"].tolist()
+    planned_lr = pd.read_csv(planned / "metrics.csv")["lr"].tolist()
+    assert len(short_lr) == 3
+    assert short_lr[2] == pytest.approx(planned_lr[2], rel=1e-9)  # on the new plan from the resume on
+    assert short_lr[1] < planned_lr[1]  # the 2-epoch plan had decayed further by its end
+    assert read_config(extended)["options"]["epochs"] == 3  # a later --resume continues the 3-epoch plan
+
+
+def test_weight_decay_spares_norms_and_biases(single):
+    """timm's optimizer factory: tensors of one dimension (norm weights, biases) are not decayed."""
+    from maskkit.engine.models import build_model
+
+    groups = _weights(single / "last.pt")["optimizer"]["param_groups"]
+    decay = {g["weight_decay"]: len(g["params"]) for g in groups}
+    model = build_model("test_resnet", heads="single")
+    flat = sum(1 for p in model.parameters() if p.ndim <= 1)
+    assert decay == {0.0: flat, FAST.get("weight_decay", 0.01): sum(1 for _ in model.parameters()) - flat}

@@ -1,4 +1,4 @@
-"""`maskkit synth`: a procedurally drawn dataset in the exact competition layout (DESIGN.md).
+"""`maskkit synth`: a procedurally drawn dataset in the exact competition layout (docs/formats.md).
 
 Faces are drawn with OpenCV so that a small CNN can learn the three tasks: the mask state is plain
 (mask over nose and mouth / mask below the nose or under the chin / no mask), gender is clear (hair
