@@ -28,14 +28,15 @@ from pathlib import Path, PurePath
 import cv2
 import numpy as np
 import pandas as pd
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from maskkit.contract.layout import load_train, parse_folder_name, train_root
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import atomic_path, console, examples, is_hidden, read_csv, write_csv
+from maskkit.contract.files import console, examples, is_hidden, read_csv, write_csv
 from maskkit.contract.manifest import read_manifest
 from maskkit.contract.predictions import PROB_COLUMNS, read_predictions
+from maskkit.data.images import write_image
+from maskkit.engine.progress import progress_bar
 from maskkit.contract.labels import AGE_GROUPS, GENDERS, IMAGE_STEMS, MASKS, NUM_CLASSES, OLD_FROM, YOUNG_BELOW, decode
 
 SUSPECT_COLUMNS = ["target", "column", "given", "suggested", "score", "reason", "evidence"]
@@ -205,13 +206,11 @@ def scan_file(path: Path) -> dict:
 def scan_files(files: Sequence[Path]) -> pd.DataFrame:
     """scan_file over many files on threads (OpenCV releases the GIL), with a progress bar on stderr."""
     results: list[dict] = []
-    with Progress(TextColumn("audit: reading images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, transient=True, disable=len(files) < 2000) as bar:
-        task = bar.add_task("scan", total=len(files))
+    with progress_bar("audit: reading images", len(files), show=None if len(files) >= 2000 else False) as bar:
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             for result in pool.map(scan_file, files, chunksize=64):
                 results.append(result)
-                bar.advance(task)
+                bar.advance()
     return pd.DataFrame(results, columns=["path", "folder", "size", "problem", "sha1", "dhash", "thumb"])
 
 
@@ -530,11 +529,7 @@ def draw_sheet(suspects: pd.DataFrame, images: pd.DataFrame, path: Path, top: in
         tiles.append(np.full_like(tiles[0], 255))
     grid = [np.hstack(tiles[i: i + columns]) for i in range(0, len(tiles), columns)]
     sheet = np.vstack(grid)
-    with atomic_path(path) as tmp:
-        ok, data = cv2.imencode(".png", sheet)
-        if not ok:
-            raise MaskkitError(f"{path}: could not encode the contact sheet as PNG")
-        tmp.write_bytes(data.tobytes())
+    write_image(path, sheet)
     return drawn
 
 

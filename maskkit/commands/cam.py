@@ -23,9 +23,10 @@ from torch import nn
 
 from maskkit.engine.devices import resolve_device
 from maskkit.contract.errors import MaskkitError, RunFailure
-from maskkit.contract.files import atomic_path, console, is_image, read_csv, write_csv
+from maskkit.contract.files import console, is_image, write_csv
 from maskkit.contract.labels import AGE_GROUPS, GENDERS, MASKS, NUM_CLASSES, class_name, decode
 from maskkit.contract.runfolder import BEST, CONFIG, require
+from maskkit.data.images import write_image
 
 HEADS = ("class", "mask", "gender", "age")
 HEAD_CLASSES = {
@@ -354,9 +355,7 @@ def overlay(rgb: np.ndarray, cam: np.ndarray) -> np.ndarray:
 
 
 def write_png(path: Path, rgb: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-            raise RunFailure(f"{path}: could not write the PNG (disk full or not writable?)")
+    write_image(path, rgb, rgb=True)
 
 
 def tile(rgb: np.ndarray, lines: Sequence[str], colour: tuple[int, int, int]) -> np.ndarray:
@@ -456,8 +455,6 @@ def run(run_dir: Path, images: Sequence[Path], out: Path = Path("cam"), head: st
         masks: Path | None = None, summary_out: Path | None = None, batch_size: int = 16,
         device: str | None = None, limit: int | None = None) -> pd.DataFrame:
     """Explain a run's decisions on IMAGES; returns the per-image table (also written to OUT/cam.csv)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     # Everything the user can get wrong is checked before anything is computed or written.
     out = Path(out)
     heads = parse_heads(head)
@@ -506,10 +503,9 @@ def run(run_dir: Path, images: Sequence[Path], out: Path = Path("cam"), head: st
     layer, reshape = target_layer(model.backbone, img_size)
 
     rows, tiles = [], []
-    columns = TextColumn("[bold]cam[/]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
-    quiet = len(items) < 2 or not console.is_terminal
-    with Progress(*columns, console=console, transient=True, disable=quiet) as progress:
-        task = progress.add_task("cam", total=len(items))
+    from maskkit.engine.progress import progress_bar
+
+    with progress_bar("cam", len(items), show=False if len(items) < 2 else None) as progress:
         for start in range(0, len(items), batch_size):
             batch = items[start: start + batch_size]
             rgbs, person, x = prepare(batch, shape, tensorize, work_size(img_size, crop))
@@ -535,7 +531,7 @@ def run(run_dir: Path, images: Sequence[Path], out: Path = Path("cam"), head: st
                         "label": truths[i], "cam_inside": inside,
                         "person_area": float(person[i].mean()) if person[i] is not None else float("nan"),
                     })
-            progress.advance(task, len(batch))
+            progress.advance(len(batch))
 
     table = pd.DataFrame(rows)
     table["label"] = table["label"].astype("Int64")

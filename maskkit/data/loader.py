@@ -22,7 +22,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -166,18 +166,15 @@ def build_cache(
             return False
 
     threads = threads or min(32, os.cpu_count() or 1)
-    show = (n >= 500) if progress is None else progress
+    from maskkit.engine.progress import progress_bar
+
+    show = (None if n >= 500 else False) if progress is None else progress
     bad: list[str] = []
     consecutive = 0
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        results = pool.map(fill, range(n), chunksize=16)
-        if show:
-            from rich.progress import Progress
-
-            with Progress(console=console, transient=True) as bar:
-                task = bar.add_task(f"caching {n} images at {height}x{width}", total=n)
-                results = list(_advance(results, bar, task))
-        for i, ok in enumerate(results):
+    with ThreadPoolExecutor(max_workers=threads) as pool, \
+            progress_bar(f"caching {n} images at {height}x{width}", n, show=show) as bar:
+        for i, ok in enumerate(pool.map(fill, range(n), chunksize=16)):
+            bar.advance()
             if ok:
                 consecutive = 0
                 continue
@@ -187,12 +184,6 @@ def build_cache(
             _warn_bad(str(paths[i]))
             _check_bad(bad, n, consecutive)
     return cache, valid
-
-
-def _advance(results: Iterable[bool], bar, task) -> Iterator[bool]:
-    for ok in results:
-        bar.advance(task)
-        yield ok
 
 
 # --- dataset and loader ------------------------------------------------------------------------
@@ -214,7 +205,7 @@ class ImageDataset(Dataset):
         paths: Sequence[str | Path],
         targets: Mapping[str, np.ndarray] | None,
         img_size: Sequence[int],
-        transform: "A.Compose",
+        transform: Callable,
         cache: np.ndarray | None = None,
         valid: np.ndarray | None = None,
         crop: Sequence[float] = DEFAULT_CROP,
