@@ -188,7 +188,7 @@ def lite0_weights_file() -> Path | None:
     return path if path.is_file() else None
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from a file: a plain one, or a checkpoint holding it under "state_dict"/"model"."""
     if not path.is_file():
         raise MaskkitError(f"{path}: weights file not found (give a PyTorch state dict with --weights)")
@@ -216,7 +216,7 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, quiet: bool = F
     Raises MaskkitError when the file is unreadable, nothing matches, or a shape differs.
     """
     path = Path(path)
-    state = _read_state_dict(path)
+    state = read_state_dict(path)
     state = {re.sub(r"^(module\.)?(backbone\.)?", "", k): v for k, v in state.items()}
     if any(k.startswith("_conv_stem.") for k in state) and hasattr(backbone, "blocks"):
         state = map_lite_keys(state, backbone)
@@ -296,6 +296,29 @@ def _create_backbone(timm_name: str, img_size: tuple[int, int] | None, pretraine
         ) from None
 
 
+def _fixed_input_size(timm_name: str) -> bool:
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(timm_name)
+    return bool(cfg is not None and cfg.fixed_input_size)
+
+
+def _backbone_from_file(timm_name: str, img_size: tuple[int, int] | None, path: Path) -> nn.Module:
+    """A fixed-size backbone (ViT) from a local file at any input size: timm loads the file through
+    pretrained_cfg_overlay and resamples the position embeddings; files timm cannot read (a maskkit
+    best.pt, other key names) go through load_backbone_weights, which explains a mismatch."""
+    import timm
+
+    read_state_dict(path)  # one-line errors for a missing or unreadable file
+    kwargs = {"num_classes": 0, **({"img_size": tuple(img_size)} if img_size is not None else {})}
+    try:
+        return timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+    except Exception:  # not in timm's layout: the general loader, with its one-line errors
+        net = timm.create_model(timm_name, pretrained=False, **kwargs)
+        load_backbone_weights(net, path)
+        return net
+
+
 def build_model(
     backbone: str,
     heads: str = "single",
@@ -316,8 +339,11 @@ def build_model(
     timm_name = resolve_backbone(backbone)
     lite_file = lite0_weights_file() if pretrained and weights is None and timm_name == BACKBONES["lite0"] else None
     use_hub = pretrained and weights is None and lite_file is None
-    net = _create_backbone(timm_name, img_size, pretrained=use_hub)
-    if weights is not None:
+    if weights is not None and _fixed_input_size(timm_name):
+        net = _backbone_from_file(timm_name, img_size, Path(weights))
+    else:
+        net = _create_backbone(timm_name, img_size, pretrained=use_hub)
+    if weights is not None and not _fixed_input_size(timm_name):
         load_backbone_weights(net, weights)
     elif lite_file is not None:
         load_backbone_weights(net, lite_file, quiet=True)
