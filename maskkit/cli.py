@@ -3,6 +3,8 @@
 Logic lives in the subcommand modules; this file only declares options (one vocabulary for all
 subcommands: see maskkit/options.py), turns errors into one-line messages with the exit codes of
 docs/formats.md, and imports heavy modules lazily so `--help` is fast.
+
+Why over 400 lines: it is only declarations, one block of typed options per subcommand.
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ the same resized image, and a person mask goes through the same geometry (neares
 `--summary` can say how much of the CAM mass falls on the person rather than on the background.
 Outputs: OUT/<head>/<image's relative path>.png, OUT/cam.csv (one row per image and head),
 OUT/sheet.png (or --sheet), and with --summary a per-class CSV on stdout (or -o).
+
+Why over 400 lines: input collection (files, folders, datasets, manifests), per-backbone target
+layers (CNNs and ViTs), overlays, the contact sheet and the summary are all one command's parts;
+splitting them would make modules that only cam imports.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ Options that model the competition's traps: `noise` injects label errors (listed
 `train/injected_errors.csv`, fixes-CSV format, mask targets are `images/<folder>/<file>` relative
 to DATA/train), `shortcut` ties the background to the person's group in train only, `masks` writes
 the true person mask of each image under `OUT/masks/` (mirroring OUT's tree).
+
+Why over 400 lines: the drawing code (face, hair, mask, age cues, backgrounds) is most of it and
+only synth uses it.
 """
 
 from __future__ import annotations

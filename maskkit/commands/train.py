@@ -1,8 +1,11 @@
 """`maskkit train`: one fold of a person-grouped manifest -> a run folder (docs/formats.md, "Run folder").
 
-This module keeps what timm's train.py `main()` keeps: the options, the run folder's setup,
-resume, and the epoch loop. The step loops live in maskkit.engine.loop, the loss in
-maskkit.engine.loss, the run folder's files in maskkit.contract.runfolder.
+This module keeps what timm's train.py `main()` keeps: the run folder's setup, resume, and the epoch
+loop (the `Trainer`: building the loaders, model, optimizer and schedule, saving and restoring every
+state resuming needs). The options live in maskkit.options, the step loops in maskkit.engine.loop,
+the loss in maskkit.engine.loss, run control in maskkit.engine.runtime, the run folder's files in
+maskkit.contract.runfolder. Why over 400 lines: exact resume touches every piece of state, and
+keeping its save and restore beside the code that creates that state is what keeps them in step.
 
 Reproducibility: everything random is seeded from `--seed`: the model's initialisation, the order
 and augmentation of every epoch (drawn from (seed, epoch) by the sampler, per item by the dataset),
@@ -21,17 +24,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
-import os
 import platform
 import random
 import shutil
-import signal
 import sys
-import threading
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -45,8 +42,9 @@ from maskkit.contract.files import atomic_path, console, examples, write_csv
 from maskkit.contract.manifest import check_images_exist, file_sha256, read_manifest
 from maskkit.contract.predictions import prediction_frame
 from maskkit.engine.devices import autocast_dtype, default_workers, resolve_device, use_threads
-from maskkit.options import AUGMENTATIONS, CACHE_MODES, HEADS, OPTIMIZERS, PRECISIONS, SCHEDULERS, SEED
+from maskkit.options import TrainOptions
 from maskkit.engine.loop import EpochState, NonFiniteLoss, OnDevice, Optimisation, Progress, evaluate, train_one_epoch
+from maskkit.engine.runtime import deterministic, seed_everything, sigint_sets_flag
 
 AUTO_FOLDS, AUTO_SPLIT_SEED = 5, 42  # the split made on the fly from a dataset folder
 # Options that may differ when resuming (they change where and how fast, not what is learned).
@@ -55,105 +53,6 @@ RUNTIME_OPTIONS = ("device", "workers", "cache", "threads", "wandb")
 
 class Interrupted(KeyboardInterrupt):
     """Training stopped on request (Ctrl-C or a `stop` callback) after writing last.pt."""
-
-
-@dataclass
-class TrainOptions:
-    """Every option of a training run; saved once in config.json["options"] and restored by --resume."""
-
-    backbone: str = "effb2"
-    heads: str = "single"  # single (18-way) or multi (mask, gender, age)
-    age_weight: float = 0.0  # > 0: age-regression branch, MSE on normalised years, this weight
-    old_age: int = 60  # training targets: age >= old_age is the oldest group (validation: 60)
-    pretrained: bool = True
-    weights: str | None = None
-    dropout: float = 0.0
-    label_smoothing: float = 0.0
-    focal: float = 0.0  # focal-loss gamma; 0 = plain cross-entropy
-    balanced: bool = False  # class-balanced sampling (with replacement)
-    aug: str = "basic"
-    cutmix: float = 0.0  # probability of cutmix per batch
-    img_size: tuple[int, int] = (320, 256)  # (H, W); the command line's --input-size is WIDTHxHEIGHT
-    epochs: int = 10
-    batch_size: int = 32
-    opt: str = "adamw"  # timm optimizer name (weight decay off for norms and biases)
-    sched: str = "cosine"  # timm scheduler name, stepped per update
-    lr: float = 3e-4
-    weight_decay: float = 0.01
-    warmup: float = 1.0  # epochs of linear warmup
-    ema: bool = False
-    ema_decay: float = 0.999
-    patience: int = 0  # stop after this many epochs without a better val F1; 0 = never
-    seed: int = SEED
-    fold: int = 0
-    precision: str = "auto"  # CUDA autocast: bf16 where supported, else fp16 (+ GradScaler)
-    device: str = "auto"
-    workers: int | None = None  # None: chosen from the device and the CPU count
-    cache: str = "auto"
-    threads: int | None = None  # torch threads; None: the cores left free (see engine.devices.use_threads)
-    wandb: str | None = None
-
-    @classmethod
-    def from_dict(cls, values: dict, source: str = "options") -> TrainOptions:
-        """Options from a dict (config.json's "options", a recipe); unknown keys are refused."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise MaskkitError(f"{source}: unknown option(s) {', '.join(unknown)} (see maskkit train --help)")
-        values = dict(values)
-        if values.get("img_size") is not None:
-            values["img_size"] = tuple(int(v) for v in values["img_size"])
-        return cls(**values)
-
-    def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "img_size": list(self.img_size)}
-
-    def check(self) -> None:
-        """Raise MaskkitError on an option out of range (before anything is written)."""
-        from maskkit.engine.models import resolve_backbone
-
-        resolve_backbone(self.backbone)
-        problems = [
-            (self.heads in HEADS, f"--heads {self.heads!r}: use single or multi"),
-            (self.aug in AUGMENTATIONS, f"--aug {self.aug!r}: use none, basic or strong"),
-            (self.precision in PRECISIONS, f"--precision {self.precision!r}: use {', '.join(PRECISIONS)}"),
-            (self.cache in CACHE_MODES, f"--cache {self.cache!r}: use auto, ram or none"),
-            (self.opt in OPTIMIZERS or self.opt in _timm_optimizers(), f"--opt {self.opt!r}: use {', '.join(OPTIMIZERS)}"),
-            (self.sched in SCHEDULERS, f"--sched {self.sched!r}: use {', '.join(SCHEDULERS)}"),
-            (self.epochs >= 1, f"--epochs {self.epochs}: need at least 1"),
-            (self.batch_size >= 1, f"--batch-size {self.batch_size}: need at least 1"),
-            (0 < self.lr < 10 and math.isfinite(self.lr), f"--lr {self.lr}: need a learning rate in (0, 10)"),
-            (self.weight_decay >= 0, f"--weight-decay {self.weight_decay}: must be >= 0"),
-            (self.warmup >= 0, f"--warmup {self.warmup}: must be >= 0 epochs"),
-            (0 <= self.label_smoothing < 1, f"--label-smoothing {self.label_smoothing}: use a value in [0, 1)"),
-            (self.focal >= 0, f"--focal {self.focal}: gamma must be >= 0"),
-            (0 <= self.cutmix <= 1, f"--cutmix {self.cutmix}: use a probability in [0, 1]"),
-            (self.age_weight >= 0, f"--age-weight {self.age_weight}: must be >= 0 (0 turns age regression off)"),
-            (30 < self.old_age <= 120, f"--old-age {self.old_age}: use an age in 31..120"),
-            (0 <= self.dropout < 1, f"--dropout {self.dropout}: use a value in [0, 1)"),
-            (0 < self.ema_decay < 1, f"--ema-decay {self.ema_decay}: use a value in (0, 1)"),
-            (self.patience >= 0, f"--patience {self.patience}: must be >= 0 (0 = never stop early)"),
-            (self.fold >= 0, f"--fold {self.fold}: must be >= 0"),
-            (self.workers is None or self.workers >= 0, f"--workers {self.workers}: must be >= 0"),
-            (self.threads is None or self.threads >= 1, f"--threads {self.threads}: must be >= 1"),
-            (len(self.img_size) == 2 and min(self.img_size) >= 16,
-             f"--input-size {'x'.join(map(str, self.img_size[::-1]))}: need at least 16x16"),
-        ]
-        for ok, message in problems:
-            if not ok:
-                raise MaskkitError(message)
-        if self.weights is not None and not Path(self.weights).is_file():
-            raise MaskkitError(f"{self.weights}: weights file not found (--weights takes a PyTorch state dict)")
-
-    @property
-    def age_regression(self) -> bool:
-        return self.age_weight > 0
-
-
-def _timm_optimizers() -> list[str]:
-    from timm.optim import list_optimizers
-
-    return list_optimizers()
 
 
 # --- the data ----------------------------------------------------------------------------------
@@ -423,7 +322,7 @@ class Trainer:
         from maskkit.engine.plots import plot_run
 
         options = self.options
-        with _sigint_sets_flag(self):
+        with sigint_sets_flag(self):
             while self.progress.epoch < options.epochs and not self.progress.finished:
                 epoch = self.progress.epoch
                 if not self.train_epoch(epoch, stop):  # stopped mid-epoch: last.pt holds the step reached
@@ -478,50 +377,6 @@ class Trainer:
             f"{current.seconds:.0f}s" + ("  *best" if improved else ""),
             markup=False, highlight=False,
         )
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-@contextmanager
-def _sigint_sets_flag(trainer: Trainer):
-    """First Ctrl-C: finish the current step, write last.pt, exit 130. A second one stops at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    main_pid = os.getpid()
-
-    def handler(signum, frame):
-        if os.getpid() != main_pid:  # a forked loader worker: keep serving batches until told to stop
-            return
-        trainer.stop_requested = True
-        console.print("stopping after this step to write last.pt (Ctrl-C again to stop at once)")
-        signal.signal(signal.SIGINT, previous)
-
-    previous = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-@contextmanager
-def _deterministic(device: torch.device):
-    """Deterministic algorithms on the CPU (cheap there), restored afterwards."""
-    if device.type != "cpu":
-        yield
-        return
-    before, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before, warn_only=warn)
 
 
 # --- entry point -------------------------------------------------------------------------------
@@ -649,7 +504,7 @@ def train(
                                              name, overwrite)
     use_threads(options.threads)
     device = resolve_device(options.device)
-    with _deterministic(device):
+    with deterministic(device):
         try:
             trainer = Trainer(run_dir, manifest, options, config, progress=progress, resumed=resume is not None)
         except BaseException:  # pretrained download failed, Ctrl-C while caching...: leave no half run
