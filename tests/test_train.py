@@ -384,3 +384,21 @@ def test_weight_decay_spares_norms_and_biases(single):
     model = build_model("test_resnet", heads="single")
     flat = sum(1 for p in model.parameters() if p.ndim <= 1)
     assert decay == {0.0: flat, FAST.get("weight_decay", 0.01): sum(1 for _ in model.parameters()) - flat}
+
+
+def test_a_run_from_before_the_optimizer_factory_is_refused_in_one_line(cli, multi_run, tmp_path):
+    """Its config.json and best.pt still serve predict and cam; only resuming it is refused."""
+    import shutil
+
+    run = tmp_path / "old"
+    shutil.copytree(multi_run, run)
+    last = _weights(run / "last.pt")
+    groups = last["optimizer"]["param_groups"]
+    last["optimizer"]["param_groups"] = [{**groups[-1], "params": sorted(p for g in groups for p in g["params"])}]
+    torch.save(last, run / "last.pt")
+    config = (run / "config.json").read_bytes()
+    with one_thread():
+        result = cli("train", "--resume", run, "--epochs", "11", "--workers", "0")
+    assert result.exit_code == 2 and "predates" in result.stderr and "--config" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert (run / "config.json").read_bytes() == config  # a refused extension changes nothing

@@ -264,7 +264,13 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         if self.opt.ema is not None and state.get("ema") is not None:
             self.opt.ema.load_state_dict(state["ema"])
-        self.opt.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.opt.optimizer.load_state_dict(state["optimizer"])
+        except ValueError:  # before timm's factory: one parameter group (norms and biases decayed too)
+            raise MaskkitError(
+                f"{self.run_dir / runfolder.LAST}: its optimizer state predates this maskkit (weight decay now "
+                "spares norms and biases); predict and cam still use the run; to train on, start a new run "
+                f"with --config {self.run_dir / runfolder.CONFIG}") from None
         if replan:
             self.opt.scheduler = self.make_scheduler()
         else:
@@ -465,8 +471,7 @@ def resume_options(run_dir: Path, options: TrainOptions | None, given: Iterable[
         raise MaskkitError(f"{manifest_path}: changed since the run started (its sha256 differs from config.json); start a new run")
     check_images_exist(manifest, str(manifest_path))
     if extended:
-        config["options"] = saved.to_dict()
-        runfolder.write_json(runfolder.stored_config(config), run_dir / runfolder.CONFIG)
+        config["options"] = saved.to_dict()  # written once last.pt has loaded (see train)
     return saved, config, manifest, extended
 
 
@@ -513,6 +518,8 @@ def train(
             raise
         if resume is not None:
             trainer.load_last(replan=extended)
+            if extended:
+                runfolder.write_json(runfolder.stored_config(config), run_dir / runfolder.CONFIG)
             if extended and trainer.progress.epoch < options.epochs:
                 trainer.progress.finished = False
                 console.print(f"extending {run_dir} to {options.epochs} epochs (schedule re-planned)")
