@@ -214,7 +214,9 @@ class Trainer:
         warmup_steps = min(int(round(options.warmup * steps)), total // 2)
         scheduler, _ = create_scheduler_v2(
             self.opt.optimizer, sched=options.sched, num_epochs=options.epochs, min_lr=options.lr * 0.01,
-            warmup_lr=options.lr * 0.01, warmup_epochs=warmup_steps / steps, decay_epochs=max(options.epochs / 3, 1 / steps),
+            warmup_lr=options.lr * 0.01, warmup_epochs=warmup_steps / steps,
+            decay_epochs=max(options.epochs / 3, 1 / steps),  # step: lr x 0.1 at each third of the run
+            decay_rate=0.1 if options.sched == "step" else 1.0,  # poly: power 1, a linear decay
             step_on_epochs=False, updates_per_epoch=steps)
         return scheduler
 
