@@ -344,7 +344,23 @@ def cam(
 
 
 def main() -> None:
-    app(prog_name="maskkit")
+    """The `maskkit` entry point: a bad option value is one line and exit 2, not a usage box."""
+    import sys
+
+    try:
+        code = app(prog_name="maskkit", standalone_mode=False)
+    except typer.Abort:  # Ctrl-C while click itself was running
+        typer.echo("maskkit: interrupted", err=True)
+        sys.exit(130)
+    except typer.TyperException as exc:  # click's UsageError, BadParameter, NoSuchOption... (typer vendors click)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `maskkit` or a bare group: show the help
+            exc.show()
+            sys.exit(exc.exit_code)
+        ctx = getattr(exc, "ctx", None)
+        where = ctx.command_path if ctx is not None else "maskkit"
+        typer.echo(f"{where}: error: {exc.format_message()} (see {where} --help)", err=True)
+        sys.exit(getattr(exc, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -33,10 +33,12 @@ from rich.table import Table
 
 from maskkit.contract.layout import load_train, parse_folder_name, train_root
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import atomic_path, console, examples, is_hidden, read_csv, write_csv
-from maskkit.contract.labels import AGE_GROUPS, GENDERS, IMAGE_STEMS, MASKS, NUM_CLASSES, OLD_FROM, YOUNG_BELOW, decode
+from maskkit.contract.files import PNG_MAGIC, Inputs, console, examples, is_hidden, read_csv, write_bytes, write_csv
+from maskkit.contract.labels import (AGE_GROUPS, GENDERS, IMAGE_STEMS, MASKS, NUM_CLASSES, OLD_FROM, PROB_SUM_TOLERANCE,
+                                     YOUNG_BELOW, bad_probability_rows, decode)
 
 SUSPECT_COLUMNS = ["target", "column", "given", "suggested", "score", "reason", "evidence"]
+FIXES_OUT_COLUMNS = ["target", "column", "old", "new", "reason", "score"]  # the fixes CSV plus audit's score
 PROB_COLUMNS = [f"p{i}" for i in range(NUM_CLASSES)]
 FIX = {"fix": True}  # marks the label suspects that --fixes-out writes
 
@@ -298,10 +300,10 @@ def read_oof(sources: Sequence[Path]) -> pd.DataFrame:
         df = read_csv(path, ["ImageID", *PROB_COLUMNS], dtype={"ImageID": str},
                       fix="val_preds.csv has columns ImageID,ans,p0..p17,person,label")
         probs = df[PROB_COLUMNS].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
-        bad = ~np.isfinite(probs).all(axis=1) | (probs < 0).any(axis=1) | (probs.sum(axis=1) <= 0)
+        bad = bad_probability_rows(probs)
         if bad.any():
-            raise MaskkitError(f"{path}: {int(bad.sum())} rows with missing or negative probabilities "
-                               "(p0..p17 must be numbers >= 0)")
+            raise MaskkitError(f"{path}: {int(bad.sum())} rows whose p0..p17 are missing, negative or do not sum "
+                               f"to 1 within {PROB_SUM_TOLERANCE:g} (they must be the 18 class probabilities)")
         keys = df["ImageID"].map(image_key)
         for key in keys:
             if key in seen:
@@ -501,7 +503,8 @@ def sheet_image(row: pd.Series, images: pd.DataFrame) -> str | None:
     return (normal if len(normal) else owned).iloc[0]["path"]
 
 
-def draw_sheet(suspects: pd.DataFrame, images: pd.DataFrame, path: Path, top: int = 30) -> int:
+def draw_sheet(suspects: pd.DataFrame, images: pd.DataFrame, path: Path, top: int = 30,
+               inputs: Inputs | None = None) -> int:
     """A PNG grid of the top suspects: thumbnail, target, given -> suggested, score. Returns tiles drawn."""
     tile_w, tile_h, text_h, columns = 160, 200, 76, 6
     tiles = []
@@ -535,11 +538,10 @@ def draw_sheet(suspects: pd.DataFrame, images: pd.DataFrame, path: Path, top: in
         tiles.append(np.full_like(tiles[0], 255))
     grid = [np.hstack(tiles[i: i + columns]) for i in range(0, len(tiles), columns)]
     sheet = np.vstack(grid)
-    with atomic_path(path) as tmp:
-        ok, data = cv2.imencode(".png", sheet)
-        if not ok:
-            raise MaskkitError(f"{path}: could not encode the contact sheet as PNG")
-        tmp.write_bytes(data.tobytes())
+    ok, data = cv2.imencode(".png", sheet)
+    if not ok:
+        raise MaskkitError(f"{path}: could not encode the contact sheet as PNG")
+    write_bytes(path, data.tobytes(), inputs=inputs)
     return drawn
 
 
@@ -583,6 +585,10 @@ def run(data: Path, oof: Sequence[Path] = (), manifest: Path | None = None, fixe
     if fixes_out is not None and not oof:
         raise MaskkitError("--fixes-out writes label suggestions, which need --oof "
                            "(out-of-fold predictions of maskkit train)")
+    inputs = Inputs.of(data, oof, manifest)
+    inputs.check(out, header=SUSPECT_COLUMNS)
+    inputs.check(fixes_out, header=FIXES_OUT_COLUMNS)
+    inputs.check(sheet, magic=PNG_MAGIC)
     root, images = load_images(data, manifest)
     labels = frame([])
     if oof:
@@ -593,16 +599,16 @@ def run(data: Path, oof: Sequence[Path] = (), manifest: Path | None = None, fixe
     parts = [p for p in (structural, labels.drop(columns="fix", errors="ignore")) if len(p)]
     suspects = rank(pd.concat(parts, ignore_index=True)) if parts else frame([])
     if sheet is not None:
-        drawn = draw_sheet(suspects, images, sheet, top=top)
+        drawn = draw_sheet(suspects, images, sheet, top=top, inputs=inputs)
         console.print(f"audit: contact sheet of {drawn} suspects written to {sheet}")
     if fixes_out is not None:
         fixes = fixes_table(labels)
-        write_csv(fixes, fixes_out)
+        write_csv(fixes, fixes_out, inputs=inputs)
         console.print(f"audit: {len(fixes)} label suggestions written to {fixes_out} "
                       f"(review them, then: maskkit split {data} --fixes {fixes_out})")
     if len(suspects):
         console.print(summary(suspects))
     else:
         console.print("audit: no suspects")
-    write_csv(suspects, out)
+    write_csv(suspects, out, inputs=inputs)
     return suspects

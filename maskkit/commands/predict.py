@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import console, write_csv
+from maskkit.contract.files import Inputs, console, write_csv
 from maskkit.contract.labels import NUM_CLASSES
 
 PROB_COLUMNS = [f"p{i}" for i in range(NUM_CLASSES)]
@@ -86,6 +86,10 @@ def predict(run: str | Path, data: str | Path, tta: str = "none", out: str | Pat
         raise MaskkitError(f"--tta {tta!r}: use none or flip")
     if batch_size < 1:
         raise MaskkitError(f"--batch-size {batch_size}: need at least 1")
+    if workers is not None and workers < 0:
+        raise MaskkitError(f"--workers {workers}: must be 0 (load in this process) or more")
+    inputs = Inputs.of(run, data)
+    inputs.check(out, header=["ImageID", "ans", *PROB_COLUMNS])
     torch_device = resolve_device(device)
     model, config = load_run(run, torch_device)
     images = load_eval(data)
@@ -102,7 +106,7 @@ def predict(run: str | Path, data: str | Path, tta: str = "none", out: str | Pat
     probs = predict_probs(model, loader, len(images), torch_device, tta, autocast_dtype(torch_device),
                           normalize=(config["mean"], config["std"]) if on_device else None)
     frame = prediction_frame(images["ImageID"].tolist(), probs)
-    write_csv(frame, out)
+    write_csv(frame, out, inputs=inputs)
     if out is not None and str(out) != "-":
         console.print(f"{len(frame)} predictions of {Path(run).name} written to {out}")
     return frame

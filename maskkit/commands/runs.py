@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import console, write_csv
+from maskkit.contract.files import console, examples, read_csv, write_csv
 
 COLUMNS = ("name", "backbone", "heads", "age_weight", "old_age", "img_size", "aug", "loss", "lr", "batch_size",
            "epochs", "fold", "best_epoch", "val_f1", "f1_mask", "f1_gender", "f1_age", "path")
@@ -53,6 +53,9 @@ def summarize(run_dir: Path) -> dict:
         config = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise MaskkitError(f"{config_path}: not valid JSON (re-create the run with maskkit train)") from None
+    if not isinstance(config, dict) or not isinstance(config.get("options", {}), dict):
+        raise MaskkitError(f"{config_path}: not a maskkit run config (a JSON object with an options object); "
+                           "re-create the run with maskkit train")
     options = config.get("options", {})
     row = {
         "name": run_dir.name, "backbone": config.get("backbone"), "heads": config.get("heads"),
@@ -63,13 +66,30 @@ def summarize(run_dir: Path) -> dict:
     }
     metrics_path = run_dir / "metrics.csv"
     if metrics_path.is_file():
-        metrics = pd.read_csv(metrics_path)
+        metrics = read_metrics(metrics_path)
         if len(metrics):
             best = metrics.loc[metrics["val_f1"].idxmax()]  # first of equal F1s, as training selects
             row["epochs"] = f"{len(metrics)}/{options.get('epochs', '?')}"
             row.update({"best_epoch": int(best["epoch"]),
                         **{k: round(float(best[k]), 4) for k in ("val_f1", "f1_mask", "f1_gender", "f1_age")}})
     return row
+
+
+METRICS_READ = ("epoch", "val_f1", "f1_mask", "f1_gender", "f1_age")
+
+
+def read_metrics(path: Path) -> pd.DataFrame:
+    """A run's metrics.csv with numeric epochs and scores, or a one-line error naming the bad rows."""
+    fix = "metrics.csv is written by maskkit train; re-create the run or restore the file"
+    metrics = read_csv(path, METRICS_READ, fix=fix)
+    for column in METRICS_READ:
+        values = pd.to_numeric(metrics[column], errors="coerce")
+        bad = values.isna()
+        if bad.any():
+            lines = [str(i + 2) for i in metrics.index[bad]]
+            raise MaskkitError(f"{path}: {column} is not a number on line {examples(lines)} ({fix})")
+        metrics[column] = values
+    return metrics
 
 
 def runs_table(folders: Sequence[str | Path] | None = None) -> pd.DataFrame:

@@ -11,7 +11,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from maskkit.contract.layout import load_train
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import console, examples, write_csv
+from maskkit.contract.files import Inputs, console, examples, write_csv
 from maskkit.contract.fixes import apply_fixes, read_fixes
 from maskkit.contract.labels import AGE_GROUPS, GENDERS, NUM_CLASSES, age_group, class_name
 
@@ -89,6 +89,8 @@ def run(data: Path, folds: int = 5, seed: int = 42, fixes: str | None = None, ou
     """Read DATA/train, apply fixes, split into folds, write the manifest (stdout or `out`)."""
     if folds < 2:
         raise MaskkitError(f"--folds {folds}: need at least 2 folds")
+    inputs = Inputs.of(data, None if fixes in (None, "known") else fixes)
+    inputs.check(out, header=MANIFEST_COLUMNS)
     fix_table = read_fixes(fixes) if fixes else None
     images = load_train(data)
     if fix_table is not None:
@@ -98,5 +100,5 @@ def run(data: Path, folds: int = 5, seed: int = 42, fixes: str | None = None, ou
     sizes = manifest.groupby("fold")["person"].nunique().to_numpy()
     console.print(f"{len(manifest)} images of {manifest['person'].nunique()} persons in {folds} folds "
                   f"({np.min(sizes)}-{np.max(sizes)} persons each); no person in two folds")
-    write_csv(manifest, out)
+    write_csv(manifest, out, inputs=inputs)
     return manifest

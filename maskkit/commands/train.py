@@ -39,7 +39,8 @@ import torch.nn.functional as F
 
 from maskkit.engine.devices import autocast_dtype, default_workers, resolve_device
 from maskkit.contract.errors import MaskkitError, RunFailure
-from maskkit.contract.files import atomic_path, console, examples, read_csv, write_csv
+from maskkit.contract.files import (Inputs, WriteError, atomic_path, console, examples, folder_lock, read_csv,
+                                    remove_stale_temps, write_csv)
 from maskkit.contract.labels import GENDERS, MASKS, NUM_CLASSES, TASKS, age_group, encode
 
 MANIFEST_COLUMNS = ("path", "person", "gender", "age", "mask", "label", "fold")
@@ -161,8 +162,29 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
                 f"{path}: {column} must be one of {', '.join(allowed)}; found "
                 f"{examples(sorted(set(manifest.loc[bad, column].astype(str))))} ({fix})"
             )
+    check_manifest_rows(manifest, str(path), fix)
     check_persons_disjoint(manifest, str(path))
     return manifest.loc[:, list(MANIFEST_COLUMNS)]
+
+
+def check_manifest_rows(manifest: pd.DataFrame, source: str, fix: str) -> None:
+    """Every row names an image once, and a person has one gender and one age in every row."""
+    empty = manifest["path"].isna() | (manifest["path"].astype(str).str.strip() == "")
+    if empty.any():
+        rows = [str(i + 2) for i in manifest.index[empty]]
+        raise MaskkitError(f"{source}: empty path in {int(empty.sum())} rows (lines {examples(rows)}); {fix}")
+    if manifest["person"].isna().any():
+        raise MaskkitError(f"{source}: empty person in {int(manifest['person'].isna().sum())} rows; {fix}")
+    repeated = manifest["path"][manifest["path"].duplicated()]
+    if len(repeated):
+        raise MaskkitError(f"{source}: {len(repeated)} rows repeat an image ({examples(repeated.unique().tolist())}), "
+                           f"which would train on it twice; keep one row per image ({fix})")
+    for column in ("gender", "age"):
+        counts = manifest.groupby("person")[column].nunique()
+        mixed = counts[counts > 1].index.tolist()
+        if mixed:
+            raise MaskkitError(f"{source}: {len(mixed)} persons have different {column}s in different rows "
+                               f"({examples(mixed)}); a person has one {column}: correct the rows ({fix})")
 
 
 def manifest_from_folder(data: str | Path) -> pd.DataFrame:
@@ -862,6 +884,41 @@ def _load_source(source: str | Path) -> tuple[pd.DataFrame, bool]:
 
 
 def train(
+    source: str | Path | None = "data/train",
+    options: TrainOptions | None = None,
+    out: str | Path = "runs",
+    name: str | None = None,
+    exist_ok: bool = False,
+    resume: str | Path | None = None,
+    stop: Callable[[int, int], bool] | None = None,
+    progress: bool | None = None,
+) -> Path:
+    """Train one fold and write the run folder; returns its path (see `_train`).
+
+    The run folder is locked for the run (a second run on it exits 2), temporary files of a killed
+    run are removed, and a failed write says how far training got.
+    """
+    if resume is not None:
+        run_dir = Path(resume)
+        if not run_dir.is_dir():
+            raise MaskkitError(f"{run_dir}: run folder not found (give a run folder written by maskkit train)")
+    else:
+        chosen = options or TrainOptions()
+        run_dir = Path(out) / (name or f"{chosen.backbone}-f{chosen.fold}")
+        Inputs.of(source, chosen.weights).check_folder(run_dir, "run folder")
+    with folder_lock(run_dir, "train"):
+        remove_stale_temps(run_dir)
+        try:
+            return _train(source, options, out, name, exist_ok, resume, stop, progress)
+        except WriteError as exc:
+            if exc.exit_code != RunFailure.exit_code or not (run_dir / "last.pt").is_file():
+                raise
+            done = len(pd.read_csv(run_dir / "metrics.csv")) if (run_dir / "metrics.csv").is_file() else 0
+            raise RunFailure(f"{exc}; {done} epoch(s) finished and saved: resume with "
+                             f"maskkit train --resume {run_dir}") from None
+
+
+def _train(
     source: str | Path | None = "data/train",
     options: TrainOptions | None = None,
     out: str | Path = "runs",

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import examples, read_csv, write_csv
-from maskkit.contract.labels import NUM_CLASSES
+from maskkit.contract.files import Inputs, examples, read_csv, write_csv
+from maskkit.contract.labels import NUM_CLASSES, PROB_SUM_TOLERANCE, bad_probability_rows
 
 PROB_COLUMNS = [f"p{i}" for i in range(NUM_CLASSES)]
 PREDICTION_FIX = "a prediction CSV has columns ImageID,ans,p0..p17 as `maskkit predict` writes"
@@ -45,6 +45,8 @@ def read_predictions(path: Path, soft: bool) -> tuple[pd.DataFrame, np.ndarray |
     fix = PREDICTION_FIX if soft else "a prediction CSV has columns ImageID,ans"
     df = read_csv(path, required, fix=fix, dtype={"ImageID": str},
                   usecols=lambda c: c in required)
+    if df.empty:
+        raise MaskkitError(f"{path}: no rows, so there is nothing to vote on (pass the CSVs maskkit predict wrote)")
     if df["ImageID"].isna().any():
         raise MaskkitError(f"{path}: {int(df['ImageID'].isna().sum())} rows without an ImageID; every row needs one")
     dup = df["ImageID"].duplicated(keep="first")
@@ -64,10 +66,11 @@ def read_predictions(path: Path, soft: bool) -> tuple[pd.DataFrame, np.ndarray |
         if not all(pd.api.types.is_numeric_dtype(t) for t in columns.dtypes):  # text in a p column
             columns = columns.apply(pd.to_numeric, errors="coerce")
         probs = columns.to_numpy(np.float64)
-        bad = ~np.isfinite(probs).all(axis=1) | (probs < 0).any(axis=1) | (probs.sum(axis=1) <= 0)
+        bad = bad_probability_rows(probs)
         if bad.any():
-            raise MaskkitError(f"{path}: {int(bad.sum())} rows with missing or negative probabilities "
-                               f"({examples(df.loc[bad, 'ImageID'].tolist())}); p0..p17 must be numbers >= 0")
+            raise MaskkitError(f"{path}: {int(bad.sum())} rows whose p0..p17 are missing, negative or do not sum to 1 "
+                               f"within {PROB_SUM_TOLERANCE:g} ({examples(df.loc[bad, 'ImageID'].tolist())}); "
+                               "they must be the 18 class probabilities, as maskkit predict writes them")
     return table, probs
 
 
@@ -144,5 +147,7 @@ def vote(files: Sequence[Path], soft: bool = False, weights: str | None = None,
 def run(files: Sequence[Path], soft: bool = False, weights: str | None = None, info: Path | None = None,
         probs: bool = False, out: Path | None = None) -> None:
     """`maskkit vote`: write the vote to stdout or atomically to `out`."""
+    inputs = Inputs.of(files, info)
+    inputs.check(out, header=["ImageID", "ans", *(PROB_COLUMNS if probs else [])])
     result = vote(files, soft=soft, weights=weights, info=info, probs=probs)
-    write_csv(result, out, float_format="%.6g")
+    write_csv(result, out, float_format="%.6g", inputs=inputs)
