@@ -75,7 +75,9 @@ def write_error(path: str | Path, exc: OSError) -> WriteError | None:
     if known is None:
         return None
     bad_path, advice = known
-    where = exc.filename if exc.filename and not Path(str(exc.filename)).name.startswith(".") else path
+    named = Path(str(exc.filename)) if exc.filename else None
+    # The file the OS names, unless it is one of our hidden temporary names: then the target.
+    where = named if named is not None and not any(part.startswith(".") for part in named.parts) else path
     message = f"{where}: cannot write: {advice} ({os.strerror(exc.errno)})"
     return WriteError(message, MaskkitError.exit_code if bad_path else RunFailure.exit_code)
 
