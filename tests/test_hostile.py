@@ -189,6 +189,7 @@ BAD = [
     ("segment into another dataset", other_dataset, ["segment", "X/eval", "other/eval", *SEGMENT], 2),
     ("predict -o a foreign file", notes_file, ["predict", RUN, "X/eval", "--device", "cpu", "-o", "notes.txt"], 2),
     ("split -o a CSV of another kind", None, ["split", "X/train", "--folds", "2", "-o", "p.csv"], 2),
+    ("predict -o a file of the run", None, ["predict", RUN, "X/eval", "--device", "cpu", "-o", f"{RUN}/metrics.csv"], 2),
     # 2. write failures
     ("predict -o a folder", None, ["predict", RUN, "X/eval", "--device", "cpu", "-o", "runs"], 2),
     ("split -o below a file", None, ["split", "X/train", "--folds", "2", "-o", "folds.csv/x.csv"], 2),
@@ -237,7 +238,7 @@ SWEEP = [
     ["audit", "X/train", "--oof", RUN, "--fixes-out", "X/train/injected_errors.csv"],
     ["audit", "X/train", "--manifest", "folds.csv", "-o", "folds.csv"],
     ["cam", *CAM, "--out", "X/train"],
-    ["cam", *CAM, "--out", RUN],
+    ["cam", *CAM, "--out", "X/train/images"],
     ["vote", "p.csv", "q.csv", "--info", "X/eval/info.csv", "-o", "X/eval/info.csv"],
     ["vote", "p.csv", "q.csv", "-o", "p.csv"],
     ["segment", "X", "X/seg", "--device", "cpu"],
@@ -325,6 +326,8 @@ def test_rerun_replaces_its_own_output_and_a_new_name_works(cli, world):
     assert cli("vote", "p.csv", "-o", "v.csv").exit_code == 0  # same header: a vote replaces a vote
     result = cli("split", "X/train", "--folds", "2", "-o", "v.csv")
     assert result.exit_code == 2 and "delete it or choose another path" in result.stderr
+    result = cli("predict", RUN, "X/eval", "--device", "cpu", "-o", f"{RUN}/eval_preds.csv")
+    assert result.exit_code == 0 and (world / RUN / "eval_preds.csv").is_file()  # beside the run's files is fine
 
 
 # --- item 2: a full disk is a run-time failure (exit 1) naming the path --------------------------------

@@ -33,7 +33,7 @@ from rich.table import Table
 
 from maskkit.contract.layout import load_train, parse_folder_name, train_root
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import PNG_MAGIC, Inputs, console, examples, is_hidden, read_csv, write_bytes, write_csv
+from maskkit.contract.files import PNG_MAGIC, Inputs, console, examples, files_in, is_hidden, read_csv, write_bytes, write_csv
 from maskkit.contract.labels import (AGE_GROUPS, GENDERS, IMAGE_STEMS, MASKS, NUM_CLASSES, OLD_FROM, PROB_SUM_TOLERANCE,
                                      YOUNG_BELOW, bad_probability_rows, decode)
 
@@ -585,7 +585,7 @@ def run(data: Path, oof: Sequence[Path] = (), manifest: Path | None = None, fixe
     if fixes_out is not None and not oof:
         raise MaskkitError("--fixes-out writes label suggestions, which need --oof "
                            "(out-of-fold predictions of maskkit train)")
-    inputs = Inputs.of(data, oof, manifest)
+    inputs = Inputs.of(data, [f for source in oof for f in files_in(source)], manifest)
     inputs.check(out, header=SUSPECT_COLUMNS)
     inputs.check(fixes_out, header=FIXES_OUT_COLUMNS)
     inputs.check(sheet, magic=PNG_MAGIC)

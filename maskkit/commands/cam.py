@@ -23,7 +23,7 @@ from torch import nn
 
 from maskkit.engine.devices import resolve_device
 from maskkit.contract.errors import MaskkitError, RunFailure
-from maskkit.contract.files import PNG_MAGIC, Inputs, console, is_image, read_csv, write_bytes, write_csv
+from maskkit.contract.files import PNG_MAGIC, Inputs, console, files_in, is_image, read_csv, write_bytes, write_csv
 from maskkit.contract.labels import AGE_GROUPS, GENDERS, MASKS, NUM_CLASSES, class_name, decode
 
 HEADS = ("class", "mask", "gender", "age")
@@ -511,7 +511,7 @@ def run(run_dir: Path, images: Sequence[Path], out: Path = Path("cam"), head: st
     check_run(run_dir)
     datasets = [p for p in map(Path, images) if p.is_dir() and any(
         (p / sub / name).is_file() for sub in ("", "train", "eval") for name in ("train.csv", "info.csv"))]
-    protected = Inputs.of(run_dir, masks, datasets, [p for p in images if Path(p).is_file()])
+    protected = Inputs.of(files_in(run_dir), masks, datasets, [p for p in images if Path(p).is_file()])
     protected.check_folder(out, "--out")
     protected.check(sheet, magic=PNG_MAGIC)
     protected.check(summary_out, header=SUMMARY_COLUMNS)

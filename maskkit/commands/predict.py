@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import Inputs, console, write_csv
+from maskkit.contract.files import Inputs, console, files_in, write_csv
 from maskkit.contract.labels import NUM_CLASSES
 
 PROB_COLUMNS = [f"p{i}" for i in range(NUM_CLASSES)]
@@ -88,7 +88,7 @@ def predict(run: str | Path, data: str | Path, tta: str = "none", out: str | Pat
         raise MaskkitError(f"--batch-size {batch_size}: need at least 1")
     if workers is not None and workers < 0:
         raise MaskkitError(f"--workers {workers}: must be 0 (load in this process) or more")
-    inputs = Inputs.of(run, data)
+    inputs = Inputs.of(files_in(run), data)
     inputs.check(out, header=["ImageID", "ans", *PROB_COLUMNS])
     torch_device = resolve_device(device)
     model, config = load_run(run, torch_device)

@@ -615,7 +615,8 @@ def run(
         net = prepare(build_model(model, weights), torch_device)
 
         out.mkdir(parents=True, exist_ok=True)
-        if (out / JOURNAL).is_file():  # an interrupted run: its temporary files are garbage
+        interrupted = (out / JOURNAL).is_file()
+        if interrupted:  # an interrupted run: its temporary files are garbage
             remove_stale_temps(out, masks)
         (out / JOURNAL).touch()  # from now on OUT is recognisably a segment output, even if this run is killed
         copy_others(src, out, layout.copies, masks, overwrite)
@@ -623,7 +624,7 @@ def run(
             (out / REPORT).unlink(missing_ok=True)
             (out / JOURNAL).unlink(missing_ok=True)
         records = read_records(out)
-        if (out / JOURNAL).is_file():
+        if interrupted and (out / JOURNAL).is_file():
             write_report(out, layout.images, records)  # fold the journal in: a new one starts below
 
         jobs = [Job(rel.as_posix(), src / rel, out / rel, mask_path(masks, rel) if masks else None) for rel in layout.images]

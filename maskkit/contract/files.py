@@ -1,4 +1,10 @@
-"""File helpers shared by every subcommand: atomic writes, CSV in and out, the stderr console."""
+"""File helpers shared by every subcommand: atomic writes, CSV in and out, the stderr console.
+
+Writing safely: `Inputs` (what one command call reads) checks every output target first, so an
+output never lands on an input or on a file of another kind; `atomic_path` (and `write_csv`,
+`write_bytes` on top of it) writes to a temporary name, renames, and turns a failed write into a
+one-line `WriteError`; `folder_lock` keeps a second run out of an output folder.
+"""
 
 from __future__ import annotations
 
@@ -278,6 +284,12 @@ class Inputs:
         if blocker is not None:
             raise MaskkitError(f"{folder}: {what} lies below {blocker}, which is a file; choose another path")
         return folder
+
+
+def files_in(folder: str | Path) -> list[Path]:
+    """The files directly in a run folder: they are inputs, while a new file beside them harms nothing."""
+    folder = Path(folder)
+    return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else [folder]
 
 
 # --- one run at a time per output folder -------------------------------------------------------
