@@ -304,7 +304,7 @@ def folder_lock(folder: str | Path, command: str) -> Iterator[Path]:
     """
     folder = Path(folder)
     lock_path = folder / LOCK_FILE
-    created = not folder.exists()
+    created = [f for f in (folder, *folder.parents) if not f.exists()]  # deepest first
     with write_errors(folder):
         folder.mkdir(parents=True, exist_ok=True)
     while True:
@@ -335,9 +335,9 @@ def folder_lock(folder: str | Path, command: str) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.unlink(lock_path)
         os.close(fd)
-        if created:  # a run that failed before writing anything leaves no empty folder
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        with contextlib.suppress(OSError):  # a run that failed before writing anything leaves no empty folders
+            for made in created:
+                made.rmdir()
 
 
 def read_csv(path: str | Path, required: Sequence[str] = (), fix: str = "", **kwargs) -> pd.DataFrame:
