@@ -425,3 +425,24 @@ def test_out_of_range_option_is_one_line_exit_2(world, argv):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"maskkit {argv[0]}: error: ") and argv[-2] in lines[0]
+
+
+def test_train_on_a_full_disk_says_how_far_it_got(cli, world, monkeypatch):
+    """The disk fills while the plots are saved after epoch 1: exit 1, one line, and resume works."""
+    import errno
+
+    from maskkit.commands import train as train_module
+    from maskkit.contract.files import atomic_path
+
+    def full_disk(run_dir):
+        with atomic_path(run_dir / "curves.png"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "plot_run", full_disk)
+        result = cli("train", "folds.csv", *TINY, "--name", "full")
+    assert result.exit_code == 1
+    assert_one_line_error(result, "train")
+    assert "no space left" in result.stderr and "1 epoch(s) finished" in result.stderr
+    assert "--resume runs/full" in result.stderr
+    assert cli("train", "--resume", "runs/full", "--device", "cpu").exit_code == 0
