@@ -22,23 +22,23 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from trained_runs import one_thread, trained_run
+from helpers import one_thread
 
 # --- the world -----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory, drawn) -> Path:
-    """X (the issue's drawn set, with masks), runs/base (1 epoch), p.csv and q.csv (its predictions), folds.csv."""
+def pristine(tmp_path_factory, single_run) -> Path:
+    """X (the issue's drawn set, with masks), runs/base (the session's trained run), p.csv and q.csv
+    (its predictions), folds.csv."""
     from maskkit.commands.predict import predict
-    from maskkit.commands.split import make_manifest
     from maskkit.commands.synth import synthesize
     from maskkit.contract.files import write_csv
     from maskkit.contract.layout import load_train
+    from maskkit.data.folds import make_manifest
 
     root = tmp_path_factory.mktemp("hostile")
     synthesize(root / "X", persons=30, eval_persons=8, size=(48, 64), seed=1, masks=True)
-    run = trained_run(tmp_path_factory, drawn, "hostile", heads="single", epochs=1)
-    shutil.copytree(run, root / "runs" / "base")
+    shutil.copytree(single_run, root / "runs" / "base")
     with one_thread():
         predict(root / "runs" / "base", root / "X" / "eval", out=root / "p.csv", device="cpu", workers=0)
     shutil.copyfile(root / "p.csv", root / "q.csv")
@@ -148,6 +148,13 @@ def other_dataset(root: Path) -> None:
     info.write_text("\n".join(lines[:1] + lines[:0:-1]) + "\n")
 
 
+def same_stem_png(root: Path) -> None:
+    """An eval set where a.jpg and a.png sit side by side (the real data mixes extensions)."""
+    shutil.copytree(root / "X" / "eval", root / "M")
+    first = sorted((root / "M" / "images").iterdir())[0]
+    shutil.copyfile(first, first.with_suffix(".png"))
+
+
 def notes_file(root: Path) -> None:
     (root / "notes.txt").write_text("my notes\n")
 
@@ -169,7 +176,7 @@ def synth_lookalike(root: Path) -> None:
 
 
 RUN = "runs/base"
-TINY = ["--backbone", "test_resnet", "--no-pretrained", "--epochs", "1", "--img-size", "32x32", "--batch-size", "8",
+TINY = ["--backbone", "test_resnet", "--no-pretrained", "--epochs", "1", "--input-size", "32x32", "--batch-size", "8",
         "--workers", "0", "--device", "cpu"]
 CAM = (RUN, "X/train", "--limit", "2", "--device", "cpu")
 IMAGE = "{image}"
@@ -202,6 +209,8 @@ BAD = [
     ("vote -o read-only", None, ["vote", "p.csv", "-o", "{ro}/v.csv"], 2),
     ("audit --sheet read-only", None, ["audit", "X/train", "--sheet", "{ro}/s.png"], 2),
     ("synth read-only", None, ["synth", "{ro}/d", "--persons", "2", "--eval-persons", "1", "--size", "32x32"], 2),
+    # 3. two images that would share one mask name
+    ("segment a.jpg and a.png --masks", same_stem_png, ["segment", "M", "seg", "--masks", "mk", *SEGMENT], 2),
     # 5. synth --overwrite of a folder it did not write (as it is now)
     ("synth --overwrite user data", synth_lookalike,
      ["synth", "real", "--persons", "2", "--eval-persons", "1", "--size", "32x32", "--overwrite"], 2),
@@ -213,7 +222,8 @@ BAD = [
     ("runs: config.json a list", config_a_list, ["runs", RUN], 2),
     ("split --fixes age inf", fixes_age("inf"), ["split", "X/train", "--folds", "2", "--fixes", "fixes.csv"], 2),
     ("split --fixes age 1e300", fixes_age("1e300"), ["split", "X/train", "--folds", "2", "--fixes", "fixes.csv"], 2),
-    ("cam --out a file", None, ["cam", *CAM, "--out", "p.csv"], 2),
+    ("cam --out-dir a file", None, ["cam", *CAM, "--out-dir", "p.csv"], 2),
+    ("cam -o a CSV of another kind", None, ["cam", *CAM, "--summary", "--masks", "X/masks", "-o", "p.csv"], 2),
     ("synth --size 100000x100000", None, ["synth", "big", "--persons", "1", "--size", "100000x100000"], 2),
     ("demo OUT a file", None, ["demo", "p.csv", "--epochs", "1", "--device", "cpu"], 2),
     # 7. bad input accepted
@@ -237,14 +247,14 @@ SWEEP = [
     ["audit", "X/train", "--oof", RUN, "-o", f"{RUN}/val_preds.csv"],
     ["audit", "X/train", "--oof", RUN, "--fixes-out", "X/train/injected_errors.csv"],
     ["audit", "X/train", "--manifest", "folds.csv", "-o", "folds.csv"],
-    ["cam", *CAM, "--out", "X/train"],
-    ["cam", *CAM, "--out", "X/train/images"],
+    ["cam", *CAM, "--out-dir", "X/train"],
+    ["cam", *CAM, "--out-dir", "X/train/images"],
     ["vote", "p.csv", "q.csv", "--info", "X/eval/info.csv", "-o", "X/eval/info.csv"],
     ["vote", "p.csv", "q.csv", "-o", "p.csv"],
     ["segment", "X", "X/seg", "--device", "cpu"],
     ["segment", "X/eval", "seg", "--masks", "X/eval/masks", "--device", "cpu"],
     ["train", "X/train", "--out", "X/train", *TINY],
-    ["train", f"{RUN}/manifest.csv", "--out", "runs", "--name", "base", "--exist-ok", *TINY],
+    ["train", f"{RUN}/manifest.csv", "--out", "runs", "--name", "base", "--overwrite", *TINY],
     ["synth", "X", "--persons", "2", "--eval-persons", "1", "--size", "32x32"],
 ]
 
@@ -431,15 +441,15 @@ def test_train_on_a_full_disk_says_how_far_it_got(cli, world, monkeypatch):
     """The disk fills while the plots are saved after epoch 1: exit 1, one line, and resume works."""
     import errno
 
-    from maskkit.commands import train as train_module
     from maskkit.contract.files import atomic_path
+    from maskkit.engine import plots
 
     def full_disk(run_dir):
         with atomic_path(run_dir / "curves.png"):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     with monkeypatch.context() as patch:
-        patch.setattr(train_module, "plot_run", full_disk)
+        patch.setattr(plots, "plot_run", full_disk)
         result = cli("train", "folds.csv", *TINY, "--name", "full")
     assert result.exit_code == 1
     assert_one_line_error(result, "train")

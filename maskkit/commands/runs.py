@@ -5,7 +5,6 @@ A rich table on stderr when stdout is a terminal; CSV on stdout when it is piped
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,9 +12,10 @@ from pathlib import Path
 import pandas as pd
 
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import console, examples, read_csv, write_csv
+from maskkit.contract.files import console, write_csv
+from maskkit.contract.runfolder import CONFIG, best_row, read_config, read_metrics
 
-COLUMNS = ("name", "backbone", "heads", "age_weight", "old_age", "img_size", "aug", "loss", "lr", "batch_size",
+COLUMNS = ("name", "backbone", "heads", "age_weight", "old_age", "input_size", "aug", "loss", "lr", "batch_size",
            "epochs", "fold", "best_epoch", "val_f1", "f1_mask", "f1_gender", "f1_age", "path")
 
 
@@ -24,7 +24,7 @@ def find_runs(root: str | Path = "runs") -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise MaskkitError(f"{root}: no runs folder here (train one with maskkit train, or name run folders)")
-    found = sorted(p for p in root.iterdir() if (p / "config.json").is_file())
+    found = sorted(p for p in root.iterdir() if (p / CONFIG).is_file())
     if not found:
         raise MaskkitError(f"{root}: holds no run folders (no */config.json); train one with maskkit train")
     return found
@@ -46,50 +46,22 @@ def loss_name(options: dict) -> str:
 
 def summarize(run_dir: Path) -> dict:
     """One row: the run's options and its best epoch's metrics (empty when no epoch finished)."""
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise MaskkitError(f"{run_dir}: no config.json (not a run folder written by maskkit train)")
-    try:
-        config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise MaskkitError(f"{config_path}: not valid JSON (re-create the run with maskkit train)") from None
-    if not isinstance(config, dict) or not isinstance(config.get("options", {}), dict):
-        raise MaskkitError(f"{config_path}: not a maskkit run config (a JSON object with an options object); "
-                           "re-create the run with maskkit train")
+    config = read_config(run_dir)
     options = config.get("options", {})
     row = {
-        "name": run_dir.name, "backbone": config.get("backbone"), "heads": config.get("heads"),
+        "name": run_dir.name, "backbone": config["backbone"], "heads": config.get("heads"),
         "age_weight": config.get("age_weight", 0.0), "old_age": config.get("old_age", 60),
-        "img_size": "x".join(str(v) for v in config.get("img_size", [])), "aug": options.get("aug"),
+        "input_size": "x".join(str(v) for v in config["img_size"][::-1]), "aug": options.get("aug"),  # WIDTHxHEIGHT
         "loss": loss_name(options), "lr": options.get("lr"), "batch_size": options.get("batch_size"),
         "epochs": options.get("epochs"), "fold": config.get("fold"), "path": str(run_dir),
     }
-    metrics_path = run_dir / "metrics.csv"
-    if metrics_path.is_file():
-        metrics = read_metrics(metrics_path)
-        if len(metrics):
-            best = metrics.loc[metrics["val_f1"].idxmax()]  # first of equal F1s, as training selects
-            row["epochs"] = f"{len(metrics)}/{options.get('epochs', '?')}"
-            row.update({"best_epoch": int(best["epoch"]),
-                        **{k: round(float(best[k]), 4) for k in ("val_f1", "f1_mask", "f1_gender", "f1_age")}})
+    metrics = read_metrics(run_dir)
+    best = best_row(metrics)
+    if best is not None:
+        row["epochs"] = f"{len(metrics)}/{options.get('epochs', '?')}"
+        row.update({"best_epoch": int(best["epoch"]),
+                    **{k: round(float(best[k]), 4) for k in ("val_f1", "f1_mask", "f1_gender", "f1_age")}})
     return row
-
-
-METRICS_READ = ("epoch", "val_f1", "f1_mask", "f1_gender", "f1_age")
-
-
-def read_metrics(path: Path) -> pd.DataFrame:
-    """A run's metrics.csv with numeric epochs and scores, or a one-line error naming the bad rows."""
-    fix = "metrics.csv is written by maskkit train; re-create the run or restore the file"
-    metrics = read_csv(path, METRICS_READ, fix=fix)
-    for column in METRICS_READ:
-        values = pd.to_numeric(metrics[column], errors="coerce")
-        bad = values.isna()
-        if bad.any():
-            lines = [str(i + 2) for i in metrics.index[bad]]
-            raise MaskkitError(f"{path}: {column} is not a number on line {examples(lines)} ({fix})")
-        metrics[column] = values
-    return metrics
 
 
 def runs_table(folders: Sequence[str | Path] | None = None) -> pd.DataFrame:

@@ -48,6 +48,7 @@ from maskkit.engine.devices import resolve_device
 from maskkit.contract.errors import MaskkitError, RunFailure
 from maskkit.contract.files import (LOCK_FILE, WriteError, atomic_path, console, examples, folder_lock, is_hidden,
                                     is_image, write_csv, write_errors)
+from maskkit.data.images import write_image
 
 # torchvision builder and weights enum per --model (COCO images with the 21 Pascal VOC labels).
 MODELS = {
@@ -65,7 +66,6 @@ FINISHED = ("done", "no_person")
 REPORT = "segment_report.csv"
 JOURNAL = ".segment_journal.csv"
 REPORT_COLUMNS = ["path", "person_area", "status"]
-JPEG_QUALITY = 95
 DOWNLOAD_TIMEOUT_S = 60
 PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 # Leftovers of atomic_path in a killed run: ".<name>.tmp<pid><suffix>".
@@ -353,6 +353,16 @@ def check_out_is_ours(out: Path) -> None:
                            "segment would replace them, so pick a new or empty folder")
 
 
+def check_mask_names(src: Path, images: Sequence[Path], masks: Path) -> None:
+    """Two images of one folder that differ only in their extension (a.jpg, a.png) would share one mask."""
+    first: dict[Path, Path] = {}
+    for rel in images:
+        other = first.setdefault(mask_path(masks, rel), rel)
+        if other != rel:
+            raise MaskkitError(f"{src / rel}: {src / other} would share its mask {mask_path(masks, rel)}; "
+                               "rename or move one of the two images (or leave out --masks)")
+
+
 def mask_path(masks: Path, rel: Path) -> Path:
     """Where an image's mask goes: IN's relative path with the suffix `.png` (see 'Mask folders')."""
     return masks / rel.with_suffix(".png")
@@ -514,17 +524,6 @@ def fixed_batches(count: int, batch_size: int, wanted: set[int]) -> list[list[in
     return [chunk for chunk in chunks if wanted.intersection(chunk)]
 
 
-def write_image(path: Path, image: np.ndarray) -> None:
-    """Encode in the path's own format (.jpg stays JPEG, .png stays PNG) and write atomically."""
-    suffix = path.suffix.lower()
-    params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if suffix in (".jpg", ".jpeg") else []
-    ok, data = cv2.imencode(suffix, image, params)
-    if not ok:
-        raise OSError(f"{path}: could not encode the image")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data.tobytes())
-
-
 def copy_file(source: Path, target: Path) -> None:
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
@@ -610,6 +609,8 @@ def run(
     layout = scan(src)
     if not layout.images:
         raise MaskkitError(f"{src}: no images found (expected .jpg, .jpeg or .png files)")
+    if masks is not None:
+        check_mask_names(src, layout.images, masks)
     check_out_is_ours(out)
     with folder_lock(out, "segment"):  # one run per OUT: two would delete each other's temporary files
         net = prepare(build_model(model, weights), torch_device)

@@ -141,9 +141,12 @@ def write_csv(df: pd.DataFrame, out: str | Path | None = None, float_format: str
 
 
 def write_bytes(path: str | Path, data: bytes, inputs: Inputs | None = None, magic: bytes | None = None) -> None:
-    """Write encoded bytes (an image...) atomically; with `inputs`, check the target first."""
+    """Write encoded bytes atomically; with `inputs`, check the target first (an existing file is
+    replaced only when it starts with `magic`, by default the first 4 bytes of `data`).
+
+    Images go through data/images.write_image, which encodes them and calls this."""
     if inputs is not None:
-        inputs.check(path, magic=magic if magic is not None else data[:8])
+        inputs.check(path, magic=magic if magic is not None else data[:4])
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
 

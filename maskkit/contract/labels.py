@@ -1,4 +1,4 @@
-"""The competition's labels: mask x gender x age group = 18 classes (see shared DESIGN.md)."""
+"""The competition's labels: mask x gender x age group = 18 classes (docs/formats.md, "Labels")."""
 
 from __future__ import annotations
 
@@ -58,14 +58,3 @@ def task_labels(label) -> dict[str, np.ndarray]:
     mask, gender, age_grp = decode(label)
     return {"mask": mask, "gender": gender, "age": age_grp}
 
-
-# p0..p17 are written rounded to 6 decimals; a row that sums elsewhere is not a probability vector.
-PROB_SUM_TOLERANCE = 1e-3
-
-
-def bad_probability_rows(probs: np.ndarray) -> np.ndarray:
-    """Rows of (n, 18) probabilities that are missing, negative, or do not sum to 1 (within the tolerance)."""
-    probs = np.asarray(probs, dtype=np.float64)
-    finite = np.isfinite(probs).all(axis=1)
-    sums = np.where(finite, np.nan_to_num(probs).sum(axis=1), np.nan)
-    return ~finite | (np.nan_to_num(probs) < 0).any(axis=1) | ~(np.abs(sums - 1) <= PROB_SUM_TOLERANCE)
