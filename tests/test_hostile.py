@@ -428,12 +428,15 @@ def test_resume_removes_the_temporary_file_of_a_killed_save(cli, world):
     ["segment", "X/eval", "seg", "--workers", "-1"],
     ["split", "X/train", "--folds", "two"],
 ], ids=lambda a: " ".join(a[-2:]))
-def test_out_of_range_option_is_one_line_exit_2(world, argv):
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-    result = subprocess.run([sys.executable, "-m", "maskkit", *argv], cwd=world, env=env, capture_output=True,
-                            text=True, timeout=120)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
+def test_out_of_range_option_is_one_line_exit_2(world, argv, monkeypatch, capsys):
+    """Through the console entry point (maskkit.cli.main), in this process: no usage box."""
+    from maskkit.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["maskkit", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"maskkit {argv[0]}: error: ") and argv[-2] in lines[0]
 
 
