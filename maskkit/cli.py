@@ -343,6 +343,25 @@ def cam(
 # --- end cam ---
 
 
+# --- score (issue 10) ----------------------------------------------------------------------------
+@app.command()
+def score(
+    submission: Path = typer.Argument(..., help="Prediction CSV (ImageID,ans), e.g. from `maskkit vote`."),
+    truth: Path = typer.Argument(..., help="Truth CSV (ImageID,ans) of the same images, e.g. DATA/eval/truth.csv."),
+    confusion: Optional[Path] = typer.Option(None, "--confusion", help="Also draw the 18x18 confusion matrix here (PNG)."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Write the score row here instead of stdout."),
+) -> None:
+    """Score a submission: macro F1 over the 18 classes, accuracy and each task's F1 (one CSV row).
+
+    Example: maskkit score submission.csv data/eval/truth.csv --confusion confusion.png >> scores.csv
+    """
+    from maskkit.commands import score as score_module
+
+    with reported("score"):
+        score_module.run(submission, truth, out=out, confusion=confusion)
+# --- end score ---
+
+
 def main() -> None:
     app(prog_name="maskkit")
 
