@@ -264,7 +264,8 @@ def audit(
     top: int = typer.Option(30, "--top", min=1, help="Suspects on the contact sheet."),
     min_score: Optional[float] = typer.Option(
         None, "--min-score",
-        help="List gender and mask suspects from this score on, 0..1 (default 0.65, measured in benchmarks/audit.py)."),
+        help="List gender and mask suspects from this P(label wrong) on, 0..1 (default 0.4, measured in "
+             "benchmarks/realfaces_audit.py)."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Write the suspects CSV here instead of stdout."),
 ) -> None:
     """Rank suspect files and labels: structural checks, plus label checks from out-of-fold predictions.
