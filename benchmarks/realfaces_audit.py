@@ -10,6 +10,10 @@ errors of the source; one id a line, or a CSV with a `person` column). Images ar
 the audit reads DATA in place, and nothing here writes outside --work.
 
   python benchmarks/realfaces_audit.py /work/realfaces/noisy --oof runs/lite0-f{0,1,2,3,4} [--confirmed ids.txt]
+
+Without trained runs, --proxy builds two stand-in prediction sets on the CPU (about 2 minutes each
+on one core): benchmarks/audit.py's frozen ImageNet Lite0 features at 128x128 + logistic regression,
+5 person folds; set A with fold seed 0 and C 0.01, set B with fold seed 1 and C 0.1.
 """
 
 from __future__ import annotations
@@ -63,10 +67,33 @@ def rates(found: pd.DataFrame, injected: pd.DataFrame, confirmed: set[str], cut:
             "gender": by_column["gender"], "mask": by_column["mask"]}
 
 
+def proxy_oof(train: Path, out: Path) -> list[Path]:
+    """Two stand-in out-of-fold prediction sets (see the module docstring), made once."""
+    import importlib.util
+
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    spec = importlib.util.spec_from_file_location("audit_benchmark", Path(__file__).with_name("audit.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    files = []
+    for name, seed, c in (("A", 0, 0.01), ("B", 1, 0.1)):
+        done = sorted((out / name).glob("fold*/val_preds.csv"))
+        if len(done) < 5:
+            torch.set_num_threads(1)
+            with threadpool_limits(1):
+                done = bench.make_oof(train, out / name, size=(128, 128), seed=seed, c=c)
+        files += done
+    return files
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path, help="realfaces folder built with --noise (holds train/ and injected_errors.csv)")
-    parser.add_argument("--oof", type=Path, nargs="+", required=True, help="val_preds.csv files or run folders")
+    parser.add_argument("--oof", type=Path, nargs="+", default=[], help="val_preds.csv files or run folders")
+    parser.add_argument("--proxy", action="store_true", help="also build and use two stand-in prediction sets "
+                        "(frozen Lite0 features + logistic regression; cached under WORK/proxy-oof)")
     parser.add_argument("--confirmed", type=Path, help="person ids confirmed as real source errors (count as hits)")
     parser.add_argument("--cutoffs", type=float, nargs="+", default=list(CUTOFFS))
     parser.add_argument("--work", type=Path, help="keep the audit's outputs here (default: a temporary folder)")
@@ -76,12 +103,18 @@ def main() -> None:
     confirmed = read_confirmed(args.confirmed)
     work = args.work or Path(tempfile.mkdtemp(prefix="realfaces-audit-"))
     work.mkdir(parents=True, exist_ok=True)
+    if args.proxy:
+        args.oof = [*args.oof, *proxy_oof(args.data / "train", work / "proxy-oof")]
+    if not args.oof:
+        sys.exit("realfaces_audit: give --oof FILES or --proxy")
     fixes_path = work / "fixes.csv"
     command = [sys.executable, "-m", "maskkit", "audit", str(args.data / "train"), "--min-score", "0",
                "--fixes-out", str(fixes_path), "-o", str(work / "suspects.csv")]
     for path in args.oof:
         command += ["--oof", str(path)]
-    subprocess.run(command, check=True, stderr=subprocess.DEVNULL)
+    result = subprocess.run(command, stderr=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        sys.exit(f"realfaces_audit: {(result.stderr.strip().splitlines() or ['maskkit audit failed'])[-1]}")
     found = suggestions(pd.read_csv(fixes_path, dtype={"target": str}))
 
     from maskkit.commands.audit import MIN_SCORE
