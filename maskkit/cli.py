@@ -255,7 +255,8 @@ def vote(
 def audit(
     data: Path = typer.Argument(..., help="DATA/train (or DATA) of the competition layout."),
     oof: Optional[List[Path]] = typer.Option(
-        None, "--oof", help="Run folder (reads RUN/val_preds.csv) or val_preds CSV; repeat once per fold."),
+        None, "--oof", help="Run folder (reads RUN/val_preds.csv) or val_preds CSV; repeat once per fold, "
+        "and add other models' or seeds' folds as well: a label is suspect when they agree."),
     manifest: Optional[Path] = typer.Option(
         None, "--manifest", help="Judge this manifest's labels (e.g. after split --fixes) instead of train.csv's."),
     fixes_out: Optional[Path] = typer.Option(
