@@ -72,7 +72,7 @@ def test_bad_inputs_are_one_line_errors(cli, truth, tmp_path):
     table = pd.read_csv(truth, dtype={"ImageID": str})
     cases = {
         "missing": (table.iloc[1:], "no answer for 1 of"),
-        "unknown_class": (table.assign(ans=table["ans"].where(table.index != 0, 18)), "unknown class"),
+        "unknown_class": (table.assign(ans=table["ans"].where(table.index != 0, 18)), "ans outside 0..17"),
         "duplicate": (pd.concat([table, table.iloc[:1]]), "repeat an ImageID"),
         "stranger": (pd.concat([table, pd.DataFrame({"ImageID": ["zzz.jpg"], "ans": [0]})]), "not in"),
     }

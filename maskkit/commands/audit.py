@@ -19,6 +19,9 @@ flags image-level issues on the 18 classes and per task: its counts go into the 
 image it flags whose mask no swap explains is listed on its own ("this image alone"), for review
 only. `--fixes-out` writes the person-level gender and mask-swap suggestions, the ones whose hit
 rate benchmarks/audit.py (drawn) and benchmarks/realfaces_audit.py (real faces) measure.
+
+Why over 400 lines: the structural checks and the label checks are two halves of one report;
+the scoring is kept together so its cut-offs stay next to the code they tune.
 """
 
 from __future__ import annotations
@@ -34,16 +37,19 @@ from pathlib import Path, PurePath
 import cv2
 import numpy as np
 import pandas as pd
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from maskkit.contract.layout import load_train, parse_folder_name, train_root
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import atomic_path, console, examples, is_hidden, read_csv, write_csv
+from maskkit.contract.files import console, examples, is_hidden, read_csv, write_csv
+from maskkit.contract.manifest import read_manifest
+from maskkit.contract.predictions import PROB_COLUMNS, read_predictions
+from maskkit.contract.runfolder import VAL_PREDS
+from maskkit.data.images import write_image
+from maskkit.engine.progress import progress_bar
 from maskkit.contract.labels import AGE_GROUPS, GENDERS, IMAGE_STEMS, MASKS, NUM_CLASSES, OLD_FROM, YOUNG_BELOW, decode
 
 SUSPECT_COLUMNS = ["target", "column", "given", "suggested", "score", "p_wrong", "models", "reason", "evidence"]
-PROB_COLUMNS = [f"p{i}" for i in range(NUM_CLASSES)]
 FIX = {"fix": True}  # marks the label suspects that --fixes-out writes
 
 # Cut-offs on P(label wrong), chosen with benchmarks/realfaces_audit.py (real faces) and checked with
@@ -212,13 +218,11 @@ def scan_file(path: Path) -> dict:
 def scan_files(files: Sequence[Path]) -> pd.DataFrame:
     """scan_file over many files on threads (OpenCV releases the GIL), with a progress bar on stderr."""
     results: list[dict] = []
-    with Progress(TextColumn("audit: reading images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, transient=True, disable=len(files) < 2000) as bar:
-        task = bar.add_task("scan", total=len(files))
+    with progress_bar("audit: reading images", len(files), show=None if len(files) >= 2000 else False) as bar:
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             for result in pool.map(scan_file, files, chunksize=64):
                 results.append(result)
-                bar.advance(task)
+                bar.advance()
     return pd.DataFrame(results, columns=["path", "folder", "size", "problem", "sha1", "dhash", "thumb"])
 
 
@@ -305,19 +309,13 @@ def read_oof(sources: Sequence[Path]) -> list[pd.DataFrame]:
     files: dict[Path, Path] = {}
     for source in sources:
         source = Path(source)
-        path = source / "val_preds.csv" if source.is_dir() else source
+        path = source / VAL_PREDS if source.is_dir() else source
         if source.is_dir() and not path.is_file():
-            raise MaskkitError(f"{source}: run folder without val_preds.csv (pass a finished run of maskkit train)")
+            raise MaskkitError(f"{source}: run folder without {VAL_PREDS} (pass a finished run of maskkit train)")
         if path.resolve() in files:
             raise MaskkitError(f"{path}: also in --oof {files[path.resolve()]}; pass each val_preds.csv once")
         files[path.resolve()] = path
-        df = read_csv(path, ["ImageID", *PROB_COLUMNS], dtype={"ImageID": str},
-                      fix="val_preds.csv has columns ImageID,ans,p0..p17,person,label")
-        probs = df[PROB_COLUMNS].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
-        bad = ~np.isfinite(probs).all(axis=1) | (probs < 0).any(axis=1) | (probs.sum(axis=1) <= 0)
-        if bad.any():
-            raise MaskkitError(f"{path}: {int(bad.sum())} rows with missing or negative probabilities "
-                               "(p0..p17 must be numbers >= 0)")
+        df, probs = read_predictions(path, fix="val_preds.csv has columns ImageID,ans,p0..p17,person,label")
         keys = df["ImageID"].map(image_key)
         if keys.duplicated().any():
             raise MaskkitError(f"{path}: image {keys[keys.duplicated()].iloc[0]} predicted twice; "
@@ -660,7 +658,7 @@ def rank(suspects: pd.DataFrame) -> pd.DataFrame:
 
 
 def fixes_table(labels: pd.DataFrame) -> pd.DataFrame:
-    """Person-level gender and mask-swap suggestions as a fixes CSV (DESIGN.md) plus their score.
+    """Person-level gender and mask-swap suggestions as a fixes CSV (docs/formats.md) plus their score.
 
     Age suspects and single-image masks stay in the suspects CSV only: age-group evidence cannot say
     how many years to write and mostly sits at a group boundary; a lone image is not judged against
@@ -719,11 +717,7 @@ def draw_sheet(suspects: pd.DataFrame, images: pd.DataFrame, path: Path, top: in
         tiles.append(np.full_like(tiles[0], 255))
     grid = [np.hstack(tiles[i: i + columns]) for i in range(0, len(tiles), columns)]
     sheet = np.vstack(grid)
-    with atomic_path(path) as tmp:
-        ok, data = cv2.imencode(".png", sheet)
-        if not ok:
-            raise MaskkitError(f"{path}: could not encode the contact sheet as PNG")
-        tmp.write_bytes(data.tobytes())
+    write_image(path, sheet)
     return drawn
 
 
@@ -746,9 +740,7 @@ def load_images(data: Path, manifest: Path | None) -> tuple[Path, pd.DataFrame]:
     images = load_train(root)
     if manifest is None:
         return root, images
-    table = read_csv(manifest, ("path", "person", "gender", "age", "mask", "label"),
-                     fix="a manifest from maskkit split has columns path,person,gender,age,mask,label,fold",
-                     dtype={"person": str})
+    table = read_manifest(manifest)
     table = table.assign(folder=[PurePath(p).parent.name for p in table["path"]],
                          stem=[PurePath(p).stem for p in table["path"]])
     # judge the manifest's labels, but show the dataset's own files on the sheet

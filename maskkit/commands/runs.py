@@ -19,15 +19,17 @@ from pathlib import Path
 import pandas as pd
 
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import console, read_csv, write_csv
+from maskkit.contract.files import console, write_csv
 from maskkit.contract.labels import NUM_CLASSES
+from maskkit.contract.predictions import read_predictions
+from maskkit.contract.runfolder import CONFIG, VAL_PREDS, best_row, read_config, read_metrics
 from maskkit.engine.metrics import scores
 
-COLUMNS = ("name", "backbone", "heads", "age_weight", "old_age", "img_size", "aug", "loss", "lr", "batch_size",
+COLUMNS = ("name", "backbone", "heads", "age_weight", "old_age", "input_size", "aug", "loss", "lr", "batch_size",
            "epochs", "fold", "best_epoch", "val_f1", "f1_mask", "f1_gender", "f1_age",
            "recipe", "recipe_folds", "oof_images", "oof_f1", "oof_f1_mask", "oof_f1_gender", "oof_f1_age", "path")
 RECIPE_COLUMNS = ("recipe", "runs", "folds", "oof_images", "oof_f1", "oof_accuracy", "oof_f1_mask", "oof_f1_gender",
-                  "oof_f1_age", "backbone", "heads", "loss", "lr", "epochs", "img_size", "seed")
+                  "oof_f1_age", "backbone", "heads", "loss", "lr", "epochs", "input_size", "seed")
 RUNTIME_OPTIONS = ("fold", "device", "workers", "cache", "wandb")  # do not change what a recipe learns
 
 
@@ -36,7 +38,7 @@ def find_runs(root: str | Path = "runs") -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise MaskkitError(f"{root}: no runs folder here (train one with maskkit train, or name run folders)")
-    found = sorted(p for p in root.iterdir() if (p / "config.json").is_file())
+    found = sorted(p for p in root.iterdir() if (p / CONFIG).is_file())
     if not found:
         raise MaskkitError(f"{root}: holds no run folders (no */config.json); train one with maskkit train")
     return found
@@ -58,35 +60,27 @@ def loss_name(options: dict) -> str:
 
 def summarize(run_dir: Path) -> dict:
     """One row: the run's options and its best epoch's metrics (empty when no epoch finished)."""
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise MaskkitError(f"{run_dir}: no config.json (not a run folder written by maskkit train)")
-    try:
-        config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise MaskkitError(f"{config_path}: not valid JSON (re-create the run with maskkit train)") from None
+    config = read_config(run_dir)
     options = config.get("options", {})
     row = {
-        "name": run_dir.name, "backbone": config.get("backbone"), "heads": config.get("heads"),
+        "name": run_dir.name, "backbone": config["backbone"], "heads": config.get("heads"),
         "age_weight": config.get("age_weight", 0.0), "old_age": config.get("old_age", 60),
-        "img_size": "x".join(str(v) for v in config.get("img_size", [])), "aug": options.get("aug"),
+        "input_size": "x".join(str(v) for v in config["img_size"][::-1]), "aug": options.get("aug"),  # WIDTHxHEIGHT
         "loss": loss_name(options), "lr": options.get("lr"), "batch_size": options.get("batch_size"),
         "epochs": options.get("epochs"), "fold": config.get("fold"), "path": str(run_dir),
     }
-    metrics_path = run_dir / "metrics.csv"
-    if metrics_path.is_file():
-        metrics = pd.read_csv(metrics_path)
-        if len(metrics):
-            best = metrics.loc[metrics["val_f1"].idxmax()]  # first of equal F1s, as training selects
-            row["epochs"] = f"{len(metrics)}/{options.get('epochs', '?')}"
-            row.update({"best_epoch": int(best["epoch"]),
-                        **{k: round(float(best[k]), 4) for k in ("val_f1", "f1_mask", "f1_gender", "f1_age")}})
+    metrics = read_metrics(run_dir)
+    best = best_row(metrics)
+    if best is not None:
+        row["epochs"] = f"{len(metrics)}/{options.get('epochs', '?')}"
+        row.update({"best_epoch": int(best["epoch"]),
+                    **{k: round(float(best[k]), 4) for k in ("val_f1", "f1_mask", "f1_gender", "f1_age")}})
     return row
 
 
 def recipe_key(run_dir: Path) -> str:
     """What a run learns apart from its fold: options, seed and the manifest's hash, as canonical JSON."""
-    config = json.loads((run_dir / "config.json").read_text())
+    config = read_config(run_dir)
     options = {k: v for k, v in config.get("options", {}).items() if k not in RUNTIME_OPTIONS}
     return json.dumps({"options": options, "manifest_sha256": config.get("manifest_sha256")}, sort_keys=True)
 
@@ -101,12 +95,15 @@ def pooled_predictions(run_dirs: Sequence[Path]) -> tuple[pd.DataFrame, list]:
     """The runs' val_preds.csv as one table (the first run of a repeated fold wins) and the folds pooled."""
     frames, folds = [], []
     for run_dir in run_dirs:
-        path = run_dir / "val_preds.csv"
-        fold = json.loads((run_dir / "config.json").read_text()).get("fold")
+        path = run_dir / VAL_PREDS
+        fold = read_config(run_dir).get("fold")
         if not path.is_file() or fold in folds:
             continue
-        frame = read_csv(path, ("ImageID", "ans", "label"), dtype={"ImageID": str},
-                         fix="val_preds.csv of maskkit train has columns ImageID,ans,p0..p17,person,label")
+        frame, _ = read_predictions(path, probabilities=False,
+                                    fix="val_preds.csv of maskkit train has columns ImageID,ans,p0..p17,person,label")
+        if "label" not in frame:
+            raise MaskkitError(f"{path}: no label column (val_preds.csv of maskkit train has "
+                               "columns ImageID,ans,p0..p17,person,label)")
         frames.append(frame[["ImageID", "ans", "label"]])
         folds.append(fold)
     if not frames:
@@ -131,7 +128,7 @@ def recipes_table(table: pd.DataFrame) -> pd.DataFrame:
         pooled, folds = pooled_predictions(run_dirs)
         first = group.iloc[0]
         row = {"recipe": first["recipe"], "runs": len(group), "folds": ",".join(str(f) for f in sorted(folds, key=str)),
-               "oof_images": len(pooled), **{k: first[k] for k in ("backbone", "heads", "loss", "lr", "img_size")},
+               "oof_images": len(pooled), **{k: first[k] for k in ("backbone", "heads", "loss", "lr", "input_size")},
                "epochs": json.loads(key)["options"].get("epochs"), "seed": json.loads(key)["options"].get("seed")}
         if len(pooled):
             row.update({f"oof_{k}": round(v, 4) for k, v in scores(pooled["label"], pooled["ans"]).items()})

@@ -14,30 +14,18 @@ import numpy as np
 import pandas as pd
 
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import atomic_path, console, examples, read_csv, write_csv
+from maskkit.contract.files import atomic_path, console, examples, write_csv
 from maskkit.contract.labels import NUM_CLASSES, class_name
+from maskkit.contract.predictions import read_predictions
 from maskkit.engine.metrics import SCORE_NAMES, per_class_f1, scores
 
 COLUMNS = ("submission", "images", *SCORE_NAMES)
 
 
 def read_answers(path: Path, role: str) -> pd.DataFrame:
-    """ImageID,ans of one file, checked: one row per ImageID, ans a class 0..17."""
-    df = read_csv(path, ("ImageID", "ans"), fix=f"a {role} CSV has columns ImageID,ans",
-                  dtype={"ImageID": str}, usecols=lambda c: c in ("ImageID", "ans"))
-    missing = df["ImageID"].isna()
-    if missing.any():
-        raise MaskkitError(f"{path}: {int(missing.sum())} rows without an ImageID; every row needs one")
-    dup = df["ImageID"].duplicated()
-    if dup.any():
-        raise MaskkitError(f"{path}: {int(dup.sum())} rows repeat an ImageID "
-                           f"({examples(df.loc[dup, 'ImageID'].unique().tolist())}); keep one row per image")
-    values = pd.to_numeric(df["ans"], errors="coerce").to_numpy(np.float64)
-    bad = ~np.isfinite(values) | (values % 1 != 0) | (values < 0) | (values >= NUM_CLASSES)
-    if bad.any():
-        raise MaskkitError(f"{path}: {int(bad.sum())} rows with an unknown class in ans "
-                           f"({examples(df.loc[bad, 'ImageID'].tolist())}); ans must be a class 0..17")
-    return pd.DataFrame({"ImageID": df["ImageID"], "ans": values.astype(np.int64)})
+    """ImageID,ans of one file, checked by the prediction-CSV reader (one row per ImageID, ans 0..17)."""
+    table, _ = read_predictions(path, probabilities=False, fix=f"a {role} CSV has columns ImageID,ans")
+    return table[["ImageID", "ans"]]
 
 
 def matched(submission: pd.DataFrame, truth: pd.DataFrame, submission_path: Path,

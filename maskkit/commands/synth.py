@@ -1,4 +1,4 @@
-"""`maskkit synth`: a procedurally drawn dataset in the exact competition layout (DESIGN.md).
+"""`maskkit synth`: a procedurally drawn dataset in the exact competition layout (docs/formats.md).
 
 Faces are drawn with OpenCV so that a small CNN can learn the three tasks: the mask state is plain
 (mask over nose and mouth / mask below the nose or under the chin / no mask), gender is clear (hair
@@ -11,6 +11,9 @@ Options that model the competition's traps: `noise` injects label errors (listed
 `train/injected_errors.csv`, fixes-CSV format, mask targets are `images/<folder>/<file>` relative
 to DATA/train), `shortcut` ties the background to the person's group in train only, `masks` writes
 the true person mask of each image under `OUT/masks/` (mirroring OUT's tree).
+
+Why over 400 lines: the drawing code (face, hair, mask, age cues, backgrounds) is most of it and
+only synth uses it.
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import console
+from maskkit.data.images import write_image
+from maskkit.engine.progress import progress_bar
 from maskkit.contract.labels import GENDERS, IMAGE_STEMS, label_of
 
 STEMS = tuple(IMAGE_STEMS)  # mask1..mask5, incorrect_mask, normal
@@ -444,17 +448,11 @@ def render(p: Person, stem: str, seed: int, size: tuple[int, int]) -> tuple[np.n
 
 
 def _write_jpeg(path: Path, bgr: np.ndarray) -> None:
-    ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-    if not ok:
-        raise RuntimeError(f"{path}: JPEG encoding failed")
-    path.write_bytes(data.tobytes())
+    write_image(path, bgr, quality=JPEG_QUALITY)
 
 
 def _write_png(path: Path, mask: np.ndarray) -> None:
-    ok, data = cv2.imencode(".png", mask)
-    if not ok:
-        raise RuntimeError(f"{path}: PNG encoding failed")
-    path.write_bytes(data.tobytes())
+    write_image(path, mask)
 
 
 def _folder_name(pid: str, gender: int, age: int) -> str:
@@ -555,9 +553,7 @@ def _draw_dataset(root: Path, persons: int, eval_persons: int, size: tuple[int, 
     (eval_dir / "images").mkdir(parents=True)
     show = progress if progress is not None else (persons + eval_persons) * 7 * size[0] * size[1] > 5_000_000
     rows, injected, truth = [], [], []
-    with Progress(TextColumn("synth"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, disable=not show, transient=True) as bar:
-        task = bar.add_task("persons", total=persons + eval_persons)
+    with progress_bar("synth", persons + eval_persons, show=None if show else False) as bar:
         for i, p in enumerate(train_people):
             gender = 1 - p.gender if i in flipped else p.gender
             folder = _folder_name(p.pid, gender, p.age)
@@ -580,7 +576,7 @@ def _draw_dataset(root: Path, persons: int, eval_persons: int, size: tuple[int, 
                     target = mask_dir / "train" / "images" / folder / f"{files[stem]}.png"
                     target.parent.mkdir(parents=True, exist_ok=True)
                     _write_png(target, person_mask)
-            bar.advance(task)
+            bar.advance()
         for p in eval_people:
             for stem in STEMS:
                 image_id = hashlib.sha1(f"maskkit-synth:{seed}:{p.pid}:{stem}".encode()).hexdigest() + ".jpg"
@@ -593,7 +589,7 @@ def _draw_dataset(root: Path, persons: int, eval_persons: int, size: tuple[int, 
                 mask = IMAGE_STEMS[stem]
                 truth.append({"ImageID": image_id, "ans": label_of(mask, GENDERS[p.gender], p.age), "mask": mask,
                               "gender": GENDERS[p.gender], "age": p.age, "person": p.pid})
-            bar.advance(task)
+            bar.advance()
 
     _to_csv(pd.DataFrame(rows, columns=["id", "gender", "race", "age", "path"]), train_dir / "train.csv")
     _to_csv(pd.DataFrame(injected, columns=["target", "column", "old", "new", "reason"]),

@@ -1,4 +1,4 @@
-"""The fixes CSV of DESIGN.md: label corrections that `audit` suggests and `split --fixes` applies.
+"""The fixes CSV (docs/formats.md, "Fixes CSV"): label corrections that `audit` suggests and `split --fixes` applies.
 
 `target` is a person id (for gender and age) or an image (for mask): an image is named by its path
 or by `<person or folder>/<file name or stem>`, matched on its last two path parts. Applying fixes

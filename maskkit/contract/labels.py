@@ -1,4 +1,4 @@
-"""The competition's labels: mask x gender x age group = 18 classes (see shared DESIGN.md)."""
+"""The competition's labels: mask x gender x age group = 18 classes (docs/formats.md, "Labels")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Reading the competition layout (DESIGN.md) into tables, with every quirk of the real data reported.
+"""Reading the competition layout (docs/formats.md) into tables, with every quirk of the real data reported.
 
 `load_train` gives one row per training image: path, person, gender, age, mask, label (+ folder, stem).
 `load_eval` gives ImageID, path in info.csv's order. `load_folder` reads a plain folder of images.
