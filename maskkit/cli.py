@@ -169,7 +169,9 @@ def train(
     ctx: typer.Context,
     source: Path = typer.Argument(Path("data/train"), help="Manifest CSV from `maskkit split`, or DATA/train "
                                   "(split on the fly into 5 person folds, seed 42, saved in the run folder)."),
-    fold: int = typer.Option(0, "--fold", "-f", rich_help_panel=DATA, help="Validation fold; the other folds train."),
+    fold: str = typer.Option("0", "--fold", "-f", rich_help_panel=DATA, help="Validation fold; the other folds train. "
+                             "all: every person trains, no validation, a fixed --epochs (the full-data model; "
+                             "best.pt = the final weights)."),
     cache: CacheModesChoice = typer.Option("auto", "--cache", rich_help_panel=DATA,
                               help="ram: decode every image once into memory; none; auto: ram when it fits."),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", rich_help_panel=DATA, help=WORKERS_HELP),
@@ -189,13 +191,17 @@ def train(
                                      "branch (MSE on normalised years) with this loss weight, e.g. 0.1."),
     old_age: int = typer.Option(60, "--old-age", rich_help_panel=LOSS, help="Train with age >= N as the oldest group "
                                 "(e.g. 58); validation always scores the true groups (60)."),
-    label_smoothing: float = typer.Option(0.0, "--label-smoothing", rich_help_panel=LOSS,
-                                          help="Cross-entropy label smoothing, e.g. 0.1."),
+    label_smoothing: float = typer.Option(0.1, "--label-smoothing", rich_help_panel=LOSS,
+                                          help="Cross-entropy label smoothing (0 = off)."),
     focal: float = typer.Option(0.0, "--focal", rich_help_panel=LOSS, help="Focal-loss gamma (0 = plain cross-entropy), e.g. 2."),
     balanced: bool = typer.Option(False, "--balanced", rich_help_panel=LOSS, help="Class-balanced sampling (with replacement)."),
     aug: AugmentationsChoice = typer.Option("basic", "--aug", rich_help_panel=AUG,
                             help="none, basic (crop, brightness/contrast, noise, flip) or strong."),
     cutmix: float = typer.Option(0.0, "--cutmix", rich_help_panel=AUG, help="Probability of CutMix per batch."),
+    crop: str = typer.Option("auto", "--crop", rich_help_panel=AUG, help="Centre crop before resizing: full (the whole "
+                             "frame), competition (0.8 of the height, 0.85 of the width: the competition's 3:4 "
+                             "portraits), two fractions H,W, or auto: full for square images (face crops), "
+                             "competition otherwise. Stored in config.json; predict and cam reuse it."),
     epochs: int = typer.Option(10, "--epochs", "-e", rich_help_panel=OPTIM,
                                help="Epochs (with --resume: a larger number extends the run)."),
     batch_size: int = typer.Option(32, "--batch-size", rich_help_panel=OPTIM, help="Images per step."),
@@ -203,7 +209,7 @@ def train(
                             help="Optimizer (timm's factory; no weight decay on norms and biases)."),
     sched: SchedulersChoice = typer.Option("cosine", "--sched", rich_help_panel=OPTIM,
                               help="Learning-rate schedule after the warmup (timm's factory, stepped per update)."),
-    lr: float = typer.Option(3e-4, "--lr", rich_help_panel=OPTIM, help="Peak learning rate."),
+    lr: float = typer.Option(1e-3, "--lr", rich_help_panel=OPTIM, help="Peak learning rate."),
     weight_decay: float = typer.Option(0.01, "--weight-decay", rich_help_panel=OPTIM, help="Weight decay."),
     warmup: float = typer.Option(1.0, "--warmup", rich_help_panel=OPTIM, help="Epochs of linear learning-rate warmup."),
     ema: bool = typer.Option(False, "--ema", rich_help_panel=OPTIM,
@@ -246,6 +252,7 @@ def train(
     with reported("train"):
         values = dict(ctx.params)
         values["multi"] = "multi" if multi else "single"
+        values["fold"] = vocab.parse_fold(fold)
         values["input_size"] = parse_size(input_size, "--input-size")[::-1]
         if img_size_old is not None:
             values["img_size_old"] = parse_size(img_size_old, "--img-size")

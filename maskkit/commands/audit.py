@@ -44,9 +44,10 @@ from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import console, examples, is_hidden, read_csv, write_csv
 from maskkit.contract.manifest import read_manifest
 from maskkit.contract.predictions import PROB_COLUMNS, read_predictions
-from maskkit.contract.runfolder import VAL_PREDS
+from maskkit.contract.runfolder import VAL_PREDS, read_config
 from maskkit.data.images import write_image
 from maskkit.engine.progress import progress_bar
+from maskkit.options import ALL_FOLDS
 from maskkit.contract.labels import AGE_GROUPS, GENDERS, IMAGE_STEMS, MASKS, NUM_CLASSES, OLD_FROM, YOUNG_BELOW, decode
 
 SUSPECT_COLUMNS = ["target", "column", "given", "suggested", "score", "p_wrong", "models", "reason", "evidence"]
@@ -299,6 +300,13 @@ def image_key(path: str) -> str:
     return "/".join(parts[-2:])
 
 
+def _trained_on_all(run_dir: Path) -> bool:
+    try:
+        return read_config(run_dir).get("fold") == ALL_FOLDS
+    except MaskkitError:
+        return False
+
+
 def read_oof(sources: Sequence[Path]) -> list[pd.DataFrame]:
     """Out-of-fold predictions from run folders (RUN/val_preds.csv) or val_preds CSVs, as prediction sets.
 
@@ -311,6 +319,9 @@ def read_oof(sources: Sequence[Path]) -> list[pd.DataFrame]:
         source = Path(source)
         path = source / VAL_PREDS if source.is_dir() else source
         if source.is_dir() and not path.is_file():
+            if _trained_on_all(source):
+                raise MaskkitError(f"{source}: trained with --fold all (no validation fold, so no out-of-fold "
+                                   f"{VAL_PREDS}); pass the runs of the folds instead (--oof RUN-f0 ... --oof RUN-f4)")
             raise MaskkitError(f"{source}: run folder without {VAL_PREDS} (pass a finished run of maskkit train)")
         if path.resolve() in files:
             raise MaskkitError(f"{path}: also in --oof {files[path.resolve()]}; pass each val_preds.csv once")

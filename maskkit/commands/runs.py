@@ -24,6 +24,7 @@ from maskkit.contract.labels import NUM_CLASSES
 from maskkit.contract.predictions import read_predictions
 from maskkit.contract.runfolder import CONFIG, VAL_PREDS, best_row, read_config, read_metrics
 from maskkit.engine.metrics import scores
+from maskkit.options import ALL_FOLDS
 
 COLUMNS = ("name", "backbone", "heads", "age_weight", "old_age", "input_size", "aug", "loss", "lr", "batch_size",
            "epochs", "fold", "best_epoch", "val_f1", "f1_mask", "f1_gender", "f1_age",
@@ -97,6 +98,10 @@ def pooled_predictions(run_dirs: Sequence[Path]) -> tuple[pd.DataFrame, list]:
     for run_dir in run_dirs:
         path = run_dir / VAL_PREDS
         fold = read_config(run_dir).get("fold")
+        if fold == ALL_FOLDS:
+            console.print(f"{run_dir}: trained with --fold all (no validation, no out-of-fold predictions); "
+                          "its recipe's oof_f1 comes from the recipe's fold runs", markup=False, highlight=False)
+            continue
         if not path.is_file() or fold in folds:
             continue
         frame, _ = read_predictions(path, probabilities=False,

@@ -165,10 +165,14 @@ def append_metrics(run_dir: str | Path, row: Mapping) -> None:
 
 
 def best_row(metrics: pd.DataFrame) -> pd.Series | None:
-    """The best epoch's row by val macro F1 (the first of equal ones, as training selects)."""
+    """The best epoch's row by val macro F1 (the first of equal ones, as training selects); the
+    last row of a run without validation (`train --fold all`: empty val columns, best.pt = final)."""
     if not len(metrics):
         return None
-    return metrics.loc[pd.to_numeric(metrics["val_f1"]).idxmax()]
+    val_f1 = pd.to_numeric(metrics["val_f1"])
+    if val_f1.isna().all():
+        return metrics.iloc[-1]
+    return metrics.loc[val_f1.idxmax()]
 
 
 def prepare_run_dir(out: str | Path, name: str, overwrite: bool) -> Path:
