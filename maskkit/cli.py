@@ -240,6 +240,7 @@ def train(
 ) -> None:
     """Train one fold into runs/NAME/ (config, metrics, best.pt, last.pt, val_preds.csv, plots).
 
+    --fold all trains the full-data model: every person, --epochs fixed, no validation.
     Example: maskkit train folds.csv --fold 0 --backbone effb2 --multi --age-weight 0.1 --epochs 12
     """
     from maskkit.commands import train as train_module
