@@ -45,7 +45,7 @@ from maskkit.contract.files import console, examples, is_hidden, read_csv, write
 from maskkit.contract.manifest import read_manifest
 from maskkit.contract.predictions import PROB_COLUMNS, read_predictions
 from maskkit.contract.runfolder import VAL_PREDS, read_config
-from maskkit.data.images import write_image
+from maskkit.data.images import contact_sheet, write_image
 from maskkit.engine.progress import progress_bar
 from maskkit.options import ALL_FOLDS
 from maskkit.contract.labels import AGE_GROUPS, GENDERS, IMAGE_STEMS, MASKS, NUM_CLASSES, OLD_FROM, YOUNG_BELOW, decode
@@ -512,8 +512,6 @@ class Evidence:
 
     def _person_level(self, task: str) -> list[dict[str, np.ndarray]]:
         """Per set: person -> calibrated probabilities of the person's gender or age group."""
-        from scipy.special import softmax
-
         result = []
         for rows, tasks in self.sets:
             names, means, given = [], [], []
@@ -724,11 +722,7 @@ def draw_sheet(suspects: pd.DataFrame, images: pd.DataFrame, path: Path, top: in
         empty = np.full((tile_h + text_h, tile_w, 3), 255, np.uint8)
         cv2.putText(empty, "no suspects", (4, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
         tiles.append(empty)
-    while len(tiles) % columns and len(tiles) > columns:
-        tiles.append(np.full_like(tiles[0], 255))
-    grid = [np.hstack(tiles[i: i + columns]) for i in range(0, len(tiles), columns)]
-    sheet = np.vstack(grid)
-    write_image(path, sheet)
+    write_image(path, contact_sheet(tiles, columns=columns, gap=0))
     return drawn
 
 

@@ -13,7 +13,6 @@ splitting them would make modules that only cam imports.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -30,7 +29,7 @@ from maskkit.contract.errors import MaskkitError, RunFailure
 from maskkit.contract.files import console, is_image, write_csv
 from maskkit.contract.labels import AGE_GROUPS, GENDERS, MASKS, NUM_CLASSES, class_name, decode
 from maskkit.contract.runfolder import BEST, CONFIG, require
-from maskkit.data.images import write_image
+from maskkit.data.images import contact_sheet, write_image
 
 HEADS = ("class", "mask", "gender", "age")
 HEAD_CLASSES = {
@@ -378,19 +377,6 @@ def tile(rgb: np.ndarray, lines: Sequence[str], colour: tuple[int, int, int]) ->
     left = (width - small.shape[1]) // 2
     body[:, left: left + small.shape[1]] = small
     return np.vstack([body, band])
-
-
-def contact_sheet(tiles: Sequence[np.ndarray], columns: int = 8, gap: int = 4) -> np.ndarray:
-    """Tiles in a grid, row by row."""
-    columns = max(1, min(columns, len(tiles)))
-    rows = math.ceil(len(tiles) / columns)
-    cell_h = max(t.shape[0] for t in tiles) + gap
-    cell_w = max(t.shape[1] for t in tiles) + gap
-    sheet = np.full((rows * cell_h + gap, columns * cell_w + gap, 3), 255, np.uint8)
-    for i, t in enumerate(tiles):
-        y, x = gap + (i // columns) * cell_h, gap + (i % columns) * cell_w
-        sheet[y: y + t.shape[0], x: x + t.shape[1]] = t
-    return sheet
 
 
 def caption(item: Item, head: str, pred: int, prob: float, target: int, truth: int | None) -> tuple[list[str], tuple]:
