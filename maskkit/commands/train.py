@@ -100,10 +100,20 @@ def training_rows(manifest: pd.DataFrame, options: TrainOptions) -> pd.Series:
 
 
 def image_shape(manifest: pd.DataFrame, sample: int = 25) -> tuple[int, int]:
-    """(width, height) of the dataset's images: the median over the first `sample` images' headers."""
+    """(width, height) of the dataset's images: the median over the first readable headers of
+    `sample` images (unreadable ones are left to the loader, which names them)."""
     from maskkit.data.loader import image_size
 
-    sizes = np.array([image_size(p) for p in manifest["path"].head(sample)])
+    sizes = []
+    for path in manifest["path"].head(sample):
+        try:
+            sizes.append(image_size(path))
+        except Exception:  # noqa: BLE001 - PIL raises several types for a broken header
+            continue
+    if not sizes:
+        raise MaskkitError(f"{manifest['path'].iloc[0]}: the first {sample} training images are unreadable "
+                           "(check the files, or pass --crop full/competition)")
+    sizes = np.array(sizes)
     return int(np.median(sizes[:, 0])), int(np.median(sizes[:, 1]))
 
 
@@ -111,7 +121,7 @@ def build_config(options: TrainOptions, manifest_path: Path, source: str, manife
     """config.json, format 2: the options once, plus what is derived from them and the data
     (the centre crop `--crop auto` chose from the images' shape, which predict and cam reuse).
     Returned as the view `runfolder.read_config` gives (what is written is `stored_config` of it)."""
-    from maskkit.data.presets import resolve_crop
+    from maskkit.data.presets import parse_crop, resolve_crop
     from maskkit.engine.models import model_defaults, resolve_backbone
 
     defaults = model_defaults(options.backbone)
@@ -122,7 +132,7 @@ def build_config(options: TrainOptions, manifest_path: Path, source: str, manife
         "timm_name": resolve_backbone(options.backbone),
         "mean": list(defaults["mean"]),
         "std": list(defaults["std"]),
-        "crop": list(resolve_crop(options.crop, image_shape(manifest))),
+        "crop": list(parse_crop(options.crop) or resolve_crop("auto", image_shape(manifest))),
         "source": source,
         "manifest": runfolder.MANIFEST,
         "manifest_sha256": file_sha256(manifest_path),
