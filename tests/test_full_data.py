@@ -105,3 +105,16 @@ def test_the_crop_a_run_chose_is_stored_and_used_by_predict(multi_run, drawn, tm
         cropped = predict(multi_run, drawn / "eval", device="cpu", workers=0, out=tmp_path / "a.csv")
         whole = predict(full, drawn / "eval", device="cpu", workers=0, out=tmp_path / "b.csv")
     assert (cropped["p0"] - whole["p0"]).abs().max() > 1e-3
+
+
+def test_crop_auto_keeps_the_whole_frame_of_square_images(tmp_path, cli):
+    from maskkit.commands.synth import synthesize
+
+    synthesize(tmp_path / "square", persons=30, eval_persons=2, size=(48, 48), seed=5)
+    with one_thread():
+        result = cli("train", tmp_path / "square" / "train", "--backbone", "test_resnet", "--no-pretrained",
+                     "--input-size", "40x40", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
+                     "--workers", "0", "--runs-dir", tmp_path / "runs", "--name", "sq")
+    assert result.exit_code == 0, result.stderr
+    config = read_config(tmp_path / "runs" / "sq")
+    assert config["options"]["crop"] == "auto" and config["crop"] == list(FULL_CROP)
