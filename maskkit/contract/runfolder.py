@@ -149,10 +149,14 @@ def read_metrics(run_dir: str | Path) -> pd.DataFrame:
         return pd.DataFrame(columns=list(METRIC_COLUMNS))
     fix = "metrics.csv is written by maskkit train; re-create the run or restore the file"
     metrics = read_csv(path, METRIC_COLUMNS, fix=fix)
+    # A row without validation (`train --fold all`) leaves every score empty; otherwise all are numbers.
+    scores = [c for c in SCORED if c != "epoch"]
+    no_validation = metrics[scores].isna().all(axis=1)
     for column in SCORED:
         values = pd.to_numeric(metrics[column], errors="coerce")
-        if values.isna().any():
-            lines = [str(i + 2) for i in metrics.index[values.isna()]]
+        bad = values.isna() & (True if column == "epoch" else ~no_validation)
+        if bad.any():
+            lines = [str(i + 2) for i in metrics.index[bad]]
             raise MaskkitError(f"{path}: {column} is not a number on line {examples(lines)} ({fix})")
         metrics[column] = values
     return metrics.assign(epoch=metrics["epoch"].astype(int))
@@ -169,10 +173,14 @@ def append_metrics(run_dir: str | Path, row: Mapping) -> None:
 
 
 def best_row(metrics: pd.DataFrame) -> pd.Series | None:
-    """The best epoch's row by val macro F1 (the first of equal ones, as training selects)."""
+    """The best epoch's row by val macro F1 (the first of equal ones, as training selects); the
+    last row of a run without validation (`train --fold all`: empty val columns, best.pt = final)."""
     if not len(metrics):
         return None
-    return metrics.loc[pd.to_numeric(metrics["val_f1"]).idxmax()]
+    val_f1 = pd.to_numeric(metrics["val_f1"])
+    if val_f1.isna().all():
+        return metrics.iloc[-1]
+    return metrics.loc[val_f1.idxmax()]
 
 
 def prepare_run_dir(out: str | Path, name: str, overwrite: bool) -> Path:
