@@ -169,7 +169,9 @@ def train(
     ctx: typer.Context,
     source: Path = typer.Argument(Path("data/train"), help="Manifest CSV from `maskkit split`, or DATA/train "
                                   "(split on the fly into 5 person folds, seed 42, saved in the run folder)."),
-    fold: int = typer.Option(0, "--fold", "-f", rich_help_panel=DATA, help="Validation fold; the other folds train."),
+    fold: str = typer.Option("0", "--fold", "-f", rich_help_panel=DATA, help="Validation fold; the other folds train. "
+                             "all: every person trains, no validation, a fixed --epochs (the full-data model; "
+                             "best.pt = the final weights)."),
     cache: CacheModesChoice = typer.Option("auto", "--cache", rich_help_panel=DATA,
                               help="ram: decode every image once into memory; none; auto: ram when it fits."),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", rich_help_panel=DATA, help=WORKERS_HELP),
@@ -189,13 +191,17 @@ def train(
                                      "branch (MSE on normalised years) with this loss weight, e.g. 0.1."),
     old_age: int = typer.Option(60, "--old-age", rich_help_panel=LOSS, help="Train with age >= N as the oldest group "
                                 "(e.g. 58); validation always scores the true groups (60)."),
-    label_smoothing: float = typer.Option(0.0, "--label-smoothing", rich_help_panel=LOSS,
-                                          help="Cross-entropy label smoothing, e.g. 0.1."),
+    label_smoothing: float = typer.Option(0.1, "--label-smoothing", rich_help_panel=LOSS,
+                                          help="Cross-entropy label smoothing (0 = off)."),
     focal: float = typer.Option(0.0, "--focal", rich_help_panel=LOSS, help="Focal-loss gamma (0 = plain cross-entropy), e.g. 2."),
     balanced: bool = typer.Option(False, "--balanced", rich_help_panel=LOSS, help="Class-balanced sampling (with replacement)."),
     aug: AugmentationsChoice = typer.Option("basic", "--aug", rich_help_panel=AUG,
                             help="none, basic (crop, brightness/contrast, noise, flip) or strong."),
     cutmix: float = typer.Option(0.0, "--cutmix", rich_help_panel=AUG, help="Probability of CutMix per batch."),
+    crop: str = typer.Option("auto", "--crop", rich_help_panel=AUG, help="Centre crop before resizing: full (the whole "
+                             "frame), competition (0.8 of the height, 0.85 of the width: the competition's 3:4 "
+                             "portraits), two fractions H,W, or auto: full for square images (face crops), "
+                             "competition otherwise. Stored in config.json; predict and cam reuse it."),
     epochs: int = typer.Option(10, "--epochs", "-e", rich_help_panel=OPTIM,
                                help="Epochs (with --resume: a larger number extends the run)."),
     batch_size: int = typer.Option(32, "--batch-size", rich_help_panel=OPTIM, help="Images per step."),
@@ -203,7 +209,7 @@ def train(
                             help="Optimizer (timm's factory; no weight decay on norms and biases)."),
     sched: SchedulersChoice = typer.Option("cosine", "--sched", rich_help_panel=OPTIM,
                               help="Learning-rate schedule after the warmup (timm's factory, stepped per update)."),
-    lr: float = typer.Option(3e-4, "--lr", rich_help_panel=OPTIM, help="Peak learning rate."),
+    lr: float = typer.Option(1e-3, "--lr", rich_help_panel=OPTIM, help="Peak learning rate."),
     weight_decay: float = typer.Option(0.01, "--weight-decay", rich_help_panel=OPTIM, help="Weight decay."),
     warmup: float = typer.Option(1.0, "--warmup", rich_help_panel=OPTIM, help="Epochs of linear learning-rate warmup."),
     ema: bool = typer.Option(False, "--ema", rich_help_panel=OPTIM,
@@ -234,6 +240,7 @@ def train(
 ) -> None:
     """Train one fold into runs/NAME/ (config, metrics, best.pt, last.pt, val_preds.csv, plots).
 
+    --fold all trains the full-data model: every person, --epochs fixed, no validation.
     Example: maskkit train folds.csv --fold 0 --backbone effb2 --multi --age-weight 0.1 --epochs 12
     """
     from maskkit.commands import train as train_module
@@ -246,6 +253,7 @@ def train(
     with reported("train"):
         values = dict(ctx.params)
         values["multi"] = "multi" if multi else "single"
+        values["fold"] = vocab.parse_fold(fold)
         values["input_size"] = parse_size(input_size, "--input-size")[::-1]
         if img_size_old is not None:
             values["img_size_old"] = parse_size(img_size_old, "--img-size")
@@ -353,7 +361,8 @@ def vote(
 def audit(
     data: Path = typer.Argument(..., help="DATA/train (or DATA) of the competition layout."),
     oof: Optional[List[Path]] = typer.Option(
-        None, "--oof", help="Run folder (reads RUN/val_preds.csv) or val_preds CSV; repeat once per fold."),
+        None, "--oof", help="Run folder (reads RUN/val_preds.csv) or val_preds CSV; repeat once per fold, "
+        "and add other models' or seeds' folds as well: a label is suspect when they agree."),
     manifest: Optional[Path] = typer.Option(
         None, "--manifest", help="Judge this manifest's labels (e.g. after split --fixes) instead of train.csv's."),
     fixes_out: Optional[Path] = typer.Option(
@@ -362,7 +371,8 @@ def audit(
     top: int = typer.Option(30, "--top", min=1, help="Suspects on the contact sheet."),
     min_score: Optional[float] = typer.Option(
         None, "--min-score",
-        help="List gender and mask suspects from this score on, 0..1 (default 0.65, measured in benchmarks/audit.py)."),
+        help="List gender and mask suspects from this P(label wrong) on, 0..1 (default 0.4, measured in "
+             "benchmarks/realfaces_audit.py)."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Write the suspects CSV here instead of stdout."),
 ) -> None:
     """Rank suspect files and labels: structural checks, plus label checks from out-of-fold predictions.
@@ -462,8 +472,43 @@ def cam(
 # --- end cam ---
 
 
+# --- score (issue 10) ----------------------------------------------------------------------------
+@app.command()
+def score(
+    submission: Path = typer.Argument(..., help="Prediction CSV (ImageID,ans), e.g. from `maskkit vote`."),
+    truth: Path = typer.Argument(..., help="Truth CSV (ImageID,ans) of the same images, e.g. DATA/eval/truth.csv."),
+    confusion: Optional[Path] = typer.Option(None, "--confusion", help="Also draw the 18x18 confusion matrix here (PNG)."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Write the score row here instead of stdout."),
+) -> None:
+    """Score a submission: macro F1 over the 18 classes, accuracy and each task's F1 (one CSV row).
+
+    Example: maskkit score submission.csv data/eval/truth.csv --confusion confusion.png >> scores.csv
+    """
+    from maskkit.commands import score as score_module
+
+    with reported("score"):
+        score_module.run(submission, truth, out=out, confusion=confusion)
+# --- end score ---
+
+
 def main() -> None:
-    app(prog_name="maskkit")
+    """The `maskkit` entry point: a bad option value is one line and exit 2, not a usage box."""
+    import sys
+
+    try:
+        code = app(prog_name="maskkit", standalone_mode=False)
+    except typer.Abort:  # Ctrl-C while click itself was running
+        typer.echo("maskkit: interrupted", err=True)
+        sys.exit(130)
+    except typer.TyperException as exc:  # click's UsageError, BadParameter, NoSuchOption... (typer vendors click)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `maskkit` or a bare group: show the help
+            exc.show()
+            sys.exit(exc.exit_code)
+        ctx = getattr(exc, "ctx", None)
+        where = ctx.command_path if ctx is not None else "maskkit"
+        typer.echo(f"{where}: error: {exc.format_message()} (see {where} --help)", err=True)
+        sys.exit(getattr(exc, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from maskkit.contract.errors import MaskkitError
+from maskkit.contract.fixes import read_fixes
 from maskkit.contract.manifest import MANIFEST_COLUMNS, read_manifest
 from maskkit.contract.predictions import PROB_COLUMNS, prediction_frame, read_predictions
 from maskkit.contract.recipe import read_recipe, recipe_text
@@ -38,6 +39,10 @@ MANIFEST_BREAKS = {
     "text in fold": (lambda m: m.assign(fold=["0", "zero", "1"]), "fold is not a number"),
     "missing column": (lambda m: m.drop(columns="fold"), "missing column"),
     "no rows": (lambda m: m.iloc[:0], "no rows"),
+    "an empty path": (lambda m: m.assign(path=["", "a/normal.jpg", "b/mask1.jpg"]), "empty path"),
+    "a path on two rows": (lambda m: m.assign(path=["a/mask1.jpg", "a/mask1.jpg", "b/mask1.jpg"]), "repeat an image"),
+    "a person with two genders": (lambda m: m.assign(gender=["male", "female", "female"]), "different genders"),
+    "a person with two ages": (lambda m: m.assign(age=[25, 26, 61]), "different ages"),
 }
 
 
@@ -69,8 +74,10 @@ def predictions() -> pd.DataFrame:
 PREDICTION_BREAKS = {
     "an ImageID twice": (lambda f: f.assign(ImageID=["x.jpg", "x.jpg"]), "repeat an ImageID"),
     "ans outside 0..17": (lambda f: f.assign(ans=[0, 18]), "ans outside"),
-    "a negative probability": (lambda f: f.assign(p3=[-0.1, 0.0]), "negative probabilities"),
-    "text in a probability": (lambda f: f.assign(p0=["high", 0.5]), "missing or negative"),
+    "a negative probability": (lambda f: f.assign(p3=[-0.1, 0.0]), "missing, negative or do not sum to 1"),
+    "text in a probability": (lambda f: f.assign(p0=["high", 0.5]), "missing, negative or do not sum to 1"),
+    "probabilities summing to 3": (lambda f: f.assign(**{c: f[c] * 3 for c in PROB_COLUMNS}), "do not sum to 1"),
+    "no rows": (lambda f: f.iloc[:0], "no rows"),
     "a missing p column": (lambda f: f.drop(columns="p17"), "missing column"),
 }
 
@@ -140,14 +147,30 @@ def test_config_reader_refuses_what_the_contract_forbids(case, tmp_path):
     one_line(excinfo, str(run), expected)
 
 
-def test_metrics_reader_refuses_an_epoch_that_is_not_a_number(tmp_path):
+@pytest.mark.parametrize("row, column", [("x,1,1,1,1,0.5,0.5,0.5,0.5,0.5", "epoch"),
+                                         ("1,1,1,1,1,high,0.5,0.5,0.5,0.5", "val_f1"),
+                                         ("1,1,1,1,1,0.5,0.5,0.5,,0.5", "f1_gender")])
+def test_metrics_reader_refuses_an_epoch_or_score_that_is_not_a_number(row, column, tmp_path):
     columns = "epoch,seconds,lr,train_loss,val_loss,val_f1,val_acc,f1_mask,f1_gender,f1_age\n"
     (tmp_path / "metrics.csv").write_text(columns + "1,1,1,1,1,0.5,0.5,0.5,0.5,0.5\n")
     assert read_metrics(tmp_path)["epoch"].tolist() == [1]
-    (tmp_path / "metrics.csv").write_text(columns + "x,1,1,1,1,0.5,0.5,0.5,0.5,0.5\n")
+    (tmp_path / "metrics.csv").write_text(columns + row + "\n")
     with pytest.raises(MaskkitError) as excinfo:
         read_metrics(tmp_path)
-    one_line(excinfo, "metrics.csv", "epoch is not a number")
+    one_line(excinfo, "metrics.csv", f"{column} is not a number on line 2")
+
+
+# --- fixes ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("age", ["-40", "inf", "1e300", "old"])
+def test_fixes_reader_refuses_an_age_that_is_not_a_plausible_number_of_years(age, tmp_path):
+    path = tmp_path / "fixes.csv"
+    path.write_text("target,column,old,new,reason\n000001,age,,45,checked\n")
+    assert read_fixes(path)["new"].tolist() == ["45"]
+    path.write_text(f"target,column,old,new,reason\n000001,age,,{age},checked\n")
+    with pytest.raises(MaskkitError) as excinfo:
+        read_fixes(path)
+    one_line(excinfo, str(path), f"new age {age} is not a plausible age")
 
 
 # --- recipe --------------------------------------------------------------------------------------

@@ -55,3 +55,44 @@ def test_named_runs_and_bad_folders(cli, runs_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = cli("runs")
     assert result.exit_code == 2 and "holds no run folders" in result.stderr
+
+
+def fold_copy(source, target, fold: int, rows, **option_changes) -> None:
+    """A run folder like `source` for another fold: its config says `fold`, its val_preds.csv holds `rows`."""
+    import json
+
+    shutil.copytree(source, target)
+    config = json.loads((target / "config.json").read_text())
+    config["fold"] = config["options"]["fold"] = fold
+    config["options"].update(option_changes)
+    (target / "config.json").write_text(json.dumps(config))
+    rows.to_csv(target / "val_preds.csv", index=False)
+
+
+def test_fold_runs_of_one_recipe_pool_their_out_of_fold_predictions(cli, runs_dir, tmp_path):
+    from sklearn.metrics import f1_score
+
+    multi = runs_dir / "multi"
+    preds = pd.read_csv(multi / "val_preds.csv", dtype={"ImageID": str})
+    other = preds.assign(ImageID="other/" + preds["ImageID"],  # another fold's images, predicted otherwise
+                         ans=pd.read_csv(runs_dir / "single" / "val_preds.csv")["ans"])
+    root = tmp_path / "runs"
+    shutil.copytree(multi, root / "m-f0")
+    fold_copy(multi, root / "m-f1", 1, other, device="cuda", workers=8)  # runtime options: same recipe
+    fold_copy(multi, root / "m-seed7-f1", 1, other, seed=7)  # another seed: another recipe
+
+    result = cli("runs", root / "m-f0", root / "m-f1", root / "m-seed7-f1")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(StringIO(result.stdout)).set_index("name")
+    assert table.loc["m-f0", "recipe"] == table.loc["m-f1", "recipe"] != table.loc["m-seed7-f1", "recipe"]
+    assert table.loc["m-f0", "recipe"].startswith("m#")
+    pooled = pd.concat([preds, other])
+    assert table.loc["m-f1", "oof_images"] == len(pooled)
+    assert table.loc["m-f1", "recipe_folds"] == "0,1"
+    assert table.loc["m-f1", "oof_f1"] == pytest.approx(
+        f1_score(pooled["label"], pooled["ans"], average="macro"), abs=1e-4)
+    assert table.loc["m-f1", "oof_f1_gender"] == pytest.approx(
+        f1_score(pooled["label"] // 3 % 2, pooled["ans"] // 3 % 2, average="macro"), abs=1e-4)
+    seed7 = table.loc["m-seed7-f1"]
+    assert seed7["oof_images"] == len(other) and seed7["recipe_folds"] == "1"
+    assert seed7["oof_f1"] == pytest.approx(f1_score(other["label"], other["ans"], average="macro"), abs=1e-4)

@@ -26,10 +26,10 @@ from torch import nn
 
 from maskkit.engine.devices import resolve_device
 from maskkit.contract.errors import MaskkitError, RunFailure
-from maskkit.contract.files import console, is_image, write_csv
+from maskkit.contract.files import Inputs, console, files_in, is_image, write_csv
 from maskkit.contract.labels import AGE_GROUPS, GENDERS, MASKS, NUM_CLASSES, class_name, decode
 from maskkit.contract.runfolder import BEST, CONFIG, require
-from maskkit.data.images import contact_sheet, write_image
+from maskkit.data.images import contact_sheet, image_magic, write_image
 
 HEADS = ("class", "mask", "gender", "age")
 HEAD_CLASSES = {
@@ -39,6 +39,7 @@ HEAD_CLASSES = {
     "age": AGE_GROUPS,
 }
 METHODS = ("gradcam", "gradcam++", "eigencam")
+SUMMARY_COLUMNS = ["head", "by", "class", "name", "images", "cam_inside", "cam_background", "person_area", "lift"]
 SHEET_MAX = 256  # tiles on one contact sheet; use --limit to choose which images
 TILE_HEIGHT = 160  # sheet tiles are scaled to this height
 TILE_MIN_WIDTH = 200  # room for a caption like "pred incorrect/female/30-59 0.93"
@@ -343,8 +344,7 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
             out.append({"head": head, "by": by, "class": key, "name": name, "images": len(part),
                         "cam_inside": inside, "cam_background": 1 - inside, "person_area": area,
                         "lift": inside / area if area > 0 else float("nan")})
-    return pd.DataFrame(out, columns=["head", "by", "class", "name", "images", "cam_inside", "cam_background",
-                                      "person_area", "lift"])
+    return pd.DataFrame(out, columns=SUMMARY_COLUMNS)
 
 
 # --- pictures ------------------------------------------------------------------------------------
@@ -355,10 +355,6 @@ def overlay(rgb: np.ndarray, cam: np.ndarray) -> np.ndarray:
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
     return show_cam_on_image(rgb.astype(np.float32) / 255.0, np.clip(cam, 0, 1), use_rgb=True)
-
-
-def write_png(path: Path, rgb: np.ndarray) -> None:
-    write_image(path, rgb, rgb=True)
 
 
 def tile(rgb: np.ndarray, lines: Sequence[str], colour: tuple[int, int, int]) -> np.ndarray:
@@ -469,6 +465,12 @@ def run(run_dir: Path, images: Sequence[Path], out: Path = Path("cam"), head: st
             if goal >= len(HEAD_CLASSES[h]):
                 raise MaskkitError(f"--target {goal}: the {h} head has classes 0..{len(HEAD_CLASSES[h]) - 1}")
     require(run_dir, CONFIG, BEST)
+    datasets = [p for p in map(Path, images) if p.is_dir() and any(
+        (p / sub / name).is_file() for sub in ("", "train", "eval") for name in ("train.csv", "info.csv"))]
+    protected = Inputs.of(files_in(run_dir), masks, datasets, [p for p in images if Path(p).is_file()])
+    protected.check_folder(out, "--out-dir")
+    protected.check(sheet, magic=image_magic(sheet))
+    protected.check(summary_out, header=SUMMARY_COLUMNS)
     device = resolve_device(device or "auto")
     items = collect_images(images, out)
     items = [items[i] for i in spread(len(items), limit)]
@@ -480,6 +482,8 @@ def run(run_dir: Path, images: Sequence[Path], out: Path = Path("cam"), head: st
     if masks is not None:
         items = [Item(it.path, it.rel, it.label, find_mask(it.path, Path(masks))) for it in items]
     check_files(items)
+    inputs = Inputs(protected.files + tuple(it.path for it in items) + tuple(it.mask for it in items if it.mask),
+                    protected.folders)
 
     from maskkit.data.presets import finish, geometry, work_size
     from maskkit.engine.models import load_run
@@ -510,7 +514,7 @@ def run(run_dir: Path, images: Sequence[Path], out: Path = Path("cam"), head: st
                     chosen = pred if goal == "pred" else (truths[i] if goal == "true" else int(goal))
                     picture = overlay(rgbs[i], cams[i])
                     path = out / h / item.rel
-                    write_png(path, picture)
+                    write_image(path, picture, rgb=True, inputs=inputs)
                     if len(tiles) < SHEET_MAX:
                         lines, colour = caption(item, h, pred, float(probs[i, pred]), chosen, truths[i])
                         tiles.append((start + i, heads.index(h), tile(picture, lines, colour)))
@@ -525,16 +529,17 @@ def run(run_dir: Path, images: Sequence[Path], out: Path = Path("cam"), head: st
 
     table = pd.DataFrame(rows)
     table["label"] = table["label"].astype("Int64")
-    write_csv(table, out / "cam.csv", float_format="%.6g")
+    write_csv(table, out / "cam.csv", float_format="%.6g", inputs=inputs)
     sheet = Path(sheet) if sheet is not None else out / "sheet.png"
     per_row = len(heads) * max(1, 8 // len(heads))  # an image's heads side by side
-    write_png(sheet, contact_sheet([t for _, _, t in sorted(tiles, key=lambda k: k[:2])], columns=per_row))
+    write_image(sheet, contact_sheet([t for _, _, t in sorted(tiles, key=lambda k: k[:2])], columns=per_row), rgb=True,
+                inputs=inputs)
     shown = f" (first {SHEET_MAX} of {len(rows)}; use --limit)" if len(rows) > SHEET_MAX else ""
     console.print(f"maskkit cam: {len(items)} images x {len(heads)} head(s) -> {out}/, sheet {sheet}{shown}")
     if summary:
         result = summarize(table)
         print_summary(result, table)
-        write_csv(result, summary_out, float_format="%.6g")
+        write_csv(result, summary_out, float_format="%.6g", inputs=inputs)
     return table
 
 

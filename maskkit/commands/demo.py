@@ -88,6 +88,10 @@ def run(out: str | Path = "demo", epochs: int = 4, device: str = "auto", plan: D
 
     plan = plan or DemoPlan(epochs=epochs)
     out = Path(out)
+    if plan.epochs < 1:
+        raise MaskkitError(f"--epochs {plan.epochs}: need at least 1")
+    if out.exists() and not out.is_dir():
+        raise MaskkitError(f"{out}: exists and is a file; name a folder for the demo (re-running reuses it)")
     started = time.perf_counter()
     data = out / "data"
     if not (data / "eval" / "truth.csv").is_file():

@@ -11,8 +11,9 @@ from pathlib import Path
 import pandas as pd
 
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import console
-from maskkit.contract.predictions import PROB_COLUMNS, prediction_frame, write_predictions  # noqa: F401 (re-export)
+from maskkit.contract.files import Inputs, console, files_in
+from maskkit.contract.predictions import (PREDICTION_HEADER, PROB_COLUMNS, prediction_frame,  # noqa: F401 (re-export)
+                                          write_predictions)
 
 from maskkit.options import TTA_MODES  # noqa: E402
 
@@ -32,6 +33,10 @@ def predict(run: str | Path, data: str | Path, tta: str = "none", out: str | Pat
         raise MaskkitError(f"--tta {tta!r}: use none or flip")
     if batch_size < 1:
         raise MaskkitError(f"--batch-size {batch_size}: need at least 1")
+    if workers is not None and workers < 0:
+        raise MaskkitError(f"--workers {workers}: must be 0 (load in this process) or more")
+    inputs = Inputs.of(files_in(run), data)
+    inputs.check(out, header=PREDICTION_HEADER)
     use_threads(threads)
     torch_device = resolve_device(device)
     model, config = load_run(run, torch_device)
@@ -49,7 +54,7 @@ def predict(run: str | Path, data: str | Path, tta: str = "none", out: str | Pat
                          (config["mean"], config["std"]) if on_gpu else None)
     probs = predict_probs(model, loader, len(images), on_device, tta, progress=progress)
     frame = prediction_frame(images["ImageID"].tolist(), probs)
-    write_predictions(frame, out)
+    write_predictions(frame, out, inputs=inputs)
     if out is not None and str(out) != "-":
         console.print(f"{len(frame)} predictions of {Path(run).name} written to {out}")
     return frame

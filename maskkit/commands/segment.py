@@ -46,7 +46,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from maskkit.engine.devices import resolve_device
 from maskkit.contract.errors import MaskkitError, RunFailure
-from maskkit.contract.files import atomic_path, console, examples, is_hidden, is_image, write_csv
+from maskkit.contract.files import (LOCK_FILE, WriteError, atomic_path, console, examples, folder_lock, is_hidden,
+                                    is_image, write_csv, write_errors)
+from maskkit.data.images import write_image
 
 # torchvision builder and weights enum per --model (COCO images with the 21 Pascal VOC labels).
 MODELS = {
@@ -64,7 +66,6 @@ FINISHED = ("done", "no_person")
 REPORT = "segment_report.csv"
 JOURNAL = ".segment_journal.csv"
 REPORT_COLUMNS = ["path", "person_area", "status"]
-JPEG_QUALITY = 95
 DOWNLOAD_TIMEOUT_S = 60
 PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 # Leftovers of atomic_path in a killed run: ".<name>.tmp<pid><suffix>".
@@ -341,6 +342,27 @@ def check_paths(src: Path, out: Path, masks: Path | None) -> None:
         raise MaskkitError(f"{masks}: --masks is OUT itself; pick a folder of its own, e.g. {out / 'masks'}")
 
 
+def check_out_is_ours(out: Path) -> None:
+    """A non-empty OUT must be an earlier segment output (its report or journal is there):
+    copying IN's files into another dataset would replace that dataset's own files."""
+    if not out.is_dir() or (out / REPORT).is_file() or (out / JOURNAL).is_file():
+        return
+    others = sorted(e.name for e in out.iterdir() if e.name != LOCK_FILE)
+    if others:
+        raise MaskkitError(f"{out}: OUT holds files that segment did not write ({', '.join(others[:3])}); "
+                           "segment would replace them, so pick a new or empty folder")
+
+
+def check_mask_names(src: Path, images: Sequence[Path], masks: Path) -> None:
+    """Two images of one folder that differ only in their extension (a.jpg, a.png) would share one mask."""
+    first: dict[Path, Path] = {}
+    for rel in images:
+        other = first.setdefault(mask_path(masks, rel), rel)
+        if other != rel:
+            raise MaskkitError(f"{src / rel}: {src / other} would share its mask {mask_path(masks, rel)}; "
+                               "rename or move one of the two images (or leave out --masks)")
+
+
 def mask_path(masks: Path, rel: Path) -> Path:
     """Where an image's mask goes: IN's relative path with the suffix `.png` (see 'Mask folders')."""
     return masks / rel.with_suffix(".png")
@@ -502,17 +524,6 @@ def fixed_batches(count: int, batch_size: int, wanted: set[int]) -> list[list[in
     return [chunk for chunk in chunks if wanted.intersection(chunk)]
 
 
-def write_image(path: Path, image: np.ndarray) -> None:
-    """Encode in the path's own format (.jpg stays JPEG, .png stays PNG) and write atomically."""
-    suffix = path.suffix.lower()
-    params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if suffix in (".jpg", ".jpeg") else []
-    ok, data = cv2.imencode(suffix, image, params)
-    if not ok:
-        raise OSError(f"{path}: could not encode the image")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data.tobytes())
-
-
 def copy_file(source: Path, target: Path) -> None:
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
@@ -598,43 +609,53 @@ def run(
     layout = scan(src)
     if not layout.images:
         raise MaskkitError(f"{src}: no images found (expected .jpg, .jpeg or .png files)")
-    net = prepare(build_model(model, weights), torch_device)
+    if masks is not None:
+        check_mask_names(src, layout.images, masks)
+    check_out_is_ours(out)
+    with folder_lock(out, "segment"):  # one run per OUT: two would delete each other's temporary files
+        net = prepare(build_model(model, weights), torch_device)
 
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / JOURNAL).is_file():  # an interrupted run: its temporary files are garbage
-        remove_stale_temps(out, masks)
-    copy_others(src, out, layout.copies, masks, overwrite)
-    if overwrite:
-        (out / REPORT).unlink(missing_ok=True)
-        (out / JOURNAL).unlink(missing_ok=True)
-    records = read_records(out)
-    if (out / JOURNAL).is_file():
-        write_report(out, layout.images, records)  # fold the journal in: a new one starts below
+        out.mkdir(parents=True, exist_ok=True)
+        interrupted = (out / JOURNAL).is_file()
+        if interrupted:  # an interrupted run: its temporary files are garbage
+            remove_stale_temps(out, masks)
+        (out / JOURNAL).touch()  # from now on OUT is recognisably a segment output, even if this run is killed
+        copy_others(src, out, layout.copies, masks, overwrite)
+        if overwrite:
+            (out / REPORT).unlink(missing_ok=True)
+            (out / JOURNAL).unlink(missing_ok=True)
+        records = read_records(out)
+        if interrupted and (out / JOURNAL).is_file():
+            write_report(out, layout.images, records)  # fold the journal in: a new one starts below
 
-    jobs = [Job(rel.as_posix(), src / rel, out / rel, mask_path(masks, rel) if masks else None) for rel in layout.images]
+        jobs = [Job(rel.as_posix(), src / rel, out / rel, mask_path(masks, rel) if masks else None) for rel in layout.images]
 
-    def finished(job: Job) -> bool:
-        record = records.get(job.rel)
-        return (record is not None and record[1] in FINISHED and job.target.is_file()
-                and (job.mask is None or job.mask.is_file()))
+        def finished(job: Job) -> bool:
+            record = records.get(job.rel)
+            return (record is not None and record[1] in FINISHED and job.target.is_file()
+                    and (job.mask is None or job.mask.is_file()))
 
-    wanted = {i for i, job in enumerate(jobs) if overwrite or not finished(job)}
-    summary = Summary(total=len(jobs), skipped=len(jobs) - len(wanted))
-    style = Style(fill=fill, threshold=threshold)
-    start = time.perf_counter()
-    if wanted:
-        with Journal(out / JOURNAL) as journal:
-            process(net, torch_device, jobs, wanted, style, batch_size, size, workers, amp, progress,
-                    records, journal, summary)
-    summary.seconds = time.perf_counter() - start
-    write_report(out, layout.images, records)
-    print_summary(out, summary)
-    if summary.failed:
-        raise RunFailure(
-            f"{src}: {len(summary.failed)} image(s) could not be read or written ({examples(summary.failed)}); "
-            f"see {out / REPORT}, fix or remove them and re-run to finish"
-        )
-    return summary
+        wanted = {i for i, job in enumerate(jobs) if overwrite or not finished(job)}
+        summary = Summary(total=len(jobs), skipped=len(jobs) - len(wanted))
+        style = Style(fill=fill, threshold=threshold)
+        start = time.perf_counter()
+        if wanted:
+            try:
+                with write_errors(out / JOURNAL), Journal(out / JOURNAL) as journal:
+                    process(net, torch_device, jobs, wanted, style, batch_size, size, workers, amp, progress,
+                            records, journal, summary)
+            except WriteError as exc:
+                raise type(exc)(f"{exc}; {summary.done + len(summary.no_person)} of {len(wanted)} images were "
+                                "finished before it: re-run to resume", exc.exit_code) from None
+        summary.seconds = time.perf_counter() - start
+        write_report(out, layout.images, records)
+        print_summary(out, summary)
+        if summary.failed:
+            raise RunFailure(
+                f"{src}: {len(summary.failed)} image(s) could not be read or written ({examples(summary.failed)}); "
+                f"see {out / REPORT}, fix or remove them and re-run to finish"
+            )
+        return summary
 
 
 def process(net: nn.Module, device: torch.device, jobs: Sequence[Job], wanted: set[int], style: Style,

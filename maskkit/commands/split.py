@@ -10,9 +10,9 @@ from rich.table import Table
 
 from maskkit.contract.layout import load_train
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import console
+from maskkit.contract.files import Inputs, console
 from maskkit.contract.fixes import apply_fixes, read_fixes
-from maskkit.contract.manifest import write_manifest
+from maskkit.contract.manifest import MANIFEST_COLUMNS, write_manifest
 from maskkit.data.folds import make_manifest
 from maskkit.contract.labels import NUM_CLASSES, class_name
 
@@ -38,6 +38,8 @@ def run(data: Path, folds: int = 5, seed: int = 42, fixes: str | None = None, ou
     """Read DATA/train, apply fixes, split into folds, write the manifest (stdout or `out`)."""
     if folds < 2:
         raise MaskkitError(f"--folds {folds}: need at least 2 folds")
+    inputs = Inputs.of(data, None if fixes in (None, "known") else fixes)
+    inputs.check(out, header=MANIFEST_COLUMNS)
     fix_table = read_fixes(fixes) if fixes else None
     images = load_train(data)
     if fix_table is not None:
@@ -47,5 +49,5 @@ def run(data: Path, folds: int = 5, seed: int = 42, fixes: str | None = None, ou
     sizes = manifest.groupby("fold")["person"].nunique().to_numpy()
     console.print(f"{len(manifest)} images of {manifest['person'].nunique()} persons in {folds} folds "
                   f"({np.min(sizes)}-{np.max(sizes)} persons each); no person in two folds")
-    write_manifest(manifest, out)
+    write_manifest(manifest, out, inputs=inputs)
     return manifest

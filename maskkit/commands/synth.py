@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import console
+from maskkit.contract.files import console, write_errors
 from maskkit.data.images import write_image
 from maskkit.engine.progress import progress_bar
 from maskkit.contract.labels import GENDERS, IMAGE_STEMS, label_of
@@ -44,6 +44,9 @@ OLD_AGE = 60
 REFERENCE_WIDTH = 384  # geometry is designed at 384x512
 MIN_DRAW_WIDTH = 256  # tiny outputs are drawn larger and shrunk (anti-aliasing)
 DATASET_ENTRIES = {"train", "eval", "masks"}
+# Lists every file synth wrote (size and relative path): --overwrite replaces only such a folder.
+MARKER = ".maskkit-synth"
+MAX_SIDE = 4096  # pixels per image side; 10x the real data, and still ~50 MB of drawing layers per image
 MASK_COLOURS = (  # RGB, all far from skin tones: white, light blue, black, grey, pink, navy, yellow, mint
     (238, 238, 236), (140, 195, 240), (28, 28, 32), (140, 140, 148),
     (240, 150, 200), (40, 50, 110), (240, 225, 90), (150, 230, 200),
@@ -467,12 +470,45 @@ def _check_out(out: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise MaskkitError(f"{out}: folder is not empty (choose another OUT or pass --overwrite to replace it)")
-    unknown = sorted(e.name for e in out.iterdir() if e.name not in DATASET_ENTRIES)
-    if unknown or not ((out / "train" / "train.csv").is_file() or (out / "eval" / "info.csv").is_file()):
-        raise MaskkitError(
-            f"{out}: does not look like a synth dataset (holds {', '.join(unknown[:3]) or 'no train.csv'}); "
-            "--overwrite only replaces a dataset, so choose another OUT"
-        )
+    problem = _not_written_by_synth(out)
+    if problem:
+        raise MaskkitError(f"{out}: {problem}; --overwrite only replaces a dataset that maskkit synth wrote "
+                           "(and nothing added to it since), so choose another OUT")
+
+
+def _written_files(root: Path) -> dict[str, int]:
+    """Relative path -> size of every file under `root` (the marker left out)."""
+    found = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = Path(folder) / name
+            rel = path.relative_to(root).as_posix()
+            if rel != MARKER:
+                found[rel] = path.stat().st_size
+    return found
+
+
+def _write_marker(root: Path) -> None:
+    listing = "".join(f"{size}\t{rel}\n" for rel, size in sorted(_written_files(root).items()))
+    (root / MARKER).write_text("maskkit synth: files written (size, path); --overwrite replaces only these\n" + listing)
+
+
+def _not_written_by_synth(out: Path) -> str | None:
+    """Why OUT may not be replaced (a file synth did not write, or changed since), or None."""
+    marker = out / MARKER
+    if not marker.is_file():
+        return f"has no {MARKER} file, so it was not written by maskkit synth"
+    written = {}
+    for line in marker.read_text(errors="replace").splitlines()[1:]:
+        size, _, rel = line.partition("\t")
+        if size.isdigit() and rel:
+            written[rel] = int(size)
+    for rel, size in sorted(_written_files(out).items()):
+        if rel not in written:
+            return f"holds {rel}, which maskkit synth did not write"
+        if written[rel] != size:
+            return f"{rel} changed since maskkit synth wrote it"
+    return None
 
 
 def _validate(persons: int, eval_persons: int, size: tuple[int, int], seed: int, noise: float, shortcut: float) -> None:
@@ -480,6 +516,9 @@ def _validate(persons: int, eval_persons: int, size: tuple[int, int], seed: int,
         raise MaskkitError(f"--persons {persons} / --eval-persons {eval_persons}: need at least 1 train person and 0 or more eval persons")
     if min(size) < 16:
         raise MaskkitError(f"--size {size[0]}x{size[1]}: too small to draw a face (use at least 16x16, e.g. 64x80)")
+    if max(size) > MAX_SIDE:
+        raise MaskkitError(f"--size {size[0]}x{size[1]}: too large (at most {MAX_SIDE} pixels a side; "
+                           "the real data is 384x512)")
     if seed < 0:
         raise MaskkitError(f"--seed {seed}: must be 0 or more")
     if not 0 <= noise <= 0.5:
@@ -501,13 +540,16 @@ def synthesize(out: str | Path, persons: int = 60, eval_persons: int = 20, size:
     _check_out(out, overwrite)
     started = time.perf_counter()
     where = out.resolve()  # also gives OUT = "." a name for the temporary folder beside it
-    where.parent.mkdir(parents=True, exist_ok=True)
+    with write_errors(where):
+        where.parent.mkdir(parents=True, exist_ok=True)
     tmp = where.with_name(f".{where.name}.synth-tmp{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
     try:
-        summary = _draw_dataset(tmp, persons, eval_persons, size, seed, noise, shortcut, masks, progress)
-        _replace(tmp, where)
+        with write_errors(where):
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            summary = _draw_dataset(tmp, persons, eval_persons, size, seed, noise, shortcut, masks, progress)
+            _write_marker(tmp)
+            _replace(tmp, where)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -524,7 +566,7 @@ def _replace(tmp: Path, out: Path) -> None:
     """Move the finished dataset into OUT, replacing an old dataset there (OUT itself is kept)."""
     out.mkdir(exist_ok=True)
     old = out.with_name(f".{out.name}.synth-old{os.getpid()}")
-    entries = [e for e in out.iterdir() if e.name in DATASET_ENTRIES]
+    entries = [e for e in out.iterdir() if e.name in DATASET_ENTRIES or e.name == MARKER]
     if entries:
         old.mkdir()
         for entry in entries:

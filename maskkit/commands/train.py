@@ -38,7 +38,8 @@ import torch
 
 from maskkit.contract import runfolder
 from maskkit.contract.errors import MaskkitError, RunFailure
-from maskkit.contract.files import atomic_path, console, examples, write_csv
+from maskkit.contract.files import (Inputs, WriteError, atomic_path, console, examples, folder_lock,
+                                    remove_stale_temps, write_csv)
 from maskkit.contract.manifest import check_images_exist, file_sha256, read_manifest
 from maskkit.contract.predictions import prediction_frame
 from maskkit.engine.devices import autocast_dtype, default_workers, resolve_device, use_threads
@@ -92,21 +93,47 @@ def package_versions() -> dict[str, str]:
             "numpy": np.__version__, "pandas": pd.__version__, "scikit-learn": sklearn.__version__}
 
 
+def training_rows(manifest: pd.DataFrame, options: TrainOptions) -> pd.Series:
+    """Which manifest rows train: all of them with `--fold all`, else those outside the fold."""
+    if options.all_folds:
+        return pd.Series(True, index=manifest.index)
+    return manifest["fold"] != options.fold
+
+
+def image_shape(manifest: pd.DataFrame, sample: int = 25) -> tuple[int, int]:
+    """(width, height) of the dataset's images: the median over the first readable headers of
+    `sample` images (unreadable ones are left to the loader, which names them)."""
+    from maskkit.data.loader import image_size
+
+    sizes = []
+    for path in manifest["path"].head(sample):
+        try:
+            sizes.append(image_size(path))
+        except Exception:  # noqa: BLE001 - PIL raises several types for a broken header
+            continue
+    if not sizes:
+        raise MaskkitError(f"{manifest['path'].iloc[0]}: the first {sample} training images are unreadable "
+                           "(check the files, or pass --crop full/competition)")
+    sizes = np.array(sizes)
+    return int(np.median(sizes[:, 0])), int(np.median(sizes[:, 1]))
+
+
 def build_config(options: TrainOptions, manifest_path: Path, source: str, manifest: pd.DataFrame) -> dict:
-    """config.json, format 2: the options once, plus what is derived from them and the data.
+    """config.json, format 2: the options once, plus what is derived from them and the data
+    (the centre crop `--crop auto` chose from the images' shape, which predict and cam reuse).
     Returned as the view `runfolder.read_config` gives (what is written is `stored_config` of it)."""
-    from maskkit.data.presets import DEFAULT_CROP
+    from maskkit.data.presets import parse_crop, resolve_crop
     from maskkit.engine.models import model_defaults, resolve_backbone
 
     defaults = model_defaults(options.backbone)
-    train_rows = manifest["fold"] != options.fold
+    train_rows = training_rows(manifest, options)
     stored = {
         "format": runfolder.CONFIG_FORMAT,
         "options": options.to_dict(),
         "timm_name": resolve_backbone(options.backbone),
         "mean": list(defaults["mean"]),
         "std": list(defaults["std"]),
-        "crop": list(DEFAULT_CROP),
+        "crop": list(parse_crop(options.crop) or resolve_crop("auto", image_shape(manifest))),
         "source": source,
         "manifest": runfolder.MANIFEST,
         "manifest_sha256": file_sha256(manifest_path),
@@ -143,9 +170,9 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
 
-        fold = options.fold
-        self.train_rows = manifest[manifest["fold"] != fold].reset_index(drop=True)
-        self.val_rows = manifest[manifest["fold"] == fold].reset_index(drop=True)
+        trains = training_rows(manifest, options)
+        self.train_rows = manifest[trains].reset_index(drop=True)
+        self.val_rows = manifest[~trains].reset_index(drop=True)  # empty with --fold all
         img_size, mean, std = tuple(config["img_size"]), config["mean"], config["std"]
         crop = tuple(config["crop"])
         # On CUDA the loader ships uint8 and the GPU normalises (4x fewer bytes, less CPU per image).
@@ -157,9 +184,9 @@ class Trainer:
         self.train_set = ImageDataset(self.train_rows["path"], train_targets, img_size,
                                       build_transform(options.aug, img_size, mean, std, crop, normalize=on_cpu),
                                       cache=caches[0][0], valid=caches[0][1], crop=crop, seed=options.seed)
-        self.val_set = ImageDataset(self.val_rows["path"], val_targets, img_size,
-                                    eval_transform(img_size, mean, std, crop, normalize=on_cpu),
-                                    cache=caches[1][0], valid=caches[1][1], crop=crop, seed=options.seed)
+        self.val_set = None if options.all_folds else ImageDataset(
+            self.val_rows["path"], val_targets, img_size, eval_transform(img_size, mean, std, crop, normalize=on_cpu),
+            cache=caches[1][0], valid=caches[1][1], crop=crop, seed=options.seed)
         if len(self.train_set) < options.batch_size:
             raise MaskkitError(
                 f"--batch-size {options.batch_size}: larger than the {len(self.train_set)} training images; use a smaller one"
@@ -169,8 +196,8 @@ class Trainer:
         self.sampler = ResumableSampler(len(self.train_set), options.seed, weights)
         self.train_loader = make_loader(self.train_set, options.batch_size, shuffle=True, workers=workers,
                                         seed=options.seed, device=self.device, drop_last=True, sampler=self.sampler)
-        self.val_loader = make_loader(self.val_set, options.batch_size * 2, shuffle=False, workers=workers,
-                                      seed=options.seed, device=self.device)
+        self.val_loader = None if self.val_set is None else make_loader(
+            self.val_set, options.batch_size * 2, shuffle=False, workers=workers, seed=options.seed, device=self.device)
         self.steps_per_epoch = len(self.train_set) // options.batch_size
 
         self.model = build_model(options.backbone, heads=options.heads, age_regression=options.age_regression,
@@ -231,7 +258,8 @@ class Trainer:
             if mode == "auto":
                 console.print(f"RAM cache off: {cache_bytes(n, size) / 2**30:.1f} GiB would not fit half the free memory")
             return (None, None), (None, None)
-        return build_cache(self.train_rows["path"].tolist(), size), build_cache(self.val_rows["path"].tolist(), size)
+        val_cache = build_cache(self.val_rows["path"].tolist(), size) if len(self.val_rows) else (None, None)
+        return build_cache(self.train_rows["path"].tolist(), size), val_cache
 
     # -- checkpoints --
 
@@ -338,15 +366,23 @@ class Trainer:
                     plot_run(self.run_dir)
                     raise Interrupted()
                 current = self.progress.current
-                metrics, probs, rows = self.validate()
                 row = {"epoch": epoch + 1, "seconds": round(current.seconds, 2),
                        "lr": self.opt.optimizer.param_groups[0]["lr"],
-                       "train_loss": current.loss_sum / max(current.seen, 1), **metrics}
-                improved = metrics["val_f1"] > self.progress.best_f1
-                if improved:
+                       "train_loss": current.loss_sum / max(current.seen, 1)}
+                if self.val_set is None:  # --fold all: best.pt is the latest (in the end the final) weights;
+                    # the metrics row keeps empty validation columns
+                    metrics, improved = {}, True
+                    self.progress.best_epoch, self.progress.stale = epoch + 1, 0
+                    runfolder.save_checkpoint({"model": self.eval_model().state_dict(), "epoch": epoch + 1,
+                                               "val_f1": None}, self.run_dir / runfolder.BEST)
+                else:
+                    metrics, probs, rows = self.validate()
+                    improved = metrics["val_f1"] > self.progress.best_f1
+                row.update(metrics)
+                if self.val_set is not None and improved:
                     self.progress.best_f1, self.progress.best_epoch, self.progress.stale = metrics["val_f1"], epoch + 1, 0
                     self._save_best(epoch + 1, metrics["val_f1"], probs, rows)
-                else:
+                elif self.val_set is not None:
                     self.progress.stale += 1
                 runfolder.append_metrics(self.run_dir, row)
                 if self.wandb is not None:
@@ -377,10 +413,11 @@ class Trainer:
     def _report(self, row: dict, current: EpochState, improved: bool) -> None:
         rate = current.seen / max(current.seconds, 1e-9)
         share = current.wait / max(current.seconds, 1e-9)
+        validation = ("" if "val_f1" not in row else
+                      f"val_loss {row['val_loss']:.4f}  val_f1 {row['val_f1']:.4f} "
+                      f"(mask {row['f1_mask']:.3f} gender {row['f1_gender']:.3f} age {row['f1_age']:.3f})  ")
         console.print(
-            f"epoch {row['epoch']}/{self.options.epochs}  loss {row['train_loss']:.4f}  "
-            f"val_loss {row['val_loss']:.4f}  val_f1 {row['val_f1']:.4f} "
-            f"(mask {row['f1_mask']:.3f} gender {row['f1_gender']:.3f} age {row['f1_age']:.3f})  "
+            f"epoch {row['epoch']}/{self.options.epochs}  loss {row['train_loss']:.4f}  {validation}"
             f"lr {row['lr']:.2e}  {rate:.0f} img/s  data wait {share:.0%} ({current.wait:.1f}s)  "
             f"{current.seconds:.0f}s" + ("  *best" if improved else ""),
             markup=False, highlight=False,
@@ -414,15 +451,17 @@ def _new_run(source: str | Path, options: TrainOptions, out: Path, name: str | N
     resolve_device(options.device)
     manifest, made_here = load_source(source)
     folds = sorted(manifest["fold"].unique())
-    if options.fold not in folds:
-        raise MaskkitError(f"--fold {options.fold}: {source} has folds {examples(folds, 10)}; pick one of them")
-    n_train = int((manifest["fold"] != options.fold).sum())
+    if not options.all_folds and options.fold not in folds:
+        raise MaskkitError(f"--fold {options.fold}: {source} has folds {examples(folds, 10)}; pick one of them, "
+                           "or all (a full-data model)")
+    n_train = int(training_rows(manifest, options).sum())
     if n_train == 0:
         raise MaskkitError(f"{source}: nothing left to train on outside fold {options.fold}")
     if n_train < options.batch_size:
         raise MaskkitError(f"--batch-size {options.batch_size}: larger than the {n_train} training images; use a smaller one")
     check_images_exist(manifest, str(source))
-    run_dir = runfolder.prepare_run_dir(Path(out), name or f"{options.backbone}-f{options.fold}", overwrite)
+    default_name = f"{options.backbone}-all" if options.all_folds else f"{options.backbone}-f{options.fold}"
+    run_dir = runfolder.prepare_run_dir(Path(out), name or default_name, overwrite)
     if made_here:
         write_csv(manifest, run_dir / runfolder.MANIFEST)
     else:  # byte for byte, so its sha256 names the user's file
@@ -493,6 +532,45 @@ def train(
     given: Iterable[str] | None = None,
     exist_ok: bool | None = None,
 ) -> Path:
+    """Train one fold and write the run folder OUT/NAME; returns its path (the run itself: `_train`).
+
+    Where commands start: the run folder is checked against the inputs (never inside a dataset,
+    never holding the manifest trained on), locked for the run (a second run on it exits 2 naming
+    this process), cleared of a killed run's temporary files, and a failed write says how many
+    epochs finished and how to resume.
+    """
+    if resume is not None:
+        run_dir = Path(resume)
+        if not run_dir.is_dir():
+            raise MaskkitError(f"{run_dir}: run folder not found (give a run folder written by maskkit train)")
+    else:
+        chosen = options or TrainOptions()
+        run_dir = Path(out) / (name or f"{chosen.backbone}-f{chosen.fold}")
+        Inputs.of(source if source is not None else "data/train", chosen.weights).check_folder(run_dir, "run folder")
+    with folder_lock(run_dir, "train"):
+        remove_stale_temps(run_dir)
+        try:
+            return _train(source, options, out, name, overwrite, resume, stop, progress, given, exist_ok)
+        except WriteError as exc:
+            if exc.exit_code != RunFailure.exit_code or not (run_dir / runfolder.LAST).is_file():
+                raise
+            done = len(runfolder.read_metrics(run_dir))
+            raise RunFailure(f"{exc}; {done} epoch(s) finished and saved: resume with "
+                             f"maskkit train --resume {run_dir}") from None
+
+
+def _train(
+    source: str | Path | None = "data/train",
+    options: TrainOptions | None = None,
+    out: str | Path = "runs",
+    name: str | None = None,
+    overwrite: bool = False,
+    resume: str | Path | None = None,
+    stop: Callable[[int, int], bool] | None = None,
+    progress: bool | None = None,
+    given: Iterable[str] | None = None,
+    exist_ok: bool | None = None,
+) -> Path:
     """Train one fold and write the run folder OUT/NAME; returns its path.
 
     `resume`: a run folder to continue from its last.pt (see `resume_options`; `given` names the
@@ -535,9 +613,11 @@ def train(
         _start_wandb(trainer, run_dir, config)
         console.print(
             f"training {options.backbone} ({options.heads}{' + age regression' if options.age_regression else ''}) "
-            f"on {len(trainer.train_set)} images of {config['train_persons']} persons, validating on fold "
-            f"{options.fold} ({len(trainer.val_set)} images of {config['val_persons']} persons), "
-            f"input {options.img_size[1]}x{options.img_size[0]} (WxH), {device}: {run_dir}",
+            f"on {len(trainer.train_set)} images of {config['train_persons']} persons, "
+            + ("every person (--fold all: no validation, best.pt = the final weights), " if options.all_folds else
+               f"validating on fold {options.fold} ({len(trainer.val_set)} images of {config['val_persons']} persons), ")
+            + f"input {options.img_size[1]}x{options.img_size[0]} (WxH), crop {tuple(config['crop'])} (HxW "
+            f"fractions), {device}: {run_dir}",
             markup=False, highlight=False,
         )
         try:
@@ -549,6 +629,10 @@ def train(
         finally:
             if trainer.wandb is not None:
                 trainer.wandb.finish()
+    if options.all_folds:
+        console.print(f"trained {result.epoch} epochs on every person (best.pt = the final weights); "
+                      f"next: maskkit predict {run_dir} DATA/eval -o preds.csv", markup=False, highlight=False)
+        return run_dir
     best = runfolder.read_metrics(run_dir).query("epoch == @result.best_epoch").iloc[0]
     console.print(
         f"best epoch {result.best_epoch}: val macro F1 {best['val_f1']:.4f} (mask {best['f1_mask']:.3f}, "

@@ -14,10 +14,9 @@ import numpy as np
 import pandas as pd
 
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import examples, read_csv, write_csv
+from maskkit.contract.files import Inputs, examples, read_csv, write_csv
 from maskkit.contract.labels import NUM_CLASSES
 from maskkit.contract.predictions import PROB_COLUMNS, read_predictions
-
 
 
 def parse_weights(text: str | None, count: int) -> np.ndarray:
@@ -108,5 +107,7 @@ def vote(files: Sequence[Path], soft: bool = False, weights: str | None = None,
 def run(files: Sequence[Path], soft: bool = False, weights: str | None = None, info: Path | None = None,
         probs: bool = False, out: Path | None = None) -> None:
     """`maskkit vote`: write the vote to stdout or atomically to `out`."""
+    inputs = Inputs.of(files, info)
+    inputs.check(out, header=["ImageID", "ans", *(PROB_COLUMNS if probs else [])])
     result = vote(files, soft=soft, weights=weights, info=info, probs=probs)
-    write_csv(result, out, float_format="%.6g")
+    write_csv(result, out, float_format="%.6g", inputs=inputs)

@@ -57,3 +57,4 @@ def task_labels(label) -> dict[str, np.ndarray]:
     """Per-task indices for an array of classes: {'mask': ..., 'gender': ..., 'age': ...}."""
     mask, gender, age_grp = decode(label)
     return {"mask": mask, "gender": gender, "age": age_grp}
+

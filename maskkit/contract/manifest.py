@@ -1,7 +1,8 @@
 """The manifest CSV (docs/formats.md, "Manifest CSV"): one row per training image with its fold.
 
 `split` writes it; `train`, `audit` and `cam` read it, all through `read_manifest`, which applies
-the leakage guard (`check_persons_disjoint`): no person may sit in two folds.
+the leakage guard (`check_persons_disjoint`: no person may sit in two folds) and the row checks
+(`check_manifest_rows`: one row per image, one gender and age per person).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import examples, read_csv, write_csv
+from maskkit.contract.files import Inputs, examples, read_csv, write_csv
 from maskkit.contract.labels import GENDERS, MASKS, NUM_CLASSES
 
 MANIFEST_COLUMNS = ("path", "person", "gender", "age", "mask", "label", "fold")
@@ -31,8 +32,29 @@ def check_persons_disjoint(manifest: pd.DataFrame, source: str) -> None:
         )
 
 
+def check_manifest_rows(manifest: pd.DataFrame, source: str) -> None:
+    """Every row names an image once, and a person has one gender and one age in every row."""
+    empty = manifest["path"].isna() | (manifest["path"].astype(str).str.strip() == "")
+    if empty.any():
+        lines = [str(i + 2) for i in manifest.index[empty]]
+        raise MaskkitError(f"{source}: empty path in {int(empty.sum())} rows (lines {examples(lines)}); {MAKE_ONE}")
+    if manifest["person"].isna().any():
+        raise MaskkitError(f"{source}: empty person in {int(manifest['person'].isna().sum())} rows; {MAKE_ONE}")
+    repeated = manifest["path"][manifest["path"].duplicated()]
+    if len(repeated):
+        raise MaskkitError(f"{source}: {len(repeated)} rows repeat an image ({examples(repeated.unique().tolist())}), "
+                           f"which would train on it twice; keep one row per image ({MAKE_ONE})")
+    for column in ("gender", "age"):
+        counts = manifest.groupby("person")[column].nunique()
+        mixed = counts[counts > 1].index.tolist()
+        if mixed:
+            raise MaskkitError(f"{source}: {len(mixed)} persons have different {column}s in different rows "
+                               f"({examples(mixed)}); a person has one {column}: correct the rows ({MAKE_ONE})")
+
+
 def read_manifest(path: str | Path) -> pd.DataFrame:
-    """Read and check a manifest CSV: columns, values, and no person in two folds (leakage guard)."""
+    """Read and check a manifest CSV: columns, values, rows (`check_manifest_rows`) and no person
+    in two folds (leakage guard)."""
     manifest = read_csv(path, MANIFEST_COLUMNS, fix=MAKE_ONE, dtype={"path": str, "person": str})
     if manifest.empty:
         raise MaskkitError(f"{path}: the manifest has no rows ({MAKE_ONE})")
@@ -54,14 +76,16 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
                 f"{path}: {column} must be one of {', '.join(allowed)}; found "
                 f"{examples(sorted(set(manifest.loc[bad, column].astype(str))))} ({MAKE_ONE})"
             )
+    check_manifest_rows(manifest, str(path))
     check_persons_disjoint(manifest, str(path))
     return manifest.loc[:, list(MANIFEST_COLUMNS)]
 
 
-def write_manifest(manifest: pd.DataFrame, out: str | Path | None = None) -> None:
-    """Write the manifest's columns, in the contract's order (stdout when `out` is None or '-')."""
+def write_manifest(manifest: pd.DataFrame, out: str | Path | None = None, inputs: Inputs | None = None) -> None:
+    """Write the manifest's columns, in the contract's order (stdout when `out` is None or '-');
+    with `inputs`, `out` is checked against them first (files.Inputs.check)."""
     check_persons_disjoint(manifest, str(out or "manifest"))
-    write_csv(manifest.loc[:, list(MANIFEST_COLUMNS)], out)
+    write_csv(manifest.loc[:, list(MANIFEST_COLUMNS)], out, inputs=inputs)
 
 
 def check_images_exist(manifest: pd.DataFrame, source: str) -> None:

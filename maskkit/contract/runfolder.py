@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import atomic_path, read_csv, write_csv
+from maskkit.contract.files import atomic_path, examples, read_csv, write_csv
 
 CONFIG, MANIFEST, METRICS, BEST, LAST, VAL_PREDS = (
     "config.json", "manifest.csv", "metrics.csv", "best.pt", "last.pt", "val_preds.csv")
@@ -28,6 +28,7 @@ METRIC_COLUMNS = ("epoch", "seconds", "lr", "train_loss", "val_loss", "val_f1", 
 # What a reader needs to rebuild the model: (key, default when an old config lacks it).
 MODEL_FIELDS = {"backbone": None, "heads": "single", "img_size": None, "dropout": 0.0, "age_weight": 0.0,
                 "old_age": 60, "fold": None, "seed": None}
+SCORED = ("epoch", "val_f1", "f1_mask", "f1_gender", "f1_age")  # numbers in every metrics row (runs, best_row)
 NOT_A_RUN = "give a run folder written by maskkit train"
 
 
@@ -146,12 +147,19 @@ def read_metrics(run_dir: str | Path) -> pd.DataFrame:
     path = Path(run_dir) / METRICS
     if not path.is_file():
         return pd.DataFrame(columns=list(METRIC_COLUMNS))
-    metrics = read_csv(path, METRIC_COLUMNS, fix="metrics.csv is written by maskkit train")
-    epochs = pd.to_numeric(metrics["epoch"], errors="coerce")
-    if epochs.isna().any():
-        raise MaskkitError(f"{path}: epoch is not a number in {int(epochs.isna().sum())} rows "
-                           "(re-create the run with maskkit train)")
-    return metrics.assign(epoch=epochs.astype(int))
+    fix = "metrics.csv is written by maskkit train; re-create the run or restore the file"
+    metrics = read_csv(path, METRIC_COLUMNS, fix=fix)
+    # A row without validation (`train --fold all`) leaves every score empty; otherwise all are numbers.
+    scores = [c for c in SCORED if c != "epoch"]
+    no_validation = metrics[scores].isna().all(axis=1)
+    for column in SCORED:
+        values = pd.to_numeric(metrics[column], errors="coerce")
+        bad = values.isna() & (True if column == "epoch" else ~no_validation)
+        if bad.any():
+            lines = [str(i + 2) for i in metrics.index[bad]]
+            raise MaskkitError(f"{path}: {column} is not a number on line {examples(lines)} ({fix})")
+        metrics[column] = values
+    return metrics.assign(epoch=metrics["epoch"].astype(int))
 
 
 def append_metrics(run_dir: str | Path, row: Mapping) -> None:
@@ -165,10 +173,14 @@ def append_metrics(run_dir: str | Path, row: Mapping) -> None:
 
 
 def best_row(metrics: pd.DataFrame) -> pd.Series | None:
-    """The best epoch's row by val macro F1 (the first of equal ones, as training selects)."""
+    """The best epoch's row by val macro F1 (the first of equal ones, as training selects); the
+    last row of a run without validation (`train --fold all`: empty val columns, best.pt = final)."""
     if not len(metrics):
         return None
-    return metrics.loc[pd.to_numeric(metrics["val_f1"]).idxmax()]
+    val_f1 = pd.to_numeric(metrics["val_f1"])
+    if val_f1.isna().all():
+        return metrics.iloc[-1]
+    return metrics.loc[val_f1.idxmax()]
 
 
 def prepare_run_dir(out: str | Path, name: str, overwrite: bool) -> Path:

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from maskkit.contract.files import atomic_path
 from maskkit.contract.labels import NUM_CLASSES
 from maskkit.contract.runfolder import CONFUSION, CURVES, METRICS, VAL_PREDS
+from maskkit.data.images import write_figure
 
 
 def plot_run(run_dir: Path) -> None:
@@ -34,8 +34,7 @@ def plot_run(run_dir: Path) -> None:
             f1_ax.plot(metrics["epoch"], metrics[column], marker="o", label=column)
         f1_ax.set(xlabel="epoch", ylabel="macro F1", title="validation", ylim=(0, 1))
         f1_ax.legend()
-        with atomic_path(run_dir / CURVES) as tmp:
-            fig.savefig(tmp, dpi=100)
+        write_figure(run_dir / CURVES, fig)
     if preds_path.is_file():
         preds = pd.read_csv(preds_path)
         matrix = confusion_matrix(preds["label"], preds["ans"], labels=range(NUM_CLASSES))
@@ -52,5 +51,4 @@ def plot_run(run_dir: Path) -> None:
                 ax.text(j, i, str(count), ha="center", va="center", fontsize=6,
                         color="white" if share[i, j] > 0.5 else "black")
         ax.set(xlabel="predicted", ylabel="true", title=f"{run_dir.name}: best epoch, validation fold")
-        with atomic_path(run_dir / CONFUSION) as tmp:
-            fig.savefig(tmp, dpi=100)
+        write_figure(run_dir / CONFUSION, fig)

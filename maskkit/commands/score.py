@@ -1,0 +1,107 @@
+"""`maskkit score SUBMISSION TRUTH`: the competition's score of a submission against a truth file.
+
+Both files have columns ImageID,ans (others are ignored): a submission from `predict` or `vote`, a
+truth such as synth's or realfaces' eval/truth.csv. Every truth image must be answered exactly once.
+stdout (or -o) gets one CSV row: submission,images,macro_f1,accuracy,f1_mask,f1_gender,f1_age;
+stderr a table of those plus each class's F1; --confusion draws the 18x18 confusion matrix (PNG).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from maskkit.contract.errors import MaskkitError
+from maskkit.contract.files import atomic_path, console, examples, write_csv
+from maskkit.contract.labels import NUM_CLASSES, class_name
+from maskkit.contract.predictions import read_predictions
+from maskkit.engine.metrics import SCORE_NAMES, per_class_f1, scores
+
+COLUMNS = ("submission", "images", *SCORE_NAMES)
+
+
+def read_answers(path: Path, role: str) -> pd.DataFrame:
+    """ImageID,ans of one file, checked by the prediction-CSV reader (one row per ImageID, ans 0..17)."""
+    table, _ = read_predictions(path, probabilities=False, fix=f"a {role} CSV has columns ImageID,ans")
+    return table[["ImageID", "ans"]]
+
+
+def matched(submission: pd.DataFrame, truth: pd.DataFrame, submission_path: Path,
+            truth_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(true, predicted) classes in the truth's order; every truth image answered, no stranger ids."""
+    positions = pd.Index(submission["ImageID"]).get_indexer(truth["ImageID"])
+    unanswered = positions < 0
+    if unanswered.any():
+        raise MaskkitError(f"{submission_path}: no answer for {int(unanswered.sum())} of {len(truth)} images of "
+                           f"{truth_path} ({examples(truth.loc[unanswered, 'ImageID'].tolist())}); "
+                           "predict every image of the eval set")
+    unknown = ~submission["ImageID"].isin(truth["ImageID"])
+    if unknown.any():
+        raise MaskkitError(f"{submission_path}: {int(unknown.sum())} ImageIDs not in {truth_path} "
+                           f"({examples(submission.loc[unknown, 'ImageID'].tolist())}); score against the truth "
+                           "of the same eval set")
+    return truth["ans"].to_numpy(), submission["ans"].to_numpy()[positions]
+
+
+def draw_confusion(true: np.ndarray, pred: np.ndarray, path: Path, title: str) -> None:
+    """18x18 confusion matrix (rows = true class, shade = share of the row, numbers = counts), atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from sklearn.metrics import confusion_matrix
+
+    matrix = confusion_matrix(true, pred, labels=range(NUM_CLASSES))
+    share = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    fig = Figure(figsize=(11, 10), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    names = [f"{i} {class_name(i)}" for i in range(NUM_CLASSES)]
+    ax.set_xticks(range(NUM_CLASSES), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(NUM_CLASSES), names, fontsize=7)
+    for (i, j), count in np.ndenumerate(matrix):
+        if count:
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=6,
+                    color="white" if share[i, j] > 0.5 else "black")
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+
+
+def print_table(row: dict, true: np.ndarray, pred: np.ndarray) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"score of {row['submission']} ({row['images']} images)", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name in SCORE_NAMES:
+        table.add_row(name, f"{row[name]:.4f}")
+    console.print(table)
+    f1, support = per_class_f1(true, pred)
+    classes = Table(title="F1 per class", title_justify="left")
+    for column in ("class", "name", "images", "F1"):
+        classes.add_column(column, justify="left" if column == "name" else "right")
+    for k in range(NUM_CLASSES):
+        classes.add_row(str(k), class_name(k), str(int(support[k])), f"{f1[k]:.3f}")
+    console.print(classes)
+
+
+def run(submission: Path, truth: Path, out: Path | None = None, confusion: Path | None = None,
+        quiet: bool = False) -> dict:
+    """Score SUBMISSION against TRUTH; write the one-row CSV to stdout or `out`; return the row."""
+    submission, truth = Path(submission), Path(truth)
+    if confusion is not None and Path(confusion).suffix.lower() != ".png":
+        raise MaskkitError(f"--confusion {confusion}: the picture is a PNG; name a file ending in .png")
+    answers = read_answers(submission, "submission")
+    truth_table = read_answers(truth, "truth")
+    if truth_table.empty:
+        raise MaskkitError(f"{truth}: no rows; a truth CSV lists ImageID,ans for every eval image")
+    true, pred = matched(answers, truth_table, submission, truth)
+    row = {"submission": str(submission), "images": len(true), **{k: round(v, 6) for k, v in scores(true, pred).items()}}
+    if confusion is not None:
+        draw_confusion(true, pred, Path(confusion), f"{submission.name} against {truth.name}")
+    if not quiet:
+        print_table(row, true, pred)
+    write_csv(pd.DataFrame([row], columns=list(COLUMNS)), out)
+    return row

@@ -1,0 +1,86 @@
+"""`maskkit score`: the competition's metrics of a submission against a truth file (drawn eval set)."""
+
+from __future__ import annotations
+
+from io import StringIO
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import f1_score
+
+from maskkit.commands.score import COLUMNS
+from maskkit.contract.labels import decode, encode
+
+
+def score_row(result) -> pd.Series:
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(StringIO(result.stdout))
+    assert list(table.columns) == list(COLUMNS) and len(table) == 1
+    return table.iloc[0]
+
+
+def one_line_error(result, *needles: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("maskkit score: error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture
+def truth(drawn):
+    return drawn / "eval" / "truth.csv"
+
+
+def test_truth_scores_perfectly_against_itself(cli, truth):
+    row = score_row(cli("score", truth, truth))
+    assert row["images"] == len(pd.read_csv(truth))
+    assert (row[["macro_f1", "accuracy", "f1_mask", "f1_gender", "f1_age"]] == 1.0).all()
+
+
+def test_scores_match_sklearn_in_any_row_order_and_split_by_task(cli, truth, tmp_path):
+    table = pd.read_csv(truth, dtype={"ImageID": str})
+    mask, gender, age = decode(table["ans"].to_numpy())
+    wrong = np.random.default_rng(0).random(len(table)) < 0.3
+    predicted = encode(mask, np.where(wrong, 1 - gender, gender), age)  # only genders go wrong
+    submission = tmp_path / "submission.csv"
+    pd.DataFrame({"ImageID": table["ImageID"], "ans": predicted}).sample(frac=1, random_state=1).to_csv(
+        submission, index=False)
+
+    result = cli("score", submission, truth)
+    row = score_row(result)
+    assert row["macro_f1"] == pytest.approx(f1_score(table["ans"], predicted, average="macro"), abs=1e-6)
+    assert row["accuracy"] == pytest.approx(1 - wrong.mean(), abs=1e-6)
+    assert row["f1_gender"] == pytest.approx(f1_score(gender, np.where(wrong, 1 - gender, gender),
+                                                      average="macro"), abs=1e-6)
+    assert row["f1_gender"] < 1 and row["f1_mask"] == 1 and row["f1_age"] == 1
+    assert "F1 per class" in result.stderr and "macro_f1" in result.stderr
+
+
+def test_out_file_and_confusion_picture(cli, truth, tmp_path):
+    out, picture = tmp_path / "score.csv", tmp_path / "confusion.png"
+    result = cli("score", truth, truth, "-o", out, "--confusion", picture)
+    assert result.exit_code == 0 and result.stdout == ""
+    assert pd.read_csv(out)["macro_f1"].iloc[0] == 1.0
+    assert cv2.imread(str(picture)) is not None
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+
+def test_bad_inputs_are_one_line_errors(cli, truth, tmp_path):
+    table = pd.read_csv(truth, dtype={"ImageID": str})
+    cases = {
+        "missing": (table.iloc[1:], "no answer for 1 of"),
+        "unknown_class": (table.assign(ans=table["ans"].where(table.index != 0, 18)), "ans outside 0..17"),
+        "duplicate": (pd.concat([table, table.iloc[:1]]), "repeat an ImageID"),
+        "stranger": (pd.concat([table, pd.DataFrame({"ImageID": ["zzz.jpg"], "ans": [0]})]), "not in"),
+    }
+    for name, (frame, needle) in cases.items():
+        path = tmp_path / f"{name}.csv"
+        frame[["ImageID", "ans"]].to_csv(path, index=False)
+        one_line_error(cli("score", path, truth), str(path), needle)
+    one_line_error(cli("score", tmp_path / "nowhere.csv", truth), "file not found")
+    (tmp_path / "cols.csv").write_text("id,label\na,1\n")
+    one_line_error(cli("score", tmp_path / "cols.csv", truth), "missing column")
+    one_line_error(cli("score", truth, truth, "--confusion", tmp_path / "c.jpg"), "PNG")
