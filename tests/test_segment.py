@@ -376,3 +376,21 @@ def test_a_failed_download_names_the_weights_option(data, tmp_path, monkeypatch)
     error = [line for line in result.stderr.splitlines() if "error" in line]
     assert len(error) == 1 and "--weights FILE" in error[0] and "download.pytorch.org" in error[0], result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_two_images_that_would_share_a_mask_are_refused_up_front(weights, tmp_path):
+    folder = tmp_path / "photos" / "p1"
+    folder.mkdir(parents=True)
+    image = np.random.default_rng(0).integers(0, 255, (70, 50, 3), dtype=np.uint8)
+    for name in ("a.jpg", "a.png", "b.jpg"):
+        cv2.imwrite(str(folder / name), image)
+    out, masks = tmp_path / "out", tmp_path / "masks"
+    result = invoke(tmp_path / "photos", out, *options(weights, "--masks", masks, "--workers", 0))
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "p1/a.jpg" in lines[0] and "p1/a.png" in lines[0], result.stderr
+    assert not masks.exists() and not (out / "p1").exists()  # nothing written
+
+    plain = invoke(tmp_path / "photos", out, *options(weights, "--workers", 0))  # without masks: no clash
+    assert plain.exit_code == 0, plain.output
+    assert sorted(p.name for p in (out / "p1").iterdir()) == ["a.jpg", "a.png", "b.jpg"]

@@ -346,6 +346,19 @@ def mask_path(masks: Path, rel: Path) -> Path:
     return masks / rel.with_suffix(".png")
 
 
+def check_mask_clashes(images: Sequence[Path], masks: Path) -> None:
+    """Refuse images whose masks would share one file (`a.jpg` and `a.png` of one folder -> `a.png`)."""
+    seen: dict[Path, Path] = {}
+    for rel in images:
+        target = mask_path(masks, rel)
+        if target in seen:
+            raise MaskkitError(
+                f"{rel}: its mask would be {target}, as {seen[target]}'s is; rename one of the two images "
+                f"(or run without --masks)"
+            )
+        seen[target] = rel
+
+
 def copy_others(src: Path, out: Path, copies: Sequence[Path], masks: Path | None, overwrite: bool) -> int:
     """Copy IN's non-image files (CSVs...) to OUT unless an identical copy is there; returns how many."""
     copied = 0
@@ -598,6 +611,8 @@ def run(
     layout = scan(src)
     if not layout.images:
         raise MaskkitError(f"{src}: no images found (expected .jpg, .jpeg or .png files)")
+    if masks is not None:
+        check_mask_clashes(layout.images, masks)
     net = prepare(build_model(model, weights), torch_device)
 
     out.mkdir(parents=True, exist_ok=True)
