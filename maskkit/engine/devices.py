@@ -38,6 +38,6 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
 def default_workers(device: torch.device) -> int:
     """Loader workers: most cores on a GPU server; on the CPU the model needs the cores itself."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if device.type == "cuda":
-        return max(1, min(8, cpus - 1))
+    if device.type == "cuda":  # all cores but the main process's (8 workers left a 16-core server's GPU waiting)
+        return max(1, min(16, cpus - 1))
     return 1 if cpus <= 4 else 2
