@@ -434,6 +434,13 @@ def test_device_pipeline_writes_what_the_cpu_pipeline_writes_and_resumes(data, w
     assert np.mean(pixels) < 3  # same composite up to those edge pixels and JPEG rounding
     assert (out / "train" / "train.csv").read_bytes() == (data / "train" / "train.csv").read_bytes()
 
+    encoded = segment.run(data / "train", tmp_path / "jpeg", model="mobilenet", weights=weights, size=SIZE,
+                          batch_size=4, workers=0, device="cpu", on_device=True, jpeg_on_device=True, progress=False)
+    assert encoded.done > 0
+    for rel in report(tmp_path / "jpeg").query("status == 'done'")["path"]:  # torchvision's encoder, not OpenCV's
+        mine, theirs = cv2.imread(str(tmp_path / "jpeg" / rel)).astype(int), cv2.imread(str(out / "train" / rel)).astype(int)
+        assert np.abs(mine - theirs).mean() < 3
+
     before = tree(out)
     again = segment.run(data, out, model="mobilenet", weights=weights, masks=masks, size=SIZE, batch_size=4,
                         workers=0, device="cpu", on_device=True, progress=False)

@@ -799,7 +799,7 @@ def composite_batch(images: torch.Tensor, masks: torch.Tensor, fill: str = "blac
     x = images.permute(0, 3, 1, 2).float()
     alpha = soften_batch(masks, radius)
     blended = x * alpha + background_batch(x, fill) * (1 - alpha)
-    return blended.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    return blended.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
 def clean_mask(binary: np.ndarray) -> tuple[np.ndarray, float]:
@@ -878,6 +878,7 @@ def process_on_device(net: nn.Module, device: torch.device, jobs: Sequence[Job],
             record(index, area, status)
 
     def finish_group(indices: list[int], images: torch.Tensor, binary: torch.Tensor, ready) -> None:
+        nonlocal jpeg_on_device
         if ready is not None:
             ready.synchronize()  # the non-blocking copy of the 0/1 maps has landed
         cleaned = list(cleaners.map(clean_mask, binary.numpy()))
@@ -897,9 +898,14 @@ def process_on_device(net: nn.Module, device: torch.device, jobs: Sequence[Job],
                 from torchvision.io import encode_jpeg
 
                 chw = [result[n].permute(2, 0, 1).flip(0).contiguous() for n in as_jpeg]  # BGR -> RGB
-                for n, data in zip(as_jpeg, encode_jpeg(chw, quality=JPEG_QUALITY)):
-                    encoded[persons[n]] = data.cpu().numpy().tobytes()
-            if len(as_jpeg) < len(persons):
+                try:
+                    for n, data in zip(as_jpeg, encode_jpeg(chw, quality=JPEG_QUALITY)):
+                        encoded[persons[n]] = data.cpu().numpy().tobytes()
+                except RuntimeError as exc:  # no nvjpeg encoder here: the writers encode with OpenCV
+                    console.print(f"[yellow]warning:[/] JPEG encoding on {device} failed ({_first_line(exc)}); encoding on the host")
+                    encoded.clear()
+                    jpeg_on_device = False
+            if len(encoded) < len(persons):
                 host = result.cpu().numpy()
                 pixels = {k: host[n] for n, k in enumerate(persons) if k not in encoded}
         for k, index in enumerate(indices):
@@ -928,7 +934,7 @@ def process_on_device(net: nn.Module, device: torch.device, jobs: Sequence[Job],
                     ready = None
                     if device.type == "cuda":
                         ready = torch.cuda.Event()
-                        ready.record()
+                        ready.record(torch.cuda.current_stream(device))
                     if previous is not None:
                         finish_group(*previous)  # overlaps the forward pass just queued
                     previous = ([batch["index"][positions[r]] for r in rows], images, binary, ready)
