@@ -5,6 +5,11 @@ as on IN. The pipeline: a DataLoader whose workers decode and resize (prefetchin
 inference at a working resolution (AMP + channels_last on CUDA), and a thread pool that resizes
 each person-score map (head resolution) to its image, keeps the person region (largest connected
 components, holes filled), composites the background fill and writes the result atomically.
+On CUDA (`process_on_device`) workers only decode; resize, forward, the full-size margin and the
+composite run as torch ops on the batch, one batch behind the forward pass so that the host's part
+(connected components, encode, write) overlaps it. Decoding and writing threads run at a lower
+CPU priority than the forward pass. Masks (--masks) are named after the image with `.png` for its
+extension, so two images differing only in extension are refused up front.
 
 Resuming: an output is written under a temporary name and renamed, then its row is appended to a
 hidden journal (`OUT/.segment_journal.csv`); a re-run skips every image whose output exists and
@@ -28,6 +33,7 @@ import shutil
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -501,6 +507,20 @@ def die_with_parent(parent: int, _worker: int) -> None:
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
+    background_priority()
+
+
+BACKGROUND_NICE = 5
+
+
+def background_priority() -> None:
+    """Lower this thread's CPU priority (Linux nice is per thread): decoding and writing only have
+    to keep ahead, while the forward pass on the main thread is the critical path and should not
+    lose its core to them when the cores are busy."""
+    if hasattr(os, "setpriority") and hasattr(threading, "get_native_id"):
+        with contextlib.suppress(OSError):
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + BACKGROUND_NICE)
 
 
 @contextlib.contextmanager
@@ -710,7 +730,7 @@ def process(net: nn.Module, device: torch.device, jobs: Sequence[Job], wanted: s
             record(index, area, status)
 
     writers = max(2, min(8, (os.cpu_count() or 2) - workers - 1))  # mask, composite, encode: ~7 ms an image
-    with serial_opencv(), make_progress(show) as bar, concurrent.futures.ThreadPoolExecutor(writers) as pool:
+    with serial_opencv(), make_progress(show) as bar, concurrent.futures.ThreadPoolExecutor(writers, initializer=background_priority) as pool:
         task = bar.add_task("segment", total=len(wanted))
         try:
             for batch in loader:
@@ -915,7 +935,7 @@ def process_on_device(net: nn.Module, device: torch.device, jobs: Sequence[Job],
 
     with (serial_opencv(), make_progress(show) as bar,
           concurrent.futures.ThreadPoolExecutor(max(1, min(8, cores))) as cleaners,
-          concurrent.futures.ThreadPoolExecutor(max(2, min(16, cores))) as writers):
+          concurrent.futures.ThreadPoolExecutor(max(2, min(16, cores)), initializer=background_priority) as writers):
         task = bar.add_task("segment", total=len(wanted))
         previous = None
         try:
