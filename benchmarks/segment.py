@@ -116,31 +116,24 @@ def main() -> None:
             batches = [b.pin_memory() for b in batches]
         forward_only(net, device, batches[:2])  # warm-up (cudnn, allocator, oneDNN)
 
-        fwd, plain, single, pipe, busy, equal = [], [], [], [], [], []
-        nice = segment.BACKGROUND_NICE
+        fwd, plain, single, pipe, busy = [], [], [], [], []
         for repeat in range(args.repeats):
             fwd.append(forward_only(net, device, batches))
             plain.append(plain_forward(net, device, batches))
             single.append(one_at_a_time(net, device, paths, src, tmp / f"single{repeat}", args.size))
-            for background_nice in (0, nice):  # decode/write threads at the forward pass's priority, then lower
-                segment.BACKGROUND_NICE = background_nice
-                timed = segment.person_scores = Timed()
-                try:
-                    summary = segment.run(src, tmp / "out", model=args.model, weights=weights, batch_size=args.batch_size,
-                                          device=args.device, size=args.size, workers=args.workers, overwrite=True,
-                                          progress=False)
-                finally:
-                    segment.person_scores = timed.original
-                    segment.BACKGROUND_NICE = nice
-                assert summary.done == count, summary
-                if background_nice == nice:
-                    pipe.append(summary.seconds)
-                    busy.append(timed.seconds / summary.seconds)
-                else:
-                    equal.append(summary.seconds)
+            timed = segment.person_scores = Timed()
+            try:
+                summary = segment.run(src, tmp / "out", model=args.model, weights=weights, batch_size=args.batch_size,
+                                      device=args.device, size=args.size, workers=args.workers, overwrite=True,
+                                      progress=False)
+            finally:
+                segment.person_scores = timed.original
+            assert summary.done == count, summary
+            pipe.append(summary.seconds)
+            busy.append(timed.seconds / summary.seconds)
 
     rate = {name: count / min(times) for name, times in
-            (("forward", fwd), ("plain", plain), ("single", single), ("pipeline", pipe), ("equal", equal))}
+            (("forward", fwd), ("plain", plain), ("single", single), ("pipeline", pipe))}
     threads = torch.get_num_threads() if device.type == "cpu" else "-"
     print(f"{count} images 384x512 -> DeepLabV3 {args.model} at shorter side {args.size}, batch {args.batch_size}, "
           f"device {device} (torch threads {threads}), best of {args.repeats}:")
@@ -150,8 +143,6 @@ def main() -> None:
           f"{rate['single'] / rate['forward']:.2f}x forward")
     print(f"  maskkit segment pipeline:                  {rate['pipeline']:7.1f} img/s   "
           f"{rate['pipeline'] / rate['forward']:.2f}x forward, {rate['pipeline'] / rate['single']:.2f}x one-at-a-time")
-    print(f"  same, decode/write threads not niced (nice 0):  {rate['equal']:7.1f} img/s   "
-          f"{rate['equal'] / rate['forward']:.2f}x forward")
     print(f"  share of the pipeline's wall time inside the forward pass: {max(busy):.0%} "
           f"(runs: {', '.join(f'{b:.0%}' for b in busy)})")
 
