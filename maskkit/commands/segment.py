@@ -33,7 +33,6 @@ import shutil
 import signal
 import socket
 import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -507,20 +506,6 @@ def die_with_parent(parent: int, _worker: int) -> None:
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
-    background_priority()
-
-
-BACKGROUND_NICE = 5
-
-
-def background_priority() -> None:
-    """Lower this thread's CPU priority (Linux nice is per thread): decoding and writing only have
-    to keep ahead, while the forward pass on the main thread is the critical path and should not
-    lose its core to them when the cores are busy."""
-    if hasattr(os, "setpriority") and hasattr(threading, "get_native_id"):
-        with contextlib.suppress(OSError):
-            tid = threading.get_native_id()
-            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + BACKGROUND_NICE)
 
 
 @contextlib.contextmanager
@@ -730,7 +715,7 @@ def process(net: nn.Module, device: torch.device, jobs: Sequence[Job], wanted: s
             record(index, area, status)
 
     writers = max(2, min(8, (os.cpu_count() or 2) - workers - 1))  # mask, composite, encode: ~7 ms an image
-    with serial_opencv(), make_progress(show) as bar, concurrent.futures.ThreadPoolExecutor(writers, initializer=background_priority) as pool:
+    with serial_opencv(), make_progress(show) as bar, concurrent.futures.ThreadPoolExecutor(writers) as pool:
         task = bar.add_task("segment", total=len(wanted))
         try:
             for batch in loader:
@@ -935,7 +920,7 @@ def process_on_device(net: nn.Module, device: torch.device, jobs: Sequence[Job],
 
     with (serial_opencv(), make_progress(show) as bar,
           concurrent.futures.ThreadPoolExecutor(max(1, min(8, cores))) as cleaners,
-          concurrent.futures.ThreadPoolExecutor(max(2, min(16, cores)), initializer=background_priority) as writers):
+          concurrent.futures.ThreadPoolExecutor(max(2, min(16, cores))) as writers):
         task = bar.add_task("segment", total=len(wanted))
         previous = None
         try:
