@@ -7,8 +7,7 @@ each person-score map (head resolution) to its image, keeps the person region (l
 components, holes filled), composites the background fill and writes the result atomically.
 On CUDA (`process_on_device`) workers only decode; resize, forward, the full-size margin and the
 composite run as torch ops on the batch, one batch behind the forward pass so that the host's part
-(connected components, encode, write) overlaps it. Decoding and writing threads run at a lower
-CPU priority than the forward pass. Masks (--masks) are named after the image with `.png` for its
+(connected components, encode, write) overlaps it. Masks (--masks) are named after the image with `.png` for its
 extension, so two images differing only in extension are refused up front.
 
 Resuming: an output is written under a temporary name and renamed, then its row is appended to a
