@@ -67,7 +67,7 @@ def lite0_features(paths: list[str], size: tuple[int, int], mirror: bool = True,
 
 def make_oof(train_dir: Path, out_dir: Path, size: tuple[int, int] = (64, 80), folds: int = 5, seed: int = 0,
              c: float = 0.01, mirror: bool = True) -> list[Path]:
-    """One val_preds.csv per fold (DESIGN.md format), each predicted by a model that never saw that fold.
+    """One val_preds.csv per fold (docs/formats.md, "Run folder"), each predicted by a model that never saw that fold.
 
     mirror: also train on mirrored images (twice the feature time, a better model).
     """

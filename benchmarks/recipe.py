@@ -55,7 +55,7 @@ from maskkit.contract.files import write_csv
 from maskkit.contract.labels import NUM_CLASSES, task_labels
 from maskkit.engine.models import build_model
 from maskkit.commands.predict import predict
-from maskkit.commands.split import make_manifest, person_strata
+from maskkit.data.folds import make_manifest, person_strata
 from maskkit.commands.synth import synthesize
 from maskkit.commands.train import TrainOptions, train
 

@@ -33,10 +33,12 @@ from torchvision import transforms
 
 from maskkit.contract.layout import load_train
 from maskkit.contract.files import write_csv
-from maskkit.commands.split import make_manifest
+from maskkit.data.folds import make_manifest
 from maskkit.commands.synth import synthesize
 from maskkit.engine.devices import default_workers
-from maskkit.commands.train import EpochState, Trainer, TrainOptions, build_config, targets_of
+from maskkit.commands.train import Trainer, TrainOptions, build_config
+from maskkit.data.sampling import targets_of
+from maskkit.engine.loop import EpochState
 
 
 class BaselineDataset(Dataset):

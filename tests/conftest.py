@@ -1,4 +1,5 @@
-"""Shared fixtures: small drawn datasets, made once per test session."""
+"""Shared fixtures: small drawn datasets and tiny trained runs, made once per test session, and
+one CliRunner."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from helpers import FAST, FOLDS, one_thread
 from maskkit.cli import app
 
 
@@ -29,12 +31,48 @@ def drawn_copy(drawn, tmp_path) -> Path:
     return copy
 
 
+@pytest.fixture(scope="session")
+def runner() -> CliRunner:
+    return CliRunner()
+
+
 @pytest.fixture
-def cli():
+def cli(runner):
     """Invoke the maskkit app in-process: cli('split', 'data/train') -> Result (stdout, stderr, exit_code)."""
-    runner = CliRunner()
 
     def invoke(*args: object):
         return runner.invoke(app, [str(a) for a in args])
 
     return invoke
+
+
+@pytest.fixture(scope="session")
+def manifest_path(tmp_path_factory, drawn) -> Path:
+    """The 4-fold manifest of the shared drawn dataset (fold 0 = validation)."""
+    from maskkit.contract.layout import load_train
+    from maskkit.contract.manifest import write_manifest
+    from maskkit.data.folds import make_manifest
+
+    path = tmp_path_factory.mktemp("manifest") / "manifest.csv"
+    write_manifest(make_manifest(load_train(drawn / "train", report=False), FOLDS, 42), path)
+    return path
+
+
+def _trained(tmp_path_factory, manifest_path: Path, name: str, **options) -> Path:
+    from maskkit.commands.train import TrainOptions, train
+
+    with one_thread():
+        return train(manifest_path, TrainOptions(**{**FAST, **options}), out=tmp_path_factory.mktemp("runs"),
+                     name=name, progress=False)
+
+
+@pytest.fixture(scope="session")
+def single_run(tmp_path_factory, manifest_path) -> Path:
+    """A trained run: 18-way head, no age regression, class-balanced sampling."""
+    return _trained(tmp_path_factory, manifest_path, "single", heads="single", epochs=10, balanced=True)
+
+
+@pytest.fixture(scope="session")
+def multi_run(tmp_path_factory, manifest_path) -> Path:
+    """A trained run: mask, gender and age heads with the age-regression branch (weight 0.1)."""
+    return _trained(tmp_path_factory, manifest_path, "multi", heads="multi", age_weight=0.1, epochs=10)

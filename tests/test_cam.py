@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from maskkit.commands import cam
-from maskkit.contract.labels import NUM_CLASSES, decode
+from maskkit.contract.labels import GENDERS, MASKS, NUM_CLASSES, decode
 from maskkit.data.loader import decode_image, eval_transform, work_size
 from maskkit.engine.models import build_model, class_probs, task_probs
 
@@ -48,7 +48,7 @@ def drawn_masks(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def multi_run(tmp_path_factory) -> Path:
+def eff_run(tmp_path_factory) -> Path:
     return make_run(tmp_path_factory.mktemp("runs") / "eff", "test_efficientnet", "multi", (64, 48))
 
 
@@ -101,7 +101,9 @@ def test_cam_mass_concentrates_on_the_region_that_decides_the_class(tmp_path, cl
         for path, array in ((image_path, cv2.cvtColor(img, cv2.COLOR_RGB2BGR)), (mask_path, mask)):
             path.parent.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(path), array)
-        rows.append({"path": str(image_path), "label": label})
+        mask_class, gender, age = (int(v) for v in decode(label))
+        rows.append({"path": str(image_path), "person": f"sq{i:02d}", "gender": GENDERS[gender],
+                     "age": (20, 45, 70)[age], "mask": MASKS[mask_class], "label": label, "fold": 0})
     manifest = tmp_path / "manifest.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
 
@@ -110,7 +112,7 @@ def test_cam_mass_concentrates_on_the_region_that_decides_the_class(tmp_path, cl
     lifts = {}
     for run in (trained, untrained):
         out = tmp_path / f"cam_{run.name}"
-        result = cli("cam", run, manifest, "--out", out, "--target", "true", "--summary", "--masks",
+        result = cli("cam", run, manifest, "--out-dir", out, "--target", "true", "--summary", "--masks",
                      tmp_path / "masks", "-o", out / "summary.csv")
         assert result.exit_code == 0, result.output
         summary = pd.read_csv(out / "summary.csv", dtype={"class": str})
@@ -134,7 +136,7 @@ def test_vit_at_a_non_square_size_gives_cams_of_the_input_shape(tmp_path, cli, d
     run = make_run(tmp_path / "vit", "test_vit", "single", (64, 96))  # 4 x 6 patches of 16
     out = tmp_path / "out"
     sheet = tmp_path / "sheets" / "vit.png"
-    result = cli("cam", run, drawn_masks / "eval", "--out", out, "--limit", "3", "--method", "gradcam++",
+    result = cli("cam", run, drawn_masks / "eval", "--out-dir", out, "--limit", "3", "--method", "gradcam++",
                  "--sheet", sheet)
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "cam.csv")
@@ -219,9 +221,9 @@ def test_summary_averages_images_per_class_and_overall():
     assert unlabeled.set_index(["head", "class"]).loc[("class", "1"), "cam_inside"] == pytest.approx(0.4)
 
 
-def test_summary_cli_on_drawn_masks_matches_the_per_image_table(tmp_path, cli, drawn_masks, multi_run):
+def test_summary_cli_on_drawn_masks_matches_the_per_image_table(tmp_path, cli, drawn_masks, eff_run):
     out = tmp_path / "out"
-    result = cli("cam", multi_run, drawn_masks / "train", "--out", out, "--summary", "--masks",
+    result = cli("cam", eff_run, drawn_masks / "train", "--out-dir", out, "--summary", "--masks",
                  drawn_masks / "masks", "--head", "mask")
     assert result.exit_code == 0, result.output
     summary = pd.read_csv(pd.io.common.StringIO(result.stdout), dtype={"class": str})
@@ -262,9 +264,9 @@ def test_head_scores_are_the_models_heads_or_their_marginals():
         assert torch.allclose(cam.head_logits(single, head).exp(), marginals[head], atol=1e-6)
 
 
-def test_every_head_of_a_multi_output_model_can_be_the_target(tmp_path, cli, drawn_masks, multi_run):
+def test_every_head_of_a_multi_output_model_can_be_the_target(tmp_path, cli, drawn_masks, eff_run):
     out = tmp_path / "out"
-    result = cli("cam", multi_run, drawn_masks / "train", "--out", out, "--head", "all", "--target", "1",
+    result = cli("cam", eff_run, drawn_masks / "train", "--out-dir", out, "--head", "all", "--target", "1",
                  "--limit", "4")
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "cam.csv")
@@ -274,7 +276,7 @@ def test_every_head_of_a_multi_output_model_can_be_the_target(tmp_path, cli, dra
     # The CAM sees what predict sees: same decode, same eval transform, same probabilities.
     from maskkit.engine.models import load_run
 
-    model, config = load_run(multi_run)
+    model, config = load_run(eff_run)
     transform = eval_transform(config["img_size"], MEAN, STD)
     first = table["image"].iloc[0]
     x = transform(image=decode_image(first, work_size(config["img_size"])))["image"][None]
@@ -289,9 +291,9 @@ def test_every_head_of_a_multi_output_model_can_be_the_target(tmp_path, cli, dra
     assert not np.array_equal(pictures["mask"], pictures["gender"])  # each head has its own CAM
 
 
-def test_target_true_uses_the_train_labels(tmp_path, cli, drawn_masks, multi_run):
+def test_target_true_uses_the_train_labels(tmp_path, cli, drawn_masks, eff_run):
     out = tmp_path / "out"
-    result = cli("cam", multi_run, drawn_masks / "train", "--out", out, "--head", "gender,age", "--target", "true")
+    result = cli("cam", eff_run, drawn_masks / "train", "--out-dir", out, "--head", "gender,age", "--target", "true")
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "cam.csv")
     from maskkit.contract.layout import load_train
@@ -303,10 +305,10 @@ def test_target_true_uses_the_train_labels(tmp_path, cli, drawn_masks, multi_run
     assert np.array_equal(table["label"].to_numpy(), expected)
 
 
-def test_cam_hooks_are_released_after_use(multi_run):
+def test_cam_hooks_are_released_after_use(eff_run):
     from maskkit.engine.models import load_run
 
-    model, _ = load_run(multi_run)
+    model, _ = load_run(eff_run)
     layer, reshape = cam.target_layer(model.backbone, (64, 48))
     with cam.make_cam("gradcam", cam.HeadModel(model, "age"), layer, reshape) as explainer:
         heat, probs = cam.explain(explainer, torch.randn(2, 3, 64, 48), 2, [None, None])
@@ -320,13 +322,13 @@ def test_cam_hooks_are_released_after_use(multi_run):
 @pytest.mark.parametrize("case", ["no best.pt", "image missing", "unreadable image", "no mask", "mask shape",
                                   "true unknown", "target too big", "eigencam target", "summary without masks",
                                   "bad head"])
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, cli, drawn_masks, multi_run, case):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, cli, drawn_masks, eff_run, case):
     out = tmp_path / "out"
-    run, images, extra, named = multi_run, [drawn_masks / "eval"], [], None
+    run, images, extra, named = eff_run, [drawn_masks / "eval"], [], None
     if case == "no best.pt":
         run = tmp_path / "run"
         run.mkdir()
-        (run / "config.json").write_text((multi_run / "config.json").read_text())
+        (run / "config.json").write_text((eff_run / "config.json").read_text())
         named = "best.pt"
     elif case == "image missing":
         images, named = [tmp_path / "nope.jpg"], "nope.jpg"
@@ -353,9 +355,23 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, cli, drawn_ma
         extra, named = ["--summary"], "--masks"
     else:
         extra, named = ["--head", "hair"], "--head"
-    result = cli("cam", run, *images, "--out", out, *extra)
+    result = cli("cam", run, *images, "--out-dir", out, *extra)
     assert result.exit_code == 2, result.output
     message = result.stderr.strip()
     assert message.startswith("maskkit cam: error:") and "\n" not in message and named in message
     assert result.stdout == ""
     assert not out.exists()
+
+
+def test_old_out_folder_spelling_still_writes_the_overlays_there_with_a_note(tmp_path, cli, drawn_masks, eff_run):
+    """cam --out used to name the overlay folder; -o/--out now names the summary CSV everywhere."""
+    old, summary = tmp_path / "overlays", tmp_path / "summary.csv"
+    result = cli("cam", eff_run, drawn_masks / "eval", "--limit", 2, "--out", old)
+    assert result.exit_code == 0, result.output
+    assert "deprecated" in result.stderr and "--out-dir" in result.stderr
+    assert (old / "cam.csv").is_file() and (old / "sheet.png").is_file()
+    result = cli("cam", eff_run, drawn_masks / "eval", "--limit", 2, "--out-dir", tmp_path / "new", "--summary",
+                 "--masks", drawn_masks / "masks", "-o", summary)
+    assert result.exit_code == 0, result.output
+    assert "deprecated" not in result.stderr and result.stdout == ""
+    assert pd.read_csv(summary)["images"].iloc[-1] == 2

@@ -38,3 +38,20 @@ def test_completion_lists_the_subcommands(tmp_path):
 if __name__ == "__main__":  # regenerate completions/
     for shell, name in SHELLS.items():
         (COMPLETIONS / name).write_text(completion_script(shell))
+
+
+@pytest.mark.parametrize("words, expected", [
+    ("maskkit train --aug ", {"none", "basic", "strong"}),
+    ("maskkit train --sched co", {"cosine", "constant"}),
+    ("maskkit segment in out --fill g", {"gray"}),
+    ("maskkit cam run img --head mask,ge", {"mask,gender"}),
+])
+def test_choice_options_complete_their_values(words, expected):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, _MASKKIT_COMPLETE="complete_bash", COMP_WORDS=words,
+               COMP_CWORD=str(len(words.split(" ")) - 1))
+    result = subprocess.run([sys.executable, "-m", "maskkit"], env=env, capture_output=True, text=True)
+    assert set(result.stdout.split()) == expected, result.stdout + result.stderr

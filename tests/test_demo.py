@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from maskkit.commands.demo import DemoPlan, run
-from trained_runs import one_thread
+from helpers import one_thread
 
 TINY = DemoPlan(persons=40, eval_persons=6, size=(48, 64), img_size=(48, 40), folds=2, models=2, epochs=1,
                 batch_size=16)

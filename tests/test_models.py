@@ -240,3 +240,19 @@ def test_load_run_errors_name_the_run_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(MaskkitError, match=r"empty: no config\.json"):
         load_run(tmp_path / "empty")
+
+
+def test_local_vit_weights_load_at_another_input_size(tmp_path):
+    """Standard ViT weights (trained at 160x160 here) fit a model built for 64x48: timm resamples
+    the position embeddings instead of refusing the shapes."""
+    import timm
+
+    source = timm.create_model("test_vit", pretrained=False)
+    path = tmp_path / "vit.pth"
+    torch.save(source.state_dict(), path)
+    model = build_model("test_vit", heads="multi", weights=path, img_size=(64, 48))
+    assert model.backbone.pos_embed.shape[1] != source.pos_embed.shape[1]
+    assert torch.equal(model.backbone.cls_token, source.cls_token)
+    assert torch.equal(model.backbone.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+    outputs = model(torch.randn(2, 3, 64, 48))
+    assert outputs["mask"].shape == (2, 3)

@@ -1,4 +1,4 @@
-"""`maskkit predict`: the prediction CSV of DESIGN.md from a trained run."""
+"""`maskkit predict`: the prediction CSV of docs/formats.md from a trained run."""
 
 from __future__ import annotations
 
@@ -11,18 +11,9 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
-from maskkit.commands.predict import PROB_COLUMNS, predict
-from trained_runs import multi_run, one_thread, single_run
-
-
-@pytest.fixture(scope="module")
-def multi(tmp_path_factory, drawn):
-    return multi_run(tmp_path_factory, drawn)
-
-
-@pytest.fixture(scope="module")
-def single(tmp_path_factory, drawn):
-    return single_run(tmp_path_factory, drawn)
+from maskkit.commands.predict import predict
+from maskkit.contract.predictions import PROB_COLUMNS
+from helpers import one_thread
 
 
 def check_prediction_csv(frame: pd.DataFrame) -> None:
@@ -33,7 +24,7 @@ def check_prediction_csv(frame: pd.DataFrame) -> None:
     assert (probs.argmax(1) == frame["ans"].to_numpy()).all()
 
 
-@pytest.mark.parametrize("which", ["single", "multi"])
+@pytest.mark.parametrize("which", ["single_run", "multi_run"])
 def test_prediction_csv_invariants_and_f1_on_held_out_persons(which, request, cli, drawn):
     run = request.getfixturevalue(which)
     with one_thread():
@@ -50,15 +41,15 @@ def test_prediction_csv_invariants_and_f1_on_held_out_persons(which, request, cl
     assert f1 > 0.15  # 8 eval persons never seen in training (measured 0.25 single, 0.30 multi); chance 0.056
 
 
-def test_rows_follow_info_csv_order(multi, drawn, tmp_path):
+def test_rows_follow_info_csv_order(multi_run, drawn, tmp_path):
     data = tmp_path / "eval"
     shutil.copytree(drawn / "eval", data)
     info = pd.read_csv(data / "info.csv", dtype={"ImageID": str})
     shuffled = info.sample(frac=1, random_state=1)
     shuffled.to_csv(data / "info.csv", index=False)
     with one_thread():
-        original = predict(multi, drawn / "eval", device="cpu", workers=0, out=tmp_path / "a.csv")
-        reordered = predict(multi, data, device="cpu", workers=0, out=tmp_path / "b.csv")
+        original = predict(multi_run, drawn / "eval", device="cpu", workers=0, out=tmp_path / "a.csv")
+        reordered = predict(multi_run, data, device="cpu", workers=0, out=tmp_path / "b.csv")
     assert reordered["ImageID"].tolist() == shuffled["ImageID"].tolist()
     pd.testing.assert_frame_equal(original.set_index("ImageID").loc[shuffled["ImageID"]],
                                   reordered.set_index("ImageID"))
@@ -67,7 +58,7 @@ def test_rows_follow_info_csv_order(multi, drawn, tmp_path):
     check_prediction_csv(on_disk)
 
 
-def test_a_plain_image_folder_works_with_relative_paths_as_image_ids(multi, drawn, tmp_path):
+def test_a_plain_image_folder_works_with_relative_paths_as_image_ids(multi_run, drawn, tmp_path):
     images = sorted((drawn / "eval" / "images").glob("*"))[:12]
     for i, path in enumerate(images):
         target = tmp_path / "plain" / ("sub" if i % 2 else "") / f"{path.stem}.png"
@@ -75,61 +66,80 @@ def test_a_plain_image_folder_works_with_relative_paths_as_image_ids(multi, draw
         cv2.imwrite(str(target), cv2.imread(str(path)))
     (tmp_path / "plain" / "._hidden.png").write_bytes(b"macOS resource fork")
     with one_thread():
-        plain = predict(multi, tmp_path / "plain", device="cpu", workers=0, out=tmp_path / "plain.csv")
+        plain = predict(multi_run, tmp_path / "plain", device="cpu", workers=0, out=tmp_path / "plain.csv")
     expected = sorted(("sub/" if i % 2 else "") + f"{p.stem}.png" for i, p in enumerate(images))
     assert plain["ImageID"].tolist() == expected
     check_prediction_csv(plain)
 
 
-def test_flip_tta_averages_an_image_and_its_mirror(multi):
+def test_flip_tta_averages_an_image_and_its_mirror(multi_run):
     """With --tta flip, an image and its mirror get the same probabilities; without, they do not."""
     from maskkit.engine.models import load_run
-    from maskkit.commands.predict import predict_probs
+    from maskkit.engine.loop import OnDevice, predict_probs
 
-    model, config = load_run(multi)
+    model, config = load_run(multi_run)
     images = torch.randn(3, 3, *config["img_size"], generator=torch.Generator().manual_seed(0))
     batch = torch.cat([images, images.flip(3)])
     loader = [(batch, {}, torch.arange(6))]
     with one_thread():
-        flip = predict_probs(model, loader, 6, torch.device("cpu"), tta="flip", progress=False)
-        none = predict_probs(model, loader, 6, torch.device("cpu"), tta="none", progress=False)
+        flip = predict_probs(model, loader, 6, OnDevice(torch.device("cpu")), tta="flip", progress=False)
+        none = predict_probs(model, loader, 6, OnDevice(torch.device("cpu")), tta="none", progress=False)
     np.testing.assert_allclose(flip.sum(1), 1, atol=1e-6)
     np.testing.assert_allclose(flip[:3], flip[3:], atol=1e-6)
     np.testing.assert_allclose(flip, (none + none[[3, 4, 5, 0, 1, 2]]) / 2, atol=1e-6)
     assert not np.allclose(none[:3], none[3:], atol=1e-3)
 
 
-def test_missing_image_is_one_line_and_exit_2(multi, drawn, tmp_path, cli):
+def test_missing_image_is_one_line_and_exit_2(multi_run, drawn, tmp_path, cli):
     data = tmp_path / "eval"
     shutil.copytree(drawn / "eval", data)
     victim = sorted((data / "images").iterdir())[3]
     victim.unlink()
-    result = cli("predict", multi, data, "-o", tmp_path / "out.csv", "--device", "cpu")
+    result = cli("predict", multi_run, data, "-o", tmp_path / "out.csv", "--device", "cpu")
     assert result.exit_code == 2
     assert victim.name in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out.csv").exists()
 
 
 @pytest.mark.parametrize("workers", [0, 1])
-def test_corrupt_image_is_one_line_naming_it(multi, drawn, tmp_path, cli, workers):
+def test_corrupt_image_is_one_line_naming_it(multi_run, drawn, tmp_path, cli, workers):
     data = tmp_path / "eval"
     shutil.copytree(drawn / "eval", data)
     victim = sorted((data / "images").iterdir())[5]
     victim.write_bytes(b"not a jpeg at all")
-    result = cli("predict", multi, data, "-o", tmp_path / "out.csv", "--device", "cpu", "--workers", workers)
+    result = cli("predict", multi_run, data, "-o", tmp_path / "out.csv", "--device", "cpu", "--workers", workers)
     assert result.exit_code == 2, result.stderr
     assert victim.name in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "out.csv").exists()
 
 
-def test_run_without_best_pt_or_missing_run_is_one_line_and_exit_2(multi, drawn, tmp_path, cli):
+def test_run_without_best_pt_or_missing_run_is_one_line_and_exit_2(multi_run, drawn, tmp_path, cli):
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
-    shutil.copy(multi / "config.json", unfinished / "config.json")
+    shutil.copy(multi_run / "config.json", unfinished / "config.json")
     for run, expected in ((unfinished, "no best.pt"), (tmp_path / "nowhere", "not found")):
         result = cli("predict", run, drawn / "eval", "--device", "cpu")
         assert result.exit_code == 2
         assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    result = cli("predict", multi, drawn / "eval", "--tta", "rotate")
+    result = cli("predict", multi_run, drawn / "eval", "--tta", "rotate")
     assert result.exit_code == 2 and "--tta" in result.stderr
 
+
+
+def test_a_run_written_before_config_format_2_predicts_the_same(multi_run, drawn, tmp_path):
+    """config.json as maskkit wrote it before format 2: model fields at the top level as well as in
+    "options", and none of the options added since (opt, sched, threads)."""
+    import json
+
+    old = tmp_path / "old"
+    shutil.copytree(multi_run, old)
+    config = json.loads((old / "config.json").read_text())
+    options = {k: v for k, v in config["options"].items() if k not in ("opt", "sched", "threads")}
+    legacy = {k: v for k, v in config.items() if k != "format"}
+    legacy.update({k: options[k] for k in ("backbone", "heads", "age_weight", "old_age", "img_size", "dropout",
+                                           "fold", "seed")}, age_regression=True, options=options)
+    (old / "config.json").write_text(json.dumps(legacy))
+    with one_thread():
+        before = predict(multi_run, drawn / "eval", device="cpu", workers=0, out=tmp_path / "new.csv")
+        after = predict(old, drawn / "eval", device="cpu", workers=0, out=tmp_path / "old.csv")
+    pd.testing.assert_frame_equal(before, after)

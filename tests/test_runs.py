@@ -9,14 +9,13 @@ import pandas as pd
 import pytest
 
 from maskkit.commands.runs import COLUMNS
-from trained_runs import multi_run, single_run
 
 
 @pytest.fixture(scope="module")
-def runs_dir(tmp_path_factory, drawn):
+def runs_dir(tmp_path_factory, single_run, multi_run):
     """A runs/ folder holding the two shared trained runs and one that has not finished an epoch."""
     root = tmp_path_factory.mktemp("table") / "runs"
-    for run in (single_run(tmp_path_factory, drawn), multi_run(tmp_path_factory, drawn)):
+    for run in (single_run, multi_run):
         shutil.copytree(run, root / run.name)
     (root / "fresh").mkdir()
     shutil.copy(root / "multi" / "config.json", root / "fresh" / "config.json")
@@ -40,7 +39,7 @@ def test_runs_table_is_csv_when_piped_best_first(cli, runs_dir, monkeypatch):
         assert row["val_f1"] == pytest.approx(best["val_f1"], abs=1e-4)
         assert row["f1_age"] == pytest.approx(best["f1_age"], abs=1e-4)
     multi = table.set_index("name").loc["multi"]
-    assert (multi["backbone"], multi["heads"], multi["age_weight"], multi["img_size"]) == ("test_resnet", "multi", 0.1, "48x40")
+    assert (multi["backbone"], multi["heads"], multi["age_weight"], multi["input_size"]) == ("test_resnet", "multi", 0.1, "40x48")
     assert table.set_index("name").loc["single", "loss"] == "ce+balanced"
 
 

@@ -99,7 +99,7 @@ def weights(data, tmp_path_factory) -> Path:
 
 
 def options(weights: Path, *extra: object) -> list[str]:
-    return ["--model", "mobilenet", "--weights", str(weights), "--size", str(SIZE), "--batch-size", "4", *map(str, extra)]
+    return ["--model", "mobilenet", "--weights", str(weights), "--short-side", str(SIZE), "--batch-size", "4", *map(str, extra)]
 
 
 def invoke(*args: object):
@@ -336,13 +336,13 @@ def bad_weights(kind: str, weights: Path, tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize(("kind", "model", "message"), [
     ("missing", "mobilenet", "weights file not found"),
-    ("garbage", "mobilenet", "not a readable PyTorch weights file"),
+    ("garbage", "mobilenet", "not a PyTorch weights file"),
     ("classes", "mobilenet", "21 VOC labels"),
     ("mobilenet", "resnet50", "is --model right?"),
 ])
 def test_bad_weights_are_one_line_errors(data, weights, tmp_path, kind, model, message):
     path = weights if kind == "mobilenet" else bad_weights(kind, weights, tmp_path)
-    result = invoke(data, tmp_path / "out", "--model", model, "--weights", path, "--size", SIZE)
+    result = invoke(data, tmp_path / "out", "--model", model, "--weights", path, "--short-side", SIZE)
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and str(path) in lines[0], result.stderr

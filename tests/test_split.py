@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from maskkit.contract.labels import age_group
-from maskkit.commands.split import MANIFEST_COLUMNS
+from maskkit.contract.manifest import MANIFEST_COLUMNS
 
 
 def read_manifest(text: str) -> pd.DataFrame:
@@ -49,13 +49,22 @@ def test_same_seed_is_byte_identical_and_another_seed_differs(drawn, cli, tmp_pa
     assert outs[0] != outs[2]
 
 
-def test_too_many_folds_names_the_short_stratum(drawn, cli, tmp_path):
+def test_a_short_stratum_is_named_in_a_warning_and_persons_stay_disjoint(drawn, cli, tmp_path):
     out = tmp_path / "m.csv"
-    result = cli("split", drawn / "train", "--folds", 40, "-o", out)
-    assert result.exit_code == 2
-    line = result.stderr.strip()
-    assert "\n" not in line and "--folds 40" in line and "/>=60 has" in line and "or fewer" in line
-    assert not out.exists()
+    result = cli("split", drawn / "train", "--folds", 12, "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert "warning" in result.stderr and "--folds 12" in result.stderr and "male/>=60 has 4" in result.stderr
+    assert "or fewer" not in result.stderr  # no advice to use the value it just accepted
+    manifest = pd.read_csv(out, dtype={"person": str})
+    assert (manifest.groupby("person")["fold"].nunique() == 1).all()
+    assert manifest["fold"].nunique() == 12
+
+
+def test_impossible_fold_counts_are_one_line_and_exit_2(drawn, cli, tmp_path):
+    out = tmp_path / "m.csv"
+    result = cli("split", drawn / "train", "--folds", 17, "-o", out)  # the largest stratum has 16 persons
+    assert result.exit_code == 2 and "female/<30 has 16" in result.stderr and "--folds 16 or fewer" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
     result = cli("split", drawn / "train", "--folds", 1)
     assert result.exit_code == 2 and "at least 2 folds" in result.stderr
 

@@ -205,7 +205,7 @@ def test_cli_refuses_non_empty_out_and_bad_options(tmp_path):
     result = runner.invoke(app, ["synth", str(out), "--persons", "2", "--size", "64x80"])
     assert result.exit_code == 2 and "--overwrite" in result.stderr
     result = runner.invoke(app, ["synth", str(out), "--persons", "2", "--size", "64x80", "--overwrite"])
-    assert result.exit_code == 2 and "does not look like a synth dataset" in result.stderr
+    assert result.exit_code == 2 and "not written by maskkit synth" in result.stderr
     assert (out / "notes.txt").read_text() == "keep me" and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
     for bad in (["--size", "64"], ["--noise", "0.7"], ["--shortcut", "2"], ["--persons", "0"]):

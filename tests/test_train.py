@@ -16,26 +16,25 @@ import torch
 
 from maskkit.contract.errors import RunFailure
 from maskkit.contract.labels import NUM_CLASSES
-from maskkit.commands.train import METRIC_COLUMNS, Interrupted, TrainOptions, file_sha256, targets_of, task_loss, train
-from trained_runs import FAST, manifest, multi_run, one_thread, single_run
+from maskkit.commands.train import Interrupted, TrainOptions, train
+from maskkit.contract.manifest import file_sha256
+from maskkit.contract.runfolder import METRIC_COLUMNS, read_config
+from maskkit.data.sampling import targets_of
+from maskkit.engine.loss import task_loss
+from helpers import FAST, one_thread
 
 CHANCE = 1 / NUM_CLASSES
 F1_FLOOR = 0.25  # measured 0.30-0.42 for these tiny from-scratch runs; chance is 0.056
 
 
-@pytest.fixture(scope="module")
-def single(tmp_path_factory, drawn):
-    return single_run(tmp_path_factory, drawn)
+@pytest.fixture
+def single(single_run):
+    return single_run
 
 
-@pytest.fixture(scope="module")
-def multi(tmp_path_factory, drawn):
-    return multi_run(tmp_path_factory, drawn)
-
-
-@pytest.fixture(scope="module")
-def manifest_path(tmp_path_factory, drawn):
-    return manifest(tmp_path_factory, drawn)
+@pytest.fixture
+def multi(multi_run):
+    return multi_run
 
 
 def best_of(run) -> pd.Series:
@@ -51,7 +50,7 @@ def test_tiny_model_learns_far_above_chance_on_held_out_persons(which, request):
     assert best["f1_mask"] > 0.4 and best["f1_gender"] > 0.6
 
 
-def test_run_folder_holds_what_design_md_lists(single, manifest_path):
+def test_run_folder_holds_what_formats_md_lists(single, manifest_path):
     names = {p.name for p in single.iterdir()}
     assert {"config.json", "manifest.csv", "metrics.csv", "best.pt", "last.pt", "val_preds.csv",
             "confusion.png", "curves.png"} <= names
@@ -65,7 +64,9 @@ def test_run_folder_holds_what_design_md_lists(single, manifest_path):
     assert best["epoch"] == int(best_of(single)["epoch"])
     assert best["val_f1"] == pytest.approx(best_of(single)["val_f1"])
 
-    config = json.loads((single / "config.json").read_text())
+    stored = json.loads((single / "config.json").read_text())
+    assert stored["format"] == 2 and "backbone" not in stored  # the options are stored once
+    config = read_config(single)
     assert config["backbone"] == "test_resnet" and config["heads"] == "single" and config["fold"] == 0
     assert config["img_size"] == [48, 40] and len(config["mean"]) == 3 and len(config["std"]) == 3
     assert config["manifest_sha256"] == file_sha256(single / "manifest.csv") == file_sha256(manifest_path)
@@ -147,7 +148,7 @@ def test_interrupted_then_resumed_run_ends_with_the_same_weights(tmp_path, manif
                   stop=lambda epoch, step: (epoch, step) == (0, 3))
         stopped = _weights(tmp_path / "resumed" / "last.pt")
         assert stopped["progress"]["epoch"] == 0 and stopped["progress"]["current"]["step"] == 3
-        resumed = train(None, TrainOptions(**{**options, "lr": 1.0}), resume=tmp_path / "resumed", progress=False)
+        resumed = train(None, TrainOptions(**options), resume=tmp_path / "resumed", progress=False)
 
     a, b = _weights(straight / "last.pt"), _weights(resumed / "last.pt")
     for key in ("model", "ema"):
@@ -163,17 +164,17 @@ def test_interrupted_then_resumed_run_ends_with_the_same_weights(tmp_path, manif
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, manifest_path, monkeypatch):
-    import maskkit.commands.train as train_module
+    from maskkit.engine.loss import MaskLoss
 
     calls = {"n": 0}
-    real = train_module.compute_loss
+    real = MaskLoss.__call__
 
-    def poisoned(outputs, targets, options):
+    def poisoned(self, outputs, targets):
         calls["n"] += 1
-        loss = real(outputs, targets, options)
+        loss = real(self, outputs, targets)
         return loss * float("nan") if calls["n"] > 30 else loss  # epoch 1 has 19 steps (+ validation)
 
-    monkeypatch.setattr(train_module, "compute_loss", poisoned)
+    monkeypatch.setattr(MaskLoss, "__call__", poisoned)
     with one_thread(), pytest.raises(RunFailure, match="NaN"):
         train(manifest_path, TrainOptions(**dict(FAST, epochs=3)), out=tmp_path, name="nan", progress=False)
     last = _weights(tmp_path / "nan" / "last.pt")
@@ -189,9 +190,9 @@ def test_cli_trains_a_dataset_folder_with_an_on_the_fly_split(cli, drawn, tmp_pa
 
     monkeypatch.setattr(train_module, "AUTO_FOLDS", 4)  # the shared drawn dataset is too small for 5
     with one_thread():
-        result = cli("train", drawn / "train", "--backbone", "test_resnet", "--no-pretrained", "--img-size", "48x40",
+        result = cli("train", drawn / "train", "--backbone", "test_resnet", "--no-pretrained", "--input-size", "40x48",
                      "--epochs", "1", "--batch-size", "16", "--workers", "0", "--device", "cpu",
-                     "--out", tmp_path, "--name", "folder")
+                     "--runs-dir", tmp_path, "--name", "folder")
     assert result.exit_code == 0, result.stderr
     assert result.stdout == ""  # stdout stays for data
     assert "epoch 1/1" in result.stderr and "img/s" in result.stderr and "data wait" in result.stderr
@@ -206,7 +207,7 @@ def test_leaking_manifest_is_refused_naming_the_persons(cli, manifest_path, tmp_
     person = leaky.loc[leaky["fold"] == 0, "person"].iloc[0]
     leaky.loc[(leaky["person"] == person) & (leaky["mask"] == "not_wear"), "fold"] = 1
     leaky.to_csv(tmp_path / "leaky.csv", index=False)
-    result = cli("train", tmp_path / "leaky.csv", "--backbone", "test_resnet", "--no-pretrained", "--out", tmp_path / "runs")
+    result = cli("train", tmp_path / "leaky.csv", "--backbone", "test_resnet", "--no-pretrained", "--runs-dir", tmp_path / "runs")
     assert result.exit_code == 2
     assert person in result.stderr and "two folds" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -226,18 +227,20 @@ BAD_INPUTS = {
     "missing source": (["{tmp}/nowhere.csv"], "not found"),
     "unknown backbone": (["{manifest}", "--backbone", "no_such_net"], "unknown backbone"),
     "fold not in manifest": (["{manifest}", "--fold", "7"], "--fold 7"),
-    "existing run": (["{manifest}", "--name", "taken"], "--exist-ok"),
+    "existing run": (["{manifest}", "--name", "taken"], "--overwrite"),
     "wandb missing": (["{manifest}", "--wandb", "proj"], "wandb is not installed"),
-    "bad image size": (["{manifest}", "--img-size", "big"], "--img-size"),
-    "bad aug": (["{manifest}", "--aug", "wild"], "--aug"),
+    "bad input size": (["{manifest}", "--input-size", "big"], "--input-size"),
+    "changed option on resume": (["--resume", "{run}", "--lr", "0.5"], "--lr 0.5"),
+    "shorter plan on resume": (["--resume", "{run}", "--epochs", "1"], "can only extend"),
+    "recipe with an unknown option": (["{manifest}", "--config", "{tmp}/bad.yaml"], "unknown option(s) colour"),
     "no cuda": (["{manifest}", "--device", "cuda"], "CUDA is not available"),
     "resume without last.pt": (["--resume", "{tmp}/runs/taken"], "no last.pt"),
-    "batch larger than data": (["{manifest}", "--batch-size", "4000", "--img-size", "48x40"], "--batch-size"),
+    "batch larger than data": (["{manifest}", "--batch-size", "4000", "--input-size", "40x48"], "--batch-size"),
 }
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)
-def test_bad_inputs_give_one_line_and_exit_2(case, cli, tmp_path, manifest_path, existing_run):
+def test_bad_inputs_give_one_line_and_exit_2(case, cli, tmp_path, manifest_path, existing_run, multi_run):
     if case == "no cuda" and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
     if case == "wandb missing" and importlib.util.find_spec("wandb") is not None:
@@ -245,10 +248,13 @@ def test_bad_inputs_give_one_line_and_exit_2(case, cli, tmp_path, manifest_path,
     no_fold = tmp_path / "no_fold.csv"
     pd.read_csv(manifest_path).drop(columns="fold").to_csv(no_fold, index=False)
     args, expected = BAD_INPUTS[case]
-    args = [a.format(manifest=manifest_path, manifest_no_fold=no_fold, tmp=tmp_path) for a in args]
+    (tmp_path / "bad.yaml").write_text("lr: 0.1\ncolour: red\n")
+    args = [a.format(manifest=manifest_path, manifest_no_fold=no_fold, tmp=tmp_path, run=multi_run) for a in args]
     if "--backbone" not in args:
         args += ["--backbone", "test_resnet"]
-    result = cli("train", *args, "--no-pretrained", "--out", tmp_path / "runs", "--workers", "0", "--epochs", "1")
+    if "--resume" not in args:
+        args += ["--no-pretrained", "--epochs", "1"]
+    result = cli("train", *args, "--runs-dir", tmp_path / "runs", "--workers", "0")
     assert result.exit_code == 2, result.stderr
     assert expected in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
@@ -256,12 +262,12 @@ def test_bad_inputs_give_one_line_and_exit_2(case, cli, tmp_path, manifest_path,
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["taken"]  # nothing written
 
 
-def test_ctrl_c_writes_last_pt_exits_130_and_resume_finishes(tmp_path, manifest_path):
+def test_ctrl_c_writes_last_pt_exits_130_and_resume_finishes(tmp_path, manifest_path, cli):
     """A real SIGINT to `maskkit train` in a subprocess, then `--resume`."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     args = [sys.executable, "-m", "maskkit", "train", str(manifest_path), "--backbone", "test_resnet",
-            "--no-pretrained", "--img-size", "48x40", "--epochs", "3", "--batch-size", "16", "--workers", "0",
-            "--device", "cpu", "--out", str(tmp_path), "--name", "ctrlc"]
+            "--no-pretrained", "--input-size", "40x48", "--epochs", "3", "--batch-size", "16", "--workers", "0",
+            "--device", "cpu", "--runs-dir", str(tmp_path), "--name", "ctrlc"]
     process = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     lines = []
     for line in process.stderr:  # interrupt right after the first finished epoch
@@ -277,12 +283,8 @@ def test_ctrl_c_writes_last_pt_exits_130_and_resume_finishes(tmp_path, manifest_
     assert last["progress"]["epoch"] == 1 and last["progress"]["current"]["step"] < 19  # mid epoch 2
     assert pd.read_csv(tmp_path / "ctrlc" / "metrics.csv")["epoch"].tolist() == [1]
 
-    from typer.testing import CliRunner
-
-    from maskkit.cli import app
-
     with one_thread():
-        result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "ctrlc"), "--workers", "0", "--device", "cpu"])
+        result = cli("train", "--resume", tmp_path / "ctrlc", "--workers", "0", "--device", "cpu")
     assert result.exit_code == 0, result.stderr
     assert f"resuming {tmp_path / 'ctrlc'} at epoch 2" in result.stderr
     assert pd.read_csv(tmp_path / "ctrlc" / "metrics.csv")["epoch"].tolist() == [1, 2, 3]
@@ -299,9 +301,104 @@ def test_pretrained_weights_unavailable_is_one_line_and_leaves_no_run(cli, manif
         return real(name, pretrained=False, **kwargs)
 
     monkeypatch.setattr(timm, "create_model", offline)
-    result = cli("train", manifest_path, "--backbone", "test_resnet", "--img-size", "48x40", "--workers", "0",
-                 "--cache", "none", "--out", tmp_path / "runs", "--name", "hub")
+    result = cli("train", manifest_path, "--backbone", "test_resnet", "--input-size", "40x48", "--workers", "0",
+                 "--cache", "none", "--runs-dir", tmp_path / "runs", "--name", "hub")
     assert result.exit_code == 2
     assert "--weights FILE" in result.stderr and "--no-pretrained" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert not (tmp_path / "runs" / "hub").exists()  # a re-run needs no --exist-ok
+    assert not (tmp_path / "runs" / "hub").exists()  # a re-run needs no --overwrite
+
+
+# --- recipes, option spellings, extending a run, the optimizer --------------------------------------
+
+def recipe_of(result) -> dict:
+    import yaml
+
+    assert result.exit_code == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+def test_print_config_round_trips_and_flags_win_over_the_file(cli, manifest_path, tmp_path):
+    first = recipe_of(cli("train", manifest_path, "--backbone", "test_resnet", "--multi", "--lr", "0.002",
+                          "--input-size", "40x48", "--opt", "sgd", "--sched", "tanh", "--print-config"))
+    assert (first["heads"], first["lr"], first["input_size"], first["opt"], first["sched"]) == \
+        ("multi", 0.002, "40x48", "sgd", "tanh")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml_dump(first))
+    again = recipe_of(cli("train", manifest_path, "--config", recipe, "--print-config"))
+    assert again == first
+    changed = recipe_of(cli("train", manifest_path, "--config", recipe, "--lr", "0.01", "--fold", "2",
+                            "--print-config"))
+    assert changed == {**first, "lr": 0.01, "fold": 2}
+
+
+def yaml_dump(data) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def test_a_runs_config_json_seeds_a_new_run_on_another_fold(cli, multi_run, manifest_path):
+    seeded = recipe_of(cli("train", manifest_path, "--config", multi_run / "config.json", "--fold", "1",
+                           "--print-config"))
+    saved = json.loads((multi_run / "config.json").read_text())["options"]
+    assert seeded["fold"] == 1 and seeded["heads"] == "multi" and seeded["age_weight"] == 0.1
+    assert seeded["lr"] == saved["lr"] and seeded["input_size"] == "40x48"
+
+
+def test_old_option_spellings_work_with_a_one_line_note(cli, manifest_path):
+    result = cli("train", manifest_path, "--img-size", "48x40", "--exist-ok", "--print-config")
+    assert recipe_of(result)["input_size"] == "40x48"  # --img-size kept its HEIGHTxWIDTH meaning
+    notes = [line for line in result.stderr.splitlines() if "deprecated" in line]
+    assert len(notes) == 2 and any("--input-size WIDTHxHEIGHT" in n for n in notes)
+
+
+def test_choice_options_refuse_values_outside_their_list(cli, manifest_path):
+    result = cli("train", manifest_path, "--aug", "wild")
+    assert result.exit_code == 2 and "'wild' is not one of" in result.stderr
+
+
+def test_a_larger_epochs_extends_a_run_onto_the_longer_schedule(tmp_path, manifest_path):
+    """Resumed with --epochs 3, a 2-epoch run continues on the 3-epoch schedule: its third epoch ends
+    at the learning rate of a run planned for 3 epochs (the first two ran on the 2-epoch plan)."""
+    options = dict(FAST, epochs=2, warmup=0.0)
+    with one_thread():
+        short = train(manifest_path, TrainOptions(**options), out=tmp_path, name="short", progress=False)
+        planned = train(manifest_path, TrainOptions(**{**options, "epochs": 3}), out=tmp_path, name="planned",
+                        progress=False)
+        extended = train(None, TrainOptions(**{**options, "epochs": 3}), resume=short, progress=False)
+    short_lr = pd.read_csv(extended / "metrics.csv")["lr"].tolist()
+    planned_lr = pd.read_csv(planned / "metrics.csv")["lr"].tolist()
+    assert len(short_lr) == 3
+    assert short_lr[2] == pytest.approx(planned_lr[2], rel=1e-9)  # on the new plan from the resume on
+    assert short_lr[1] < planned_lr[1]  # the 2-epoch plan had decayed further by its end
+    assert read_config(extended)["options"]["epochs"] == 3  # a later --resume continues the 3-epoch plan
+
+
+def test_weight_decay_spares_norms_and_biases(single):
+    """timm's optimizer factory: tensors of one dimension (norm weights, biases) are not decayed."""
+    from maskkit.engine.models import build_model
+
+    groups = _weights(single / "last.pt")["optimizer"]["param_groups"]
+    decay = {g["weight_decay"]: len(g["params"]) for g in groups}
+    model = build_model("test_resnet", heads="single")
+    flat = sum(1 for p in model.parameters() if p.ndim <= 1)
+    assert decay == {0.0: flat, FAST.get("weight_decay", 0.01): sum(1 for _ in model.parameters()) - flat}
+
+
+def test_a_run_from_before_the_optimizer_factory_is_refused_in_one_line(cli, multi_run, tmp_path):
+    """Its config.json and best.pt still serve predict and cam; only resuming it is refused."""
+    import shutil
+
+    run = tmp_path / "old"
+    shutil.copytree(multi_run, run)
+    last = _weights(run / "last.pt")
+    groups = last["optimizer"]["param_groups"]
+    last["optimizer"]["param_groups"] = [{**groups[-1], "params": sorted(p for g in groups for p in g["params"])}]
+    torch.save(last, run / "last.pt")
+    config = (run / "config.json").read_bytes()
+    with one_thread():
+        result = cli("train", "--resume", run, "--epochs", "11", "--workers", "0")
+    assert result.exit_code == 2 and "predates" in result.stderr and "--config" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert (run / "config.json").read_bytes() == config  # a refused extension changes nothing

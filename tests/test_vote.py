@@ -166,7 +166,7 @@ def test_soft_needs_probabilities_and_weights_must_match(tmp_path):
     nan_probs = write_preds(tmp_path / "nan.csv", [f"i{k}" for k in range(10)], [1] * 10,
                             np.vstack([np.full((9, 18), 1 / 18), np.full((1, 18), np.nan)]))
     result = invoke(good, nan_probs, "--soft")
-    assert result.exit_code == 2 and "1 rows with missing or negative probabilities" in result.output
+    assert result.exit_code == 2 and "1 rows whose p0..p17 are missing, negative or do not sum to 1" in result.output
     result = invoke(good, good, "--weights", "2,1,1")
     assert result.exit_code == 2 and "3 weights for 2 input files" in result.output
     result = invoke(good, good, "--weights", "2,-1")

@@ -5,11 +5,14 @@ the same resized image, and a person mask goes through the same geometry (neares
 `--summary` can say how much of the CAM mass falls on the person rather than on the background.
 Outputs: OUT/<head>/<image's relative path>.png, OUT/cam.csv (one row per image and head),
 OUT/sheet.png (or --sheet), and with --summary a per-class CSV on stdout (or -o).
+
+Why over 400 lines: input collection (files, folders, datasets, manifests), per-backbone target
+layers (CNNs and ViTs), overlays, the contact sheet and the summary are all one command's parts;
+splitting them would make modules that only cam imports.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -23,8 +26,10 @@ from torch import nn
 
 from maskkit.engine.devices import resolve_device
 from maskkit.contract.errors import MaskkitError, RunFailure
-from maskkit.contract.files import atomic_path, console, is_image, read_csv, write_csv
+from maskkit.contract.files import Inputs, console, files_in, is_image, write_csv
 from maskkit.contract.labels import AGE_GROUPS, GENDERS, MASKS, NUM_CLASSES, class_name, decode
+from maskkit.contract.runfolder import BEST, CONFIG, require
+from maskkit.data.images import contact_sheet, image_magic, write_image
 
 HEADS = ("class", "mask", "gender", "age")
 HEAD_CLASSES = {
@@ -34,6 +39,7 @@ HEAD_CLASSES = {
     "age": AGE_GROUPS,
 }
 METHODS = ("gradcam", "gradcam++", "eigencam")
+SUMMARY_COLUMNS = ["head", "by", "class", "name", "images", "cam_inside", "cam_background", "person_area", "lift"]
 SHEET_MAX = 256  # tiles on one contact sheet; use --limit to choose which images
 TILE_HEIGHT = 160  # sheet tiles are scaled to this height
 TILE_MIN_WIDTH = 200  # room for a caption like "pred incorrect/female/30-59 0.93"
@@ -77,17 +83,14 @@ def _folder_items(folder: Path) -> list[Item]:
 
 
 def _manifest_items(csv_path: Path) -> list[Item]:
-    """Rows of a manifest CSV (path,label): images with known labels."""
-    table = read_csv(csv_path, ("path", "label"), fix="pass a manifest CSV from `maskkit split` (path,...,label)",
-                     dtype={"path": str})
-    labels = pd.to_numeric(table["label"], errors="coerce")
-    bad = table["path"][labels.isna() | (labels < 0) | (labels >= NUM_CLASSES)].tolist()
-    if bad:
-        raise MaskkitError(f"{csv_path}: label not in 0..17 for {bad[0]} (fix the manifest)")
+    """Rows of a manifest CSV (read with the contract's checks): images with known labels."""
+    from maskkit.contract.manifest import read_manifest
+
+    table = read_manifest(csv_path)
     missing = [p for p in table["path"] if not Path(p).is_file()]
     if missing:
         raise MaskkitError(f"{csv_path}: image not found: {missing[0]} (paths are read from where you run the command)")
-    return [Item(Path(p), safe_rel(Path(p)), int(lab)) for p, lab in zip(table["path"], labels)]
+    return [Item(Path(p), safe_rel(Path(p)), int(lab)) for p, lab in zip(table["path"], table["label"])]
 
 
 def collect_images(inputs: Sequence[Path], out: Path | None = None) -> list[Item]:
@@ -276,21 +279,6 @@ def make_cam(method: str, model: nn.Module, layer: nn.Module, reshape: Callable 
 # --- preprocessing -------------------------------------------------------------------------------
 
 
-def split_transform(transform):
-    """The eval transform cut at Normalize: (geometry and pixel steps before it, Normalize + ToTensor).
-
-    The first part is applied to image and mask together (albumentations resizes masks with nearest
-    interpolation), so the CAM, the overlay and the mask share one geometry.
-    """
-    import albumentations as A
-
-    steps = list(transform.transforms)
-    cut = next((i for i, t in enumerate(steps) if isinstance(t, A.Normalize)), None)
-    if cut is None:
-        raise RunFailure("the run's eval transform has no Normalize step (maskkit.data.loader.eval_transform changed?)")
-    return A.Compose(steps[:cut]), A.Compose(steps[cut:])
-
-
 def read_mask(path: Path, shape_hw: tuple[int, int]) -> np.ndarray:
     """A binary person mask (uint8 0/1) brought to the decoded image's size (nearest), as its image was."""
     mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
@@ -356,8 +344,7 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
             out.append({"head": head, "by": by, "class": key, "name": name, "images": len(part),
                         "cam_inside": inside, "cam_background": 1 - inside, "person_area": area,
                         "lift": inside / area if area > 0 else float("nan")})
-    return pd.DataFrame(out, columns=["head", "by", "class", "name", "images", "cam_inside", "cam_background",
-                                      "person_area", "lift"])
+    return pd.DataFrame(out, columns=SUMMARY_COLUMNS)
 
 
 # --- pictures ------------------------------------------------------------------------------------
@@ -368,12 +355,6 @@ def overlay(rgb: np.ndarray, cam: np.ndarray) -> np.ndarray:
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
     return show_cam_on_image(rgb.astype(np.float32) / 255.0, np.clip(cam, 0, 1), use_rgb=True)
-
-
-def write_png(path: Path, rgb: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-            raise RunFailure(f"{path}: could not write the PNG (disk full or not writable?)")
 
 
 def tile(rgb: np.ndarray, lines: Sequence[str], colour: tuple[int, int, int]) -> np.ndarray:
@@ -392,19 +373,6 @@ def tile(rgb: np.ndarray, lines: Sequence[str], colour: tuple[int, int, int]) ->
     left = (width - small.shape[1]) // 2
     body[:, left: left + small.shape[1]] = small
     return np.vstack([body, band])
-
-
-def contact_sheet(tiles: Sequence[np.ndarray], columns: int = 8, gap: int = 4) -> np.ndarray:
-    """Tiles in a grid, row by row."""
-    columns = max(1, min(columns, len(tiles)))
-    rows = math.ceil(len(tiles) / columns)
-    cell_h = max(t.shape[0] for t in tiles) + gap
-    cell_w = max(t.shape[1] for t in tiles) + gap
-    sheet = np.full((rows * cell_h + gap, columns * cell_w + gap, 3), 255, np.uint8)
-    for i, t in enumerate(tiles):
-        y, x = gap + (i // columns) * cell_h, gap + (i % columns) * cell_w
-        sheet[y: y + t.shape[0], x: x + t.shape[1]] = t
-    return sheet
 
 
 def caption(item: Item, head: str, pred: int, prob: float, target: int, truth: int | None) -> tuple[list[str], tuple]:
@@ -428,15 +396,6 @@ def head_truth(label: int | None, head: str) -> int | None:
         return None
     mask, gender, age = (int(v) for v in decode(label))
     return {"class": int(label), "mask": mask, "gender": gender, "age": age}[head]
-
-
-def check_run(run_dir: Path) -> None:
-    if not Path(run_dir).is_dir():
-        raise MaskkitError(f"{run_dir}: run folder not found (pass a folder written by `maskkit train`, "
-                           "e.g. runs/NAME)")
-    for name in ("config.json", "best.pt"):
-        if not (Path(run_dir) / name).is_file():
-            raise MaskkitError(f"{Path(run_dir) / name}: missing (pass a run folder written by `maskkit train`)")
 
 
 def prepare(items: Sequence[Item], geometry, tensorize, decode_hw: tuple[int, int]):
@@ -482,8 +441,6 @@ def run(run_dir: Path, images: Sequence[Path], out: Path = Path("cam"), head: st
         masks: Path | None = None, summary_out: Path | None = None, batch_size: int = 16,
         device: str | None = None, limit: int | None = None) -> pd.DataFrame:
     """Explain a run's decisions on IMAGES; returns the per-image table (also written to OUT/cam.csv)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     # Everything the user can get wrong is checked before anything is computed or written.
     out = Path(out)
     heads = parse_heads(head)
@@ -507,7 +464,13 @@ def run(run_dir: Path, images: Sequence[Path], out: Path = Path("cam"), head: st
         for h in heads:
             if goal >= len(HEAD_CLASSES[h]):
                 raise MaskkitError(f"--target {goal}: the {h} head has classes 0..{len(HEAD_CLASSES[h]) - 1}")
-    check_run(run_dir)
+    require(run_dir, CONFIG, BEST)
+    datasets = [p for p in map(Path, images) if p.is_dir() and any(
+        (p / sub / name).is_file() for sub in ("", "train", "eval") for name in ("train.csv", "info.csv"))]
+    protected = Inputs.of(files_in(run_dir), masks, datasets, [p for p in images if Path(p).is_file()])
+    protected.check_folder(out, "--out-dir")
+    protected.check(sheet, magic=image_magic(sheet))
+    protected.check(summary_out, header=SUMMARY_COLUMNS)
     device = resolve_device(device or "auto")
     items = collect_images(images, out)
     items = [items[i] for i in spread(len(items), limit)]
@@ -519,26 +482,27 @@ def run(run_dir: Path, images: Sequence[Path], out: Path = Path("cam"), head: st
     if masks is not None:
         items = [Item(it.path, it.rel, it.label, find_mask(it.path, Path(masks))) for it in items]
     check_files(items)
+    inputs = Inputs(protected.files + tuple(it.path for it in items) + tuple(it.mask for it in items if it.mask),
+                    protected.folders)
 
-    from maskkit.data.loader import DEFAULT_CROP, eval_transform, work_size
+    from maskkit.data.presets import finish, geometry, work_size
     from maskkit.engine.models import load_run
 
     model, config = load_run(run_dir, device)
     model.eval()
     model.requires_grad_(True)  # Grad-CAM needs gradients at the target layer
     img_size = tuple(int(v) for v in config["img_size"])
-    crop = tuple(config.get("crop", DEFAULT_CROP))
-    geometry, tensorize = split_transform(eval_transform(img_size, config["mean"], config["std"], crop))
+    crop = tuple(config["crop"])
+    shape, tensorize = geometry(img_size, crop), finish(config["mean"], config["std"])
     layer, reshape = target_layer(model.backbone, img_size)
 
     rows, tiles = [], []
-    columns = TextColumn("[bold]cam[/]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
-    quiet = len(items) < 2 or not console.is_terminal
-    with Progress(*columns, console=console, transient=True, disable=quiet) as progress:
-        task = progress.add_task("cam", total=len(items))
+    from maskkit.engine.progress import progress_bar
+
+    with progress_bar("cam", len(items), show=False if len(items) < 2 else None) as progress:
         for start in range(0, len(items), batch_size):
             batch = items[start: start + batch_size]
-            rgbs, person, x = prepare(batch, geometry, tensorize, work_size(img_size, crop))
+            rgbs, person, x = prepare(batch, shape, tensorize, work_size(img_size, crop))
             x = x.to(device)
             for h in heads:
                 wrapped = HeadModel(model, h)
@@ -550,7 +514,7 @@ def run(run_dir: Path, images: Sequence[Path], out: Path = Path("cam"), head: st
                     chosen = pred if goal == "pred" else (truths[i] if goal == "true" else int(goal))
                     picture = overlay(rgbs[i], cams[i])
                     path = out / h / item.rel
-                    write_png(path, picture)
+                    write_image(path, picture, rgb=True, inputs=inputs)
                     if len(tiles) < SHEET_MAX:
                         lines, colour = caption(item, h, pred, float(probs[i, pred]), chosen, truths[i])
                         tiles.append((start + i, heads.index(h), tile(picture, lines, colour)))
@@ -561,20 +525,21 @@ def run(run_dir: Path, images: Sequence[Path], out: Path = Path("cam"), head: st
                         "label": truths[i], "cam_inside": inside,
                         "person_area": float(person[i].mean()) if person[i] is not None else float("nan"),
                     })
-            progress.advance(task, len(batch))
+            progress.advance(len(batch))
 
     table = pd.DataFrame(rows)
     table["label"] = table["label"].astype("Int64")
-    write_csv(table, out / "cam.csv", float_format="%.6g")
+    write_csv(table, out / "cam.csv", float_format="%.6g", inputs=inputs)
     sheet = Path(sheet) if sheet is not None else out / "sheet.png"
     per_row = len(heads) * max(1, 8 // len(heads))  # an image's heads side by side
-    write_png(sheet, contact_sheet([t for _, _, t in sorted(tiles, key=lambda k: k[:2])], columns=per_row))
+    write_image(sheet, contact_sheet([t for _, _, t in sorted(tiles, key=lambda k: k[:2])], columns=per_row), rgb=True,
+                inputs=inputs)
     shown = f" (first {SHEET_MAX} of {len(rows)}; use --limit)" if len(rows) > SHEET_MAX else ""
     console.print(f"maskkit cam: {len(items)} images x {len(heads)} head(s) -> {out}/, sheet {sheet}{shown}")
     if summary:
         result = summarize(table)
         print_summary(result, table)
-        write_csv(result, summary_out, float_format="%.6g")
+        write_csv(result, summary_out, float_format="%.6g", inputs=inputs)
     return table
 
 

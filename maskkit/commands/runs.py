@@ -5,7 +5,6 @@ A rich table on stderr when stdout is a terminal; CSV on stdout when it is piped
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,8 +13,9 @@ import pandas as pd
 
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import console, write_csv
+from maskkit.contract.runfolder import CONFIG, best_row, read_config, read_metrics
 
-COLUMNS = ("name", "backbone", "heads", "age_weight", "old_age", "img_size", "aug", "loss", "lr", "batch_size",
+COLUMNS = ("name", "backbone", "heads", "age_weight", "old_age", "input_size", "aug", "loss", "lr", "batch_size",
            "epochs", "fold", "best_epoch", "val_f1", "f1_mask", "f1_gender", "f1_age", "path")
 
 
@@ -24,7 +24,7 @@ def find_runs(root: str | Path = "runs") -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise MaskkitError(f"{root}: no runs folder here (train one with maskkit train, or name run folders)")
-    found = sorted(p for p in root.iterdir() if (p / "config.json").is_file())
+    found = sorted(p for p in root.iterdir() if (p / CONFIG).is_file())
     if not found:
         raise MaskkitError(f"{root}: holds no run folders (no */config.json); train one with maskkit train")
     return found
@@ -46,29 +46,21 @@ def loss_name(options: dict) -> str:
 
 def summarize(run_dir: Path) -> dict:
     """One row: the run's options and its best epoch's metrics (empty when no epoch finished)."""
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise MaskkitError(f"{run_dir}: no config.json (not a run folder written by maskkit train)")
-    try:
-        config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise MaskkitError(f"{config_path}: not valid JSON (re-create the run with maskkit train)") from None
+    config = read_config(run_dir)
     options = config.get("options", {})
     row = {
-        "name": run_dir.name, "backbone": config.get("backbone"), "heads": config.get("heads"),
+        "name": run_dir.name, "backbone": config["backbone"], "heads": config.get("heads"),
         "age_weight": config.get("age_weight", 0.0), "old_age": config.get("old_age", 60),
-        "img_size": "x".join(str(v) for v in config.get("img_size", [])), "aug": options.get("aug"),
+        "input_size": "x".join(str(v) for v in config["img_size"][::-1]), "aug": options.get("aug"),  # WIDTHxHEIGHT
         "loss": loss_name(options), "lr": options.get("lr"), "batch_size": options.get("batch_size"),
         "epochs": options.get("epochs"), "fold": config.get("fold"), "path": str(run_dir),
     }
-    metrics_path = run_dir / "metrics.csv"
-    if metrics_path.is_file():
-        metrics = pd.read_csv(metrics_path)
-        if len(metrics):
-            best = metrics.loc[metrics["val_f1"].idxmax()]  # first of equal F1s, as training selects
-            row["epochs"] = f"{len(metrics)}/{options.get('epochs', '?')}"
-            row.update({"best_epoch": int(best["epoch"]),
-                        **{k: round(float(best[k]), 4) for k in ("val_f1", "f1_mask", "f1_gender", "f1_age")}})
+    metrics = read_metrics(run_dir)
+    best = best_row(metrics)
+    if best is not None:
+        row["epochs"] = f"{len(metrics)}/{options.get('epochs', '?')}"
+        row.update({"best_epoch": int(best["epoch"]),
+                    **{k: round(float(best[k]), 4) for k in ("val_f1", "f1_mask", "f1_gender", "f1_age")}})
     return row
 
 

@@ -42,16 +42,17 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
-from rich.text import Text
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from maskkit.engine.devices import resolve_device
 from maskkit.contract.errors import MaskkitError, RunFailure
-from maskkit.contract.files import atomic_path, console, examples, is_hidden, is_image, write_csv
+from maskkit.contract.files import (LOCK_FILE, WriteError, atomic_path, console, examples, folder_lock, is_hidden,
+                                    is_image, write_bytes, write_csv, write_errors)
+from maskkit.data.images import JPEG_QUALITY, image_magic, write_image
+from maskkit.engine.models import read_state_dict
+from maskkit.engine.progress import progress_bar
 
 # torchvision builder and weights enum per --model (COCO images with the 21 Pascal VOC labels).
 MODELS = {
@@ -69,7 +70,6 @@ FINISHED = ("done", "no_person")
 REPORT = "segment_report.csv"
 JOURNAL = ".segment_journal.csv"
 REPORT_COLUMNS = ["path", "person_area", "status"]
-JPEG_QUALITY = 95
 DOWNLOAD_TIMEOUT_S = 60
 PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 # Leftovers of atomic_path in a killed run: ".<name>.tmp<pid><suffix>".
@@ -115,21 +115,8 @@ def _download(model: str) -> nn.Module:
 
 
 def _state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a weights file: a plain state dict, or one under 'state_dict'/'model'."""
-    fix = "pass a DeepLabV3 state dict saved with torch.save(model.state_dict(), FILE)"
-    if not path.is_file():
-        raise MaskkitError(f"{path}: weights file not found ({fix})")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unreadable file: pickle, zip or torch errors
-        raise MaskkitError(f"{path}: not a readable PyTorch weights file ({type(exc).__name__}); {fix}") from None
-    if isinstance(state, dict):
-        for key in ("state_dict", "model"):
-            if isinstance(state.get(key), dict):
-                state = state[key]
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise MaskkitError(f"{path}: holds no state dict of tensors; {fix}")
-    # Saved from nn.DataParallel / DistributedDataParallel.
+    """engine.models.read_state_dict, with the keys of a DataParallel/DDP save unprefixed."""
+    state = read_state_dict(path)
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
@@ -346,22 +333,30 @@ def check_paths(src: Path, out: Path, masks: Path | None) -> None:
         raise MaskkitError(f"{masks}: --masks is OUT itself; pick a folder of its own, e.g. {out / 'masks'}")
 
 
+def check_out_is_ours(out: Path) -> None:
+    """A non-empty OUT must be an earlier segment output (its report or journal is there):
+    copying IN's files into another dataset would replace that dataset's own files."""
+    if not out.is_dir() or (out / REPORT).is_file() or (out / JOURNAL).is_file():
+        return
+    others = sorted(e.name for e in out.iterdir() if e.name != LOCK_FILE)
+    if others:
+        raise MaskkitError(f"{out}: OUT holds files that segment did not write ({', '.join(others[:3])}); "
+                           "segment would replace them, so pick a new or empty folder")
+
+
+def check_mask_names(src: Path, images: Sequence[Path], masks: Path) -> None:
+    """Two images of one folder that differ only in their extension (a.jpg, a.png) would share one mask."""
+    first: dict[Path, Path] = {}
+    for rel in images:
+        other = first.setdefault(mask_path(masks, rel), rel)
+        if other != rel:
+            raise MaskkitError(f"{src / rel}: {src / other} would share its mask {mask_path(masks, rel)}; "
+                               "rename or move one of the two images (or leave out --masks)")
+
+
 def mask_path(masks: Path, rel: Path) -> Path:
     """Where an image's mask goes: IN's relative path with the suffix `.png` (see 'Mask folders')."""
     return masks / rel.with_suffix(".png")
-
-
-def check_mask_clashes(images: Sequence[Path], masks: Path) -> None:
-    """Refuse images whose masks would share one file (`a.jpg` and `a.png` of one folder -> `a.png`)."""
-    seen: dict[Path, Path] = {}
-    for rel in images:
-        target = mask_path(masks, rel)
-        if target in seen:
-            raise MaskkitError(
-                f"{rel}: its mask would be {target}, as {seen[target]}'s is; rename one of the two images "
-                f"(or run without --masks)"
-            )
-        seen[target] = rel
 
 
 def copy_others(src: Path, out: Path, copies: Sequence[Path], masks: Path | None, overwrite: bool) -> int:
@@ -528,17 +523,6 @@ def fixed_batches(count: int, batch_size: int, wanted: set[int]) -> list[list[in
     return [chunk for chunk in chunks if wanted.intersection(chunk)]
 
 
-def write_image(path: Path, image: np.ndarray) -> None:
-    """Encode in the path's own format (.jpg stays JPEG, .png stays PNG) and write atomically."""
-    suffix = path.suffix.lower()
-    params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if suffix in (".jpg", ".jpeg") else []
-    ok, data = cv2.imencode(suffix, image, params)
-    if not ok:
-        raise OSError(f"{path}: could not encode the image")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data.tobytes())
-
-
 def copy_file(source: Path, target: Path) -> None:
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
@@ -631,50 +615,58 @@ def run(
     if not layout.images:
         raise MaskkitError(f"{src}: no images found (expected .jpg, .jpeg or .png files)")
     if masks is not None:
-        check_mask_clashes(layout.images, masks)
-    net = prepare(build_model(model, weights), torch_device)
+        check_mask_names(src, layout.images, masks)
+    check_out_is_ours(out)
+    with folder_lock(out, "segment"):  # one run per OUT: two would delete each other's temporary files
+        net = prepare(build_model(model, weights), torch_device)
 
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / JOURNAL).is_file():  # an interrupted run: its temporary files are garbage
-        remove_stale_temps(out, masks)
-    copy_others(src, out, layout.copies, masks, overwrite)
-    if overwrite:
-        (out / REPORT).unlink(missing_ok=True)
-        (out / JOURNAL).unlink(missing_ok=True)
-    records = read_records(out)
-    if (out / JOURNAL).is_file():
-        write_report(out, layout.images, records)  # fold the journal in: a new one starts below
+        out.mkdir(parents=True, exist_ok=True)
+        interrupted = (out / JOURNAL).is_file()
+        if interrupted:  # an interrupted run: its temporary files are garbage
+            remove_stale_temps(out, masks)
+        (out / JOURNAL).touch()  # from now on OUT is recognisably a segment output, even if this run is killed
+        copy_others(src, out, layout.copies, masks, overwrite)
+        if overwrite:
+            (out / REPORT).unlink(missing_ok=True)
+            (out / JOURNAL).unlink(missing_ok=True)
+        records = read_records(out)
+        if interrupted and (out / JOURNAL).is_file():
+            write_report(out, layout.images, records)  # fold the journal in: a new one starts below
 
-    jobs = [Job(rel.as_posix(), src / rel, out / rel, mask_path(masks, rel) if masks else None) for rel in layout.images]
+        jobs = [Job(rel.as_posix(), src / rel, out / rel, mask_path(masks, rel) if masks else None) for rel in layout.images]
 
-    def finished(job: Job) -> bool:
-        record = records.get(job.rel)
-        return (record is not None and record[1] in FINISHED and job.target.is_file()
-                and (job.mask is None or job.mask.is_file()))
+        def finished(job: Job) -> bool:
+            record = records.get(job.rel)
+            return (record is not None and record[1] in FINISHED and job.target.is_file()
+                    and (job.mask is None or job.mask.is_file()))
 
-    wanted = {i for i, job in enumerate(jobs) if overwrite or not finished(job)}
-    summary = Summary(total=len(jobs), skipped=len(jobs) - len(wanted))
-    style = Style(fill=fill, threshold=threshold)
-    start = time.perf_counter()
-    if wanted:
-        with Journal(out / JOURNAL) as journal:
-            if on_device is None:
-                on_device = torch_device.type == "cuda"
-            if on_device:
-                process_on_device(net, torch_device, jobs, wanted, style, batch_size, size, workers, amp, progress,
-                                  records, journal, summary, jpeg_on_device)
-            else:
-                process(net, torch_device, jobs, wanted, style, batch_size, size, workers, amp, progress,
-                        records, journal, summary)
-    summary.seconds = time.perf_counter() - start
-    write_report(out, layout.images, records)
-    print_summary(out, summary)
-    if summary.failed:
-        raise RunFailure(
-            f"{src}: {len(summary.failed)} image(s) could not be read or written ({examples(summary.failed)}); "
-            f"see {out / REPORT}, fix or remove them and re-run to finish"
-        )
-    return summary
+        wanted = {i for i, job in enumerate(jobs) if overwrite or not finished(job)}
+        summary = Summary(total=len(jobs), skipped=len(jobs) - len(wanted))
+        style = Style(fill=fill, threshold=threshold)
+        start = time.perf_counter()
+        if wanted:
+            try:
+                with write_errors(out / JOURNAL), Journal(out / JOURNAL) as journal:
+                    if on_device is None:
+                        on_device = torch_device.type == "cuda"
+                    if on_device:
+                        process_on_device(net, torch_device, jobs, wanted, style, batch_size, size, workers, amp,
+                                          progress, records, journal, summary, jpeg_on_device)
+                    else:
+                        process(net, torch_device, jobs, wanted, style, batch_size, size, workers, amp, progress,
+                                records, journal, summary)
+            except WriteError as exc:
+                raise type(exc)(f"{exc}; {summary.done + len(summary.no_person)} of {len(wanted)} images were "
+                                "finished before it: re-run to resume", exc.exit_code) from None
+        summary.seconds = time.perf_counter() - start
+        write_report(out, layout.images, records)
+        print_summary(out, summary)
+        if summary.failed:
+            raise RunFailure(
+                f"{src}: {len(summary.failed)} image(s) could not be read or written ({examples(summary.failed)}); "
+                f"see {out / REPORT}, fix or remove them and re-run to finish"
+            )
+        return summary
 
 
 def process(net: nn.Module, device: torch.device, jobs: Sequence[Job], wanted: set[int], style: Style,
@@ -701,7 +693,7 @@ def process(net: nn.Module, device: torch.device, jobs: Sequence[Job], wanted: s
             summary.no_person.append(job.rel)
         else:
             summary.failed.append(job.rel)
-        bar.advance(task)
+        bar.advance()
 
     def collect(block: bool) -> None:
         while pending and (block or pending[0][1].done()):
@@ -714,8 +706,8 @@ def process(net: nn.Module, device: torch.device, jobs: Sequence[Job], wanted: s
             record(index, area, status)
 
     writers = max(2, min(8, (os.cpu_count() or 2) - workers - 1))  # mask, composite, encode: ~7 ms an image
-    with serial_opencv(), make_progress(show) as bar, concurrent.futures.ThreadPoolExecutor(writers) as pool:
-        task = bar.add_task("segment", total=len(wanted))
+    with serial_opencv(), progress_bar("segment", len(wanted), show=None if show else False) as bar, \
+            concurrent.futures.ThreadPoolExecutor(writers) as pool:
         try:
             for batch in loader:
                 for position, index in enumerate(batch["index"]):
@@ -812,11 +804,6 @@ def clean_mask(binary: np.ndarray) -> tuple[np.ndarray, float]:
     return mask, float(np.count_nonzero(mask)) / mask.size
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
 def write_result(job: Job, mask: np.ndarray, area: float, image: np.ndarray | None, encoded: bytes | None) -> tuple[float, str]:
     """`finish`'s writes for the device pipeline (mask first; the composite as pixels or JPEG bytes)."""
     if job.mask is not None:
@@ -825,7 +812,7 @@ def write_result(job: Job, mask: np.ndarray, area: float, image: np.ndarray | No
         copy_file(job.source, job.target)
         return 0.0, "no_person"
     if encoded is not None:
-        write_bytes(job.target, encoded)
+        write_bytes(job.target, encoded, magic=image_magic(job.target))
     else:
         write_image(job.target, image)
     return area, "done"
@@ -869,7 +856,7 @@ def process_on_device(net: nn.Module, device: torch.device, jobs: Sequence[Job],
             summary.no_person.append(job.rel)
         else:
             summary.failed.append(job.rel)
-        bar.advance(task)
+        bar.advance()
 
     def collect(block: bool) -> None:
         while pending and (block or pending[0][1].done()):
@@ -917,10 +904,9 @@ def process_on_device(net: nn.Module, device: torch.device, jobs: Sequence[Job],
             future = writers.submit(write_result, jobs[index], mask, area, pixels.get(k), encoded.get(k))
             pending.append((index, future))
 
-    with (serial_opencv(), make_progress(show) as bar,
+    with (serial_opencv(), progress_bar("segment", len(wanted), show=None if show else False) as bar,
           concurrent.futures.ThreadPoolExecutor(max(1, min(8, cores))) as cleaners,
           concurrent.futures.ThreadPoolExecutor(max(2, min(16, cores))) as writers):
-        task = bar.add_task("segment", total=len(wanted))
         previous = None
         try:
             for batch in loader:
@@ -953,21 +939,6 @@ def process_on_device(net: nn.Module, device: torch.device, jobs: Sequence[Job],
             for _, future in pending:
                 future.cancel()
             raise
-
-
-class Rate(ProgressColumn):
-    """A rich progress column: images per second."""
-
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:.1f} img/s" if speed else "- img/s")
-
-
-def make_progress(show: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not show, transient=False,
-    )
 
 
 def print_summary(out: Path, summary: Summary) -> None:

@@ -1,4 +1,4 @@
-"""`maskkit split`: person-grouped, stratified folds written as the manifest CSV of DESIGN.md."""
+"""`maskkit split`: person-grouped, stratified folds written as the manifest CSV (docs/formats.md)."""
 
 from __future__ import annotations
 
@@ -7,65 +7,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from rich.table import Table
-from sklearn.model_selection import StratifiedGroupKFold
 
 from maskkit.contract.layout import load_train
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import console, examples, write_csv
+from maskkit.contract.files import Inputs, console
 from maskkit.contract.fixes import apply_fixes, read_fixes
-from maskkit.contract.labels import AGE_GROUPS, GENDERS, NUM_CLASSES, age_group, class_name
-
-MANIFEST_COLUMNS = ("path", "person", "gender", "age", "mask", "label", "fold")
-
-
-def person_strata(images: pd.DataFrame) -> pd.Series:
-    """Each person's stratum, gender x age group (0..5), indexed by person."""
-    persons = images.groupby("person", sort=True)[["gender", "age"]].first()
-    gender = persons["gender"].map(GENDERS.index).to_numpy()
-    return pd.Series(3 * gender + age_group(persons["age"].to_numpy()), index=persons.index)
-
-
-def stratum_name(stratum: int) -> str:
-    return f"{GENDERS[stratum // 3]}/{AGE_GROUPS[stratum % 3]}"
-
-
-def check_folds_fillable(strata: pd.Series, folds: int, source: str) -> None:
-    """Every stratum needs at least one person per fold for stratification to mean anything."""
-    if folds < 2:
-        raise MaskkitError(f"--folds {folds}: need at least 2 folds")
-    counts = strata.value_counts()
-    short = counts[counts < folds]
-    if len(short):
-        detail = ", ".join(f"{stratum_name(s)} has {n}" for s, n in short.sort_index().items())
-        raise MaskkitError(
-            f"{source}: --folds {folds} is more than some strata have persons ({detail}); "
-            f"use --folds {max(2, int(short.min()))} or fewer"
-        )
-
-
-def make_manifest(images: pd.DataFrame, folds: int = 5, seed: int = 42, source: str = "dataset") -> pd.DataFrame:
-    """Assign every person to one fold with StratifiedGroupKFold (stratified by gender x age group)."""
-    strata = person_strata(images)
-    check_folds_fillable(strata, folds, source)
-    # One row per person: groups of size one make StratifiedGroupKFold balance persons, not images.
-    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    fold_of = {}
-    for fold, (_, held_out) in enumerate(splitter.split(strata.index, strata.to_numpy(), groups=strata.index)):
-        fold_of.update({person: fold for person in strata.index[held_out]})
-    manifest = images.assign(fold=images["person"].map(fold_of).astype(int))
-    check_persons_disjoint(manifest, source)
-    return manifest.loc[:, list(MANIFEST_COLUMNS)].reset_index(drop=True)
-
-
-def check_persons_disjoint(manifest: pd.DataFrame, source: str) -> None:
-    """No person may sit in two folds: that is validation data leaking into training."""
-    folds_per_person = manifest.groupby("person")["fold"].nunique()
-    leaked = folds_per_person[folds_per_person > 1].index.tolist()
-    if leaked:
-        raise MaskkitError(
-            f"{source}: {len(leaked)} persons sit in two folds, so validation would leak into training "
-            f"({examples(leaked)}); re-make the manifest with maskkit split"
-        )
+from maskkit.contract.manifest import MANIFEST_COLUMNS, write_manifest
+from maskkit.data.folds import make_manifest
+from maskkit.contract.labels import NUM_CLASSES, class_name
 
 
 def fold_table(manifest: pd.DataFrame) -> Table:
@@ -89,6 +38,8 @@ def run(data: Path, folds: int = 5, seed: int = 42, fixes: str | None = None, ou
     """Read DATA/train, apply fixes, split into folds, write the manifest (stdout or `out`)."""
     if folds < 2:
         raise MaskkitError(f"--folds {folds}: need at least 2 folds")
+    inputs = Inputs.of(data, None if fixes in (None, "known") else fixes)
+    inputs.check(out, header=MANIFEST_COLUMNS)
     fix_table = read_fixes(fixes) if fixes else None
     images = load_train(data)
     if fix_table is not None:
@@ -98,5 +49,5 @@ def run(data: Path, folds: int = 5, seed: int = 42, fixes: str | None = None, ou
     sizes = manifest.groupby("fold")["person"].nunique().to_numpy()
     console.print(f"{len(manifest)} images of {manifest['person'].nunique()} persons in {folds} folds "
                   f"({np.min(sizes)}-{np.max(sizes)} persons each); no person in two folds")
-    write_csv(manifest, out)
+    write_manifest(manifest, out, inputs=inputs)
     return manifest

@@ -1,4 +1,4 @@
-"""`maskkit synth`: a procedurally drawn dataset in the exact competition layout (DESIGN.md).
+"""`maskkit synth`: a procedurally drawn dataset in the exact competition layout (docs/formats.md).
 
 Faces are drawn with OpenCV so that a small CNN can learn the three tasks: the mask state is plain
 (mask over nose and mouth / mask below the nose or under the chin / no mask), gender is clear (hair
@@ -11,6 +11,9 @@ Options that model the competition's traps: `noise` injects label errors (listed
 `train/injected_errors.csv`, fixes-CSV format, mask targets are `images/<folder>/<file>` relative
 to DATA/train), `shortcut` ties the background to the person's group in train only, `masks` writes
 the true person mask of each image under `OUT/masks/` (mirroring OUT's tree).
+
+Why over 400 lines: the drawing code (face, hair, mask, age cues, backgrounds) is most of it and
+only synth uses it.
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import console
+from maskkit.contract.files import console, write_errors
+from maskkit.data.images import write_image
+from maskkit.engine.progress import progress_bar
 from maskkit.contract.labels import GENDERS, IMAGE_STEMS, label_of
 
 STEMS = tuple(IMAGE_STEMS)  # mask1..mask5, incorrect_mask, normal
@@ -40,6 +44,9 @@ OLD_AGE = 60
 REFERENCE_WIDTH = 384  # geometry is designed at 384x512
 MIN_DRAW_WIDTH = 256  # tiny outputs are drawn larger and shrunk (anti-aliasing)
 DATASET_ENTRIES = {"train", "eval", "masks"}
+# Lists every file synth wrote (size and relative path): --overwrite replaces only such a folder.
+MARKER = ".maskkit-synth"
+MAX_SIDE = 4096  # pixels per image side; 10x the real data, and still ~50 MB of drawing layers per image
 MASK_COLOURS = (  # RGB, all far from skin tones: white, light blue, black, grey, pink, navy, yellow, mint
     (238, 238, 236), (140, 195, 240), (28, 28, 32), (140, 140, 148),
     (240, 150, 200), (40, 50, 110), (240, 225, 90), (150, 230, 200),
@@ -444,17 +451,11 @@ def render(p: Person, stem: str, seed: int, size: tuple[int, int]) -> tuple[np.n
 
 
 def _write_jpeg(path: Path, bgr: np.ndarray) -> None:
-    ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-    if not ok:
-        raise RuntimeError(f"{path}: JPEG encoding failed")
-    path.write_bytes(data.tobytes())
+    write_image(path, bgr, quality=JPEG_QUALITY)
 
 
 def _write_png(path: Path, mask: np.ndarray) -> None:
-    ok, data = cv2.imencode(".png", mask)
-    if not ok:
-        raise RuntimeError(f"{path}: PNG encoding failed")
-    path.write_bytes(data.tobytes())
+    write_image(path, mask)
 
 
 def _folder_name(pid: str, gender: int, age: int) -> str:
@@ -469,12 +470,45 @@ def _check_out(out: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise MaskkitError(f"{out}: folder is not empty (choose another OUT or pass --overwrite to replace it)")
-    unknown = sorted(e.name for e in out.iterdir() if e.name not in DATASET_ENTRIES)
-    if unknown or not ((out / "train" / "train.csv").is_file() or (out / "eval" / "info.csv").is_file()):
-        raise MaskkitError(
-            f"{out}: does not look like a synth dataset (holds {', '.join(unknown[:3]) or 'no train.csv'}); "
-            "--overwrite only replaces a dataset, so choose another OUT"
-        )
+    problem = _not_written_by_synth(out)
+    if problem:
+        raise MaskkitError(f"{out}: {problem}; --overwrite only replaces a dataset that maskkit synth wrote "
+                           "(and nothing added to it since), so choose another OUT")
+
+
+def _written_files(root: Path) -> dict[str, int]:
+    """Relative path -> size of every file under `root` (the marker left out)."""
+    found = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = Path(folder) / name
+            rel = path.relative_to(root).as_posix()
+            if rel != MARKER:
+                found[rel] = path.stat().st_size
+    return found
+
+
+def _write_marker(root: Path) -> None:
+    listing = "".join(f"{size}\t{rel}\n" for rel, size in sorted(_written_files(root).items()))
+    (root / MARKER).write_text("maskkit synth: files written (size, path); --overwrite replaces only these\n" + listing)
+
+
+def _not_written_by_synth(out: Path) -> str | None:
+    """Why OUT may not be replaced (a file synth did not write, or changed since), or None."""
+    marker = out / MARKER
+    if not marker.is_file():
+        return f"has no {MARKER} file, so it was not written by maskkit synth"
+    written = {}
+    for line in marker.read_text(errors="replace").splitlines()[1:]:
+        size, _, rel = line.partition("\t")
+        if size.isdigit() and rel:
+            written[rel] = int(size)
+    for rel, size in sorted(_written_files(out).items()):
+        if rel not in written:
+            return f"holds {rel}, which maskkit synth did not write"
+        if written[rel] != size:
+            return f"{rel} changed since maskkit synth wrote it"
+    return None
 
 
 def _validate(persons: int, eval_persons: int, size: tuple[int, int], seed: int, noise: float, shortcut: float) -> None:
@@ -482,6 +516,9 @@ def _validate(persons: int, eval_persons: int, size: tuple[int, int], seed: int,
         raise MaskkitError(f"--persons {persons} / --eval-persons {eval_persons}: need at least 1 train person and 0 or more eval persons")
     if min(size) < 16:
         raise MaskkitError(f"--size {size[0]}x{size[1]}: too small to draw a face (use at least 16x16, e.g. 64x80)")
+    if max(size) > MAX_SIDE:
+        raise MaskkitError(f"--size {size[0]}x{size[1]}: too large (at most {MAX_SIDE} pixels a side; "
+                           "the real data is 384x512)")
     if seed < 0:
         raise MaskkitError(f"--seed {seed}: must be 0 or more")
     if not 0 <= noise <= 0.5:
@@ -503,13 +540,16 @@ def synthesize(out: str | Path, persons: int = 60, eval_persons: int = 20, size:
     _check_out(out, overwrite)
     started = time.perf_counter()
     where = out.resolve()  # also gives OUT = "." a name for the temporary folder beside it
-    where.parent.mkdir(parents=True, exist_ok=True)
+    with write_errors(where):
+        where.parent.mkdir(parents=True, exist_ok=True)
     tmp = where.with_name(f".{where.name}.synth-tmp{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
     try:
-        summary = _draw_dataset(tmp, persons, eval_persons, size, seed, noise, shortcut, masks, progress)
-        _replace(tmp, where)
+        with write_errors(where):
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            summary = _draw_dataset(tmp, persons, eval_persons, size, seed, noise, shortcut, masks, progress)
+            _write_marker(tmp)
+            _replace(tmp, where)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -526,7 +566,7 @@ def _replace(tmp: Path, out: Path) -> None:
     """Move the finished dataset into OUT, replacing an old dataset there (OUT itself is kept)."""
     out.mkdir(exist_ok=True)
     old = out.with_name(f".{out.name}.synth-old{os.getpid()}")
-    entries = [e for e in out.iterdir() if e.name in DATASET_ENTRIES]
+    entries = [e for e in out.iterdir() if e.name in DATASET_ENTRIES or e.name == MARKER]
     if entries:
         old.mkdir()
         for entry in entries:
@@ -555,9 +595,7 @@ def _draw_dataset(root: Path, persons: int, eval_persons: int, size: tuple[int, 
     (eval_dir / "images").mkdir(parents=True)
     show = progress if progress is not None else (persons + eval_persons) * 7 * size[0] * size[1] > 5_000_000
     rows, injected, truth = [], [], []
-    with Progress(TextColumn("synth"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, disable=not show, transient=True) as bar:
-        task = bar.add_task("persons", total=persons + eval_persons)
+    with progress_bar("synth", persons + eval_persons, show=None if show else False) as bar:
         for i, p in enumerate(train_people):
             gender = 1 - p.gender if i in flipped else p.gender
             folder = _folder_name(p.pid, gender, p.age)
@@ -580,7 +618,7 @@ def _draw_dataset(root: Path, persons: int, eval_persons: int, size: tuple[int, 
                     target = mask_dir / "train" / "images" / folder / f"{files[stem]}.png"
                     target.parent.mkdir(parents=True, exist_ok=True)
                     _write_png(target, person_mask)
-            bar.advance(task)
+            bar.advance()
         for p in eval_people:
             for stem in STEMS:
                 image_id = hashlib.sha1(f"maskkit-synth:{seed}:{p.pid}:{stem}".encode()).hexdigest() + ".jpg"
@@ -593,7 +631,7 @@ def _draw_dataset(root: Path, persons: int, eval_persons: int, size: tuple[int, 
                 mask = IMAGE_STEMS[stem]
                 truth.append({"ImageID": image_id, "ans": label_of(mask, GENDERS[p.gender], p.age), "mask": mask,
                               "gender": GENDERS[p.gender], "age": p.age, "person": p.pid})
-            bar.advance(task)
+            bar.advance()
 
     _to_csv(pd.DataFrame(rows, columns=["id", "gender", "race", "age", "path"]), train_dir / "train.csv")
     _to_csv(pd.DataFrame(injected, columns=["target", "column", "old", "new", "reason"]),

@@ -1,4 +1,4 @@
-"""`maskkit vote`: hard or soft ensembles of prediction CSVs (DESIGN.md), vectorised over rows.
+"""`maskkit vote`: hard or soft ensembles of prediction CSVs (docs/formats.md), vectorised over rows.
 
 Hard vote: each input adds its weight to the class it predicts; the class with the most weight wins,
 and a tie goes to the class predicted by the earliest input among the tied classes (list the best
@@ -14,11 +14,9 @@ import numpy as np
 import pandas as pd
 
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import examples, read_csv, write_csv
+from maskkit.contract.files import Inputs, examples, read_csv, write_csv
 from maskkit.contract.labels import NUM_CLASSES
-
-PROB_COLUMNS = [f"p{i}" for i in range(NUM_CLASSES)]
-PREDICTION_FIX = "a prediction CSV has columns ImageID,ans,p0..p17 as `maskkit predict` writes"
+from maskkit.contract.predictions import PROB_COLUMNS, read_predictions
 
 
 def parse_weights(text: str | None, count: int) -> np.ndarray:
@@ -34,41 +32,6 @@ def parse_weights(text: str | None, count: int) -> np.ndarray:
     if not np.all(np.isfinite(weights)) or np.any(weights <= 0):
         raise MaskkitError(f"--weights {text!r}: weights must be positive numbers")
     return weights
-
-
-def read_predictions(path: Path, soft: bool) -> tuple[pd.DataFrame, np.ndarray | None]:
-    """One prediction CSV, checked: unique ImageIDs, integer `ans` in 0..17, probabilities when soft.
-
-    Returns the table (ImageID, ans) and the (rows, 18) probabilities (None unless soft).
-    """
-    required = ["ImageID", "ans"] + (PROB_COLUMNS if soft else [])
-    fix = PREDICTION_FIX if soft else "a prediction CSV has columns ImageID,ans"
-    df = read_csv(path, required, fix=fix, dtype={"ImageID": str},
-                  usecols=lambda c: c in required)
-    if df["ImageID"].isna().any():
-        raise MaskkitError(f"{path}: {int(df['ImageID'].isna().sum())} rows without an ImageID; every row needs one")
-    dup = df["ImageID"].duplicated(keep="first")
-    if dup.any():
-        raise MaskkitError(f"{path}: {int(dup.sum())} rows repeat an ImageID "
-                           f"({examples(df.loc[dup, 'ImageID'].unique().tolist())}); keep one row per image")
-    ans = df["ans"] if pd.api.types.is_integer_dtype(df["ans"]) else pd.to_numeric(df["ans"], errors="coerce")
-    values = ans.to_numpy(np.float64)
-    bad = ~np.isfinite(values) | (values % 1 != 0) | (values < 0) | (values >= NUM_CLASSES)
-    if bad.any():
-        raise MaskkitError(f"{path}: {int(bad.sum())} rows with ans outside 0..{NUM_CLASSES - 1} "
-                           f"({examples(df.loc[bad, 'ImageID'].tolist())}); ans must be a class 0..17")
-    table = pd.DataFrame({"ImageID": df["ImageID"], "ans": values.astype(np.int64)})
-    probs = None
-    if soft:
-        columns = df[PROB_COLUMNS]
-        if not all(pd.api.types.is_numeric_dtype(t) for t in columns.dtypes):  # text in a p column
-            columns = columns.apply(pd.to_numeric, errors="coerce")
-        probs = columns.to_numpy(np.float64)
-        bad = ~np.isfinite(probs).all(axis=1) | (probs < 0).any(axis=1) | (probs.sum(axis=1) <= 0)
-        if bad.any():
-            raise MaskkitError(f"{path}: {int(bad.sum())} rows with missing or negative probabilities "
-                               f"({examples(df.loc[bad, 'ImageID'].tolist())}); p0..p17 must be numbers >= 0")
-    return table, probs
 
 
 def align(df: pd.DataFrame, order: pd.Index, path: Path, reference: str) -> np.ndarray:
@@ -116,7 +79,7 @@ def vote(files: Sequence[Path], soft: bool = False, weights: str | None = None,
         raise MaskkitError("--probs writes the averaged probabilities of a soft vote; add --soft")
     files = [Path(f) for f in files]
     w = parse_weights(weights, len(files))
-    frames, probabilities = zip(*(read_predictions(f, soft) for f in files))
+    frames, probabilities = zip(*(read_predictions(f, probabilities=soft) for f in files))
     if info is not None:
         info_df = read_csv(info, ["ImageID"], fix="the competition's info.csv has columns ImageID,ans",
                            dtype={"ImageID": str}, usecols=lambda c: c == "ImageID")
@@ -144,5 +107,7 @@ def vote(files: Sequence[Path], soft: bool = False, weights: str | None = None,
 def run(files: Sequence[Path], soft: bool = False, weights: str | None = None, info: Path | None = None,
         probs: bool = False, out: Path | None = None) -> None:
     """`maskkit vote`: write the vote to stdout or atomically to `out`."""
+    inputs = Inputs.of(files, info)
+    inputs.check(out, header=["ImageID", "ans", *(PROB_COLUMNS if probs else [])])
     result = vote(files, soft=soft, weights=weights, info=info, probs=probs)
-    write_csv(result, out, float_format="%.6g")
+    write_csv(result, out, float_format="%.6g", inputs=inputs)

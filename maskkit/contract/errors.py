@@ -1,4 +1,4 @@
-"""Errors that reach the user as one line and an exit code (see DESIGN.md, 'Streams and exit codes')."""
+"""Errors that reach the user as one line and an exit code (docs/formats.md, "Streams and exit codes")."""
 
 
 class MaskkitError(Exception):

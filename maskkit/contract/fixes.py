@@ -1,4 +1,4 @@
-"""The fixes CSV of DESIGN.md: label corrections that `audit` suggests and `split --fixes` applies.
+"""The fixes CSV (docs/formats.md, "Fixes CSV"): label corrections that `audit` suggests and `split --fixes` applies.
 
 `target` is a person id (for gender and age) or an image (for mask): an image is named by its path
 or by `<person or folder>/<file name or stem>`, matched on its last two path parts. Applying fixes
@@ -18,6 +18,7 @@ from maskkit.contract.labels import GENDERS, MASKS, label_of
 
 FIXES_COLUMNS = ("target", "column", "old", "new", "reason")
 FIXABLE = ("gender", "age", "mask")
+AGE_RANGE = (0, 120)  # plausible ages in years
 KNOWN = "known"
 
 
@@ -44,9 +45,11 @@ def read_fixes(path: str | Path) -> pd.DataFrame:
         if bad:
             raise MaskkitError(f"{path}: new {column} {examples(bad)} not one of {', '.join(allowed)}")
     ages = fixes.loc[fixes["column"] == "age", "new"]
-    bad_ages = ages[pd.to_numeric(ages, errors="coerce").isna()].tolist()
+    years = pd.to_numeric(ages, errors="coerce")
+    bad_ages = ages[years.isna() | ~years.between(*AGE_RANGE)].tolist()  # NaN, inf, 1e300, -40
     if bad_ages:
-        raise MaskkitError(f"{path}: new age {examples(bad_ages)} is not a number of years")
+        raise MaskkitError(f"{path}: new age {examples(bad_ages)} is not a plausible age "
+                           f"(a number of years, {AGE_RANGE[0]}..{AGE_RANGE[1]})")
     return fixes
 
 

@@ -1,4 +1,4 @@
-"""The competition's labels: mask x gender x age group = 18 classes (see shared DESIGN.md)."""
+"""The competition's labels: mask x gender x age group = 18 classes (docs/formats.md, "Labels")."""
 
 from __future__ import annotations
 
@@ -57,3 +57,4 @@ def task_labels(label) -> dict[str, np.ndarray]:
     """Per-task indices for an array of classes: {'mask': ..., 'gender': ..., 'age': ...}."""
     mask, gender, age_grp = decode(label)
     return {"mask": mask, "gender": gender, "age": age_grp}
+

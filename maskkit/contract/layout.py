@@ -1,4 +1,4 @@
-"""Reading the competition layout (DESIGN.md) into tables, with every quirk of the real data reported.
+"""Reading the competition layout (docs/formats.md) into tables, with every quirk of the real data reported.
 
 `load_train` gives one row per training image: path, person, gender, age, mask, label (+ folder, stem).
 `load_eval` gives ImageID, path in info.csv's order. `load_folder` reads a plain folder of images.
@@ -212,6 +212,8 @@ def load_eval(path: str | Path) -> pd.DataFrame:
     info_path = root / "info.csv"
     info = read_csv(info_path, ("ImageID",), fix="the competition's info.csv has columns ImageID,ans",
                     dtype={"ImageID": str})
+    if info.empty:
+        raise MaskkitError(f"{info_path}: no rows, so there is nothing to predict (info.csv lists one ImageID per eval image)")
     images_dir = root / "images"
     paths = [images_dir / image_id for image_id in info["ImageID"]]
     missing = [image_id for image_id, p in zip(info["ImageID"], paths) if not p.is_file()]

@@ -5,7 +5,7 @@ than the model's input, see `work_size`), using libjpeg's reduced decoding (1/2,
 the working size allows, then INTER_AREA resizing. `build_cache` does that once for every image,
 in threads, into one contiguous (N, H, W, 3) uint8 array that DataLoader workers share through
 fork (copy-on-write, never written), so later epochs only augment. The transforms
-(albumentations) crop the working image to the model's input (`img_size`) and normalise.
+(`maskkit.data.presets`) crop the working image to the model's input (`img_size`) and normalise.
 
 Reproducibility: the `SeededSampler` draws the order of an epoch from (seed, epoch) and hands each
 item a seed drawn from (seed, epoch, index); the dataset re-seeds the transform with it before
@@ -22,25 +22,21 @@ import os
 import random
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import albumentations as A
 import cv2
 import numpy as np
 import torch
-from albumentations.pytorch import ToTensorV2
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from maskkit.contract.errors import MaskkitError, RunFailure
 from maskkit.contract.files import console, examples
+from maskkit.data.presets import (  # noqa: F401  (re-exported: the recipes live in presets)
+    AUGMENTATIONS, DEFAULT_CROP, build_transform, eval_transform, normalize_batch, work_size)
 
-AUGMENTATIONS = ("none", "basic", "strong")
-# Fraction (height, width) of the frame the deterministic centre crop keeps: the competition's
-# faces sit in the upper middle of 384x512 portraits and fill about half of the height.
-DEFAULT_CROP = (0.8, 0.85)
 MAX_CONSECUTIVE_BAD = 20  # unreadable images in a row before a run stops
 MAX_BAD_FRACTION = 0.05  # ... or this share of the dataset (and more than MAX_CONSECUTIVE_BAD)
 
@@ -49,11 +45,6 @@ _REDUCED = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2
 
 class UnreadableImage(MaskkitError):
     """An image file that is missing, corrupt or not an image (exit 2 where it is the user's input)."""
-
-
-def work_size(img_size: Sequence[int], crop: Sequence[float] = DEFAULT_CROP) -> tuple[int, int]:
-    """(H, W) to decode and cache at, so that the centre crop `crop` of it is `img_size`."""
-    return (int(round(img_size[0] / crop[0])), int(round(img_size[1] / crop[1])))
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -175,18 +166,15 @@ def build_cache(
             return False
 
     threads = threads or min(32, os.cpu_count() or 1)
-    show = (n >= 500) if progress is None else progress
+    from maskkit.engine.progress import progress_bar
+
+    show = (None if n >= 500 else False) if progress is None else progress
     bad: list[str] = []
     consecutive = 0
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        results = pool.map(fill, range(n), chunksize=16)
-        if show:
-            from rich.progress import Progress
-
-            with Progress(console=console, transient=True) as bar:
-                task = bar.add_task(f"caching {n} images at {height}x{width}", total=n)
-                results = list(_advance(results, bar, task))
-        for i, ok in enumerate(results):
+    with ThreadPoolExecutor(max_workers=threads) as pool, \
+            progress_bar(f"caching {n} images at {height}x{width}", n, show=show) as bar:
+        for i, ok in enumerate(pool.map(fill, range(n), chunksize=16)):
+            bar.advance()
             if ok:
                 consecutive = 0
                 continue
@@ -196,81 +184,6 @@ def build_cache(
             _warn_bad(str(paths[i]))
             _check_bad(bad, n, consecutive)
     return cache, valid
-
-
-def _advance(results: Iterable[bool], bar, task) -> Iterator[bool]:
-    for ok in results:
-        bar.advance(task)
-        yield ok
-
-
-# --- transforms ------------------------------------------------------------------------------
-
-def _frame(img_size: Sequence[int], crop: Sequence[float]) -> list:
-    """Bring any image to the working size, then cut the deterministic centre crop."""
-    work = work_size(img_size, crop)
-    return [A.Resize(*work, interpolation=cv2.INTER_AREA), A.CenterCrop(int(img_size[0]), int(img_size[1]))]
-
-
-def _finish(mean: Sequence[float], std: Sequence[float], normalize: bool) -> list:
-    if not normalize:
-        return [ToTensorV2()]
-    return [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
-
-
-def normalize_batch(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """(B, 3, H, W) uint8 batch -> float32 normalised like A.Normalize; run it on the GPU.
-
-    Pair with `normalize=False` transforms: workers then ship uint8 (4x fewer bytes) and skip
-    the per-image float maths, which is most of a cached epoch's CPU time.
-    """
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1) * 255
-    std_t = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1) * 255
-    return images.float().sub_(mean_t).div_(std_t)
-
-
-def eval_transform(img_size: Sequence[int], mean: Sequence[float], std: Sequence[float],
-                   crop: Sequence[float] = DEFAULT_CROP, normalize: bool = True) -> A.Compose:
-    """Deterministic: resize to the working size, centre crop to `img_size` (H, W), Normalize, ToTensorV2.
-
-    normalize=False leaves out Normalize (uint8 tensors; see `normalize_batch`).
-    """
-    return A.Compose([*_frame(img_size, crop), *_finish(mean, std, normalize)])
-
-
-def build_transform(aug: str, img_size: Sequence[int], mean: Sequence[float], std: Sequence[float],
-                    crop: Sequence[float] = DEFAULT_CROP, normalize: bool = True) -> A.Compose:
-    """Training transform. none: as eval; basic: centre crop, RandomBrightnessContrast, GaussNoise,
-    HorizontalFlip (that team's recipe); strong: adds Affine (shift, scale, rotate: it uses the
-    pixels around the crop), HueSaturationValue or ColorJitter, and CoarseDropout.
-    Seed it per item with `set_random_state` (ImageDataset does) for reproducible augmentation.
-    normalize=False leaves out Normalize (uint8 tensors; see `normalize_batch`).
-    """
-    if aug not in AUGMENTATIONS:
-        raise MaskkitError(f"unknown augmentation {aug!r}: use none, basic or strong")
-    if aug == "none":
-        return eval_transform(img_size, mean, std, crop, normalize)
-    work = work_size(img_size, crop)
-    photometric = [
-        A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
-        A.GaussNoise(std_range=(0.02, 0.08), p=0.3),
-        A.HorizontalFlip(p=0.5),
-    ]
-    if aug == "basic":
-        return A.Compose([*_frame(img_size, crop), *photometric, *_finish(mean, std, normalize)])
-    strong = [
-        A.Resize(*work, interpolation=cv2.INTER_AREA),
-        A.Affine(scale=(0.9, 1.1), translate_percent=(-0.06, 0.06), rotate=(-12, 12),
-                 border_mode=cv2.BORDER_REFLECT_101, p=0.7),
-        A.CenterCrop(int(img_size[0]), int(img_size[1])),
-        *photometric,
-        A.OneOf([
-            A.HueSaturationValue(hue_shift_limit=10, sat_shift_limit=25, val_shift_limit=15),
-            A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05),
-        ], p=0.5),
-        A.CoarseDropout(num_holes_range=(1, 3), hole_height_range=(0.08, 0.2), hole_width_range=(0.08, 0.2), p=0.3),
-    ]
-    return A.Compose([*strong, *_finish(mean, std, normalize)])
 
 
 # --- dataset and loader ------------------------------------------------------------------------
@@ -292,7 +205,7 @@ class ImageDataset(Dataset):
         paths: Sequence[str | Path],
         targets: Mapping[str, np.ndarray] | None,
         img_size: Sequence[int],
-        transform: A.Compose,
+        transform: Callable,
         cache: np.ndarray | None = None,
         valid: np.ndarray | None = None,
         crop: Sequence[float] = DEFAULT_CROP,

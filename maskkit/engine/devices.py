@@ -41,3 +41,28 @@ def default_workers(device: torch.device) -> int:
     if device.type == "cuda":  # all cores but the main process's (8 workers left a 16-core server's GPU waiting)
         return max(1, min(16, cpus - 1))
     return 1 if cpus <= 4 else 2
+
+
+def free_cores() -> int:
+    """Cores this process may use that other processes are not busy on (1-minute load average)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        busy = int(round(os.getloadavg()[0]))
+    except (AttributeError, OSError):
+        busy = 0
+    return max(1, min(cpus, cpus - busy))
+
+
+def use_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op threads: `threads`, or by default the cores left free by other processes.
+
+    More threads than free cores make every step several times slower on a shared machine (they
+    spin waiting for cores another process holds); the CLI also sets OMP_WAIT_POLICY=PASSIVE before
+    torch is imported. DataLoader workers run one torch thread each (PyTorch sets it in workers).
+    """
+    if threads is not None and threads < 1:
+        raise MaskkitError(f"--threads {threads}: must be >= 1")
+    count = threads or free_cores()
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
+    return count

@@ -8,7 +8,6 @@ plus `"age_years": (B,)` (normalised years, see `age_to_target`) with age regres
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import socket
 from collections.abc import Iterator, Mapping
@@ -37,7 +36,7 @@ BACKBONES = {
     # uses symmetric padding and gives different outputs with those weights).
     "lite0": "tf_efficientnet_lite0",
 }
-HEADS = ("single", "multi")
+from maskkit.options import HEADS  # noqa: E402  (re-exported)
 
 # Age regression target: (years - AGE_CENTER) / AGE_SCALE, so typical ages land in about [-1, 1].
 AGE_CENTER = 40.0
@@ -189,7 +188,7 @@ def lite0_weights_file() -> Path | None:
     return path if path.is_file() else None
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from a file: a plain one, or a checkpoint holding it under "state_dict"/"model"."""
     if not path.is_file():
         raise MaskkitError(f"{path}: weights file not found (give a PyTorch state dict with --weights)")
@@ -217,7 +216,7 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, quiet: bool = F
     Raises MaskkitError when the file is unreadable, nothing matches, or a shape differs.
     """
     path = Path(path)
-    state = _read_state_dict(path)
+    state = read_state_dict(path)
     state = {re.sub(r"^(module\.)?(backbone\.)?", "", k): v for k, v in state.items()}
     if any(k.startswith("_conv_stem.") for k in state) and hasattr(backbone, "blocks"):
         state = map_lite_keys(state, backbone)
@@ -297,6 +296,29 @@ def _create_backbone(timm_name: str, img_size: tuple[int, int] | None, pretraine
         ) from None
 
 
+def _fixed_input_size(timm_name: str) -> bool:
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(timm_name)
+    return bool(cfg is not None and cfg.fixed_input_size)
+
+
+def _backbone_from_file(timm_name: str, img_size: tuple[int, int] | None, path: Path) -> nn.Module:
+    """A fixed-size backbone (ViT) from a local file at any input size: timm loads the file through
+    pretrained_cfg_overlay and resamples the position embeddings; files timm cannot read (a maskkit
+    best.pt, other key names) go through load_backbone_weights, which explains a mismatch."""
+    import timm
+
+    read_state_dict(path)  # one-line errors for a missing or unreadable file
+    kwargs = {"num_classes": 0, **({"img_size": tuple(img_size)} if img_size is not None else {})}
+    try:
+        return timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+    except Exception:  # not in timm's layout: the general loader, with its one-line errors
+        net = timm.create_model(timm_name, pretrained=False, **kwargs)
+        load_backbone_weights(net, path)
+        return net
+
+
 def build_model(
     backbone: str,
     heads: str = "single",
@@ -317,8 +339,11 @@ def build_model(
     timm_name = resolve_backbone(backbone)
     lite_file = lite0_weights_file() if pretrained and weights is None and timm_name == BACKBONES["lite0"] else None
     use_hub = pretrained and weights is None and lite_file is None
-    net = _create_backbone(timm_name, img_size, pretrained=use_hub)
-    if weights is not None:
+    if weights is not None and _fixed_input_size(timm_name):
+        net = _backbone_from_file(timm_name, img_size, Path(weights))
+    else:
+        net = _create_backbone(timm_name, img_size, pretrained=use_hub)
+    if weights is not None and not _fixed_input_size(timm_name):
         load_backbone_weights(net, weights)
     elif lite_file is not None:
         load_backbone_weights(net, lite_file, quiet=True)
@@ -335,49 +360,31 @@ def to_channels_last(model: nn.Module) -> nn.Module:
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[MaskModel, dict]:
     """Rebuild a trained model from `RUN/config.json` and `RUN/best.pt`, in eval mode on `device`.
 
-    best.pt is {"model": state_dict, "epoch": int, "val_f1": float} or a plain state dict.
-    The returned config always holds "img_size" [H, W], "mean" and "std".
+    Returns the model and the run's config view (contract.runfolder.read_config), which always
+    holds "img_size" [H, W], "mean", "std" and "crop".
     """
-    run = Path(run_dir)
-    config_path, best_path = run / "config.json", run / "best.pt"
-    if not run.is_dir():
-        raise MaskkitError(f"{run}: run folder not found (give a folder written by maskkit train)")
-    if not config_path.is_file():
-        raise MaskkitError(f"{run}: no config.json (not a run folder written by maskkit train)")
-    if not best_path.is_file():
-        raise MaskkitError(
-            f"{run}: no best.pt (training has not finished an epoch; resume it with maskkit train --resume {run})"
-        )
-    try:
-        config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MaskkitError(f"{config_path}: not valid JSON ({exc}); re-create the run with maskkit train") from None
-    missing = [k for k in ("backbone", "heads", "img_size") if k not in config]
-    if missing:
-        raise MaskkitError(f"{config_path}: missing {', '.join(missing)} (re-create the run with maskkit train)")
+    from maskkit.contract.runfolder import BEST, read_best_state, read_config, require
+    from maskkit.data.presets import DEFAULT_CROP
+
+    config = read_config(run_dir)
+    require(run_dir, BEST)
     defaults = model_defaults(config["backbone"])
     config.setdefault("mean", list(defaults["mean"]))
     config.setdefault("std", list(defaults["std"]))
+    config.setdefault("crop", list(DEFAULT_CROP))
     model = build_model(
         config["backbone"],
         heads=config["heads"],
-        age_regression=bool(config.get("age_regression", False)),
+        age_regression=bool(config["age_regression"]),
         pretrained=False,
         img_size=tuple(config["img_size"]),
         dropout=float(config.get("dropout", 0.0)),
     )
-    try:
-        checkpoint = torch.load(best_path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        reason = type(exc).__name__
-        raise MaskkitError(f"{best_path}: unreadable checkpoint ({reason}); re-train or resume the run") from None
-    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, Mapping) else None
-    if not isinstance(state, Mapping):
-        raise MaskkitError(f"{best_path}: holds no model state dict (re-train the run)")
+    state = read_best_state(run_dir)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         detail = first[1].strip() if len(first) > 1 else first[0]
-        raise MaskkitError(f"{best_path}: does not match config.json's model ({detail[:150]})") from None
+        raise MaskkitError(f"{Path(run_dir) / BEST}: does not match config.json's model ({detail[:150]})") from None
     return model.to(device).eval(), config

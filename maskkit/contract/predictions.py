@@ -1,0 +1,88 @@
+"""Prediction CSVs (docs/formats.md, "Prediction CSV"): `ImageID,ans,p0..p17`.
+
+`predict` and `train` (val_preds.csv) write them through `prediction_frame`; `vote` and `audit`
+read them through `read_predictions`, which applies every check of the contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from maskkit.contract.errors import MaskkitError
+from maskkit.contract.files import Inputs, examples, read_csv, write_csv
+from maskkit.contract.labels import NUM_CLASSES
+
+PROB_COLUMNS = [f"p{i}" for i in range(NUM_CLASSES)]
+DECIMALS = 6  # probabilities as written; `ans` is the argmax of the written values
+PREDICTION_FIX = "a prediction CSV has columns ImageID,ans,p0..p17 as `maskkit predict` writes"
+PREDICTION_HEADER = ["ImageID", "ans", *PROB_COLUMNS]
+# p0..p17 are written rounded to DECIMALS places; a row that sums elsewhere is not a probability vector.
+PROB_SUM_TOLERANCE = 1e-3
+
+
+def bad_probability_rows(probs: np.ndarray) -> np.ndarray:
+    """Rows of (n, 18) probabilities that are missing, negative, or do not sum to 1 (within the tolerance)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    finite = np.isfinite(probs).all(axis=1)
+    sums = np.where(finite, np.nan_to_num(probs).sum(axis=1), np.nan)
+    return ~finite | (np.nan_to_num(probs) < 0).any(axis=1) | ~(np.abs(sums - 1) <= PROB_SUM_TOLERANCE)
+
+
+def prediction_frame(image_ids: Sequence[str], probs: np.ndarray) -> pd.DataFrame:
+    """ImageID, ans, p0..p17 from (N, 18) probabilities (rounded to DECIMALS places)."""
+    probs = np.round(np.asarray(probs, dtype=np.float64), DECIMALS)
+    frame = pd.DataFrame(probs, columns=PROB_COLUMNS)
+    frame.insert(0, "ans", probs.argmax(1).astype(int))
+    frame.insert(0, "ImageID", list(image_ids))
+    return frame
+
+
+def write_predictions(frame: pd.DataFrame, out: str | Path | None = None, inputs: Inputs | None = None) -> None:
+    """Write a prediction table (stdout when `out` is None or '-'), atomically to a file; with
+    `inputs`, `out` is checked against them first (files.Inputs.check)."""
+    write_csv(frame, out, inputs=inputs)
+
+
+def read_predictions(path: str | Path, probabilities: bool = True,
+                     fix: str | None = None) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """One prediction CSV, checked: at least one row, an ImageID on every row and no ImageID twice,
+    integer `ans` in 0..17, and with `probabilities` finite, non-negative p0..p17 summing to 1
+    (within PROB_SUM_TOLERANCE).
+
+    Returns the table (ImageID, ans, and any extra columns) and the (rows, 18) probabilities
+    (None unless `probabilities`).
+    """
+    required = ["ImageID", "ans"] + (PROB_COLUMNS if probabilities else [])
+    fix = fix or (PREDICTION_FIX if probabilities else "a prediction CSV has columns ImageID,ans")
+    df = read_csv(path, required, fix=fix, dtype={"ImageID": str})
+    if df.empty:
+        raise MaskkitError(f"{path}: no rows, so there is nothing to read ({fix}, one row per image)")
+    if df["ImageID"].isna().any():
+        raise MaskkitError(f"{path}: {int(df['ImageID'].isna().sum())} rows without an ImageID; every row needs one")
+    dup = df["ImageID"].duplicated(keep="first")
+    if dup.any():
+        raise MaskkitError(f"{path}: {int(dup.sum())} rows repeat an ImageID "
+                           f"({examples(df.loc[dup, 'ImageID'].unique().tolist())}); keep one row per image")
+    ans = df["ans"] if pd.api.types.is_integer_dtype(df["ans"]) else pd.to_numeric(df["ans"], errors="coerce")
+    values = ans.to_numpy(np.float64)
+    bad = ~np.isfinite(values) | (values % 1 != 0) | (values < 0) | (values >= NUM_CLASSES)
+    if bad.any():
+        raise MaskkitError(f"{path}: {int(bad.sum())} rows with ans outside 0..{NUM_CLASSES - 1} "
+                           f"({examples(df.loc[bad, 'ImageID'].tolist())}); ans must be a class 0..17")
+    table = df.drop(columns=PROB_COLUMNS, errors="ignore").assign(ans=values.astype(np.int64))
+    probs = None
+    if probabilities:
+        columns = df[PROB_COLUMNS]
+        if not all(pd.api.types.is_numeric_dtype(t) for t in columns.dtypes):  # text in a p column
+            columns = columns.apply(pd.to_numeric, errors="coerce")
+        probs = columns.to_numpy(np.float64)
+        bad = bad_probability_rows(probs)
+        if bad.any():
+            raise MaskkitError(f"{path}: {int(bad.sum())} rows whose p0..p17 are missing, negative or do not sum to 1 "
+                               f"within {PROB_SUM_TOLERANCE:g} ({examples(df.loc[bad, 'ImageID'].tolist())}); "
+                               "they must be the 18 class probabilities, as maskkit predict writes them")
+    return table, probs

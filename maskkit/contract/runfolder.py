@@ -1,0 +1,201 @@
+"""The run folder (docs/formats.md, "Run folder"): what `train` writes under runs/NAME/ and what
+`predict`, `cam`, `runs`, `audit`, `demo` and `train --resume` read back.
+
+config.json (format 2) stores every training option once, under "options"; the top level holds
+only what is derived (timm name, normalisation, crop, the manifest's hash and sizes, versions).
+`read_config` returns one flat view for readers (options first, derived fields beside them) and
+reads config.json files written before format 2 (options repeated at the top level) alike.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from maskkit.contract.errors import MaskkitError
+from maskkit.contract.files import atomic_path, examples, read_csv, write_csv
+
+CONFIG, MANIFEST, METRICS, BEST, LAST, VAL_PREDS = (
+    "config.json", "manifest.csv", "metrics.csv", "best.pt", "last.pt", "val_preds.csv")
+CONFUSION, CURVES = "confusion.png", "curves.png"
+RUN_FILES = (CONFIG, MANIFEST, METRICS, BEST, LAST, VAL_PREDS, CONFUSION, CURVES)
+CONFIG_FORMAT = 2
+METRIC_COLUMNS = ("epoch", "seconds", "lr", "train_loss", "val_loss", "val_f1", "val_acc",
+                  "f1_mask", "f1_gender", "f1_age")
+# What a reader needs to rebuild the model: (key, default when an old config lacks it).
+MODEL_FIELDS = {"backbone": None, "heads": "single", "img_size": None, "dropout": 0.0, "age_weight": 0.0,
+                "old_age": 60, "fold": None, "seed": None}
+SCORED = ("epoch", "val_f1", "f1_mask", "f1_gender", "f1_age")  # numbers in every metrics row (runs, best_row)
+NOT_A_RUN = "give a run folder written by maskkit train"
+
+
+def write_json(data: Mapping, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def save_checkpoint(obj: Mapping, path: str | Path) -> None:
+    """torch.save to a temporary name, then rename (a kill leaves the old file intact)."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def config_view(raw: Mapping) -> dict:
+    """The flat view of a stored config: each model field (MODEL_FIELDS) from "options" (or, in
+    files that predate format 2 or hold no options, from the top level), and `age_regression`."""
+    options = raw.get("options") or {}
+    view = {**raw}
+    for key, default in MODEL_FIELDS.items():
+        value = options.get(key, raw.get(key, default))
+        if value is not None:
+            view[key] = value
+    view["age_regression"] = bool(raw.get("age_regression", float(view.get("age_weight") or 0.0) > 0))
+    return view
+
+
+def stored_config(view: Mapping) -> dict:
+    """What config.json holds (format 2): the view without the fields "options" already stores."""
+    stored = {k: v for k, v in view.items() if k not in MODEL_FIELDS and k != "age_regression"}
+    stored["format"] = CONFIG_FORMAT
+    return stored
+
+
+def read_config(run_dir: str | Path) -> dict:
+    """RUN/config.json as its flat view (`config_view`). One-line MaskkitError when the folder or
+    file is missing, or the file is not a maskkit config."""
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG
+    if not run_dir.is_dir():
+        raise MaskkitError(f"{run_dir}: run folder not found ({NOT_A_RUN})")
+    if not path.is_file():
+        raise MaskkitError(f"{run_dir}: no config.json (not a run folder written by maskkit train)")
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MaskkitError(f"{path}: not valid JSON ({exc}); re-create the run with maskkit train") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("options", {}), dict):
+        raise MaskkitError(f"{path}: not a maskkit run config (a JSON object with \"options\"); "
+                           "re-create the run with maskkit train")
+    view = config_view(raw)
+    missing = [k for k in ("backbone", "img_size") if k not in view]
+    if missing:
+        raise MaskkitError(f"{path}: missing {', '.join(missing)} (re-create the run with maskkit train)")
+    view["img_size"] = [int(v) for v in view["img_size"]]
+    return view
+
+
+def saved_options(config: Mapping) -> dict:
+    """The training options of a config view (format 2 "options"; older files: the same key)."""
+    options = config.get("options")
+    if not isinstance(options, dict) or not options:
+        raise MaskkitError("config.json holds no training options (not a maskkit train run); "
+                           "start the run again with --overwrite")
+    return dict(options)
+
+
+def require(run_dir: str | Path, *names: str) -> None:
+    """One-line error naming the first missing file of a run folder (and what to do)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise MaskkitError(f"{run_dir}: run folder not found ({NOT_A_RUN}, e.g. runs/NAME)")
+    for name in names:
+        if (run_dir / name).is_file():
+            continue
+        if name == BEST:
+            raise MaskkitError(f"{run_dir}: no best.pt (training has not finished an epoch; "
+                               f"resume it with maskkit train --resume {run_dir})")
+        if name == LAST:
+            raise MaskkitError(f"{run_dir}: no last.pt to resume from (start the run again with --overwrite)")
+        raise MaskkitError(f"{run_dir / name}: missing ({NOT_A_RUN})")
+
+
+def read_best_state(run_dir: str | Path) -> dict:
+    """The model state dict of RUN/best.pt ({"model": state, "epoch", "val_f1"} or a plain state dict)."""
+    import torch
+
+    path = Path(run_dir) / BEST
+    require(run_dir, BEST)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise MaskkitError(f"{path}: unreadable checkpoint ({type(exc).__name__}); re-train or resume the run") from None
+    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, Mapping) else None
+    if not isinstance(state, Mapping):
+        raise MaskkitError(f"{path}: holds no model state dict (re-train the run)")
+    return dict(state)
+
+
+def read_last(run_dir: str | Path) -> dict:
+    """Everything RUN/last.pt holds for resuming (optimizer, schedule, RNG states...)."""
+    import torch
+
+    path = Path(run_dir) / LAST
+    require(run_dir, LAST)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise MaskkitError(f"{path}: unreadable checkpoint ({type(exc).__name__}); start a new run") from None
+
+
+def read_metrics(run_dir: str | Path) -> pd.DataFrame:
+    """RUN/metrics.csv (empty with the contract's columns when no epoch finished)."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return pd.DataFrame(columns=list(METRIC_COLUMNS))
+    fix = "metrics.csv is written by maskkit train; re-create the run or restore the file"
+    metrics = read_csv(path, METRIC_COLUMNS, fix=fix)
+    for column in SCORED:
+        values = pd.to_numeric(metrics[column], errors="coerce")
+        if values.isna().any():
+            lines = [str(i + 2) for i in metrics.index[values.isna()]]
+            raise MaskkitError(f"{path}: {column} is not a number on line {examples(lines)} ({fix})")
+        metrics[column] = values
+    return metrics.assign(epoch=metrics["epoch"].astype(int))
+
+
+def append_metrics(run_dir: str | Path, row: Mapping) -> None:
+    """Add one epoch's row, replacing rows of that epoch or later (a resumed epoch is written again)."""
+    path = Path(run_dir) / METRICS
+    new = pd.DataFrame([dict(row)]).reindex(columns=list(METRIC_COLUMNS))
+    old = read_metrics(run_dir)
+    if len(old):
+        new = pd.concat([old[old["epoch"] < row["epoch"]], new], ignore_index=True)
+    write_csv(new, path)
+
+
+def best_row(metrics: pd.DataFrame) -> pd.Series | None:
+    """The best epoch's row by val macro F1 (the first of equal ones, as training selects)."""
+    if not len(metrics):
+        return None
+    return metrics.loc[pd.to_numeric(metrics["val_f1"]).idxmax()]
+
+
+def prepare_run_dir(out: str | Path, name: str, overwrite: bool) -> Path:
+    """runs/<name>/, refusing to replace a run unless `overwrite` (then its files are removed first)."""
+    run_dir = Path(out) / name
+    if run_dir.exists() and not run_dir.is_dir():
+        raise MaskkitError(f"{run_dir}: exists and is not a folder (choose another --name or --runs-dir)")
+    existing = [f for f in RUN_FILES if (run_dir / f).exists()]
+    if existing and not overwrite:
+        raise MaskkitError(
+            f"{run_dir}: a run already exists here; continue it with --resume {run_dir}, "
+            "choose another --name, or replace it with --overwrite"
+        )
+    for file in existing:
+        (run_dir / file).unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def remove_run(run_dir: str | Path) -> None:
+    """Remove the files a new run wrote before it could start (and the folder when that empties it)."""
+    run_dir = Path(run_dir)
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    if run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()

@@ -1,0 +1,57 @@
+"""Training targets of manifest rows, and the resumable (optionally class-balanced) sampler."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from maskkit.contract.labels import GENDERS, MASKS, NUM_CLASSES, age_group, encode
+from maskkit.data.loader import SeededSampler
+
+
+def targets_of(rows: pd.DataFrame, old_age: int) -> dict[str, np.ndarray]:
+    """Per-image targets: training groups use `old_age`; `true_label` always uses the true groups (60)."""
+    from maskkit.engine.models import age_to_target
+
+    mask = rows["mask"].map(MASKS.index).to_numpy(np.int64)
+    gender = rows["gender"].map(GENDERS.index).to_numpy(np.int64)
+    age = rows["age"].to_numpy(np.float64)
+    train_group = age_group(age, old_from=old_age).astype(np.int64)
+    return {
+        "label": encode(mask, gender, train_group).astype(np.int64),
+        "mask": mask,
+        "gender": gender,
+        "age": train_group,
+        "age_years": age_to_target(age).astype(np.float32),
+        "true_label": encode(mask, gender, age_group(age)).astype(np.int64),
+    }
+
+
+def balanced_weights(labels: np.ndarray) -> np.ndarray:
+    """Sampling probabilities that give every present class the same share."""
+    counts = np.bincount(labels, minlength=NUM_CLASSES).astype(np.float64)
+    weights = 1.0 / counts[labels]
+    return weights / weights.sum()
+
+
+class ResumableSampler(SeededSampler):
+    """SeededSampler that can sample class-balanced (with replacement) and skip the items already
+    trained this epoch (`skip`), so a resumed epoch sees exactly the rest of the interrupted one."""
+
+    def __init__(self, n: int, seed: int, weights: np.ndarray | None = None) -> None:
+        super().__init__(n, shuffle=True, seed=seed)
+        self.weights = weights
+        self.skip = 0
+
+    def __len__(self) -> int:
+        return self.n - self.skip
+
+    def __iter__(self):
+        if self.weights is None:
+            items = list(super().__iter__())
+        else:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            order = rng.choice(self.n, size=self.n, replace=True, p=self.weights)
+            seeds = rng.integers(0, 2**63 - 1, size=self.n)
+            items = [(int(i), int(s)) for i, s in zip(order, seeds)]
+        return iter(items[self.skip:])

@@ -1,0 +1,262 @@
+"""The loops every command shares, as plain functions (in the manner of timm's train.py):
+`train_one_epoch`, `evaluate` (validation metrics) and `predict_probs` (predict, cam), over one
+inference loop, `infer`. `OnDevice` moves a loader batch to the device (normalising uint8 batches
+there) and gives the autocast context.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from maskkit.contract.errors import MaskkitError
+from maskkit.contract.labels import NUM_CLASSES, TASKS
+from maskkit.engine.progress import ProgressBar, progress_bar
+
+
+@dataclass(frozen=True)
+class OnDevice:
+    """Batch -> device: uint8 batches normalised there when `normalize` = (mean, std), channels_last
+    on CUDA; `autocast()` with `amp_dtype` (None: fp32)."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    normalize: tuple[Sequence[float], Sequence[float]] | None = None
+
+    def images(self, images: torch.Tensor) -> torch.Tensor:
+        from maskkit.data.presets import normalize_batch
+
+        images = images.to(self.device, non_blocking=True)
+        if self.normalize is not None:
+            images = normalize_batch(images, *self.normalize)
+        if self.device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def targets(self, targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device, non_blocking=True) for k, v in targets.items()}
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
+
+
+# --- training --------------------------------------------------------------------------------
+
+@dataclass
+class EpochState:
+    """Progress inside the current epoch (saved in last.pt when stopped mid-epoch)."""
+
+    step: int = 0
+    loss_sum: float = 0.0
+    seen: int = 0
+    seconds: float = 0.0
+    wait: float = 0.0
+
+
+@dataclass
+class Progress:
+    """Training progress across epochs (saved in last.pt)."""
+
+    epoch: int = 0  # completed epochs
+    global_step: int = 0
+    best_f1: float = -1.0
+    best_epoch: int = 0
+    stale: int = 0  # epochs since the best
+    finished: bool = False
+    current: EpochState = field(default_factory=EpochState)
+
+
+@dataclass
+class Optimisation:
+    """What one training step updates besides the model."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: object  # a timm scheduler: step_update(global_step)
+    scaler: torch.amp.GradScaler
+    ema: object | None = None  # timm.utils.ModelEmaV3
+    cutmix: float = 0.0  # probability of CutMix per batch
+    cutmix_generator: torch.Generator | None = None
+
+
+class NonFiniteLoss(RuntimeError):
+    """The running loss became NaN/inf at (epoch step)."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"non-finite loss at step {step}")
+        self.step = step
+
+
+def train_one_epoch(model: torch.nn.Module, loader, loss_fn, opt: Optimisation, on_device: OnDevice,
+                    progress: Progress, stop: Callable[[int], bool], bar: ProgressBar | None = None,
+                    check_every: int = 1, steps: int | None = None) -> bool:
+    """Train over `loader` from `progress.current`'s step; False when `stop(step)` asked to stop.
+
+    Updates `progress` (global step, the epoch's counters) as it goes, so a stop at any step can be
+    saved and resumed exactly. Raises NonFiniteLoss when the running loss stops being finite.
+    """
+    from maskkit.data.loader import DataWait
+    from maskkit.engine.loss import cutmix
+
+    current = progress.current
+    model.train()
+    wait = DataWait()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=on_device.device)
+    seen_before, started = current.seen, time.perf_counter()
+
+    def close() -> None:
+        current.loss_sum += float(loss_sum)
+        current.seconds += time.perf_counter() - started
+        current.wait += wait.seconds
+
+    def check() -> None:
+        if not torch.isfinite(loss_sum):
+            close()
+            raise NonFiniteLoss(current.step)
+
+    try:
+        for images, targets, _ in wait.iterate(loader):
+            images, targets = on_device.images(images), on_device.targets(targets)
+            mix = opt.cutmix > 0 and float(torch.rand((), generator=opt.cutmix_generator)) < opt.cutmix
+            with on_device.autocast():
+                if mix:
+                    images, perm, lam = cutmix(images, opt.cutmix_generator)
+                    loss = loss_fn.mixed(model(images), targets, perm, lam)
+                else:
+                    loss = loss_fn(model(images), targets)
+            opt.optimizer.zero_grad(set_to_none=True)
+            opt.scaler.scale(loss).backward()
+            opt.scaler.step(opt.optimizer)
+            opt.scaler.update()
+            progress.global_step += 1
+            opt.scheduler.step_update(progress.global_step)
+            if opt.ema is not None:
+                opt.ema.update(model, step=progress.global_step)
+            loss_sum += loss.detach().double() * len(images)
+            current.step += 1
+            current.seen += len(images)
+            if current.step % check_every == 0 or current.step == steps:
+                check()
+            if bar is not None:
+                fields = {}
+                if current.step % check_every == 0:
+                    elapsed = max(time.perf_counter() - started, 1e-9)
+                    fields = {"loss": float(loss.detach()), "rate": (current.seen - seen_before) / elapsed,
+                              "wait": wait.seconds / elapsed}
+                bar.advance(1, **fields)
+            if stop(current.step):
+                check()
+                close()
+                return False
+    except NonFiniteLoss:
+        raise
+    except Exception:
+        if stop(current.step):  # Ctrl-C also stopped the loader's workers
+            close()
+            return False
+        raise
+    check()
+    close()
+    return True
+
+
+# --- inference ---------------------------------------------------------------------------------
+
+@dataclass
+class Inference:
+    """What `infer` collected: dataset rows, class probabilities (N, 18), per-task probabilities,
+    and the summed loss when a loss function was given."""
+
+    rows: np.ndarray
+    probs: np.ndarray
+    task_probs: dict[str, np.ndarray]
+    loss_sum: float = 0.0
+
+
+@torch.no_grad()
+def infer(model: torch.nn.Module, loader, on_device: OnDevice, tta: str = "none", loss_fn=None,
+          bar: ProgressBar | None = None) -> Inference:
+    """The one inference loop: every batch of `loader` through `model` (eval mode), tta="flip"
+    averaging with the mirror image. An image a loader worker could not read is a one-line error."""
+    from maskkit.data.loader import UnreadableImage
+    from maskkit.engine.models import class_probs, task_probs
+
+    model.eval()
+    rows, probs, tasks, loss_sum = [], [], {task: [] for task in TASKS}, 0.0
+    iterator = iter(loader)
+    while True:
+        try:
+            images, targets, index = next(iterator)
+        except StopIteration:
+            break
+        except UnreadableImage as exc:  # raised in a loader worker: keep the one line that names the file
+            lines = [line for line in str(exc).splitlines() if line.strip()]
+            raise MaskkitError(lines[-1].split(": ", 1)[-1] if len(lines) > 1 else str(exc)) from None
+        images = on_device.images(images)
+        views = [images, images.flip(3)] if tta == "flip" else [images]
+        total_probs, total_tasks = 0, None
+        for view in views:
+            with on_device.autocast():
+                outputs = model(view)
+            outputs = {k: v.float() for k, v in outputs.items()}
+            if loss_fn is not None and view is images:
+                loss_sum += float(loss_fn(outputs, on_device.targets(targets))) * len(images)
+            total_probs = total_probs + class_probs(outputs)
+            per_task = task_probs(outputs)
+            total_tasks = per_task if total_tasks is None else {t: total_tasks[t] + p for t, p in per_task.items()}
+        probs.append((total_probs / len(views)).cpu().numpy())
+        for task, p in total_tasks.items():
+            tasks[task].append((p / len(views)).cpu().numpy())
+        rows.append(index.numpy())
+        if bar is not None:
+            bar.advance(len(index))
+    if not rows:
+        empty = np.zeros((0, NUM_CLASSES))
+        return Inference(np.zeros(0, dtype=np.int64), empty, {t: np.zeros((0, n)) for t, n in TASKS.items()})
+    return Inference(np.concatenate(rows), np.concatenate(probs),
+                     {task: np.concatenate(p) for task, p in tasks.items()}, loss_sum)
+
+
+def predict_probs(model: torch.nn.Module, loader, n: int, on_device: OnDevice, tta: str = "none",
+                  progress: bool | None = None) -> np.ndarray:
+    """(n, 18) class probabilities for the loader's images, each row placed by the dataset's index."""
+    with progress_bar("predicting", n, show=progress) as bar:
+        result = infer(model, loader, on_device, tta=tta, bar=bar)
+    probs = np.zeros((n, NUM_CLASSES), dtype=np.float64)
+    probs[result.rows] = result.probs
+    return probs
+
+
+def score(true_label: np.ndarray, probs: np.ndarray, task_prob: dict[str, np.ndarray]) -> dict[str, float]:
+    """Macro F1 over the 18 classes, accuracy, and the macro F1 of each task."""
+    from sklearn.metrics import f1_score
+
+    from maskkit.contract.labels import task_labels
+
+    pred = probs.argmax(1)
+    result = {
+        "val_f1": float(f1_score(true_label, pred, average="macro", labels=range(NUM_CLASSES), zero_division=0)),
+        "val_acc": float((pred == true_label).mean()),
+    }
+    truth = task_labels(true_label)
+    for task, n in TASKS.items():
+        result[f"f1_{task}"] = float(f1_score(truth[task], task_prob[task].argmax(1), average="macro",
+                                              labels=range(n), zero_division=0))
+    return result
+
+
+def evaluate(model: torch.nn.Module, loader, on_device: OnDevice, loss_fn,
+             true_label: np.ndarray) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """Validation: (metrics incl. val_loss, class probabilities (N, 18), dataset rows), one row per
+    image (an unreadable image the loader replaced by its neighbour counts once)."""
+    result = infer(model, loader, on_device, loss_fn=loss_fn)
+    rows, first = np.unique(result.rows, return_index=True)
+    probs = result.probs[first]
+    metrics = score(true_label[rows], probs, {task: p[first] for task, p in result.task_probs.items()})
+    metrics["val_loss"] = result.loss_sum / max(len(first), 1)
+    return metrics, probs, rows

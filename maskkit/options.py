@@ -1,0 +1,132 @@
+"""The option vocabulary shared by the command line and the modules behind it (no heavy imports:
+cli.py reads these to build `--help` and shell completion).
+
+One name, one meaning, in every subcommand:
+- sizes are WIDTHxHEIGHT (`--size` of drawn images, `--input-size` of a model's input);
+- `-o/--out` is always a file (stdout when absent); folders are positional or `--*-dir`;
+- `--weights FILE` is always a local weights file for the network the command builds;
+- `--masks DIR` is always a folder of person masks; `--overwrite` replaces earlier outputs;
+- `--seed` defaults to SEED; `-j/--workers` counts worker processes; `--threads` torch threads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from maskkit.contract.errors import MaskkitError
+
+SEED = 42
+AUGMENTATIONS = ("none", "basic", "strong")
+HEADS = ("single", "multi")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+CACHE_MODES = ("auto", "ram", "none")
+# A few of timm's optimizers and schedulers (the library call accepts any timm optimizer name).
+OPTIMIZERS = ("adamw", "adam", "nadamw", "sgd", "lamb", "lion", "adabelief", "rmsproptf")
+SCHEDULERS = ("cosine", "tanh", "poly", "step", "constant")
+TTA_MODES = ("none", "flip")
+FILLS = ("black", "white", "gray", "mean", "blur")  # segment's backgrounds
+SEGMENT_MODELS = ("resnet50", "resnet101", "mobilenet")
+CAM_METHODS = ("gradcam", "gradcam++", "eigencam")
+CAM_HEADS = ("class", "mask", "gender", "age", "all")
+
+
+@dataclass
+class TrainOptions:
+    """Every option of a training run; saved once in config.json["options"] and restored by --resume."""
+
+    backbone: str = "effb2"
+    heads: str = "single"  # single (18-way) or multi (mask, gender, age)
+    age_weight: float = 0.0  # > 0: age-regression branch, MSE on normalised years, this weight
+    old_age: int = 60  # training targets: age >= old_age is the oldest group (validation: 60)
+    pretrained: bool = True
+    weights: str | None = None
+    dropout: float = 0.0
+    label_smoothing: float = 0.0
+    focal: float = 0.0  # focal-loss gamma; 0 = plain cross-entropy
+    balanced: bool = False  # class-balanced sampling (with replacement)
+    aug: str = "basic"
+    cutmix: float = 0.0  # probability of cutmix per batch
+    img_size: tuple[int, int] = (320, 256)  # (H, W); the command line's --input-size is WIDTHxHEIGHT
+    epochs: int = 10
+    batch_size: int = 32
+    opt: str = "adamw"  # timm optimizer name (weight decay off for norms and biases)
+    sched: str = "cosine"  # timm scheduler name, stepped per update
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup: float = 1.0  # epochs of linear warmup
+    ema: bool = False
+    ema_decay: float = 0.999
+    patience: int = 0  # stop after this many epochs without a better val F1; 0 = never
+    seed: int = SEED
+    fold: int = 0
+    precision: str = "auto"  # CUDA autocast: bf16 where supported, else fp16 (+ GradScaler)
+    device: str = "auto"
+    workers: int | None = None  # None: chosen from the device and the CPU count
+    cache: str = "auto"
+    threads: int | None = None  # torch threads; None: the cores left free (see engine.devices.use_threads)
+    wandb: str | None = None
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "options") -> TrainOptions:
+        """Options from a dict (config.json's "options", a recipe); unknown keys are refused."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise MaskkitError(f"{source}: unknown option(s) {', '.join(unknown)} (see maskkit train --help)")
+        values = dict(values)
+        if values.get("img_size") is not None:
+            values["img_size"] = tuple(int(v) for v in values["img_size"])
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "img_size": list(self.img_size)}
+
+    def check(self) -> None:
+        """Raise MaskkitError on an option out of range (before anything is written)."""
+        from maskkit.engine.models import resolve_backbone
+
+        resolve_backbone(self.backbone)
+        problems = [
+            (self.heads in HEADS, f"--heads {self.heads!r}: use single or multi"),
+            (self.aug in AUGMENTATIONS, f"--aug {self.aug!r}: use none, basic or strong"),
+            (self.precision in PRECISIONS, f"--precision {self.precision!r}: use {', '.join(PRECISIONS)}"),
+            (self.cache in CACHE_MODES, f"--cache {self.cache!r}: use auto, ram or none"),
+            (self.opt in OPTIMIZERS or self.opt in _timm_optimizers(), f"--opt {self.opt!r}: use {', '.join(OPTIMIZERS)}"),
+            (self.sched in SCHEDULERS, f"--sched {self.sched!r}: use {', '.join(SCHEDULERS)}"),
+            (self.epochs >= 1, f"--epochs {self.epochs}: need at least 1"),
+            (self.batch_size >= 1, f"--batch-size {self.batch_size}: need at least 1"),
+            (0 < self.lr < 10 and math.isfinite(self.lr), f"--lr {self.lr}: need a learning rate in (0, 10)"),
+            (self.weight_decay >= 0, f"--weight-decay {self.weight_decay}: must be >= 0"),
+            (self.warmup >= 0, f"--warmup {self.warmup}: must be >= 0 epochs"),
+            (0 <= self.label_smoothing < 1, f"--label-smoothing {self.label_smoothing}: use a value in [0, 1)"),
+            (self.focal >= 0, f"--focal {self.focal}: gamma must be >= 0"),
+            (0 <= self.cutmix <= 1, f"--cutmix {self.cutmix}: use a probability in [0, 1]"),
+            (self.age_weight >= 0, f"--age-weight {self.age_weight}: must be >= 0 (0 turns age regression off)"),
+            (30 < self.old_age <= 120, f"--old-age {self.old_age}: use an age in 31..120"),
+            (0 <= self.dropout < 1, f"--dropout {self.dropout}: use a value in [0, 1)"),
+            (0 < self.ema_decay < 1, f"--ema-decay {self.ema_decay}: use a value in (0, 1)"),
+            (self.patience >= 0, f"--patience {self.patience}: must be >= 0 (0 = never stop early)"),
+            (self.fold >= 0, f"--fold {self.fold}: must be >= 0"),
+            (self.workers is None or self.workers >= 0, f"--workers {self.workers}: must be >= 0"),
+            (self.threads is None or self.threads >= 1, f"--threads {self.threads}: must be >= 1"),
+            (len(self.img_size) == 2 and min(self.img_size) >= 16,
+             f"--input-size {'x'.join(map(str, self.img_size[::-1]))}: need at least 16x16"),
+        ]
+        for ok, message in problems:
+            if not ok:
+                raise MaskkitError(message)
+        if self.weights is not None and not Path(self.weights).is_file():
+            raise MaskkitError(f"{self.weights}: weights file not found (--weights takes a PyTorch state dict)")
+
+    @property
+    def age_regression(self) -> bool:
+        return self.age_weight > 0
+
+
+def _timm_optimizers() -> list[str]:
+    from timm.optim import list_optimizers
+
+    return list_optimizers()

@@ -1,0 +1,23 @@
+"""Constants and helpers the tests share (the fixtures themselves live in conftest.py)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+# A few-second training on the drawn 48x64 images: timm's tiny test ResNet from scratch.
+FAST = dict(backbone="test_resnet", pretrained=False, img_size=(48, 40), batch_size=16, lr=5e-3, aug="none",
+            workers=0, warmup=0.5, device="cpu", cache="ram", threads=1)
+FOLDS = 4  # the shared drawn dataset has too few old men for 5 folds
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run torch on one CPU thread: on a shared 2-core machine, two threads per process are several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,194 @@
+"""The file contract (docs/formats.md): each format's reader rejects what the contract forbids,
+with one line naming the file, and accepts what earlier versions wrote."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from maskkit.contract.errors import MaskkitError
+from maskkit.contract.fixes import read_fixes
+from maskkit.contract.manifest import MANIFEST_COLUMNS, read_manifest
+from maskkit.contract.predictions import PROB_COLUMNS, prediction_frame, read_predictions
+from maskkit.contract.recipe import read_recipe, recipe_text
+from maskkit.contract.runfolder import config_view, read_config, read_metrics, stored_config
+
+
+def one_line(excinfo, *parts: str) -> None:
+    message = str(excinfo.value)
+    assert "\n" not in message
+    for part in parts:
+        assert part in message, message
+
+
+# --- manifest ----------------------------------------------------------------------------------
+
+def manifest_rows() -> pd.DataFrame:
+    return pd.DataFrame({
+        "path": ["a/mask1.jpg", "a/normal.jpg", "b/mask1.jpg"], "person": ["a", "a", "b"],
+        "gender": ["male", "male", "female"], "age": [25, 25, 61], "mask": ["wear", "not_wear", "wear"],
+        "label": [0, 12, 5], "fold": [0, 0, 1]})
+
+
+MANIFEST_BREAKS = {
+    "a person in two folds": (lambda m: m.assign(fold=[0, 1, 1]), "two folds"),
+    "label outside 0..17": (lambda m: m.assign(label=[0, 18, 5]), "label outside"),
+    "unknown gender": (lambda m: m.assign(gender=["male", "male", "x"]), "gender must be one of"),
+    "text in fold": (lambda m: m.assign(fold=["0", "zero", "1"]), "fold is not a number"),
+    "missing column": (lambda m: m.drop(columns="fold"), "missing column"),
+    "no rows": (lambda m: m.iloc[:0], "no rows"),
+    "an empty path": (lambda m: m.assign(path=["", "a/normal.jpg", "b/mask1.jpg"]), "empty path"),
+    "a path on two rows": (lambda m: m.assign(path=["a/mask1.jpg", "a/mask1.jpg", "b/mask1.jpg"]), "repeat an image"),
+    "a person with two genders": (lambda m: m.assign(gender=["male", "female", "female"]), "different genders"),
+    "a person with two ages": (lambda m: m.assign(age=[25, 26, 61]), "different ages"),
+}
+
+
+@pytest.mark.parametrize("case", MANIFEST_BREAKS)
+def test_manifest_reader_refuses_what_the_contract_forbids(case, tmp_path):
+    path = tmp_path / "m.csv"
+    manifest_rows().to_csv(path, index=False)
+    assert len(read_manifest(path)) == 3  # the valid one reads
+    change, expected = MANIFEST_BREAKS[case]
+    change(manifest_rows()).to_csv(path, index=False)
+    with pytest.raises(MaskkitError) as excinfo:
+        read_manifest(path)
+    one_line(excinfo, str(path), expected)
+
+
+def test_manifest_reader_returns_the_contract_columns_in_order(tmp_path):
+    path = tmp_path / "m.csv"
+    manifest_rows()[list(MANIFEST_COLUMNS)[::-1]].assign(extra=1).to_csv(path, index=False)
+    assert tuple(read_manifest(path).columns) == MANIFEST_COLUMNS
+
+
+# --- predictions -------------------------------------------------------------------------------
+
+def predictions() -> pd.DataFrame:
+    probs = [[1 / 18] * 18, [0.5] + [0.5 / 17] * 17]
+    return prediction_frame(["x.jpg", "y.jpg"], probs)
+
+
+PREDICTION_BREAKS = {
+    "an ImageID twice": (lambda f: f.assign(ImageID=["x.jpg", "x.jpg"]), "repeat an ImageID"),
+    "ans outside 0..17": (lambda f: f.assign(ans=[0, 18]), "ans outside"),
+    "a negative probability": (lambda f: f.assign(p3=[-0.1, 0.0]), "missing, negative or do not sum to 1"),
+    "text in a probability": (lambda f: f.assign(p0=["high", 0.5]), "missing, negative or do not sum to 1"),
+    "probabilities summing to 3": (lambda f: f.assign(**{c: f[c] * 3 for c in PROB_COLUMNS}), "do not sum to 1"),
+    "no rows": (lambda f: f.iloc[:0], "no rows"),
+    "a missing p column": (lambda f: f.drop(columns="p17"), "missing column"),
+}
+
+
+@pytest.mark.parametrize("case", PREDICTION_BREAKS)
+def test_prediction_reader_refuses_what_the_contract_forbids(case, tmp_path):
+    path = tmp_path / "p.csv"
+    predictions().to_csv(path, index=False)
+    table, probs = read_predictions(path)
+    assert table["ans"].tolist() == [0, 0] and probs.shape == (2, 18)
+    change, expected = PREDICTION_BREAKS[case]
+    change(predictions()).to_csv(path, index=False)
+    with pytest.raises(MaskkitError) as excinfo:
+        read_predictions(path)
+    one_line(excinfo, str(path), expected)
+
+
+def test_prediction_frame_writes_the_argmax_of_the_written_values():
+    frame = predictions()
+    assert list(frame.columns) == ["ImageID", "ans", *PROB_COLUMNS]
+    assert frame["ans"].tolist() == frame[PROB_COLUMNS].to_numpy().argmax(1).tolist()
+
+
+# --- run folder ----------------------------------------------------------------------------------
+
+OPTIONS = {"backbone": "resnet18", "heads": "multi", "age_weight": 0.1, "old_age": 60, "img_size": [64, 48],
+           "dropout": 0.0, "fold": 2, "seed": 42, "lr": 0.001}
+
+
+def write_config(run, data) -> None:
+    run.mkdir(exist_ok=True)
+    (run / "config.json").write_text(json.dumps(data))
+
+
+def test_config_formats_old_and_new_read_alike(tmp_path):
+    new = stored_config(config_view({"options": OPTIONS, "mean": [0.5] * 3, "std": [0.5] * 3}))
+    assert new["format"] == 2 and not set(new) & {"backbone", "heads", "img_size", "fold", "age_regression"}
+    old = {**OPTIONS, "age_regression": True, "options": OPTIONS, "mean": [0.5] * 3, "std": [0.5] * 3}
+    bare = {k: OPTIONS[k] for k in ("backbone", "heads", "img_size")}  # hand-written, no options
+    views = []
+    for name, data in (("new", new), ("old", old)):
+        write_config(tmp_path / name, data)
+        views.append(read_config(tmp_path / name))
+    for key in ("backbone", "heads", "img_size", "fold", "age_weight", "age_regression"):
+        assert views[0][key] == views[1][key], key
+    assert views[0]["age_regression"] is True
+    write_config(tmp_path / "bare", bare)
+    assert read_config(tmp_path / "bare")["age_regression"] is False
+
+
+CONFIG_BREAKS = {
+    "not JSON": ("{oops", "not valid JSON"),
+    "a list": ("[1, 2]", "not a maskkit run config"),
+    "options not a mapping": ('{"options": [1]}', "not a maskkit run config"),
+    "no backbone": ('{"options": {"heads": "multi"}}', "missing backbone"),
+}
+
+
+@pytest.mark.parametrize("case", CONFIG_BREAKS)
+def test_config_reader_refuses_what_the_contract_forbids(case, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    text, expected = CONFIG_BREAKS[case]
+    (run / "config.json").write_text(text)
+    with pytest.raises(MaskkitError) as excinfo:
+        read_config(run)
+    one_line(excinfo, str(run), expected)
+
+
+@pytest.mark.parametrize("row, column", [("x,1,1,1,1,0.5,0.5,0.5,0.5,0.5", "epoch"),
+                                         ("1,1,1,1,1,high,0.5,0.5,0.5,0.5", "val_f1"),
+                                         ("1,1,1,1,1,0.5,0.5,0.5,,0.5", "f1_gender")])
+def test_metrics_reader_refuses_an_epoch_or_score_that_is_not_a_number(row, column, tmp_path):
+    columns = "epoch,seconds,lr,train_loss,val_loss,val_f1,val_acc,f1_mask,f1_gender,f1_age\n"
+    (tmp_path / "metrics.csv").write_text(columns + "1,1,1,1,1,0.5,0.5,0.5,0.5,0.5\n")
+    assert read_metrics(tmp_path)["epoch"].tolist() == [1]
+    (tmp_path / "metrics.csv").write_text(columns + row + "\n")
+    with pytest.raises(MaskkitError) as excinfo:
+        read_metrics(tmp_path)
+    one_line(excinfo, "metrics.csv", f"{column} is not a number on line 2")
+
+
+# --- fixes ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("age", ["-40", "inf", "1e300", "old"])
+def test_fixes_reader_refuses_an_age_that_is_not_a_plausible_number_of_years(age, tmp_path):
+    path = tmp_path / "fixes.csv"
+    path.write_text("target,column,old,new,reason\n000001,age,,45,checked\n")
+    assert read_fixes(path)["new"].tolist() == ["45"]
+    path.write_text(f"target,column,old,new,reason\n000001,age,,{age},checked\n")
+    with pytest.raises(MaskkitError) as excinfo:
+        read_fixes(path)
+    one_line(excinfo, str(path), f"new age {age} is not a plausible age")
+
+
+# --- recipe --------------------------------------------------------------------------------------
+
+def test_recipe_round_trips_with_the_size_written_width_first(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(recipe_text(OPTIONS))
+    assert "input_size: 48x64" in path.read_text()
+    assert read_recipe(path) == OPTIONS | {"img_size": (64, 48)}
+    write_config(tmp_path / "run", {"options": OPTIONS, "mean": [0.5] * 3})
+    assert read_recipe(tmp_path / "run" / "config.json") == OPTIONS
+
+
+@pytest.mark.parametrize("text, expected", [("- a\n- b\n", "not a mapping"), ("input_size: big\n", "WIDTHxHEIGHT"),
+                                            ("a: [1\n", "not a readable recipe")])
+def test_recipe_reader_refuses_what_the_contract_forbids(text, expected, tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    with pytest.raises(MaskkitError) as excinfo:
+        read_recipe(path)
+    one_line(excinfo, str(path), expected)

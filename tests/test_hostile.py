@@ -1,0 +1,461 @@
+"""Issue 12, a hostile user: bad inputs and outputs aimed at inputs give one line and exit 2 (or 1),
+and every input file is byte-identical afterwards.
+
+Each row of BAD is one bad call from the issue: the files it needs are made in a fresh copy of a
+small world (a drawn dataset X, a 1-epoch run, two prediction CSVs, a manifest), every file of that
+world is hashed, the command runs in-process, and then the exit code, the one-line error and the
+hashes are checked. SWEEP aims every output of every subcommand that reads inputs at one of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from helpers import one_thread
+
+# --- the world -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory, single_run) -> Path:
+    """X (the issue's drawn set, with masks), runs/base (the session's trained run), p.csv and q.csv
+    (its predictions), folds.csv."""
+    from maskkit.commands.predict import predict
+    from maskkit.commands.synth import synthesize
+    from maskkit.contract.files import write_csv
+    from maskkit.contract.layout import load_train
+    from maskkit.data.folds import make_manifest
+
+    root = tmp_path_factory.mktemp("hostile")
+    synthesize(root / "X", persons=30, eval_persons=8, size=(48, 64), seed=1, masks=True)
+    shutil.copytree(single_run, root / "runs" / "base")
+    with one_thread():
+        predict(root / "runs" / "base", root / "X" / "eval", out=root / "p.csv", device="cpu", workers=0)
+    shutil.copyfile(root / "p.csv", root / "q.csv")
+    images = load_train(root / "X" / "train", report=False)
+    write_csv(make_manifest(images, 2, 42).assign(path=lambda m: [os.path.relpath(p, root) for p in m["path"]]),
+              root / "folds.csv")
+    return root
+
+
+@pytest.fixture(scope="module")
+def deeplab(tmp_path_factory) -> Path:
+    """Random DeepLabV3-mobilenet weights (segment only needs a loadable file here)."""
+    import torch
+    from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
+
+    path = tmp_path_factory.mktemp("deeplab") / "deeplab.pt"
+    torch.manual_seed(0)
+    torch.save(deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=21).state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def world(pristine, tmp_path, monkeypatch) -> Path:
+    """A private copy of the world, the working directory of the command."""
+    root = tmp_path / "w"
+    shutil.copytree(pristine, root)
+    monkeypatch.chdir(root)
+    with one_thread():
+        yield root
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".maskkit.lock"}
+
+
+def first_person(root: Path) -> str:
+    return sorted(p.name for p in (root / "X" / "train" / "images").iterdir())[0]
+
+
+def first_image(root: Path) -> str:
+    return f"X/train/images/{first_person(root)}/mask1.jpg"
+
+
+# --- bad inputs made in the world (each returns nothing; the files become inputs) -------------------
+
+def manifest_with(root: Path, change) -> None:
+    manifest = pd.read_csv(root / "folds.csv", dtype={"person": str})
+    change(manifest).to_csv(root / "bad.csv", index=False)
+
+
+def empty_path_row(root: Path) -> None:
+    manifest_with(root, lambda m: m.assign(path=[""] + m["path"].tolist()[1:]))
+
+
+def duplicated_rows(root: Path) -> None:
+    manifest_with(root, lambda m: pd.concat([m, m], ignore_index=True))
+
+
+def mixed_gender(root: Path) -> None:
+    def flip(m):
+        first = m.index[m["person"] == m["person"].iloc[0]][0]
+        m.loc[first, "gender"] = "female" if m.loc[first, "gender"] == "male" else "male"
+        return m
+    manifest_with(root, flip)
+
+
+def fixes_age(age: str):
+    def make(root: Path) -> None:
+        person = first_person(root).split("_")[0]
+        (root / "fixes.csv").write_text(f"target,column,old,new,reason\n{person},age,,{age},hostile\n")
+    return make
+
+
+def soft_sum_three(root: Path) -> None:
+    preds = pd.read_csv(root / "q.csv", dtype={"ImageID": str})
+    probs = [f"p{i}" for i in range(18)]
+    preds[probs] = preds[probs] * 3
+    preds.to_csv(root / "q.csv", index=False)
+
+
+def header_only_info(root: Path) -> None:
+    shutil.copytree(root / "X" / "eval", root / "E")
+    (root / "E" / "info.csv").write_text("ImageID,ans\n")
+
+
+def header_only_preds(root: Path) -> None:
+    (root / "empty.csv").write_text("ImageID,ans\n")
+
+
+def metrics_epoch_x(root: Path) -> None:
+    metrics = root / "runs" / "base" / "metrics.csv"
+    lines = metrics.read_text().splitlines()
+    lines[1] = "x" + lines[1][lines[1].index(","):]
+    metrics.write_text("\n".join(lines) + "\n")
+
+
+def config_a_list(root: Path) -> None:
+    (root / "runs" / "base" / "config.json").write_text(json.dumps([1, 2, 3]))
+
+
+def other_dataset(root: Path) -> None:
+    """Another eval set of the same layout, whose info.csv differs from X's."""
+    shutil.copytree(root / "X" / "eval", root / "other" / "eval")
+    info = root / "other" / "eval" / "info.csv"
+    lines = info.read_text().splitlines()
+    info.write_text("\n".join(lines[:1] + lines[:0:-1]) + "\n")
+
+
+def same_stem_png(root: Path) -> None:
+    """An eval set where a.jpg and a.png sit side by side (the real data mixes extensions)."""
+    shutil.copytree(root / "X" / "eval", root / "M")
+    first = sorted((root / "M" / "images").iterdir())[0]
+    shutil.copyfile(first, first.with_suffix(".png"))
+
+
+def notes_file(root: Path) -> None:
+    (root / "notes.txt").write_text("my notes\n")
+
+
+def a_file(root: Path) -> None:
+    (root / "afile").write_text("not a folder\n")
+
+
+def hard_link_q(root: Path) -> None:
+    os.link(root / "q.csv", root / "h.csv")
+
+
+def synth_lookalike(root: Path) -> None:
+    """The issue's scenario: a copy of a drawn set, made to look real, with the user's own notes in it."""
+    shutil.copytree(root / "X", root / "real")
+    (root / "real" / "train" / "injected_errors.csv").unlink(missing_ok=True)
+    (root / "real" / "eval" / "truth.csv").unlink(missing_ok=True)
+    (root / "real" / "train" / "images" / first_person(root) / "notes.txt").write_text("x\n")
+
+
+RUN = "runs/base"
+TINY = ["--backbone", "test_resnet", "--no-pretrained", "--epochs", "1", "--input-size", "32x32", "--batch-size", "8",
+        "--workers", "0", "--device", "cpu"]
+CAM = (RUN, "X/train", "--limit", "2", "--device", "cpu")
+IMAGE = "{image}"
+SEGMENT = ["--weights", "{deeplab}", "--model", "mobilenet", "--size", "16", "--workers", "0", "--device", "cpu"]  # replaced by a training image of the world
+
+# (id, setup, argv, exit code): item 1 and 2 of the issue first, then 5, 6 and 7.
+BAD = [
+    # 1. an output that is an input
+    ("split -o train.csv", None, ["split", "X/train", "--folds", "2", "-o", "X/train/train.csv"], 2),
+    ("predict -o info.csv", None, ["predict", RUN, "X/eval", "--device", "cpu", "-o", "X/eval/info.csv"], 2),
+    ("audit -o train.csv", None, ["audit", "X/train", "-o", "X/train/train.csv"], 2),
+    ("audit --sheet image", None, ["audit", "X/train", "--sheet", IMAGE], 2),
+    ("cam --sheet image", None, ["cam", *CAM, "--sheet", IMAGE], 2),
+    ("cam -o train.csv", None, ["cam", *CAM, "--summary", "--masks", "X/masks", "-o", "X/train/train.csv"], 2),
+    ("vote -o input", None, ["vote", "p.csv", "q.csv", "-o", "q.csv"], 2),
+    ("vote -o hard link of input", hard_link_q, ["vote", "p.csv", "q.csv", "-o", "h.csv"], 2),
+    ("segment into another dataset", other_dataset, ["segment", "X/eval", "other/eval", *SEGMENT], 2),
+    ("predict -o a foreign file", notes_file, ["predict", RUN, "X/eval", "--device", "cpu", "-o", "notes.txt"], 2),
+    ("split -o a CSV of another kind", None, ["split", "X/train", "--folds", "2", "-o", "p.csv"], 2),
+    ("predict -o a file of the run", None, ["predict", RUN, "X/eval", "--device", "cpu", "-o", f"{RUN}/metrics.csv"], 2),
+    # 2. write failures
+    ("predict -o a folder", None, ["predict", RUN, "X/eval", "--device", "cpu", "-o", "runs"], 2),
+    ("split -o below a file", None, ["split", "X/train", "--folds", "2", "-o", "folds.csv/x.csv"], 2),
+    ("vote -o below a file", None, ["vote", "p.csv", "-o", "p.csv/v.csv"], 2),
+    ("audit --sheet below a file", a_file, ["audit", "X/train", "--sheet", "afile/s.png"], 2),
+    ("synth below a file", a_file, ["synth", "afile/d", "--persons", "2", "--eval-persons", "1", "--size", "32x32"], 2),
+    ("demo below a file", a_file, ["demo", "afile/demo", "--epochs", "1", "--device", "cpu"], 2),
+    ("predict -o read-only", None, ["predict", RUN, "X/eval", "--device", "cpu", "-o", "{ro}/p.csv"], 2),
+    ("split -o read-only", None, ["split", "X/train", "--folds", "2", "-o", "{ro}/folds.csv"], 2),
+    ("vote -o read-only", None, ["vote", "p.csv", "-o", "{ro}/v.csv"], 2),
+    ("audit --sheet read-only", None, ["audit", "X/train", "--sheet", "{ro}/s.png"], 2),
+    ("synth read-only", None, ["synth", "{ro}/d", "--persons", "2", "--eval-persons", "1", "--size", "32x32"], 2),
+    # 3. two images that would share one mask name
+    ("segment a.jpg and a.png --masks", same_stem_png, ["segment", "M", "seg", "--masks", "mk", *SEGMENT], 2),
+    # 5. synth --overwrite of a folder it did not write (as it is now)
+    ("synth --overwrite user data", synth_lookalike,
+     ["synth", "real", "--persons", "2", "--eval-persons", "1", "--size", "32x32", "--overwrite"], 2),
+    # 6. tracebacks on bad input
+    ("train: manifest row with empty path", empty_path_row,
+     ["train", "bad.csv", *TINY], 2),
+    ("predict --workers -2", None, ["predict", RUN, "X/eval", "--device", "cpu", "--workers", "-2"], 2),
+    ("runs: metrics epoch x", metrics_epoch_x, ["runs", RUN], 2),
+    ("runs: config.json a list", config_a_list, ["runs", RUN], 2),
+    ("split --fixes age inf", fixes_age("inf"), ["split", "X/train", "--folds", "2", "--fixes", "fixes.csv"], 2),
+    ("split --fixes age 1e300", fixes_age("1e300"), ["split", "X/train", "--folds", "2", "--fixes", "fixes.csv"], 2),
+    ("cam --out-dir a file", None, ["cam", *CAM, "--out-dir", "p.csv"], 2),
+    ("cam -o a CSV of another kind", None, ["cam", *CAM, "--summary", "--masks", "X/masks", "-o", "p.csv"], 2),
+    ("synth --size 100000x100000", None, ["synth", "big", "--persons", "1", "--size", "100000x100000"], 2),
+    ("demo OUT a file", None, ["demo", "p.csv", "--epochs", "1", "--device", "cpu"], 2),
+    # 7. bad input accepted
+    ("vote --soft sums to 3", soft_sum_three, ["vote", "p.csv", "q.csv", "--soft"], 2),
+    ("predict header-only info.csv", header_only_info, ["predict", RUN, "E", "--device", "cpu"], 2),
+    ("vote one empty file", header_only_preds, ["vote", "empty.csv"], 2),
+    ("split --fixes age -40", fixes_age("-40"), ["split", "X/train", "--folds", "2", "--fixes", "fixes.csv"], 2),
+    ("train: every row twice", duplicated_rows,
+     ["train", "bad.csv", *TINY], 2),
+    ("train: a person with two genders", mixed_gender,
+     ["train", "bad.csv", *TINY], 2),
+]
+
+# Every output of every subcommand that reads inputs, aimed at one of them (or inside an input dataset).
+SWEEP = [
+    ["split", "X", "--folds", "2", "-o", "X/folds.csv"],
+    ["split", "X/train", "--folds", "2", "--fixes", "X/train/injected_errors.csv", "-o", "X/train/injected_errors.csv"],
+    ["predict", RUN, "X/eval", "--device", "cpu", "-o", "X/eval/truth.csv"],
+    ["predict", RUN, "X/eval", "--device", "cpu", "-o", f"{RUN}/val_preds.csv"],
+    ["predict", RUN, "X/eval", "--device", "cpu", "-o", "X/eval/images/new.csv"],
+    ["audit", "X/train", "--oof", RUN, "-o", f"{RUN}/val_preds.csv"],
+    ["audit", "X/train", "--oof", RUN, "--fixes-out", "X/train/injected_errors.csv"],
+    ["audit", "X/train", "--manifest", "folds.csv", "-o", "folds.csv"],
+    ["cam", *CAM, "--out-dir", "X/train"],
+    ["cam", *CAM, "--out-dir", "X/train/images"],
+    ["vote", "p.csv", "q.csv", "--info", "X/eval/info.csv", "-o", "X/eval/info.csv"],
+    ["vote", "p.csv", "q.csv", "-o", "p.csv"],
+    ["segment", "X", "X/seg", "--device", "cpu"],
+    ["segment", "X/eval", "seg", "--masks", "X/eval/masks", "--device", "cpu"],
+    ["train", "X/train", "--out", "X/train", *TINY],
+    ["train", f"{RUN}/manifest.csv", "--out", "runs", "--name", "base", "--overwrite", *TINY],
+    ["synth", "X", "--persons", "2", "--eval-persons", "1", "--size", "32x32"],
+]
+
+
+@pytest.fixture
+def read_only(tmp_path) -> Path | None:
+    """A folder this process cannot write into (root ignores file modes: /sys is not writable even then)."""
+    if os.geteuid() == 0:
+        yield Path("/sys") if os.path.isdir("/sys") and not _writable("/sys") else None
+        return
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    yield folder
+    folder.chmod(0o755)
+
+
+def _writable(folder: str) -> bool:
+    try:
+        with open(os.path.join(folder, ".maskkit-probe"), "w"):
+            pass
+    except OSError:
+        return False
+    os.unlink(os.path.join(folder, ".maskkit-probe"))
+    return True
+
+
+def run_bad(cli, world: Path, argv: list[str], setup=None, ro: Path | None = None, deeplab: Path | None = None):
+    if setup is not None:
+        setup(world)
+    argv = [a.replace("{image}", first_image(world)).replace("{ro}", str(ro)).replace("{deeplab}", str(deeplab))
+            for a in argv]
+    before = tree_hashes(world)
+    result = cli(*argv)
+    after = tree_hashes(world)
+    changed = [p for p, digest in before.items() if after.get(p) != digest]
+    if os.environ.get("MASKKIT_HOSTILE_LOG"):  # benchmarks/hostile.md is made from this log, before and after a fix
+        lines = (result.stderr or "").strip().splitlines()
+        with open(os.environ["MASKKIT_HOSTILE_LOG"], "a") as log:
+            log.write(json.dumps({"argv": argv, "exit": result.exit_code, "changed": len(changed),
+                                  "traceback": result.exception is not None and not isinstance(result.exception, SystemExit),
+                                  "last": lines[-1] if lines else repr(result.exception)}) + "\n")
+    return result, changed
+
+
+def assert_one_line_error(result, command: str) -> None:
+    assert not isinstance(result.exception, (TypeError, ValueError, OSError, OverflowError, MemoryError, KeyError)), \
+        repr(result.exception)
+    assert "Traceback" not in result.output + result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"maskkit {command}: error: "), result.stderr
+
+
+@pytest.mark.parametrize("name, setup, argv, code", BAD, ids=[row[0] for row in BAD])
+def test_bad_input_is_one_line_and_leaves_every_input_unchanged(cli, world, read_only, request, name, setup, argv,
+                                                               code):
+    if read_only is None and any("{ro}" in a for a in argv):
+        pytest.skip("no read-only folder available here")
+    weights = request.getfixturevalue("deeplab") if "{deeplab}" in argv else None
+    result, changed = run_bad(cli, world, argv, setup, read_only, weights)
+    assert result.exit_code == code, result.stderr
+    assert_one_line_error(result, argv[0])
+    assert changed == []
+
+
+@pytest.mark.parametrize("argv", SWEEP, ids=[" ".join(a[:1] + a[-2:]) for a in SWEEP])
+def test_sweep_output_aimed_at_an_input_is_refused(cli, world, argv):
+    result, changed = run_bad(cli, world, argv)
+    assert result.exit_code == 2, result.stderr
+    assert_one_line_error(result, argv[0])
+    assert changed == []
+
+
+def test_rerun_replaces_its_own_output_and_a_new_name_works(cli, world):
+    """The replace rule is not a refusal of everything: the same kind of output is replaced."""
+    assert cli("split", "X/train", "--folds", "2", "-o", "f2.csv").exit_code == 0
+    assert cli("split", "X/train", "--folds", "2", "--seed", "7", "-o", "f2.csv").exit_code == 0
+    assert cli("vote", "p.csv", "q.csv", "-o", "v.csv").exit_code == 0
+    assert cli("vote", "p.csv", "-o", "v.csv").exit_code == 0  # same header: a vote replaces a vote
+    result = cli("split", "X/train", "--folds", "2", "-o", "v.csv")
+    assert result.exit_code == 2 and "delete it or choose another path" in result.stderr
+    result = cli("predict", RUN, "X/eval", "--device", "cpu", "-o", f"{RUN}/eval_preds.csv")
+    assert result.exit_code == 0 and (world / RUN / "eval_preds.csv").is_file()  # beside the run's files is fine
+
+
+# --- item 2: a full disk is a run-time failure (exit 1) naming the path --------------------------------
+
+def run_with_file_limit(argv: list[str], cwd: Path, limit: int) -> subprocess.CompletedProcess:
+    """`python -m maskkit ARGV` where no file may grow past `limit` bytes (EFBIG, like a full disk)."""
+    def limit_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "maskkit", *argv], cwd=cwd, env=env, capture_output=True,
+                          text=True, preexec_fn=limit_files, timeout=300)
+
+
+@pytest.mark.parametrize("argv", [
+    ["predict", RUN, "X/eval", "--device", "cpu", "--workers", "0", "-o", "out/p.csv"],  # no shared-memory files
+    ["split", "X/train", "--folds", "2", "-o", "out/folds.csv"],
+], ids=["predict", "split"])
+def test_full_disk_is_one_line_exit_1_and_leaves_no_file(world, argv):
+    result = run_with_file_limit(argv, world, 2000)
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr and last.startswith(f"maskkit {argv[0]}: error: out/")
+    assert "free some space" in last or "too large" in last
+    assert not (world / "out").exists() or list((world / "out").iterdir()) == []
+
+
+# --- item 4: one run per output folder --------------------------------------------------------------
+
+def test_a_second_segment_or_train_on_a_locked_folder_exits_2_naming_the_first(cli, world):
+    from maskkit.contract.files import folder_lock
+
+    with folder_lock(world / "seg", "segment"):
+        result = cli("segment", "X/eval", "seg", "--device", "cpu")
+    assert result.exit_code == 2 and f"process {os.getpid()}" in result.stderr
+    assert not (world / "seg").exists()  # the lock's folder goes when the run that made it ends
+    with folder_lock(world / "runs" / "base", "train"):
+        result = cli("train", "--resume", RUN, "--device", "cpu")
+    assert result.exit_code == 2 and f"process {os.getpid()}" in result.stderr
+    assert_one_line_error(result, "train")
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
+    from maskkit.contract.files import LOCK_FILE, folder_lock
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / LOCK_FILE).write_text("999999999 maskkit segment\n")  # no process holds it
+    with folder_lock(folder, "segment"):
+        assert (folder / LOCK_FILE).read_text().split()[0] == str(os.getpid())
+    assert not (folder / LOCK_FILE).exists()
+
+
+# --- item 5: synth --overwrite replaces only what synth wrote ------------------------------------------
+
+def test_synth_overwrite_replaces_its_own_dataset_only(cli, tmp_path):
+    args = ["--persons", "2", "--eval-persons", "1", "--size", "32x32"]
+    assert cli("synth", tmp_path / "d", *args).exit_code == 0
+    assert cli("synth", tmp_path / "d", *args, "--seed", "3", "--overwrite").exit_code == 0
+    (tmp_path / "d" / "train" / "notes.txt").write_text("mine\n")
+    result = cli("synth", tmp_path / "d", *args, "--overwrite")
+    assert result.exit_code == 2 and "notes.txt" in result.stderr
+    assert (tmp_path / "d" / "train" / "notes.txt").read_text() == "mine\n"
+
+
+# --- item 9: leftovers and one-line usage errors ---------------------------------------------------
+
+def test_demo_epochs_0_is_refused_before_any_work(cli, world):
+    result = cli("demo", "d", "--epochs", "0", "--device", "cpu")
+    assert result.exit_code == 2 and "--epochs 0" in result.stderr
+    assert not (world / "d").exists()
+
+
+def test_resume_removes_the_temporary_file_of_a_killed_save(cli, world):
+    stale = world / RUN / ".last.pt.tmp4242.pt"
+    stale.write_bytes(b"half a checkpoint")
+    result = cli("train", "--resume", RUN, "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    assert not stale.exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["audit", "X/train", "--top", "0"],
+    ["segment", "X/eval", "seg", "--threshold", "1.5"],
+    ["segment", "X/eval", "seg", "--batch-size", "0"],
+    ["segment", "X/eval", "seg", "--size", "8"],
+    ["segment", "X/eval", "seg", "--workers", "-1"],
+    ["split", "X/train", "--folds", "two"],
+], ids=lambda a: " ".join(a[-2:]))
+def test_out_of_range_option_is_one_line_exit_2(world, argv, monkeypatch, capsys):
+    """Through the console entry point (maskkit.cli.main), in this process: no usage box."""
+    from maskkit.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["maskkit", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"maskkit {argv[0]}: error: ") and argv[-2] in lines[0]
+
+
+def test_train_on_a_full_disk_says_how_far_it_got(cli, world, monkeypatch):
+    """The disk fills while the plots are saved after epoch 1: exit 1, one line, and resume works."""
+    import errno
+
+    from maskkit.contract.files import atomic_path
+    from maskkit.engine import plots
+
+    def full_disk(run_dir):
+        with atomic_path(run_dir / "curves.png"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(plots, "plot_run", full_disk)
+        result = cli("train", "folds.csv", *TINY, "--name", "full")
+    assert result.exit_code == 1
+    assert_one_line_error(result, "train")
+    assert "no space left" in result.stderr and "1 epoch(s) finished" in result.stderr
+    assert "--resume runs/full" in result.stderr
+    assert cli("train", "--resume", "runs/full", "--device", "cpu").exit_code == 0
