@@ -7,26 +7,29 @@ Draws its own data (`maskkit synth`, 384x512 JPEGs) in a temporary folder and pr
   train  loader-fed     the same trainer fed by its real loader (second epoch), with --cache ram and
                         --cache none; `x synthetic` = loader-fed / synthetic (goal >= 0.9), `wait` =
                         share of the epoch spent waiting for a batch (goal < 5 %)
-  train  gpu-aug        loader ships uint8 crops without augmentation; flips, noise, brightness/
-                        contrast and normalisation run on the batch (`maskkit.data.gpu_augment`),
-                        wired in here by wrapping `Trainer.to_device` (train does not call it yet)
+                        (`--aug basic`: on CUDA the loader ships uint8 crops and flips, noise,
+                        brightness/contrast and normalisation run on the batch, data/gpu_augment.py)
+  train  cpu-aug        the same with the augmentation on the loader's workers (albumentations), as
+                        before issue 11 (the trainer's train transform swapped back; CUDA only)
   first epoch           its parts: cache build, model build, rest of the set-up, warm-up excess of
                         epoch 1 over epoch 2 (worker start, cudnn autotuning of the training shapes),
-                        excess of the first validation over the second (autotuning the validation
-                        shapes); `projected` = those for a real-size set (cache of 18,900 images,
+                        excess of the first validation over the second (new validation shapes: none
+                        now, validation runs at the training batch size, its last batch padded);
+                        `projected` = those for a real-size set (cache of 18,900 images,
                         the rest fixed) as a share of one epoch of 15,000 images (goal <= 10 %)
   predict               img/s of `predict_probs` over all drawn images, cold decoding (as `maskkit predict`)
   segment               `maskkit segment` img/s vs the forward pass alone (same pre-resized batches,
                         no I/O; goal >= 0.9x), the device pipeline (default on CUDA), with nvjpeg
                         encoding, and the host pipeline; DeepLabV3-ResNet50 with RANDOM weights
                         (person bias raised so every image is composited) at 520, batch 32
-  ddp                   `torchrun --nproc_per_node 1 -m maskkit train` vs `python -m maskkit train`
-                        (same options), when maskkit has a DDP code path; skipped with a note otherwise
+  ddp                   `torchrun --nproc_per_node 1 -m maskkit train` (DistributedDataParallel,
+                        world size 1) vs `python -m maskkit train`, same options, epoch-2 img/s
 
-Each section that fails prints its one-line reason and the others still run. Run from the
-repository root:
+Each section that fails prints its one-line reason and the others still run; a section that would
+start after --budget seconds (default 200) is skipped with a note, so the script ends in under
+4 minutes on one GPU. Run from the repository root:
 
-    python benchmarks/gpu.py --out gpu_results.json           # one GPU, under 5 minutes
+    python benchmarks/gpu.py --out gpu_results.json           # one GPU, under 4 minutes
     python benchmarks/gpu.py --quick --out /tmp/gpu.json      # CPU dry run: tiny sizes, one thread
 """
 
@@ -52,11 +55,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from maskkit.commands import segment  # noqa: E402
-from maskkit.commands.split import make_manifest  # noqa: E402
+from maskkit.data.folds import make_manifest  # noqa: E402
 from maskkit.commands.synth import synthesize  # noqa: E402
 from maskkit.contract.errors import MaskkitError  # noqa: E402
 from maskkit.contract.files import write_csv  # noqa: E402
 from maskkit.contract.layout import load_train  # noqa: E402
+from maskkit.contract.manifest import MANIFEST_COLUMNS  # noqa: E402
 
 REAL_TRAIN_IMAGES, REAL_ALL_IMAGES = 15_000, 18_900
 
@@ -150,47 +154,51 @@ def timed_validate(trainer, device: torch.device) -> float:
 
 def train_config(results: Results, label: str, work: Path, manifest, manifest_path: Path, backbone: str,
                  img_size: tuple[int, int], batch: int, device: torch.device, caches: list[str],
-                 gpu_aug: bool, synthetic_steps: int) -> None:
-    from maskkit.commands.train import Trainer, TrainOptions, build_config
+                 synthetic_steps: int, deadline: float = float("inf")) -> None:
+    from maskkit.commands.train import Trainer, build_config
     from maskkit.data import loader as loader_module
     from maskkit.engine import models as models_module
+    from maskkit.options import TrainOptions
 
     synthetic_rate = None
-    for cache in caches:
-        variants = [("loader-fed", "basic", False)] + ([("gpu-aug", "none", True)] if gpu_aug and cache == caches[0] else [])
-        for variant, aug, on_device_aug in variants:
-            options = TrainOptions(backbone=backbone, pretrained=False, heads="multi", age_weight=0.1,
-                                   img_size=img_size, batch_size=batch, aug=aug, epochs=2, cache=cache,
-                                   device=str(device), seed=0)
-            run_dir = work / f"{label}-{cache}-{variant}"
-            run_dir.mkdir()
-            config = build_config(options, manifest_path, str(manifest_path), manifest)
-            start = time.perf_counter()
-            with Timer(loader_module, "build_cache") as cache_timer, Timer(models_module, "build_model") as model_timer:
-                trainer = Trainer(run_dir, manifest, options, config, progress=False)
-            synchronize(device)
-            setup = time.perf_counter() - start
-            if on_device_aug:
-                wrap_to_device_with_gpu_augment(trainer, config)
-            first, first_wait, _ = run_epoch(trainer, 0, device)
-            first_val = timed_validate(trainer, device)
-            steady, steady_wait, seen = run_epoch(trainer, 1, device)
-            steady_val = timed_validate(trainer, device)
-            rate = seen / steady
-            name = f"{label} {variant} --cache {cache}"
-            if synthetic_rate is None:
-                synthetic_rate = synthetic(trainer, device, synthetic_steps)
-                results.add("train", f"{label} synthetic (batch on the device)", synthetic_rate, "img/s")
-            note = f"{rate / synthetic_rate:.2f}x synthetic, data wait {steady_wait / steady:.1%}"
-            if on_device_aug and device.type != "cuda":
-                note += " (CPU: the loader normalises, so no batch augmentation runs)"
-            results.add("train", name, rate, "img/s", note)
-            if variant == "loader-fed" and cache == caches[0]:
-                first_epoch_parts(results, label, trainer, setup, cache_timer.seconds, model_timer.seconds,
-                                  first, steady, first_val, steady_val, rate)
-            del trainer
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+    variants = [(cache, "loader-fed") for cache in caches]
+    if device.type == "cuda":
+        variants.insert(1, (caches[0], "cpu-aug"))
+    for cache, variant in variants:
+        if time.perf_counter() > deadline:
+            results.add("train", f"{label} {variant} --cache {cache}", "skipped", "", "time budget")
+            continue
+        options = TrainOptions(backbone=backbone, pretrained=False, heads="multi", age_weight=0.1,
+                               img_size=img_size, batch_size=batch, aug="basic", epochs=2, cache=cache,
+                               device=str(device), seed=0)
+        run_dir = work / f"{label}-{cache}-{variant}"
+        run_dir.mkdir()
+        config = build_config(options, manifest_path, str(manifest_path), manifest)
+        start = time.perf_counter()
+        with Timer(loader_module, "build_cache") as cache_timer, Timer(models_module, "build_model") as model_timer:
+            trainer = Trainer(run_dir, manifest, options, config, progress=False)
+        synchronize(device)
+        setup = time.perf_counter() - start
+        if variant == "cpu-aug":
+            augment_on_workers(trainer, config)
+        first, first_wait, _ = run_epoch(trainer, 0, device)
+        first_val = timed_validate(trainer, device)
+        steady, steady_wait, seen = run_epoch(trainer, 1, device)
+        steady_val = timed_validate(trainer, device)
+        rate = seen / steady
+        name = f"{label} {variant} --cache {cache}"
+        if synthetic_rate is None:
+            synthetic_rate = synthetic(trainer, device, synthetic_steps)
+            results.add("train", f"{label} synthetic (batch on the device)", synthetic_rate, "img/s")
+        where = "GPU batch" if trainer.augment_on_device else "workers"
+        note = f"{rate / synthetic_rate:.2f}x synthetic, data wait {steady_wait / steady:.1%}, augmentation on {where}"
+        results.add("train", name, rate, "img/s", note)
+        if variant == "loader-fed" and cache == caches[0]:
+            first_epoch_parts(results, label, trainer, setup, cache_timer.seconds, model_timer.seconds,
+                              first, steady, first_val, steady_val, rate)
+        del trainer
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def synthetic(trainer, device: torch.device, steps: int) -> float:
@@ -207,22 +215,17 @@ def synthetic(trainer, device: torch.device, steps: int) -> float:
     return seen / seconds
 
 
-def wrap_to_device_with_gpu_augment(trainer, config: dict) -> None:
-    """Trainer.to_device replaced by gpu_augment's batch augmentation + normalisation (uint8 in)."""
-    from maskkit.data import gpu_augment
+def augment_on_workers(trainer, config: dict) -> None:
+    """Before the first epoch (workers not started): the basic recipe back on the loader's workers
+    (uint8 out, normalised on the GPU), as train did before the batch augmentation."""
+    import dataclasses
 
-    aug = gpu_augment.BatchAugment(tuple(config["mean"]), tuple(config["std"]))
-    counter = [0]
+    from maskkit.data.presets import build_transform
 
-    def to_device(images: torch.Tensor) -> torch.Tensor:
-        images = images.to(trainer.device, non_blocking=True)
-        if images.dtype != torch.uint8:  # the CPU loader normalises itself: leave it
-            return images
-        counter[0] += 1
-        x = gpu_augment.augment_batch(images, gpu_augment.image_seeds(0, counter[0], range(len(images))), aug)
-        return x.contiguous(memory_format=torch.channels_last) if trainer.device.type == "cuda" else x
-
-    trainer.to_device = to_device
+    trainer.train_set.transform = build_transform("basic", tuple(config["img_size"]), config["mean"], config["std"],
+                                                  tuple(config["crop"]), normalize=False)
+    trainer.train_on_device = dataclasses.replace(trainer.train_on_device, augment=None)
+    trainer.augment_on_device = False
 
 
 def first_epoch_parts(results: Results, label: str, trainer, setup: float, cache: float, model: float,
@@ -245,9 +248,10 @@ def first_epoch_parts(results: Results, label: str, trainer, setup: float, cache
 # --- predict ------------------------------------------------------------------------------------
 
 def predict_rate(results: Results, paths: list[str], device: torch.device, quick: bool) -> None:
-    from maskkit.commands.predict import predict_probs
-    from maskkit.data.loader import ImageDataset, eval_transform, make_loader
+    from maskkit.data.loader import ImageDataset, make_loader
+    from maskkit.data.presets import eval_transform
     from maskkit.engine.devices import autocast_dtype, default_workers
+    from maskkit.engine.loop import OnDevice, predict_probs
     from maskkit.engine.models import build_model, model_defaults, to_channels_last
 
     img_size, backbone = ((128, 96), "lite0") if quick else ((512, 384), "effb2")
@@ -260,12 +264,11 @@ def predict_rate(results: Results, paths: list[str], device: torch.device, quick
     dataset = ImageDataset(paths, None, img_size, eval_transform(img_size, mean, std, normalize=not on_device),
                            on_error="raise")
     loader = make_loader(dataset, 64, shuffle=False, workers=default_workers(device), device=device)
-    normalize = (mean, std) if on_device else None
-    predict_probs(model, [next(iter(loader))], 64, device, "none", autocast_dtype(device), progress=False,
-                  normalize=normalize)  # warm-up: workers, cudnn
+    moving = OnDevice(device, autocast_dtype(device), (mean, std) if on_device else None)
+    predict_probs(model, [next(iter(loader))], 64, moving, "none", progress=False)  # warm-up: workers, cudnn
     synchronize(device)
     start = time.perf_counter()
-    predict_probs(model, loader, len(paths), device, "none", autocast_dtype(device), progress=False, normalize=normalize)
+    predict_probs(model, loader, len(paths), moving, "none", progress=False)
     synchronize(device)
     results.add("predict", f"{backbone} {img_size[0]}x{img_size[1]} batch 64, cold decode", len(paths) / (time.perf_counter() - start),
                 "img/s", f"{len(paths)} images, {default_workers(device)} workers")
@@ -318,17 +321,15 @@ def segment_rates(results: Results, work: Path, src: Path, device: torch.device,
 
 # --- ddp ----------------------------------------------------------------------------------------
 
-def has_ddp() -> bool:
-    return any("init_process_group" in path.read_text(errors="ignore") for path in (ROOT / "maskkit").rglob("*.py"))
+def ddp_rates(results: Results, work: Path, manifest_path: Path, device: torch.device, quick: bool,
+              timeout: float) -> None:
+    import pandas as pd
 
-
-def ddp_rates(results: Results, work: Path, manifest_path: Path, device: torch.device, quick: bool) -> None:
-    if not has_ddp():
-        results.add("ddp", "world size 1 vs plain", "skipped", "", "no DistributedDataParallel code path in maskkit yet")
-        return
     size, batch = ("64x64", 8) if quick else ("128x128", 64)
-    common = ["train", str(manifest_path), "--backbone", "lite0", "--no-pretrained", "--img-size", size,
-              "--batch-size", str(batch), "--epochs", "2", "--device", str(device), "--out", str(work / "ddp_runs")]
+    common = ["train", str(manifest_path), "--backbone", "lite0", "--no-pretrained", "--input-size", size,
+              "--batch-size", str(batch), "--epochs", "2", "--device", str(device), "--runs-dir", str(work / "ddp_runs")]
+    if quick:
+        common += ["--threads", "1", "--workers", "0"]
     commands = {
         "plain": [sys.executable, "-m", "maskkit", *common, "--name", "plain"],
         "torchrun world size 1": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
@@ -336,20 +337,20 @@ def ddp_rates(results: Results, work: Path, manifest_path: Path, device: torch.d
     }
     rates = {}
     for name, command in commands.items():
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+        start = time.perf_counter()
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=max(30.0, timeout / 2),
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
         run = work / "ddp_runs" / ("plain" if name == "plain" else "ddp1")
         if done.returncode != 0 or not (run / "metrics.csv").is_file():
             tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
             results.add("ddp", name, "failed", "", f"exit {done.returncode}: {tail[:160]}")
             continue
-        import pandas as pd
-
         metrics = pd.read_csv(run / "metrics.csv")
         config = json.loads((run / "config.json").read_text())
-        train_images = config.get("train_images") or int((pd.read_csv(run / "manifest.csv")["fold"] != 0).sum())
-        rates[name] = train_images / float(metrics["seconds"].iloc[-1])
-        results.add("ddp", f"{name}, epoch 2", rates[name], "img/s")
+        seen = config["train_images"] // batch * batch  # full batches only
+        rates[name] = seen / float(metrics["seconds"].iloc[-1])
+        results.add("ddp", f"{name}, epoch 2", rates[name], "img/s",
+                    f"whole command {time.perf_counter() - start:.0f} s, val F1 {metrics['val_f1'].iloc[-1]:.3f}")
     if len(rates) == 2:
         results.add("ddp", "world size 1 / plain", rates["torchrun world size 1"] / rates["plain"], "x")
 
@@ -364,6 +365,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (quick: 1)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["train", "predict", "segment", "ddp"])
+    parser.add_argument("--budget", type=float, default=200.0,
+                        help="seconds after which no new section starts (default 200: the whole run stays under 4 minutes)")
     args = parser.parse_args()
     from maskkit.engine.devices import resolve_device
 
@@ -383,6 +386,14 @@ def main() -> None:
     if device.type != "cuda":
         print("no CUDA device: running the CPU parts only (GPU goals need a GPU)", flush=True)
     started = time.perf_counter()
+
+    def within_budget(name: str) -> bool:
+        spent = time.perf_counter() - started
+        if spent <= args.budget:
+            return True
+        results.add(name, "skipped", "time budget", "", f"{spent:.0f} s spent of --budget {args.budget:.0f} s")
+        return False
+
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         synthesize(work / "data", persons=persons, eval_persons=0, size=(384, 512), seed=0, progress=False)
@@ -393,8 +404,7 @@ def main() -> None:
             images = load_train(src, report=False)
             persons = sorted(images["person"].unique())
             fold_of = {person: i % 4 for i, person in enumerate(persons)}
-            columns = make_manifest.__globals__["MANIFEST_COLUMNS"]
-            manifest = images.assign(fold=images["person"].map(fold_of))[list(columns)].reset_index(drop=True)
+            manifest = images.assign(fold=images["person"].map(fold_of))[list(MANIFEST_COLUMNS)].reset_index(drop=True)
         manifest_path = work / "folds.csv"
         write_csv(manifest, manifest_path)
         paths = manifest["path"].tolist()
@@ -406,19 +416,22 @@ def main() -> None:
             else:
                 configs = [("effb2 512x384 b64", "effb2", (512, 384), 64), ("lite0 128x128 b64", "lite0", (128, 128), 64)]
             for label, backbone, img_size, batch in configs:
-                with section(results, f"train {label}"):
-                    caches = ["ram"] if args.quick else ["ram", "none"]
-                    train_config(results, label.replace(" ", "_"), work, manifest, manifest_path, backbone, img_size,
-                                 batch, device, caches, gpu_aug=True, synthetic_steps=4 if args.quick else 30)
-        if "predict" not in args.skip:
-            with section(results, "predict"):
-                predict_rate(results, paths, device, args.quick)
-        if "segment" not in args.skip:
+                if within_budget(f"train {label}"):
+                    with section(results, f"train {label}"):
+                        caches = ["ram"] if args.quick else ["ram", "none"]
+                        train_config(results, label.replace(" ", "_"), work, manifest, manifest_path, backbone,
+                                     img_size, batch, device, caches, synthetic_steps=4 if args.quick else 30,
+                                     deadline=started + args.budget)
+        if "segment" not in args.skip and within_budget("segment"):
             with section(results, "segment"):
                 segment_rates(results, work, src, device, args.quick)
-        if "ddp" not in args.skip:
+        if "predict" not in args.skip and within_budget("predict"):
+            with section(results, "predict"):
+                predict_rate(results, paths, device, args.quick)
+        if "ddp" not in args.skip and within_budget("ddp"):
             with section(results, "ddp"):
-                ddp_rates(results, work, manifest_path, device, args.quick)
+                ddp_rates(results, work, manifest_path, device, args.quick,
+                          timeout=max(60.0, args.budget + 30 - (time.perf_counter() - started)))
     results.meta["seconds"] = round(time.perf_counter() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": results.meta, "rows": results.rows}, indent=1))
