@@ -94,3 +94,40 @@ def test_decoding_on_the_host_frames_images_like_the_loader(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     with pytest.raises(UnreadableImage, match="bad.jpg"):
         ga.decode_batch([paths[0], tmp_path / "bad.jpg"], (64, 48), "cpu")
+
+
+def test_training_batches_are_augmented_per_image_through_on_device():
+    from maskkit.engine.loop import OnDevice
+
+    images, rows = batch(8), torch.arange(10, 18)
+    aug = ga.BatchAugment(MEAN, STD, p_noise=0.5)
+    on_device = OnDevice(torch.device("cpu"), normalize=(MEAN, STD), augment=aug, seed=5)
+    x = on_device.train_images(images, rows, epoch=2)
+    assert torch.equal(x, ga.augment_batch(images, ga.image_seeds(5, 2, rows), aug))
+    assert torch.equal(on_device.train_images(images[3:5], rows[3:5], epoch=2), x[3:5])  # per image, not per batch
+    plain = OnDevice(torch.device("cpu"), normalize=(MEAN, STD))  # no augmentation: normalisation only
+    assert torch.equal(plain.train_images(images, rows, epoch=2), normalize_batch(images, MEAN, STD))
+
+
+def test_padding_the_last_inference_batch_changes_no_prediction():
+    import timm
+
+    from maskkit.engine.loop import OnDevice, infer
+
+    torch.manual_seed(0)
+    backbone = timm.create_model("test_resnet", pretrained=False, num_classes=18).eval()
+
+    class Single(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = backbone
+
+        def forward(self, x):
+            return {"class": self.net(x)}
+
+    images = torch.randn(5, 3, 32, 32)
+    loader = [(images[:4], {}, torch.arange(4)), (images[4:], {}, torch.arange(4, 5))]
+    plain = infer(Single(), loader, OnDevice(torch.device("cpu")))
+    padded = infer(Single(), loader, OnDevice(torch.device("cpu"), pad_to=4))
+    assert padded.probs.shape == (5, 18) and padded.rows.tolist() == [0, 1, 2, 3, 4]
+    assert np.allclose(padded.probs, plain.probs, atol=1e-6)

@@ -23,6 +23,10 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise MaskkitError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise MaskkitError(f"--device {name}: MPS is not available here (use --device cpu)")
+    if device.type == "cuda" and device.index is not None:
+        # cuda:N becomes the current device: the loader's pin-memory thread and libraries that use
+        # "the" GPU then work on N instead of opening a context on GPU 0 too.
+        torch.cuda.set_device(device)
     return device
 
 
