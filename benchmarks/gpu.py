@@ -238,7 +238,7 @@ def first_epoch_parts(results: Results, label: str, trainer, setup: float, cache
     results.add("first epoch", f"{label} warm-up (epoch 1 - epoch 2)", warmup, "s",
                 f"epoch 1 {first:.1f} s, epoch 2 {steady:.1f} s: worker start + cudnn autotune")
     results.add("first epoch", f"{label} first validation excess", val_excess, "s",
-                f"{first_val:.1f} s vs {steady_val:.1f} s: new validation batch shapes")
+                f"{first_val:.1f} s vs {steady_val:.1f} s (validation at the training batch size, last batch padded)")
     real_epoch = REAL_TRAIN_IMAGES / rate
     overhead = cache / max(images, 1) * REAL_ALL_IMAGES + model + max(0.0, setup - cache - model) + warmup + val_excess
     results.add("first epoch", f"{label} projected overhead, real-size set", overhead / real_epoch * 100, "%",
