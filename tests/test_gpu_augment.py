@@ -3,7 +3,10 @@ the `basic` recipe's effects, and the device decoding path's host fallback."""
 
 from __future__ import annotations
 
+import json
+
 import cv2
+import pandas as pd
 import numpy as np
 import pytest
 import torch
@@ -131,3 +134,31 @@ def test_padding_the_last_inference_batch_changes_no_prediction():
     padded = infer(Single(), loader, OnDevice(torch.device("cpu"), pad_to=4))
     assert padded.probs.shape == (5, 18) and padded.rows.tolist() == [0, 1, 2, 3, 4]
     assert np.allclose(padded.probs, plain.probs, atol=1e-6)
+
+
+def test_trainer_augments_uint8_batches_on_the_device_when_the_device_side_says_so(manifest_path, tmp_path, monkeypatch):
+    """train's CUDA data path (uint8 crops from the loader, the basic recipe and normalisation on
+    the batch), forced on the CPU: every step goes through augment_batch, it learns, and a fixed
+    seed gives the same weights twice."""
+    from helpers import FAST
+    from maskkit.commands import train as train_module
+    from maskkit.commands.train import TrainOptions, train
+    from maskkit.contract.runfolder import LAST
+
+    monkeypatch.setattr(train_module, "device_side", lambda device, aug: (True, aug == "basic"))
+    calls = []
+    original = ga.augment_batch
+
+    def counted(images, seeds, aug):
+        calls.append(images.dtype)
+        return original(images, seeds, aug)
+
+    monkeypatch.setattr(ga, "augment_batch", counted)
+    options = TrainOptions(**{**FAST, "aug": "basic", "epochs": 3})
+    runs = [train(manifest_path, options, out=tmp_path, name=f"run{i}", progress=False) for i in range(2)]
+    metrics = pd.read_csv(runs[0] / "metrics.csv")
+    steps = json.loads((runs[0] / "config.json").read_text())["train_images"] // FAST["batch_size"]
+    assert len(calls) == 2 * 3 * steps and set(calls) == {torch.uint8}  # every step of both runs, uint8 in
+    assert np.isfinite(metrics["train_loss"]).all() and metrics["train_loss"].iloc[-1] < metrics["train_loss"].iloc[0]
+    states = [torch.load(run / LAST, map_location="cpu", weights_only=False)["model"] for run in runs]
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

@@ -125,6 +125,14 @@ def build_config(options: TrainOptions, manifest_path: Path, source: str, manife
 
 # --- training ------------------------------------------------------------------------------------
 
+def device_side(device: torch.device, aug: str) -> tuple[bool, bool]:
+    """(normalise on the device, augment on the device). On CUDA the loader ships uint8 crops and
+    the GPU normalises (4x fewer bytes, less CPU per image), and the basic recipe's flips, noise and
+    brightness/contrast run on the GPU batch too (data/gpu_augment.py); on the CPU the loader does all."""
+    on_cuda = device.type == "cuda"
+    return on_cuda, on_cuda and aug == "basic"
+
+
 class Trainer:
     """One training run: model, optimiser, schedule, loaders and the run folder."""
 
@@ -154,12 +162,10 @@ class Trainer:
         self.val_rows = manifest[manifest["fold"] == fold].reset_index(drop=True)
         img_size, mean, std = tuple(config["img_size"]), config["mean"], config["std"]
         crop = tuple(config["crop"])
-        # On CUDA the loader ships uint8 and the GPU normalises (4x fewer bytes, less CPU per image);
-        # the basic recipe's flips, noise and brightness/contrast then run on the GPU batch too.
-        on_cpu = self.device.type != "cuda"
-        self.on_device = OnDevice(self.device, self.amp_dtype, None if on_cpu else (mean, std),
-                                  pad_to=None if on_cpu else options.batch_size)
-        self.augment_on_device = not on_cpu and options.aug == "basic"
+        normalize_on_device, self.augment_on_device = device_side(self.device, options.aug)
+        loader_normalizes = not normalize_on_device
+        self.on_device = OnDevice(self.device, self.amp_dtype, (mean, std) if normalize_on_device else None,
+                                  pad_to=options.batch_size if self.device.type == "cuda" else None)
         self.train_on_device = dataclasses.replace(
             self.on_device, augment=BatchAugment(tuple(mean), tuple(std)) if self.augment_on_device else None,
             seed=options.seed)
@@ -168,10 +174,10 @@ class Trainer:
         caches = self._caches(crop)
         self.train_set = ImageDataset(self.train_rows["path"], train_targets, img_size,
                                       build_transform("none" if self.augment_on_device else options.aug, img_size,
-                                                      mean, std, crop, normalize=on_cpu),
+                                                      mean, std, crop, normalize=loader_normalizes),
                                       cache=caches[0][0], valid=caches[0][1], crop=crop, seed=options.seed)
         self.val_set = ImageDataset(self.val_rows["path"], val_targets, img_size,
-                                    eval_transform(img_size, mean, std, crop, normalize=on_cpu),
+                                    eval_transform(img_size, mean, std, crop, normalize=loader_normalizes),
                                     cache=caches[1][0], valid=caches[1][1], crop=crop, seed=options.seed)
         world = self.dist.world_size
         if len(self.train_set) < options.batch_size * world:
@@ -185,10 +191,10 @@ class Trainer:
         self.train_loader = make_loader(self.train_set, options.batch_size, shuffle=True, workers=workers,
                                         seed=options.seed, device=self.device, drop_last=True, sampler=self.sampler)
         # On CUDA validation runs at the training batch size: the shapes cudnn already tuned.
-        self.val_loader = make_loader(self.val_set, options.batch_size * (2 if on_cpu else 1), shuffle=False,
-                                      workers=workers, seed=options.seed, device=self.device,
-                                      sampler=ShardSampler(len(self.val_set), self.dist.rank, world)
-                                      if self.dist.enabled else None)
+        val_batch = options.batch_size * (1 if self.device.type == "cuda" else 2)
+        val_sampler = ShardSampler(len(self.val_set), self.dist.rank, world) if self.dist.enabled else None
+        self.val_loader = make_loader(self.val_set, val_batch, shuffle=False, workers=workers, seed=options.seed,
+                                      device=self.device, sampler=val_sampler)
         self.steps_per_epoch = len(self.train_set) // (options.batch_size * world)
 
         self.model = build_model(options.backbone, heads=options.heads, age_regression=options.age_regression,
@@ -338,7 +344,7 @@ class Trainer:
 
         try:
             with bar:
-                return train_one_epoch(self.train_model, self.train_loader, self.loss, self.opt, self.on_device,
+                return train_one_epoch(self.train_model, self.train_loader, self.loss, self.opt, self.train_on_device,
                                        self.progress, stopping, bar=bar, steps=self.steps_per_epoch,
                                        check_every=sync_every)
         except NonFiniteLoss as exc:
