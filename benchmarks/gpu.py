@@ -154,7 +154,7 @@ def timed_validate(trainer, device: torch.device) -> float:
 
 def train_config(results: Results, label: str, work: Path, manifest, manifest_path: Path, backbone: str,
                  img_size: tuple[int, int], batch: int, device: torch.device, caches: list[str],
-                 synthetic_steps: int, deadline: float = float("inf")) -> None:
+                 synthetic_steps: int, deadline: float = float("inf"), compare_worker_aug: bool | None = None) -> None:
     from maskkit.commands.train import Trainer, build_config
     from maskkit.data import loader as loader_module
     from maskkit.engine import models as models_module
@@ -162,7 +162,7 @@ def train_config(results: Results, label: str, work: Path, manifest, manifest_pa
 
     synthetic_rate = None
     variants = [(cache, "loader-fed") for cache in caches]
-    if device.type == "cuda":
+    if device.type == "cuda" if compare_worker_aug is None else compare_worker_aug:
         variants.insert(1, (caches[0], "cpu-aug"))
     for cache, variant in variants:
         if time.perf_counter() > deadline:

@@ -186,7 +186,9 @@ class Trainer:
                 "training images; use a smaller one"
             )
         weights = balanced_weights(train_targets["label"][self.train_set.rows]) if options.balanced else None
-        workers = default_workers(self.device) if options.workers is None else options.workers
+        # By default the machine's cores are shared among the processes torchrun started on it.
+        workers = (max(1, default_workers(self.device) // self.dist.local_world_size) if options.workers is None
+                   else options.workers)
         self.sampler = ResumableSampler(len(self.train_set), options.seed, weights, self.dist.rank, world)
         self.train_loader = make_loader(self.train_set, options.batch_size, shuffle=True, workers=workers,
                                         seed=options.seed, device=self.device, drop_last=True, sampler=self.sampler)

@@ -30,6 +30,7 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1  # processes on this machine
     enabled: bool = False  # a process group is up (also for torchrun with one process)
 
     @property
@@ -59,7 +60,7 @@ class Distributed:
         if not dist.is_initialized():
             dist.init_process_group("nccl" if on_cuda else "gloo",
                                     device_id=torch.device("cuda", local) if on_cuda else None)
-        return cls(rank, world, local, enabled=True)
+        return cls(rank, world, local, int(os.environ.get("LOCAL_WORLD_SIZE", world)), enabled=True)
 
     def device(self, resolved: torch.device) -> torch.device:
         """The device this rank trains on: cuda:LOCAL_RANK under torchrun on CUDA, else `resolved`."""
