@@ -154,7 +154,10 @@ def timed_validate(trainer, device: torch.device) -> float:
 
 def train_config(results: Results, label: str, work: Path, manifest, manifest_path: Path, backbone: str,
                  img_size: tuple[int, int], batch: int, device: torch.device, caches: list[str],
-                 synthetic_steps: int, deadline: float = float("inf"), compare_worker_aug: bool | None = None) -> None:
+                 synthetic_steps: int, deadline: float = float("inf"), compare_worker_aug: bool | None = None,
+                 compare_cudnn: bool = False) -> None:
+    """Rows for one model: synthetic, loader-fed per cache, cpu-aug (CUDA), and with `compare_cudnn`
+    first a run with cudnn.benchmark off (no autotuning: its warm-up and steady rate vs autotuned)."""
     from maskkit.commands.train import Trainer, build_config
     from maskkit.data import loader as loader_module
     from maskkit.engine import models as models_module
@@ -164,6 +167,8 @@ def train_config(results: Results, label: str, work: Path, manifest, manifest_pa
     variants = [(cache, "loader-fed") for cache in caches]
     if device.type == "cuda" if compare_worker_aug is None else compare_worker_aug:
         variants.insert(1, (caches[0], "cpu-aug"))
+    if compare_cudnn:
+        variants.insert(0, (caches[0], "cudnn-off"))  # first: no autotuned shapes of this model yet
     for cache, variant in variants:
         if time.perf_counter() > deadline:
             results.add("train", f"{label} {variant} --cache {cache}", "skipped", "", "time budget")
@@ -181,12 +186,21 @@ def train_config(results: Results, label: str, work: Path, manifest, manifest_pa
         setup = time.perf_counter() - start
         if variant == "cpu-aug":
             augment_on_workers(trainer, config)
+        if variant == "cudnn-off":
+            torch.backends.cudnn.benchmark = False
         first, first_wait, _ = run_epoch(trainer, 0, device)
         first_val = timed_validate(trainer, device)
         steady, steady_wait, seen = run_epoch(trainer, 1, device)
         steady_val = timed_validate(trainer, device)
         rate = seen / steady
         name = f"{label} {variant} --cache {cache}"
+        if variant == "cudnn-off":
+            torch.backends.cudnn.benchmark = True
+            results.add("train", name, rate, "img/s",
+                        f"no autotuning: warm-up (epoch 1 - epoch 2) {max(0.0, first - steady):.1f} s, "
+                        f"first validation excess {max(0.0, first_val - steady_val):.1f} s")
+            del trainer
+            continue
         if synthetic_rate is None:
             synthetic_rate = synthetic(trainer, device, synthetic_steps)
             results.add("train", f"{label} synthetic (batch on the device)", synthetic_rate, "img/s")
@@ -422,8 +436,8 @@ def main() -> None:
             with section(results, f"train {label}"):
                 caches = ["ram"] if args.quick else ["ram", "none"]
                 train_config(results, label.replace(" ", "_"), work, manifest, manifest_path, backbone,
-                             img_size, batch, device, caches, synthetic_steps=4 if args.quick else 30,
-                             deadline=started + args.budget)
+                             img_size, batch, device, caches, synthetic_steps=4 if args.quick else 20,
+                             deadline=started + args.budget, compare_cudnn=backbone == "effb2" and device.type == "cuda")
 
         # The new code paths first (batch augmentation, DDP), then what earlier runs measured.
         train_section(*configs[0])
