@@ -6,8 +6,9 @@ process on cuda:LOCAL_RANK; gloo on the CPU). Without torchrun's variables every
 no-op for a single process (`Distributed()`), so train has one code path.
 
 What each rank does (see commands/train.py): every rank trains on its slice of the seeded order
-(data/sampling.ResumableSampler with rank and world_size), rank 0 alone writes the run folder, and validation probabilities are gathered from all
-ranks (`gather_inference`) so val macro F1 is that of a single-process evaluation.
+(data/sampling.ResumableSampler with rank and world_size), rank 0 alone writes the run folder,
+and validation probabilities are gathered from all ranks (`gather_inference`), so val macro F1 is
+that of a single-process evaluation. `--batch-size` is per process.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ class Distributed:
     world_size: int = 1
     local_rank: int = 0
     local_world_size: int = 1  # processes on this machine
-    enabled: bool = False  # a process group is up (also for torchrun with one process)
+    enabled: bool = False
+    nccl: bool = False  # a process group is up (also for torchrun with one process)
 
     @property
     def main(self) -> bool:
@@ -60,13 +62,20 @@ class Distributed:
         if not dist.is_initialized():
             dist.init_process_group("nccl" if on_cuda else "gloo",
                                     device_id=torch.device("cuda", local) if on_cuda else None)
-        return cls(rank, world, local, int(os.environ.get("LOCAL_WORLD_SIZE", world)), enabled=True)
+        return cls(rank, world, local, int(os.environ.get("LOCAL_WORLD_SIZE", world)), enabled=True, nccl=on_cuda)
 
     def device(self, resolved: torch.device) -> torch.device:
         """The device this rank trains on: cuda:LOCAL_RANK under torchrun on CUDA, else `resolved`."""
         if self.enabled and resolved.type == "cuda":
+            self._own_gpu()
             return torch.device("cuda", self.local_rank)
         return resolved
+
+    def _own_gpu(self) -> None:
+        """Make cuda:LOCAL_RANK current again (resolving --device cuda:N makes N current, and nccl's
+        object collectives run on the current device)."""
+        if self.nccl:
+            torch.cuda.set_device(self.local_rank)
 
     def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         """DistributedDataParallel around `model` (already on `device`), or `model` itself."""
@@ -82,6 +91,7 @@ class Distributed:
             return flag
         import torch.distributed as dist
 
+        self._own_gpu()
         value = torch.tensor([1.0 if flag else 0.0], device=device)
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
@@ -92,6 +102,7 @@ class Distributed:
             return values
         import torch.distributed as dist
 
+        self._own_gpu()
         tensor = torch.tensor(values, dtype=torch.float64, device=device)
         dist.all_reduce(tensor)
         return tensor.tolist()
@@ -102,6 +113,7 @@ class Distributed:
             return [obj]
         import torch.distributed as dist
 
+        self._own_gpu()
         out: list = [None] * self.world_size
         dist.all_gather_object(out, obj)
         return out
@@ -116,28 +128,27 @@ class Distributed:
         import torch.distributed as dist
 
         box: list = [None]
+
+        def broadcast() -> None:
+            self._own_gpu()
+            dist.broadcast_object_list(box, src=0)
+
         if self.main:
             try:
                 box[0] = ("ok", make())
             except (MaskkitError, RunFailure) as exc:
                 box[0] = ("error", str(exc), exc.exit_code)
-                dist.broadcast_object_list(box, src=0)
+                broadcast()
                 raise
             except BaseException as exc:
                 box[0] = ("error", f"rank 0 failed: {type(exc).__name__}: {exc}", RunFailure.exit_code)
-                dist.broadcast_object_list(box, src=0)
+                broadcast()
                 raise
-        dist.broadcast_object_list(box, src=0)
+        broadcast()
         if box[0][0] == "ok":
             return box[0][1]
         _, message, code = box[0]
         raise (MaskkitError if code == MaskkitError.exit_code else RunFailure)(message)
-
-    def barrier(self) -> None:
-        if self.enabled:
-            import torch.distributed as dist
-
-            dist.barrier()
 
     def close(self) -> None:
         if self.enabled:
