@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from sklearn.metrics import f1_score
 
 from maskkit.contract.labels import NUM_CLASSES
@@ -66,3 +67,20 @@ def test_two_processes_train_one_run_written_once_and_resume(manifest_path, tmp_
     assert f1 == pytest.approx(best["val_f1"], abs=1e-6)
     assert best["val_f1"] > 3 * CHANCE  # the model learned
     assert np.isfinite(metrics["train_loss"]).all()
+
+    # One process evaluating best.pt on the whole fold gives the probabilities the ranks gathered.
+    from maskkit.contract.predictions import PROB_COLUMNS
+    from maskkit.data.loader import ImageDataset, build_cache, make_loader
+    from maskkit.data.presets import eval_transform, work_size
+    from maskkit.engine.loop import OnDevice, predict_probs
+    from maskkit.engine.models import load_run
+
+    model, config = load_run(run, "cpu")
+    size, crop = tuple(config["img_size"]), tuple(config["crop"])
+    paths = preds["ImageID"].tolist()
+    cache, _ = build_cache(paths, work_size(size, crop))  # as train read them (--cache ram)
+    dataset = ImageDataset(paths, None, size, eval_transform(size, config["mean"], config["std"], crop),
+                           cache=cache, crop=crop)
+    probs = predict_probs(model, make_loader(dataset, 16, shuffle=False), len(dataset),
+                          OnDevice(torch.device("cpu")), progress=False)
+    assert np.allclose(probs, preds[list(PROB_COLUMNS)].to_numpy(), atol=1e-4)

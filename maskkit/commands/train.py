@@ -358,6 +358,7 @@ class Trainer:
 
     def validate(self) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
         """Metrics, class probabilities (N, 18) and dataset rows of the validation fold."""
+        self.dist.copy_from_main(self.eval_model())
         return evaluate(self.eval_model(), self.val_loader, self.on_device, self.loss,
                         self.val_set.targets["true_label"], dist=self.dist)
 

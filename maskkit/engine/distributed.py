@@ -85,6 +85,17 @@ class Distributed:
 
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
+    def copy_from_main(self, module: torch.nn.Module) -> None:
+        """Every rank's `module` made rank 0's, in place: BatchNorm running statistics (and an EMA)
+        drift apart per rank, and validation must score the weights rank 0 saves."""
+        if not self.enabled:
+            return
+        import torch.distributed as dist
+
+        self._own_gpu()
+        for tensor in module.state_dict().values():
+            dist.broadcast(tensor, src=0)
+
     def any(self, flag: bool, device: torch.device) -> bool:
         """True on every rank when `flag` is True on any (a stop request seen by one rank)."""
         if not self.enabled:
