@@ -180,8 +180,8 @@ def train_runs(data: Path, work: Path, injected: pd.DataFrame, size: tuple[int, 
         name = f"f{fold}"
         if not (work / "runs" / name / "val_preds.csv").is_file():
             subprocess.run([sys.executable, "-m", "maskkit", "train", str(manifest), "--fold", str(fold),
-                            "--backbone", "lite0", "--multi", "--img-size", f"{size[1]}x{size[0]}",
-                            "--epochs", str(epochs), "--out", str(work / "runs"), "--name", name, "--exist-ok"],
+                            "--backbone", "lite0", "--multi", "--input-size", f"{size[0]}x{size[1]}",
+                            "--epochs", str(epochs), "--runs-dir", str(work / "runs"), "--name", name, "--overwrite"],
                            check=True, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         runs.append(work / "runs" / name)
     print(f"  maskkit train: 5 folds in {time.perf_counter() - start:.0f}s")
