@@ -26,6 +26,7 @@ from torchvision import transforms
 from maskkit.data.loader import (ImageDataset, build_cache, build_transform, make_loader, normalize_batch, reduction_factor,
                             work_size)
 from maskkit.commands.synth import synthesize
+from maskkit.data.gpu_augment import BatchAugment, augment_batch, image_seeds
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.2, 0.2, 0.2)  # the baseline's normalisation
 BATCH = 32
@@ -99,6 +100,12 @@ def main() -> None:
                 dataset = ImageDataset(paths, None, size, transform, cache=cache)
                 out[f"maskkit cached, aug {aug}, uint8"] = (make_loader(dataset, BATCH, shuffle=True), args.epochs,
                                                            lambda x: normalize_batch(x, MEAN, STD))
+            # the basic recipe on the uint8 batch (maskkit.data.gpu_augment: meant for the GPU, timed here on the CPU)
+            dataset = ImageDataset(paths, None, size, build_transform("none", size, MEAN, STD, normalize=False), cache=cache)
+            augment = BatchAugment(MEAN, STD)
+            out["maskkit cached, uint8, batch aug basic"] = (
+                make_loader(dataset, BATCH, shuffle=True), args.epochs,
+                lambda x: augment_batch(x, image_seeds(0, 0, range(len(x))), augment))
             return out
 
         # rounds interleave the pipelines and the best round counts: other load on the machine

@@ -336,7 +336,7 @@ def bad_weights(kind: str, weights: Path, tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize(("kind", "model", "message"), [
     ("missing", "mobilenet", "weights file not found"),
-    ("garbage", "mobilenet", "not a readable PyTorch weights file"),
+    ("garbage", "mobilenet", "not a PyTorch weights file"),
     ("classes", "mobilenet", "21 VOC labels"),
     ("mobilenet", "resnet50", "is --model right?"),
 ])
@@ -376,3 +376,73 @@ def test_a_failed_download_names_the_weights_option(data, tmp_path, monkeypatch)
     error = [line for line in result.stderr.splitlines() if "error" in line]
     assert len(error) == 1 and "--weights FILE" in error[0] and "download.pytorch.org" in error[0], result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_two_images_that_would_share_a_mask_are_refused_up_front(weights, tmp_path):
+    folder = tmp_path / "photos" / "p1"
+    folder.mkdir(parents=True)
+    image = np.random.default_rng(0).integers(0, 255, (70, 50, 3), dtype=np.uint8)
+    for name in ("a.jpg", "a.png", "b.jpg"):
+        cv2.imwrite(str(folder / name), image)
+    out, masks = tmp_path / "out", tmp_path / "masks"
+    result = invoke(tmp_path / "photos", out, *options(weights, "--masks", masks, "--workers", 0))
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "p1/a.jpg" in lines[0] and "p1/a.png" in lines[0], result.stderr
+    assert not masks.exists() and not (out / "p1").exists()  # nothing written
+
+    plain = invoke(tmp_path / "photos", out, *options(weights, "--workers", 0))  # without masks: no clash
+    assert plain.exit_code == 0, plain.output
+    assert sorted(p.name for p in (out / "p1").iterdir()) == ["a.jpg", "a.png", "b.jpg"]
+
+
+# --- the device pipeline (CUDA on a GPU server; the same torch ops run here on the CPU) ----------
+
+@pytest.mark.parametrize("fill", segment.FILLS)
+def test_batch_composite_on_a_device_matches_the_opencv_composite(data, fill):
+    # 4x the drawn size: the blur fill's 1/16 thumbnail then holds OpenCV's whole 13-pixel kernel
+    pairs = [(cv2.resize(image, None, fx=4, fy=4), cv2.resize(mask, None, fx=4, fy=4, interpolation=cv2.INTER_NEAREST))
+             for image, mask in true_pairs(data, count=4)]
+    images = torch.from_numpy(np.stack([image for image, _ in pairs]))
+    masks = torch.from_numpy(np.stack([mask for _, mask in pairs]))
+    result = segment.composite_batch(images, masks, fill, radius=2).numpy()
+    for (image, mask), got in zip(pairs, result):
+        expected = segment.composite(image, segment.soften(mask, 2), fill).astype(int)
+        difference = np.abs(got.astype(int) - expected)
+        assert difference.max() <= 3 and difference.mean() < 0.5, (fill, difference.max(), difference.mean())
+
+
+def test_device_pipeline_writes_what_the_cpu_pipeline_writes_and_resumes(data, weights, segmented, tmp_path):
+    _, out_cpu, masks_cpu, _ = segmented
+    out, masks = tmp_path / "out", tmp_path / "masks"
+    summary = segment.run(data, out, model="mobilenet", weights=weights, masks=masks, size=SIZE, batch_size=4,
+                          workers=1, device="cpu", on_device=True, progress=False)
+    table, expected = report(out), report(out_cpu)
+    assert table["path"].tolist() == expected["path"].tolist()
+    assert summary.done == (table["status"] == "done").sum() > 0
+    assert (table["status"] == expected["status"]).mean() >= 0.9
+    agree, pixels = [], []
+    for rel in table.query("status == 'done'")["path"]:
+        mask_rel = segment.mask_path(Path("."), Path(rel))
+        mine, theirs = cv2.imread(str(masks / mask_rel), 0), cv2.imread(str(masks_cpu / mask_rel), 0)
+        assert mine.shape == theirs.shape and set(np.unique(mine)) <= {0, 255}
+        agree.append((mine == theirs).mean())
+        image, cpu_image = cv2.imread(str(out / rel)).astype(int), cv2.imread(str(out_cpu / rel)).astype(int)
+        assert image.shape == cpu_image.shape
+        pixels.append(np.abs(image - cpu_image).mean())
+    assert np.mean(agree) > 0.97  # the device resizes bilinearly; the CPU path with OpenCV
+    assert np.mean(pixels) < 3  # same composite up to those edge pixels and JPEG rounding
+    assert (out / "train" / "train.csv").read_bytes() == (data / "train" / "train.csv").read_bytes()
+
+    encoded = segment.run(data / "train", tmp_path / "jpeg", model="mobilenet", weights=weights, size=SIZE,
+                          batch_size=4, workers=0, device="cpu", on_device=True, jpeg_on_device=True, progress=False)
+    assert encoded.done > 0
+    for rel in report(tmp_path / "jpeg").query("status == 'done'")["path"]:  # torchvision's encoder, not OpenCV's
+        mine, theirs = cv2.imread(str(tmp_path / "jpeg" / rel)).astype(int), cv2.imread(str(out / "train" / rel)).astype(int)
+        assert np.abs(mine - theirs).mean() < 3
+
+    before = tree(out)
+    again = segment.run(data, out, model="mobilenet", weights=weights, masks=masks, size=SIZE, batch_size=4,
+                        workers=0, device="cpu", on_device=True, progress=False)
+    assert again.skipped == len(table) and again.done == 0
+    assert tree(out) == before

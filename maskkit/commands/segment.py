@@ -5,6 +5,10 @@ as on IN. The pipeline: a DataLoader whose workers decode and resize (prefetchin
 inference at a working resolution (AMP + channels_last on CUDA), and a thread pool that resizes
 each person-score map (head resolution) to its image, keeps the person region (largest connected
 components, holes filled), composites the background fill and writes the result atomically.
+On CUDA (`process_on_device`) workers only decode; resize, forward, the full-size margin and the
+composite run as torch ops on the batch, one batch behind the forward pass so that the host's part
+(connected components, encode, write) overlaps it. Masks (--masks) are named after the image with `.png` for its
+extension, so two images differing only in extension are refused up front.
 
 Resuming: an output is written under a temporary name and renamed, then its row is appended to a
 hidden journal (`OUT/.segment_journal.csv`); a re-run skips every image whose output exists and
@@ -38,17 +42,17 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
-from rich.text import Text
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from maskkit.engine.devices import resolve_device
 from maskkit.contract.errors import MaskkitError, RunFailure
 from maskkit.contract.files import (LOCK_FILE, WriteError, atomic_path, console, examples, folder_lock, is_hidden,
-                                    is_image, write_csv, write_errors)
-from maskkit.data.images import write_image
+                                    is_image, write_bytes, write_csv, write_errors)
+from maskkit.data.images import JPEG_QUALITY, image_magic, write_image
+from maskkit.engine.models import read_state_dict
+from maskkit.engine.progress import progress_bar
 
 # torchvision builder and weights enum per --model (COCO images with the 21 Pascal VOC labels).
 MODELS = {
@@ -111,21 +115,8 @@ def _download(model: str) -> nn.Module:
 
 
 def _state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a weights file: a plain state dict, or one under 'state_dict'/'model'."""
-    fix = "pass a DeepLabV3 state dict saved with torch.save(model.state_dict(), FILE)"
-    if not path.is_file():
-        raise MaskkitError(f"{path}: weights file not found ({fix})")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unreadable file: pickle, zip or torch errors
-        raise MaskkitError(f"{path}: not a readable PyTorch weights file ({type(exc).__name__}); {fix}") from None
-    if isinstance(state, dict):
-        for key in ("state_dict", "model"):
-            if isinstance(state.get(key), dict):
-                state = state[key]
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise MaskkitError(f"{path}: holds no state dict of tensors; {fix}")
-    # Saved from nn.DataParallel / DistributedDataParallel.
+    """engine.models.read_state_dict, with the keys of a DataParallel/DDP save unprefixed."""
+    state = read_state_dict(path)
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
@@ -458,11 +449,16 @@ class Journal:
 # --- the pipeline ------------------------------------------------------------------------------
 
 class Images(Dataset):
-    """Decodes an image (BGR, full size) and its RGB copy at the working resolution (in workers)."""
+    """Decodes an image (BGR, full size) and its RGB copy at the working resolution (in workers).
 
-    def __init__(self, paths: Sequence[Path], size: int) -> None:
+    With `resize=False` (the device pipeline) the item is (index, None, full-size BGR tensor): the
+    device resizes. Either way an unreadable image gives (index, None, None).
+    """
+
+    def __init__(self, paths: Sequence[Path], size: int, resize: bool = True) -> None:
         self.paths = list(paths)
         self.size = size
+        self.resize = resize
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -471,6 +467,8 @@ class Images(Dataset):
         image = cv2.imread(str(self.paths[index]), cv2.IMREAD_COLOR)
         if image is None:
             return index, None, None
+        if not self.resize:
+            return index, None, torch.from_numpy(image)
         return index, image, torch.from_numpy(to_working(image, self.size))
 
 
@@ -488,7 +486,8 @@ def collate(items: list[tuple[int, np.ndarray | None, torch.Tensor | None]]) -> 
         if work is not None:
             shapes[tuple(work.shape)].append(position)
     groups = [(positions, torch.stack([items[p][2] for p in positions])) for positions in shapes.values()]
-    return {"index": [i for i, _, _ in items], "image": [image for _, image, _ in items], "groups": groups}
+    return {"index": [i for i, _, _ in items], "image": [image for _, image, _ in items],
+            "readable": [work is not None for _, _, work in items], "groups": groups}
 
 
 def die_with_parent(parent: int, _worker: int) -> None:
@@ -592,8 +591,14 @@ def run(
     overwrite: bool = False,
     amp: bool = True,
     progress: bool = True,
+    on_device: bool | None = None,
+    jpeg_on_device: bool = False,
 ) -> Summary:
-    """Segment IN into OUT (see the module docstring); raises RunFailure when images failed."""
+    """Segment IN into OUT (see the module docstring); raises RunFailure when images failed.
+
+    on_device: resize and composite as torch ops on the device (`process_on_device`); default: on
+    CUDA. jpeg_on_device: encode JPEG outputs there too (nvjpeg on CUDA).
+    """
     src, out = Path(src), Path(out)
     masks = Path(masks) if masks is not None else None
     check_paths(src, out, masks)
@@ -642,8 +647,14 @@ def run(
         if wanted:
             try:
                 with write_errors(out / JOURNAL), Journal(out / JOURNAL) as journal:
-                    process(net, torch_device, jobs, wanted, style, batch_size, size, workers, amp, progress,
-                            records, journal, summary)
+                    if on_device is None:
+                        on_device = torch_device.type == "cuda"
+                    if on_device:
+                        process_on_device(net, torch_device, jobs, wanted, style, batch_size, size, workers, amp,
+                                          progress, records, journal, summary, jpeg_on_device)
+                    else:
+                        process(net, torch_device, jobs, wanted, style, batch_size, size, workers, amp, progress,
+                                records, journal, summary)
             except WriteError as exc:
                 raise type(exc)(f"{exc}; {summary.done + len(summary.no_person)} of {len(wanted)} images were "
                                 "finished before it: re-run to resume", exc.exit_code) from None
@@ -682,7 +693,7 @@ def process(net: nn.Module, device: torch.device, jobs: Sequence[Job], wanted: s
             summary.no_person.append(job.rel)
         else:
             summary.failed.append(job.rel)
-        bar.advance(task)
+        bar.advance()
 
     def collect(block: bool) -> None:
         while pending and (block or pending[0][1].done()):
@@ -695,12 +706,12 @@ def process(net: nn.Module, device: torch.device, jobs: Sequence[Job], wanted: s
             record(index, area, status)
 
     writers = max(2, min(8, (os.cpu_count() or 2) - workers - 1))  # mask, composite, encode: ~7 ms an image
-    with serial_opencv(), make_progress(show) as bar, concurrent.futures.ThreadPoolExecutor(writers) as pool:
-        task = bar.add_task("segment", total=len(wanted))
+    with serial_opencv(), progress_bar("segment", len(wanted), show=None if show else False) as bar, \
+            concurrent.futures.ThreadPoolExecutor(writers) as pool:
         try:
             for batch in loader:
                 for position, index in enumerate(batch["index"]):
-                    if index in wanted and batch["image"][position] is None:
+                    if index in wanted and not batch["readable"][position]:
                         record(index, 0.0, "failed")
                 for positions, work in batch["groups"]:
                     scores = person_scores(net, work, device, amp)
@@ -720,19 +731,214 @@ def process(net: nn.Module, device: torch.device, jobs: Sequence[Job], wanted: s
             raise
 
 
-class Rate(ProgressColumn):
-    """A rich progress column: images per second."""
+# --- the device pipeline: resize, forward, full-size margin and composite as torch ops on the batch ---
 
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:.1f} img/s" if speed else "- img/s")
+def person_margins(net: nn.Module, images: torch.Tensor, size: int, amp: bool = True) -> torch.Tensor:
+    """Person margin (B, H, W) float32 at full size for BGR uint8 images (B, H, W, 3) on the model's device.
+
+    The device pipeline's `person_scores`: the resize to the working size (bilinear, antialiased
+    when shrinking, rounded to integers like the CPU path's uint8 image) and the margin's resize to
+    full size both happen on the device, so the host sees only the images and the binary masks.
+    """
+    height, width = images.shape[1:3]
+    x = images.permute(0, 3, 1, 2).flip(1).float()  # BGR -> RGB, (B, 3, H, W)
+    x = F.interpolate(x, size=working_size(height, width, size), mode="bilinear", antialias=True,
+                      align_corners=False).round_().clamp_(0, 255)
+    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1) * 255
+    x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+    with torch.autocast(x.device.type, enabled=amp and x.device.type == "cuda"):
+        logits = net.classifier(net.backbone(x)["out"])
+    logits = logits.float()
+    others = torch.cat([logits[:, :PERSON], logits[:, PERSON + 1:]], dim=1).logsumexp(dim=1)
+    margin = (logits[:, PERSON] - others)[:, None]
+    return F.interpolate(margin, size=(height, width), mode="bilinear", align_corners=False)[:, 0]
 
 
-def make_progress(show: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not show, transient=False,
+def _blur(x: torch.Tensor, sigma: float, ksize: int) -> torch.Tensor:
+    """Gaussian blur (reflected border, as OpenCV's default) with the kernel clipped to the image."""
+    from torchvision.transforms.v2 import functional as TF
+
+    limit = 2 * min(x.shape[-2:]) - 1  # reflect padding needs pad < side
+    ksize = max(1, min(ksize, limit if limit % 2 else limit - 1))
+    return TF.gaussian_blur(x, [ksize, ksize], [sigma, sigma])
+
+
+def soften_batch(masks: torch.Tensor, radius: int) -> torch.Tensor:
+    """`soften` for a batch: (B, H, W) uint8 masks (255 = person) -> (B, 1, H, W) float alpha 0..1."""
+    alpha = masks[:, None].float() / 255
+    if radius <= 0:
+        return alpha
+    ellipse = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    kernel = torch.from_numpy(ellipse).to(alpha)[None, None]
+    grown = (F.conv2d(alpha, kernel, padding=radius) > 0.5).float()  # binary dilation by the ellipse
+    sigma = radius / 2
+    return _blur(grown, sigma, round(sigma * 8 + 1) | 1)  # OpenCV's kernel size for float images
+
+
+def background_batch(images: torch.Tensor, fill: str) -> torch.Tensor:
+    """`background` for a batch of float images (B, 3, H, W) 0..255."""
+    if fill not in FILLS:
+        raise MaskkitError(f"--fill {fill!r}: unknown fill (use one of {', '.join(FILLS)})")
+    if fill == "blur":
+        height, width = images.shape[-2:]
+        small = F.interpolate(images, size=(max(1, height // 16), max(1, width // 16)), mode="area").round_()
+        small = _blur(small, 2.0, 13).round_()  # OpenCV's kernel size for sigma 2 on uint8 images
+        return F.interpolate(small, size=(height, width), mode="bilinear", align_corners=False).round_()
+    if fill == "mean":
+        return images.mean(dim=(2, 3), keepdim=True).round_().expand_as(images)
+    return torch.full_like(images, {"black": 0, "white": 255, "gray": 128}[fill])
+
+
+def composite_batch(images: torch.Tensor, masks: torch.Tensor, fill: str = "black", radius: int = 0) -> torch.Tensor:
+    """`composite(image, soften(mask, radius), fill)` for a batch on any device: (B, H, W, 3) uint8."""
+    x = images.permute(0, 3, 1, 2).float()
+    alpha = soften_batch(masks, radius)
+    blended = x * alpha + background_batch(x, fill) * (1 - alpha)
+    return blended.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def clean_mask(binary: np.ndarray) -> tuple[np.ndarray, float]:
+    """(person mask, person area) from a 0/1 map: `person_mask`'s components and holes (OpenCV, host)."""
+    mask = person_mask(binary, 0.5)
+    return mask, float(np.count_nonzero(mask)) / mask.size
+
+
+def write_result(job: Job, mask: np.ndarray, area: float, image: np.ndarray | None, encoded: bytes | None) -> tuple[float, str]:
+    """`finish`'s writes for the device pipeline (mask first; the composite as pixels or JPEG bytes)."""
+    if job.mask is not None:
+        write_image(job.mask, mask)
+    if area == 0:
+        copy_file(job.source, job.target)
+        return 0.0, "no_person"
+    if encoded is not None:
+        write_bytes(job.target, encoded, magic=image_magic(job.target))
+    else:
+        write_image(job.target, image)
+    return area, "done"
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def process_on_device(net: nn.Module, device: torch.device, jobs: Sequence[Job], wanted: set[int], style: Style,
+                      batch_size: int, size: int, workers: int | None, amp: bool, show: bool,
+                      records: dict[str, tuple[float, str]], journal: Journal, summary: Summary,
+                      jpeg_on_device: bool = False) -> None:
+    """`process` with the per-image pixel work on the device (CUDA; the same torch ops on the CPU).
+
+    Workers only decode. The main thread uploads a batch, queues resize + forward + full-size
+    margin + threshold, and while the device runs it, finishes the previous batch: its 0/1 maps
+    are cleaned on the host (connected components, holes: OpenCV in a thread pool), uploaded,
+    composited on the device (optionally JPEG-encoded there with nvjpeg), and handed to writer
+    threads. Outputs are the CPU pipeline's up to rounding at the edges.
+    """
+    workers = min(4, cpu_count()) if workers is None else workers
+    loader = DataLoader(
+        Images([job.source for job in jobs], size, resize=False),
+        batch_sampler=fixed_batches(len(jobs), batch_size, wanted),
+        num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",
+        worker_init_fn=functools.partial(die_with_parent, os.getpid()) if workers else None,
     )
+    margin_threshold = logit(style.threshold)
+    pending: collections.deque = collections.deque()
+    limit = 2 * batch_size
+    cores = cpu_count()
+
+    def record(index: int, area: float, status: str) -> None:
+        job = jobs[index]
+        records[job.rel] = (area, status)
+        journal.add(job.rel, area, status)
+        if status == "done":
+            summary.done += 1
+        elif status == "no_person":
+            summary.no_person.append(job.rel)
+        else:
+            summary.failed.append(job.rel)
+        bar.advance()
+
+    def collect(block: bool) -> None:
+        while pending and (block or pending[0][1].done()):
+            index, future = pending.popleft()
+            try:
+                area, status = future.result()
+            except (OSError, cv2.error) as exc:
+                console.print(f"[red]{jobs[index].rel}[/]: {exc}")
+                area, status = 0.0, "failed"
+            record(index, area, status)
+
+    def finish_group(indices: list[int], images: torch.Tensor, binary: torch.Tensor, ready) -> None:
+        nonlocal jpeg_on_device
+        if ready is not None:
+            ready.synchronize()  # the non-blocking copy of the 0/1 maps has landed
+        cleaned = list(cleaners.map(clean_mask, binary.numpy()))
+        persons = [k for k, (_, area) in enumerate(cleaned) if area > 0]
+        pixels: dict[int, np.ndarray] = {}
+        encoded: dict[int, bytes] = {}
+        if persons:
+            height, width = images.shape[1:3]
+            masks = torch.from_numpy(np.stack([cleaned[k][0] for k in persons])).to(device)
+            radius = round(style.feather * min(height, width))
+            with torch.inference_mode():
+                result = composite_batch(images[persons] if len(persons) < len(images) else images, masks,
+                                         style.fill, radius)
+            as_jpeg = [n for n, k in enumerate(persons)
+                       if jpeg_on_device and jobs[indices[k]].target.suffix.lower() in (".jpg", ".jpeg")]
+            if as_jpeg:
+                from torchvision.io import encode_jpeg
+
+                chw = [result[n].permute(2, 0, 1).flip(0).contiguous() for n in as_jpeg]  # BGR -> RGB
+                try:
+                    for n, data in zip(as_jpeg, encode_jpeg(chw, quality=JPEG_QUALITY)):
+                        encoded[persons[n]] = data.cpu().numpy().tobytes()
+                except RuntimeError as exc:  # no nvjpeg encoder here: the writers encode with OpenCV
+                    console.print(f"[yellow]warning:[/] JPEG encoding on {device} failed ({_first_line(exc)}); encoding on the host")
+                    encoded.clear()
+                    jpeg_on_device = False
+            if len(encoded) < len(persons):
+                host = result.cpu().numpy()
+                pixels = {k: host[n] for n, k in enumerate(persons) if k not in encoded}
+        for k, index in enumerate(indices):
+            mask, area = cleaned[k]
+            future = writers.submit(write_result, jobs[index], mask, area, pixels.get(k), encoded.get(k))
+            pending.append((index, future))
+
+    with (serial_opencv(), progress_bar("segment", len(wanted), show=None if show else False) as bar,
+          concurrent.futures.ThreadPoolExecutor(max(1, min(8, cores))) as cleaners,
+          concurrent.futures.ThreadPoolExecutor(max(2, min(16, cores))) as writers):
+        previous = None
+        try:
+            for batch in loader:
+                for position, index in enumerate(batch["index"]):
+                    if index in wanted and not batch["readable"][position]:
+                        record(index, 0.0, "failed")
+                for positions, full in batch["groups"]:
+                    rows = [r for r, p in enumerate(positions) if batch["index"][p] in wanted]
+                    if not rows:
+                        continue
+                    images = (full[rows] if len(rows) < len(positions) else full).to(device, non_blocking=True)
+                    with torch.inference_mode():
+                        binary = (person_margins(net, images, size, amp) >= margin_threshold).to(torch.uint8)
+                        binary = binary.to("cpu", non_blocking=True)
+                    ready = None
+                    if device.type == "cuda":
+                        ready = torch.cuda.Event()
+                        ready.record(torch.cuda.current_stream(device))
+                    if previous is not None:
+                        finish_group(*previous)  # overlaps the forward pass just queued
+                    previous = ([batch["index"][positions[r]] for r in rows], images, binary, ready)
+                collect(block=False)
+                while len(pending) > limit:
+                    concurrent.futures.wait([pending[0][1]])
+                    collect(block=False)
+            if previous is not None:
+                finish_group(*previous)
+            collect(block=True)
+        except BaseException:
+            for _, future in pending:
+                future.cancel()
+            raise
 
 
 def print_summary(out: Path, summary: Summary) -> None:

@@ -43,6 +43,7 @@ from maskkit.contract.files import (Inputs, WriteError, atomic_path, console, ex
 from maskkit.contract.manifest import check_images_exist, file_sha256, read_manifest
 from maskkit.contract.predictions import prediction_frame
 from maskkit.engine.devices import autocast_dtype, default_workers, resolve_device, use_threads
+from maskkit.engine.distributed import Distributed, env_rank
 from maskkit.options import TrainOptions
 from maskkit.engine.loop import EpochState, NonFiniteLoss, OnDevice, Optimisation, Progress, evaluate, train_one_epoch
 from maskkit.engine.runtime import deterministic, seed_everything, sigint_sets_flag
@@ -150,24 +151,36 @@ def build_config(options: TrainOptions, manifest_path: Path, source: str, manife
 
 # --- training ------------------------------------------------------------------------------------
 
+def device_side(device: torch.device, aug: str) -> tuple[bool, bool]:
+    """(normalise on the device, augment on the device). On CUDA the loader ships uint8 crops and
+    the GPU normalises (4x fewer bytes, less CPU per image), and the basic recipe's flips, noise and
+    brightness/contrast run on the GPU batch too (data/gpu_augment.py); on the CPU the loader does all."""
+    on_cuda = device.type == "cuda"
+    return on_cuda, on_cuda and aug == "basic"
+
+
 class Trainer:
     """One training run: model, optimiser, schedule, loaders and the run folder."""
 
     def __init__(self, run_dir: Path, manifest: pd.DataFrame, options: TrainOptions, config: dict,
-                 progress: bool | None = None, resumed: bool = False) -> None:
+                 progress: bool | None = None, resumed: bool = False, dist: Distributed | None = None) -> None:
         from maskkit.data.loader import ImageDataset, make_loader
         from maskkit.data.presets import build_transform, eval_transform
-        from maskkit.data.sampling import ResumableSampler, balanced_weights, targets_of
+        from maskkit.data.gpu_augment import BatchAugment
+        from maskkit.data.sampling import ResumableSampler, ShardSampler, balanced_weights, targets_of
         from maskkit.engine.loss import MaskLoss
         from maskkit.engine.models import build_model, to_channels_last
 
         self.run_dir, self.options, self.config = run_dir, options, config
-        self.device = resolve_device(options.device)
+        self.dist = dist or Distributed()
+        self.device = self.dist.device(resolve_device(options.device))
         self.amp_dtype = autocast_dtype(self.device, options.precision)
-        self.show_bar = progress
+        self.show_bar = progress if self.dist.main else False
         self.stop_requested = False
         seed_everything(options.seed)
         if self.device.type == "cuda":
+            # Autotuning pays off because every batch has one shape: training drops the short last
+            # batch, and validation runs at the training batch size with its last batch padded.
             torch.backends.cudnn.benchmark = True
 
         trains = training_rows(manifest, options)
@@ -175,30 +188,45 @@ class Trainer:
         self.val_rows = manifest[~trains].reset_index(drop=True)  # empty with --fold all
         img_size, mean, std = tuple(config["img_size"]), config["mean"], config["std"]
         crop = tuple(config["crop"])
-        # On CUDA the loader ships uint8 and the GPU normalises (4x fewer bytes, less CPU per image).
-        on_cpu = self.device.type != "cuda"
-        self.on_device = OnDevice(self.device, self.amp_dtype, None if on_cpu else (mean, std))
+        normalize_on_device, self.augment_on_device = device_side(self.device, options.aug)
+        loader_normalizes = not normalize_on_device
+        self.on_device = OnDevice(self.device, self.amp_dtype, (mean, std) if normalize_on_device else None,
+                                  pad_to=options.batch_size if self.device.type == "cuda" else None)
+        self.train_on_device = dataclasses.replace(
+            self.on_device, augment=BatchAugment(tuple(mean), tuple(std)) if self.augment_on_device else None,
+            seed=options.seed)
         train_targets = targets_of(self.train_rows, options.old_age)
         val_targets = targets_of(self.val_rows, options.old_age)
         caches = self._caches(crop)
         self.train_set = ImageDataset(self.train_rows["path"], train_targets, img_size,
-                                      build_transform(options.aug, img_size, mean, std, crop, normalize=on_cpu),
+                                      build_transform("none" if self.augment_on_device else options.aug, img_size,
+                                                      mean, std, crop, normalize=loader_normalizes),
                                       cache=caches[0][0], valid=caches[0][1], crop=crop, seed=options.seed)
         self.val_set = None if options.all_folds else ImageDataset(
-            self.val_rows["path"], val_targets, img_size, eval_transform(img_size, mean, std, crop, normalize=on_cpu),
+            self.val_rows["path"], val_targets, img_size,
+            eval_transform(img_size, mean, std, crop, normalize=loader_normalizes),
             cache=caches[1][0], valid=caches[1][1], crop=crop, seed=options.seed)
-        if len(self.train_set) < options.batch_size:
+        world = self.dist.world_size
+        if len(self.train_set) < options.batch_size * world:
             raise MaskkitError(
-                f"--batch-size {options.batch_size}: larger than the {len(self.train_set)} training images; use a smaller one"
+                f"--batch-size {options.batch_size}: x {world} processes is more than the {len(self.train_set)} "
+                "training images; use a smaller one"
             )
         weights = balanced_weights(train_targets["label"][self.train_set.rows]) if options.balanced else None
-        workers = default_workers(self.device) if options.workers is None else options.workers
-        self.sampler = ResumableSampler(len(self.train_set), options.seed, weights)
+        # By default the machine's cores are shared among the processes torchrun started on it.
+        workers = (max(1, default_workers(self.device) // self.dist.local_world_size) if options.workers is None
+                   else options.workers)
+        self.sampler = ResumableSampler(len(self.train_set), options.seed, weights, self.dist.rank, world)
         self.train_loader = make_loader(self.train_set, options.batch_size, shuffle=True, workers=workers,
                                         seed=options.seed, device=self.device, drop_last=True, sampler=self.sampler)
-        self.val_loader = None if self.val_set is None else make_loader(
-            self.val_set, options.batch_size * 2, shuffle=False, workers=workers, seed=options.seed, device=self.device)
-        self.steps_per_epoch = len(self.train_set) // options.batch_size
+        # On CUDA validation runs at the training batch size: the shapes cudnn already tuned.
+        val_batch = options.batch_size * (1 if self.device.type == "cuda" else 2)
+        self.val_loader = None
+        if self.val_set is not None:
+            val_sampler = ShardSampler(len(self.val_set), self.dist.rank, world) if self.dist.enabled else None
+            self.val_loader = make_loader(self.val_set, val_batch, shuffle=False, workers=workers, seed=options.seed,
+                                          device=self.device, sampler=val_sampler)
+        self.steps_per_epoch = len(self.train_set) // (options.batch_size * world)
 
         self.model = build_model(options.backbone, heads=options.heads, age_regression=options.age_regression,
                                  pretrained=options.pretrained and not resumed,  # last.pt has the weights
@@ -206,6 +234,7 @@ class Trainer:
                                  img_size=img_size, dropout=options.dropout).to(self.device)
         if self.device.type == "cuda":
             to_channels_last(self.model)
+        self.train_model = self.dist.wrap(self.model, self.device)  # the model itself without DDP
         self.loss = MaskLoss.from_options(options)
         self.opt = Optimisation(
             optimizer=self._optimizer(), scheduler=None,
@@ -286,6 +315,8 @@ class Trainer:
         }
 
     def save_last(self) -> None:
+        if not self.dist.main:
+            return
         runfolder.save_checkpoint(self.state(), self.run_dir / runfolder.LAST)
 
     def load_last(self, replan: bool = False) -> None:
@@ -332,14 +363,22 @@ class Trainer:
                            fields="loss {loss:.3f}  {rate:.0f} img/s  data wait {wait:.0%}", completed=current.step,
                            show=self.show_bar, loss=float("nan"), rate=0.0, wait=0.0)
 
+        sync_every = 1 if self.device.type == "cpu" else 25
+
         def stopping(step: int) -> bool:
-            return self.stop_requested or (stop is not None and stop(epoch, step))
+            asked = stop is not None and stop(epoch, step)
+            if not self.dist.enabled:
+                return asked or self.stop_requested
+            if step % sync_every == 0 or step == self.steps_per_epoch:  # all ranks stop at the same step
+                self.stop_requested = self.dist.any(self.stop_requested, self.device)
+                return asked or self.stop_requested
+            return asked
 
         try:
             with bar:
-                return train_one_epoch(self.model, self.train_loader, self.loss, self.opt, self.on_device,
+                return train_one_epoch(self.train_model, self.train_loader, self.loss, self.opt, self.train_on_device,
                                        self.progress, stopping, bar=bar, steps=self.steps_per_epoch,
-                                       check_every=1 if self.device.type == "cpu" else 25)
+                                       check_every=sync_every)
         except NonFiniteLoss as exc:
             raise RunFailure(
                 f"{self.run_dir}: the loss became NaN/inf in epoch {epoch + 1} (step {exc.step}); "
@@ -349,15 +388,21 @@ class Trainer:
 
     def validate(self) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
         """Metrics, class probabilities (N, 18) and dataset rows of the validation fold."""
+        self.dist.copy_from_main(self.eval_model())
         return evaluate(self.eval_model(), self.val_loader, self.on_device, self.loss,
-                        self.val_set.targets["true_label"])
+                        self.val_set.targets["true_label"], dist=self.dist)
 
     # -- the loop --
 
     def fit(self, stop: Callable[[int, int], bool] | None = None) -> Progress:
-        from maskkit.engine.plots import plot_run
+        from maskkit.engine.plots import plot_run as plot
 
-        options = self.options
+        options, main = self.options, self.dist.main
+
+        def plot_run(run_dir: Path) -> None:
+            if main:
+                plot(run_dir)
+
         with sigint_sets_flag(self):
             while self.progress.epoch < options.epochs and not self.progress.finished:
                 epoch = self.progress.epoch
@@ -366,28 +411,32 @@ class Trainer:
                     plot_run(self.run_dir)
                     raise Interrupted()
                 current = self.progress.current
+                loss_sum, seen = self.dist.sum([current.loss_sum, current.seen], self.device)
                 row = {"epoch": epoch + 1, "seconds": round(current.seconds, 2),
                        "lr": self.opt.optimizer.param_groups[0]["lr"],
-                       "train_loss": current.loss_sum / max(current.seen, 1)}
+                       "train_loss": loss_sum / max(seen, 1)}
                 if self.val_set is None:  # --fold all: best.pt is the latest (in the end the final) weights;
                     # the metrics row keeps empty validation columns
                     metrics, improved = {}, True
                     self.progress.best_epoch, self.progress.stale = epoch + 1, 0
-                    runfolder.save_checkpoint({"model": self.eval_model().state_dict(), "epoch": epoch + 1,
-                                               "val_f1": None}, self.run_dir / runfolder.BEST)
+                    if main:
+                        runfolder.save_checkpoint({"model": self.eval_model().state_dict(), "epoch": epoch + 1,
+                                                   "val_f1": None}, self.run_dir / runfolder.BEST)
                 else:
                     metrics, probs, rows = self.validate()
                     improved = metrics["val_f1"] > self.progress.best_f1
                 row.update(metrics)
                 if self.val_set is not None and improved:
                     self.progress.best_f1, self.progress.best_epoch, self.progress.stale = metrics["val_f1"], epoch + 1, 0
-                    self._save_best(epoch + 1, metrics["val_f1"], probs, rows)
+                    if main:
+                        self._save_best(epoch + 1, metrics["val_f1"], probs, rows)
                 elif self.val_set is not None:
                     self.progress.stale += 1
-                runfolder.append_metrics(self.run_dir, row)
-                if self.wandb is not None:
-                    self.wandb.log(row, step=int(row["epoch"]))
-                self._report(row, current, improved)
+                if main:
+                    runfolder.append_metrics(self.run_dir, row)
+                    if self.wandb is not None:
+                        self.wandb.log(row, step=int(row["epoch"]))
+                    self._report(row, current, improved, seen)
                 self.progress.epoch = epoch + 1
                 self.progress.current = EpochState()
                 if options.patience and self.progress.stale >= options.patience:
@@ -396,6 +445,7 @@ class Trainer:
                 if self.progress.epoch >= options.epochs:
                     self.progress.finished = True
                 self.save_last()
+                self.stop_requested = self.dist.any(self.stop_requested, self.device)
                 if self.stop_requested and not self.progress.finished:  # Ctrl-C during validation
                     plot_run(self.run_dir)
                     raise Interrupted()
@@ -410,8 +460,8 @@ class Trainer:
         frame["label"] = self.val_set.targets["true_label"][rows]
         write_csv(frame, self.run_dir / runfolder.VAL_PREDS)
 
-    def _report(self, row: dict, current: EpochState, improved: bool) -> None:
-        rate = current.seen / max(current.seconds, 1e-9)
+    def _report(self, row: dict, current: EpochState, improved: bool, seen: float) -> None:
+        rate = seen / max(current.seconds, 1e-9)  # all ranks' images
         share = current.wait / max(current.seconds, 1e-9)
         validation = ("" if "val_f1" not in row else
                       f"val_loss {row['val_loss']:.4f}  val_f1 {row['val_f1']:.4f} "
@@ -547,6 +597,8 @@ def train(
         chosen = options or TrainOptions()
         run_dir = Path(out) / (name or f"{chosen.backbone}-f{chosen.fold}")
         Inputs.of(source if source is not None else "data/train", chosen.weights).check_folder(run_dir, "run folder")
+    if env_rank() != 0:  # under torchrun rank 0 alone holds the run folder (and writes it)
+        return _train(source, options, out, name, overwrite, resume, stop, progress, given, exist_ok)
     with folder_lock(run_dir, "train"):
         remove_stale_temps(run_dir)
         try:
@@ -577,66 +629,81 @@ def _train(
     options the user set, None meaning all of `options`). `stop(epoch, step)` is asked after every
     step and every epoch (0-based epoch); True stops like Ctrl-C: last.pt is written and
     `Interrupted` (a KeyboardInterrupt) is raised. `exist_ok` is the old name of `overwrite`.
+
+    Under torchrun (engine.distributed) every process trains its share; rank 0 alone checks the
+    inputs, writes the run folder and prints, and the others take its run folder and config.
     """
     overwrite = overwrite or bool(exist_ok)
     extended = False
     if resume is not None:
         run_dir = Path(resume)
         options, config, manifest, extended = resume_options(run_dir, options, given)
+        dist = Distributed.from_env(options.device)
     else:
         options = options or TrainOptions()
-        run_dir, config, manifest = _new_run(source if source is not None else "data/train", options, Path(out),
-                                             name, overwrite)
+        dist = Distributed.from_env(options.device)
+        run_dir, config, manifest = dist.from_main(
+            lambda: _new_run(source if source is not None else "data/train", options, Path(out), name, overwrite))
+    try:
+        return _fit(run_dir, options, config, manifest, extended, resume is not None, stop, progress, dist)
+    finally:
+        dist.close()
+
+
+def _fit(run_dir: Path, options: TrainOptions, config: dict, manifest: pd.DataFrame, extended: bool,
+         resumed: bool, stop, progress: bool | None, dist: Distributed) -> Path:
+    """Train (or go on training) the prepared run folder; returns it."""
     use_threads(options.threads)
-    device = resolve_device(options.device)
+    device = dist.device(resolve_device(options.device))
+    main = dist.main
+
+    def say(line: str) -> None:
+        if main:
+            console.print(line, markup=False, highlight=False)
     with deterministic(device):
         try:
-            trainer = Trainer(run_dir, manifest, options, config, progress=progress, resumed=resume is not None)
+            trainer = Trainer(run_dir, manifest, options, config, progress=progress, resumed=resumed, dist=dist)
         except BaseException:  # pretrained download failed, Ctrl-C while caching...: leave no half run
-            if resume is None:
+            if not resumed and main:
                 runfolder.remove_run(run_dir)
             raise
-        if resume is not None:
+        if resumed:
             trainer.load_last(replan=extended)
-            if extended:
+            if extended and main:
                 runfolder.write_json(runfolder.stored_config(config), run_dir / runfolder.CONFIG)
             if extended and trainer.progress.epoch < options.epochs:
                 trainer.progress.finished = False
-                console.print(f"extending {run_dir} to {options.epochs} epochs (schedule re-planned)")
+                say(f"extending {run_dir} to {options.epochs} epochs (schedule re-planned)")
             if trainer.progress.finished:
-                console.print(f"{run_dir}: already finished ({trainer.progress.epoch} epochs); nothing to do "
-                              "(a larger --epochs extends it)")
+                say(f"{run_dir}: already finished ({trainer.progress.epoch} epochs); nothing to do "
+                    "(a larger --epochs extends it)")
                 return run_dir
-            console.print(f"resuming {run_dir} at epoch {trainer.progress.epoch + 1}, step {trainer.progress.current.step}")
+            say(f"resuming {run_dir} at epoch {trainer.progress.epoch + 1}, step {trainer.progress.current.step}")
         else:
             trainer.save_last()  # a Ctrl-C in the first epoch can resume too
-        _start_wandb(trainer, run_dir, config)
-        console.print(
-            f"training {options.backbone} ({options.heads}{' + age regression' if options.age_regression else ''}) "
+        if main:
+            _start_wandb(trainer, run_dir, config)
+        processes = f", {dist.world_size} processes (DDP)" if dist.enabled else ""
+        say(f"training {options.backbone} ({options.heads}{' + age regression' if options.age_regression else ''}) "
             f"on {len(trainer.train_set)} images of {config['train_persons']} persons, "
             + ("every person (--fold all: no validation, best.pt = the final weights), " if options.all_folds else
                f"validating on fold {options.fold} ({len(trainer.val_set)} images of {config['val_persons']} persons), ")
             + f"input {options.img_size[1]}x{options.img_size[0]} (WxH), crop {tuple(config['crop'])} (HxW "
-            f"fractions), {device}: {run_dir}",
-            markup=False, highlight=False,
-        )
+            f"fractions), {device}{processes}: {run_dir}")
         try:
             result = trainer.fit(stop)
         except Interrupted:
-            console.print(f"stopped; last.pt written: resume with: maskkit train --resume {run_dir}",
-                          markup=False, highlight=False)
+            say(f"stopped; last.pt written: resume with: maskkit train --resume {run_dir}")
             raise
         finally:
             if trainer.wandb is not None:
                 trainer.wandb.finish()
-    if options.all_folds:
-        console.print(f"trained {result.epoch} epochs on every person (best.pt = the final weights); "
-                      f"next: maskkit predict {run_dir} DATA/eval -o preds.csv", markup=False, highlight=False)
-        return run_dir
-    best = runfolder.read_metrics(run_dir).query("epoch == @result.best_epoch").iloc[0]
-    console.print(
-        f"best epoch {result.best_epoch}: val macro F1 {best['val_f1']:.4f} (mask {best['f1_mask']:.3f}, "
-        f"gender {best['f1_gender']:.3f}, age {best['f1_age']:.3f}); next: maskkit predict {run_dir} DATA/eval -o preds.csv",
-        markup=False, highlight=False,
-    )
+    if main and options.all_folds:
+        say(f"trained {result.epoch} epochs on every person (best.pt = the final weights); "
+            f"next: maskkit predict {run_dir} DATA/eval -o preds.csv")
+    elif main:
+        best = runfolder.read_metrics(run_dir).query("epoch == @result.best_epoch").iloc[0]
+        say(f"best epoch {result.best_epoch}: val macro F1 {best['val_f1']:.4f} (mask {best['f1_mask']:.3f}, "
+            f"gender {best['f1_gender']:.3f}, age {best['f1_age']:.3f}); next: maskkit predict {run_dir} DATA/eval "
+            "-o preds.csv")
     return run_dir

@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 
 from maskkit.contract.labels import GENDERS, MASKS, NUM_CLASSES, age_group, encode
+from torch.utils.data import Sampler
+
 from maskkit.data.loader import SeededSampler
 
 
@@ -38,13 +40,15 @@ class ResumableSampler(SeededSampler):
     """SeededSampler that can sample class-balanced (with replacement) and skip the items already
     trained this epoch (`skip`), so a resumed epoch sees exactly the rest of the interrupted one."""
 
-    def __init__(self, n: int, seed: int, weights: np.ndarray | None = None) -> None:
+    def __init__(self, n: int, seed: int, weights: np.ndarray | None = None, rank: int = 0,
+                 world_size: int = 1) -> None:
         super().__init__(n, shuffle=True, seed=seed)
         self.weights = weights
         self.skip = 0
+        self.rank, self.world_size = int(rank), int(world_size)
 
     def __len__(self) -> int:
-        return self.n - self.skip
+        return self.n // self.world_size - self.skip
 
     def __iter__(self):
         if self.weights is None:
@@ -54,4 +58,22 @@ class ResumableSampler(SeededSampler):
             order = rng.choice(self.n, size=self.n, replace=True, p=self.weights)
             seeds = rng.integers(0, 2**63 - 1, size=self.n)
             items = [(int(i), int(s)) for i, s in zip(order, seeds)]
+        if self.world_size > 1:  # DDP: this rank's slice of the seeded order, as many items on every rank
+            items = items[self.rank:self.n - self.n % self.world_size:self.world_size]
         return iter(items[self.skip:])
+
+
+class ShardSampler(Sampler):
+    """Evaluation under DDP: positions rank, rank + world_size, ... (every image on exactly one rank)."""
+
+    def __init__(self, n: int, rank: int, world_size: int) -> None:
+        self.n, self.rank, self.world_size = int(n), int(rank), int(world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world_size))
+
+    def __iter__(self):
+        return iter(range(self.rank, self.n, self.world_size))

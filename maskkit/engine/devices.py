@@ -23,6 +23,10 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise MaskkitError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise MaskkitError(f"--device {name}: MPS is not available here (use --device cpu)")
+    if device.type == "cuda" and device.index is not None:
+        # cuda:N becomes the current device: the loader's pin-memory thread and libraries that use
+        # "the" GPU then work on N instead of opening a context on GPU 0 too.
+        torch.cuda.set_device(device)
     return device
 
 
@@ -38,8 +42,8 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
 def default_workers(device: torch.device) -> int:
     """Loader workers: most cores on a GPU server; on the CPU the model needs the cores itself."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if device.type == "cuda":
-        return max(1, min(8, cpus - 1))
+    if device.type == "cuda":  # all cores but the main process's (8 workers left a 16-core server's GPU waiting)
+        return max(1, min(16, cpus - 1))
     return 1 if cpus <= 4 else 2
 
 

@@ -22,11 +22,19 @@ from maskkit.engine.progress import ProgressBar, progress_bar
 @dataclass(frozen=True)
 class OnDevice:
     """Batch -> device: uint8 batches normalised there when `normalize` = (mean, std), channels_last
-    on CUDA; `autocast()` with `amp_dtype` (None: fp32)."""
+    on CUDA; `autocast()` with `amp_dtype` (None: fp32).
+
+    `augment` (a data.gpu_augment.BatchAugment): training batches arrive as uint8 crops and are
+    augmented and normalised on the device, each image from its own seed (run `seed`, epoch, row).
+    `pad_to`: inference pads a short last batch to this many images (the padding's outputs are
+    dropped), so with cudnn.benchmark no new shape is autotuned at the end of every pass."""
 
     device: torch.device
     amp_dtype: torch.dtype | None = None
     normalize: tuple[Sequence[float], Sequence[float]] | None = None
+    augment: object | None = None
+    seed: int = 0
+    pad_to: int | None = None
 
     def images(self, images: torch.Tensor) -> torch.Tensor:
         from maskkit.data.presets import normalize_batch
@@ -37,6 +45,26 @@ class OnDevice:
         if self.device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
         return images
+
+    def train_images(self, images: torch.Tensor, rows: torch.Tensor, epoch: int) -> torch.Tensor:
+        """A training batch on the device: `images` with the batch augmentation when there is one."""
+        if self.augment is None:
+            return self.images(images)
+        from maskkit.data.gpu_augment import augment_batch, image_seeds
+
+        images = augment_batch(images.to(self.device, non_blocking=True), image_seeds(self.seed, epoch, rows),
+                               self.augment)
+        if self.device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def padded(self, images: torch.Tensor) -> torch.Tensor:
+        """`images` (on the device) with its last image repeated up to `pad_to` rows."""
+        short = (self.pad_to or 0) - len(images)
+        if short <= 0:
+            return images
+        padded = torch.cat([images, images[-1:].expand(short, *images.shape[1:])])
+        return padded.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else padded
 
     def targets(self, targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in targets.items()}
@@ -120,8 +148,8 @@ def train_one_epoch(model: torch.nn.Module, loader, loss_fn, opt: Optimisation, 
             raise NonFiniteLoss(current.step)
 
     try:
-        for images, targets, _ in wait.iterate(loader):
-            images, targets = on_device.images(images), on_device.targets(targets)
+        for images, targets, rows in wait.iterate(loader):
+            images, targets = on_device.train_images(images, rows, progress.epoch), on_device.targets(targets)
             mix = opt.cutmix > 0 and float(torch.rand((), generator=opt.cutmix_generator)) < opt.cutmix
             with on_device.autocast():
                 if mix:
@@ -136,7 +164,9 @@ def train_one_epoch(model: torch.nn.Module, loader, loss_fn, opt: Optimisation, 
             progress.global_step += 1
             opt.scheduler.step_update(progress.global_step)
             if opt.ema is not None:
-                opt.ema.update(model, step=progress.global_step)
+                from maskkit.engine.distributed import unwrap
+
+                opt.ema.update(unwrap(model), step=progress.global_step)
             loss_sum += loss.detach().double() * len(images)
             current.step += 1
             current.seen += len(images)
@@ -198,14 +228,16 @@ def infer(model: torch.nn.Module, loader, on_device: OnDevice, tta: str = "none"
             lines = [line for line in str(exc).splitlines() if line.strip()]
             raise MaskkitError(lines[-1].split(": ", 1)[-1] if len(lines) > 1 else str(exc)) from None
         images = on_device.images(images)
+        n = len(images)
+        images = on_device.padded(images)
         views = [images, images.flip(3)] if tta == "flip" else [images]
         total_probs, total_tasks = 0, None
         for view in views:
             with on_device.autocast():
                 outputs = model(view)
-            outputs = {k: v.float() for k, v in outputs.items()}
+            outputs = {k: v[:n].float() for k, v in outputs.items()}
             if loss_fn is not None and view is images:
-                loss_sum += float(loss_fn(outputs, on_device.targets(targets))) * len(images)
+                loss_sum += float(loss_fn(outputs, on_device.targets(targets))) * n
             total_probs = total_probs + class_probs(outputs)
             per_task = task_probs(outputs)
             total_tasks = per_task if total_tasks is None else {t: total_tasks[t] + p for t, p in per_task.items()}
@@ -214,7 +246,7 @@ def infer(model: torch.nn.Module, loader, on_device: OnDevice, tta: str = "none"
             tasks[task].append((p / len(views)).cpu().numpy())
         rows.append(index.numpy())
         if bar is not None:
-            bar.advance(len(index))
+            bar.advance(n)
     if not rows:
         empty = np.zeros((0, NUM_CLASSES))
         return Inference(np.zeros(0, dtype=np.int64), empty, {t: np.zeros((0, n)) for t, n in TASKS.items()})
@@ -251,10 +283,17 @@ def score(true_label: np.ndarray, probs: np.ndarray, task_prob: dict[str, np.nda
 
 
 def evaluate(model: torch.nn.Module, loader, on_device: OnDevice, loss_fn,
-             true_label: np.ndarray) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+             true_label: np.ndarray, dist=None) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Validation: (metrics incl. val_loss, class probabilities (N, 18), dataset rows), one row per
-    image (an unreadable image the loader replaced by its neighbour counts once)."""
+    image (an unreadable image the loader replaced by its neighbour counts once).
+
+    `dist` (engine.distributed.Distributed): each rank's loader holds its share of the images; the
+    results of all ranks are gathered first, so every rank gets the metrics of the whole set."""
+    from maskkit.engine.distributed import gather_inference
+
     result = infer(model, loader, on_device, loss_fn=loss_fn)
+    if dist is not None:
+        result = gather_inference(result, dist)
     rows, first = np.unique(result.rows, return_index=True)
     probs = result.probs[first]
     metrics = score(true_label[rows], probs, {task: p[first] for task, p in result.task_probs.items()})
