@@ -316,7 +316,7 @@ def segment_rates(results: Results, work: Path, src: Path, device: torch.device,
     forward = len(paths) / (time.perf_counter() - start)
     label = f"DeepLabV3-{model} (random weights) @{size}, batch {batch}, {len(paths)} images"
     results.add("segment", "forward pass only (pre-resized batches, no I/O)", forward, "img/s", label)
-    variants = [("device pipeline (resize, composite on the device)", dict(on_device=True))]
+    variants = [("device pipeline (resize, composite on the device)", dict(on_device=True, jpeg_on_device=False))]
     if device.type == "cuda":
         variants.append(("device pipeline + nvjpeg encode", dict(on_device=True, jpeg_on_device=True)))
     variants.append(("host pipeline (OpenCV resize/composite)", dict(on_device=False)))
@@ -353,7 +353,8 @@ def ddp_rates(results: Results, work: Path, manifest_path: Path, device: torch.d
     for name, command in commands.items():
         start = time.perf_counter()
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=max(30.0, timeout / 2),
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                 filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
         run = work / "ddp_runs" / ("plain" if name == "plain" else "ddp1")
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         metrics = pd.read_csv(run / "metrics.csv") if (run / "metrics.csv").is_file() else None

@@ -209,7 +209,7 @@ def train(
                             help="Optimizer (timm's factory; no weight decay on norms and biases)."),
     sched: SchedulersChoice = typer.Option("cosine", "--sched", rich_help_panel=OPTIM,
                               help="Learning-rate schedule after the warmup (timm's factory, stepped per update)."),
-    lr: float = typer.Option(1e-3, "--lr", rich_help_panel=OPTIM, help="Peak learning rate."),
+    lr: float = typer.Option(2e-3, "--lr", rich_help_panel=OPTIM, help="Peak learning rate."),
     weight_decay: float = typer.Option(0.01, "--weight-decay", rich_help_panel=OPTIM, help="Weight decay."),
     warmup: float = typer.Option(1.0, "--warmup", rich_help_panel=OPTIM, help="Epochs of linear learning-rate warmup."),
     ema: bool = typer.Option(False, "--ema", rich_help_panel=OPTIM,

@@ -57,7 +57,7 @@ class TrainOptions:
     batch_size: int = 32
     opt: str = "adamw"  # timm optimizer name (weight decay off for norms and biases)
     sched: str = "cosine"  # timm scheduler name, stepped per update
-    lr: float = 1e-3  # the real-faces ablation's winner at a short budget (benchmarks/README.md)
+    lr: float = 2e-3  # the real-faces ablation's winner at a short budget, two seeds (benchmarks/README.md)
     weight_decay: float = 0.01
     warmup: float = 1.0  # epochs of linear warmup
     ema: bool = False
@@ -138,6 +138,11 @@ class TrainOptions:
     def all_folds(self) -> bool:
         """True for `--fold all`: a full-data model without validation."""
         return self.fold == ALL_FOLDS
+
+    @property
+    def run_name(self) -> str:
+        """The default run folder name: BACKBONE-fK, or BACKBONE-all for `--fold all`."""
+        return f"{self.backbone}-all" if self.all_folds else f"{self.backbone}-f{self.fold}"
 
 
 def parse_fold(value: object, source: str = "--fold") -> int | str:

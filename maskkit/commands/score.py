@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import atomic_path, console, examples, write_csv
+from maskkit.contract.files import console, examples, write_csv
 from maskkit.contract.labels import NUM_CLASSES, class_name
 from maskkit.contract.predictions import read_predictions
 from maskkit.engine.metrics import SCORE_NAMES, per_class_f1, scores
@@ -43,30 +43,6 @@ def matched(submission: pd.DataFrame, truth: pd.DataFrame, submission_path: Path
                            f"({examples(submission.loc[unknown, 'ImageID'].tolist())}); score against the truth "
                            "of the same eval set")
     return truth["ans"].to_numpy(), submission["ans"].to_numpy()[positions]
-
-
-def draw_confusion(true: np.ndarray, pred: np.ndarray, path: Path, title: str) -> None:
-    """18x18 confusion matrix (rows = true class, shade = share of the row, numbers = counts), atomically."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from sklearn.metrics import confusion_matrix
-
-    matrix = confusion_matrix(true, pred, labels=range(NUM_CLASSES))
-    share = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
-    fig = Figure(figsize=(11, 10), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    names = [f"{i} {class_name(i)}" for i in range(NUM_CLASSES)]
-    ax.set_xticks(range(NUM_CLASSES), names, rotation=90, fontsize=7)
-    ax.set_yticks(range(NUM_CLASSES), names, fontsize=7)
-    for (i, j), count in np.ndenumerate(matrix):
-        if count:
-            ax.text(j, i, str(count), ha="center", va="center", fontsize=6,
-                    color="white" if share[i, j] > 0.5 else "black")
-    ax.set(xlabel="predicted", ylabel="true", title=title)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
 
 
 def print_table(row: dict, true: np.ndarray, pred: np.ndarray) -> None:
@@ -100,6 +76,8 @@ def run(submission: Path, truth: Path, out: Path | None = None, confusion: Path 
     true, pred = matched(answers, truth_table, submission, truth)
     row = {"submission": str(submission), "images": len(true), **{k: round(v, 6) for k, v in scores(true, pred).items()}}
     if confusion is not None:
+        from maskkit.engine.plots import draw_confusion
+
         draw_confusion(true, pred, Path(confusion), f"{submission.name} against {truth.name}")
     if not quiet:
         print_table(row, true, pred)

@@ -592,12 +592,13 @@ def run(
     amp: bool = True,
     progress: bool = True,
     on_device: bool | None = None,
-    jpeg_on_device: bool = False,
+    jpeg_on_device: bool | None = None,
 ) -> Summary:
     """Segment IN into OUT (see the module docstring); raises RunFailure when images failed.
 
     on_device: resize and composite as torch ops on the device (`process_on_device`); default: on
-    CUDA. jpeg_on_device: encode JPEG outputs there too (nvjpeg on CUDA).
+    CUDA. jpeg_on_device: encode JPEG outputs there too (nvjpeg); default: on CUDA, where it was the
+    fastest pipeline measured (benchmarks/README.md, GPU section); a failure falls back to the host.
     """
     src, out = Path(src), Path(out)
     masks = Path(masks) if masks is not None else None
@@ -649,6 +650,8 @@ def run(
                 with write_errors(out / JOURNAL), Journal(out / JOURNAL) as journal:
                     if on_device is None:
                         on_device = torch_device.type == "cuda"
+                    if jpeg_on_device is None:
+                        jpeg_on_device = torch_device.type == "cuda"
                     if on_device:
                         process_on_device(net, torch_device, jobs, wanted, style, batch_size, size, workers, amp,
                                           progress, records, journal, summary, jpeg_on_device)

@@ -510,8 +510,7 @@ def _new_run(source: str | Path, options: TrainOptions, out: Path, name: str | N
     if n_train < options.batch_size:
         raise MaskkitError(f"--batch-size {options.batch_size}: larger than the {n_train} training images; use a smaller one")
     check_images_exist(manifest, str(source))
-    default_name = f"{options.backbone}-all" if options.all_folds else f"{options.backbone}-f{options.fold}"
-    run_dir = runfolder.prepare_run_dir(Path(out), name or default_name, overwrite)
+    run_dir = runfolder.prepare_run_dir(Path(out), name or options.run_name, overwrite)
     if made_here:
         write_csv(manifest, run_dir / runfolder.MANIFEST)
     else:  # byte for byte, so its sha256 names the user's file
@@ -595,7 +594,7 @@ def train(
             raise MaskkitError(f"{run_dir}: run folder not found (give a run folder written by maskkit train)")
     else:
         chosen = options or TrainOptions()
-        run_dir = Path(out) / (name or f"{chosen.backbone}-f{chosen.fold}")
+        run_dir = Path(out) / (name or chosen.run_name)
         Inputs.of(source if source is not None else "data/train", chosen.weights).check_folder(run_dir, "run folder")
     if env_rank() != 0:  # under torchrun rank 0 alone holds the run folder (and writes it)
         return _train(source, options, out, name, overwrite, resume, stop, progress, given, exist_ok)

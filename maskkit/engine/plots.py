@@ -16,9 +16,6 @@ def plot_run(run_dir: Path) -> None:
     """curves.png (losses and F1 per epoch) and confusion.png (best epoch, rows = true class)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from sklearn.metrics import confusion_matrix
-
-    from maskkit.contract.labels import class_name
 
     metrics_path, preds_path = run_dir / METRICS, run_dir / VAL_PREDS
     if metrics_path.is_file():
@@ -37,18 +34,30 @@ def plot_run(run_dir: Path) -> None:
         write_figure(run_dir / CURVES, fig)
     if preds_path.is_file():
         preds = pd.read_csv(preds_path)
-        matrix = confusion_matrix(preds["label"], preds["ans"], labels=range(NUM_CLASSES))
-        share = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
-        fig = Figure(figsize=(11, 10), layout="constrained")
-        FigureCanvasAgg(fig)
-        ax = fig.subplots()
-        ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-        names = [f"{i} {class_name(i)}" for i in range(NUM_CLASSES)]
-        ax.set_xticks(range(NUM_CLASSES), names, rotation=90, fontsize=7)
-        ax.set_yticks(range(NUM_CLASSES), names, fontsize=7)
-        for (i, j), count in np.ndenumerate(matrix):
-            if count:
-                ax.text(j, i, str(count), ha="center", va="center", fontsize=6,
-                        color="white" if share[i, j] > 0.5 else "black")
-        ax.set(xlabel="predicted", ylabel="true", title=f"{run_dir.name}: best epoch, validation fold")
-        write_figure(run_dir / CONFUSION, fig)
+        draw_confusion(preds["label"], preds["ans"], run_dir / CONFUSION,
+                       f"{run_dir.name}: best epoch, validation fold")
+
+
+def draw_confusion(true, pred, path: Path, title: str) -> None:
+    """18x18 confusion matrix PNG (rows = true class, shade = share of the row, numbers = counts)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from sklearn.metrics import confusion_matrix
+
+    from maskkit.contract.labels import class_name
+
+    matrix = confusion_matrix(true, pred, labels=range(NUM_CLASSES))
+    share = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    fig = Figure(figsize=(11, 10), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    names = [f"{i} {class_name(i)}" for i in range(NUM_CLASSES)]
+    ax.set_xticks(range(NUM_CLASSES), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(NUM_CLASSES), names, fontsize=7)
+    for (i, j), count in np.ndenumerate(matrix):
+        if count:
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=6,
+                    color="white" if share[i, j] > 0.5 else "black")
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    write_figure(path, fig)
