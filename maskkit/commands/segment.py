@@ -15,6 +15,9 @@ hidden journal (`OUT/.segment_journal.csv`); a re-run skips every image whose ou
 has a row, and recomputes the rest in the same fixed batches as an uninterrupted run, so a killed
 and resumed run ends with the same files. `OUT/segment_report.csv` (path, person_area, status) is
 written atomically at the end from the previous report, the journal and this run's rows.
+
+Why over 400 lines: two pipelines (host for the CPU, device for CUDA) must give the same files and
+share the journal, resume and write-error handling; keeping them side by side keeps them in step.
 """
 
 from __future__ import annotations
@@ -672,6 +675,49 @@ def run(
         return summary
 
 
+class Results:
+    """Outputs in flight in the writer pool and what became of each image (journal, summary, progress)."""
+
+    def __init__(self, jobs: Sequence[Job], records: dict[str, tuple[float, str]], journal: Journal,
+                 summary: Summary, bar, limit: int) -> None:
+        self.jobs, self.records, self.journal, self.summary, self.bar = jobs, records, journal, summary, bar
+        self.limit = limit  # results waiting to be written: bounds memory, keeps the pool busy
+        self.pending: collections.deque = collections.deque()
+
+    def record(self, index: int, area: float, status: str) -> None:
+        job = self.jobs[index]
+        self.records[job.rel] = (area, status)
+        self.journal.add(job.rel, area, status)
+        if status == "done":
+            self.summary.done += 1
+        elif status == "no_person":
+            self.summary.no_person.append(job.rel)
+        else:
+            self.summary.failed.append(job.rel)
+        self.bar.advance()
+
+    def collect(self, block: bool) -> None:
+        while self.pending and (block or self.pending[0][1].done()):
+            index, future = self.pending.popleft()
+            try:
+                area, status = future.result()
+            except (OSError, cv2.error) as exc:  # a full disk, a read-only folder: this image failed
+                console.print(f"[red]{self.jobs[index].rel}[/]: {exc}")
+                area, status = 0.0, "failed"
+            self.record(index, area, status)
+
+    def throttle(self) -> None:
+        """Record what has finished; wait while more than `limit` results are queued."""
+        self.collect(block=False)
+        while len(self.pending) > self.limit:
+            concurrent.futures.wait([self.pending[0][1]])
+            self.collect(block=False)
+
+    def cancel(self) -> None:
+        for _, future in self.pending:
+            future.cancel()
+
+
 def process(net: nn.Module, device: torch.device, jobs: Sequence[Job], wanted: set[int], style: Style,
             batch_size: int, size: int, workers: int | None, amp: bool, show: bool,
             records: dict[str, tuple[float, str]], journal: Journal, summary: Summary) -> None:
@@ -683,54 +729,27 @@ def process(net: nn.Module, device: torch.device, jobs: Sequence[Job], wanted: s
         num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",
         worker_init_fn=functools.partial(die_with_parent, os.getpid()) if workers else None,
     )
-    pending: collections.deque = collections.deque()
-    limit = 2 * batch_size  # results waiting to be written: bounds memory, keeps the pool busy
-
-    def record(index: int, area: float, status: str) -> None:
-        job = jobs[index]
-        records[job.rel] = (area, status)
-        journal.add(job.rel, area, status)
-        if status == "done":
-            summary.done += 1
-        elif status == "no_person":
-            summary.no_person.append(job.rel)
-        else:
-            summary.failed.append(job.rel)
-        bar.advance()
-
-    def collect(block: bool) -> None:
-        while pending and (block or pending[0][1].done()):
-            index, future = pending.popleft()
-            try:
-                area, status = future.result()
-            except (OSError, cv2.error) as exc:  # a full disk, a read-only folder: this image failed
-                console.print(f"[red]{jobs[index].rel}[/]: {exc}")
-                area, status = 0.0, "failed"
-            record(index, area, status)
 
     writers = max(2, min(8, (os.cpu_count() or 2) - workers - 1))  # mask, composite, encode: ~7 ms an image
     with serial_opencv(), progress_bar("segment", len(wanted), show=None if show else False) as bar, \
             concurrent.futures.ThreadPoolExecutor(writers) as pool:
+        results = Results(jobs, records, journal, summary, bar, limit=2 * batch_size)
         try:
             for batch in loader:
                 for position, index in enumerate(batch["index"]):
                     if index in wanted and not batch["readable"][position]:
-                        record(index, 0.0, "failed")
+                        results.record(index, 0.0, "failed")
                 for positions, work in batch["groups"]:
                     scores = person_scores(net, work, device, amp)
                     for position, score in zip(positions, scores):
                         index = batch["index"][position]
                         if index in wanted:
                             future = pool.submit(finish, jobs[index], batch["image"][position], score, style)
-                            pending.append((index, future))
-                collect(block=False)
-                while len(pending) > limit:
-                    concurrent.futures.wait([pending[0][1]])
-                    collect(block=False)
-            collect(block=True)
+                            results.pending.append((index, future))
+                results.throttle()
+            results.collect(block=True)
         except BaseException:
-            for _, future in pending:
-                future.cancel()
+            results.cancel()
             raise
 
 
@@ -845,31 +864,7 @@ def process_on_device(net: nn.Module, device: torch.device, jobs: Sequence[Job],
         worker_init_fn=functools.partial(die_with_parent, os.getpid()) if workers else None,
     )
     margin_threshold = logit(style.threshold)
-    pending: collections.deque = collections.deque()
-    limit = 2 * batch_size
     cores = cpu_count()
-
-    def record(index: int, area: float, status: str) -> None:
-        job = jobs[index]
-        records[job.rel] = (area, status)
-        journal.add(job.rel, area, status)
-        if status == "done":
-            summary.done += 1
-        elif status == "no_person":
-            summary.no_person.append(job.rel)
-        else:
-            summary.failed.append(job.rel)
-        bar.advance()
-
-    def collect(block: bool) -> None:
-        while pending and (block or pending[0][1].done()):
-            index, future = pending.popleft()
-            try:
-                area, status = future.result()
-            except (OSError, cv2.error) as exc:
-                console.print(f"[red]{jobs[index].rel}[/]: {exc}")
-                area, status = 0.0, "failed"
-            record(index, area, status)
 
     def finish_group(indices: list[int], images: torch.Tensor, binary: torch.Tensor, ready) -> None:
         nonlocal jpeg_on_device
@@ -905,17 +900,18 @@ def process_on_device(net: nn.Module, device: torch.device, jobs: Sequence[Job],
         for k, index in enumerate(indices):
             mask, area = cleaned[k]
             future = writers.submit(write_result, jobs[index], mask, area, pixels.get(k), encoded.get(k))
-            pending.append((index, future))
+            results.pending.append((index, future))
 
     with (serial_opencv(), progress_bar("segment", len(wanted), show=None if show else False) as bar,
           concurrent.futures.ThreadPoolExecutor(max(1, min(8, cores))) as cleaners,
           concurrent.futures.ThreadPoolExecutor(max(2, min(16, cores))) as writers):
+        results = Results(jobs, records, journal, summary, bar, limit=2 * batch_size)
         previous = None
         try:
             for batch in loader:
                 for position, index in enumerate(batch["index"]):
                     if index in wanted and not batch["readable"][position]:
-                        record(index, 0.0, "failed")
+                        results.record(index, 0.0, "failed")
                 for positions, full in batch["groups"]:
                     rows = [r for r, p in enumerate(positions) if batch["index"][p] in wanted]
                     if not rows:
@@ -931,16 +927,12 @@ def process_on_device(net: nn.Module, device: torch.device, jobs: Sequence[Job],
                     if previous is not None:
                         finish_group(*previous)  # overlaps the forward pass just queued
                     previous = ([batch["index"][positions[r]] for r in rows], images, binary, ready)
-                collect(block=False)
-                while len(pending) > limit:
-                    concurrent.futures.wait([pending[0][1]])
-                    collect(block=False)
+                results.throttle()
             if previous is not None:
                 finish_group(*previous)
-            collect(block=True)
+            results.collect(block=True)
         except BaseException:
-            for _, future in pending:
-                future.cancel()
+            results.cancel()
             raise
 
 
