@@ -29,6 +29,7 @@ import random
 import shutil
 import sys
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -569,39 +570,17 @@ def _shown(value) -> str:
     return "x".join(map(str, value[::-1])) if isinstance(value, (tuple, list)) else str(value)
 
 
-def train(
-    source: str | Path | None = "data/train",
-    options: TrainOptions | None = None,
-    out: str | Path = "runs",
-    name: str | None = None,
-    overwrite: bool = False,
-    resume: str | Path | None = None,
-    stop: Callable[[int, int], bool] | None = None,
-    progress: bool | None = None,
-    given: Iterable[str] | None = None,
-    exist_ok: bool | None = None,
-) -> Path:
-    """Train one fold and write the run folder OUT/NAME; returns its path (the run itself: `_train`).
-
-    Where commands start: the run folder is checked against the inputs (never inside a dataset,
-    never holding the manifest trained on), locked for the run (a second run on it exits 2 naming
-    this process), cleared of a killed run's temporary files, and a failed write says how many
-    epochs finished and how to resume.
-    """
-    if resume is not None:
-        run_dir = Path(resume)
-        if not run_dir.is_dir():
-            raise MaskkitError(f"{run_dir}: run folder not found (give a run folder written by maskkit train)")
-    else:
-        chosen = options or TrainOptions()
-        run_dir = Path(out) / (name or chosen.run_name)
-        Inputs.of(source if source is not None else "data/train", chosen.weights).check_folder(run_dir, "run folder")
+@contextmanager
+def holding_run_folder(run_dir: Path):
+    """Rank 0 (or the only process) locks the run folder, clears a killed run's temporary files, and
+    turns a failed write into one line saying how many epochs are saved and how to resume."""
     if env_rank() != 0:  # under torchrun rank 0 alone holds the run folder (and writes it)
-        return _train(source, options, out, name, overwrite, resume, stop, progress, given, exist_ok)
+        yield
+        return
     with folder_lock(run_dir, "train"):
         remove_stale_temps(run_dir)
         try:
-            return _train(source, options, out, name, overwrite, resume, stop, progress, given, exist_ok)
+            yield
         except WriteError as exc:
             if exc.exit_code != RunFailure.exit_code or not (run_dir / runfolder.LAST).is_file():
                 raise
@@ -610,7 +589,7 @@ def train(
                              f"maskkit train --resume {run_dir}") from None
 
 
-def _train(
+def train(
     source: str | Path | None = "data/train",
     options: TrainOptions | None = None,
     out: str | Path = "runs",
@@ -631,22 +610,36 @@ def _train(
 
     Under torchrun (engine.distributed) every process trains its share; rank 0 alone checks the
     inputs, writes the run folder and prints, and the others take its run folder and config.
+
+    Where commands start: the run folder is checked against the inputs (never inside a dataset,
+    never holding the manifest trained on), locked for the run (a second run on it exits 2 naming
+    this process), cleared of a killed run's temporary files, and a failed write says how many
+    epochs finished and how to resume.
     """
-    overwrite = overwrite or bool(exist_ok)
-    extended = False
     if resume is not None:
         run_dir = Path(resume)
-        options, config, manifest, extended = resume_options(run_dir, options, given)
-        dist = Distributed.from_env(options.device)
+        if not run_dir.is_dir():
+            raise MaskkitError(f"{run_dir}: run folder not found (give a run folder written by maskkit train)")
     else:
-        options = options or TrainOptions()
-        dist = Distributed.from_env(options.device)
-        run_dir, config, manifest = dist.from_main(
-            lambda: _new_run(source if source is not None else "data/train", options, Path(out), name, overwrite))
-    try:
-        return _fit(run_dir, options, config, manifest, extended, resume is not None, stop, progress, dist)
-    finally:
-        dist.close()
+        chosen = options or TrainOptions()
+        run_dir = Path(out) / (name or chosen.run_name)
+        Inputs.of(source if source is not None else "data/train", chosen.weights).check_folder(run_dir, "run folder")
+    with holding_run_folder(run_dir):
+        overwrite = overwrite or bool(exist_ok)
+        extended = False
+        if resume is not None:
+            run_dir = Path(resume)
+            options, config, manifest, extended = resume_options(run_dir, options, given)
+            dist = Distributed.from_env(options.device)
+        else:
+            options = options or TrainOptions()
+            dist = Distributed.from_env(options.device)
+            run_dir, config, manifest = dist.from_main(
+                lambda: _new_run(source if source is not None else "data/train", options, Path(out), name, overwrite))
+        try:
+            return _fit(run_dir, options, config, manifest, extended, resume is not None, stop, progress, dist)
+        finally:
+            dist.close()
 
 
 def _fit(run_dir: Path, options: TrainOptions, config: dict, manifest: pd.DataFrame, extended: bool,
