@@ -58,3 +58,17 @@ def task_labels(label) -> dict[str, np.ndarray]:
     mask, gender, age_grp = decode(label)
     return {"mask": mask, "gender": gender, "age": age_grp}
 
+
+
+def task_probs(probs: np.ndarray) -> dict[str, np.ndarray]:
+    """Marginal probabilities of mask (n, 3), gender (n, 2) and age group (n, 3) from (n, 18) class probabilities."""
+    mask, gender, age = decode(np.arange(NUM_CLASSES))
+    return {name: probs @ np.eye(size)[index]  # (n, 18) @ (18, size)
+            for name, index, size in (("mask", mask, 3), ("gender", gender, 2), ("age", age, 3))}
+
+
+def logit(p):
+    """log(p / (1 - p)), clipped away from 0 and 1; scalars give a float, arrays an array."""
+    p = np.clip(np.asarray(p, float), 1e-7, 1 - 1e-7)
+    value = np.log(p) - np.log1p(-p)
+    return float(value) if value.ndim == 0 else value
