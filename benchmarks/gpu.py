@@ -56,7 +56,7 @@ sys.path.insert(0, str(ROOT))
 
 from maskkit.commands import segment  # noqa: E402
 from maskkit.data.folds import make_manifest  # noqa: E402
-from maskkit.commands.synth import synthesize  # noqa: E402
+from maskkit.commands import synth  # noqa: E402
 from maskkit.contract.errors import MaskkitError  # noqa: E402
 from maskkit.contract.files import write_csv  # noqa: E402
 from maskkit.contract.layout import load_train  # noqa: E402
@@ -412,7 +412,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        synthesize(work / "data", persons=persons, eval_persons=0, size=(384, 512), seed=0, progress=False)
+        synth.run(work / "data", persons=persons, eval_persons=0, size=(384, 512), seed=0, progress=False)
         src = work / "data" / "train"
         try:
             manifest = make_manifest(load_train(src, report=False), 4, 42)

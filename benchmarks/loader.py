@@ -25,7 +25,7 @@ from torchvision import transforms
 
 from maskkit.data.loader import (ImageDataset, build_cache, build_transform, make_loader, normalize_batch, reduction_factor,
                             work_size)
-from maskkit.commands.synth import synthesize
+from maskkit.commands import synth
 from maskkit.data.gpu_augment import BatchAugment, augment_batch, image_seeds
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.2, 0.2, 0.2)  # the baseline's normalisation
@@ -76,7 +76,7 @@ def main() -> None:
     cv2.setNumThreads(1)
 
     with tempfile.TemporaryDirectory() as tmp:
-        synthesize(Path(tmp) / "data", persons=max(1, args.images // 7), eval_persons=0, size=(384, 512), seed=0,
+        synth.run(Path(tmp) / "data", persons=max(1, args.images // 7), eval_persons=0, size=(384, 512), seed=0,
                    progress=False)
         paths = sorted((Path(tmp) / "data" / "train" / "images").rglob("*.jpg"))
         work = work_size(size)

@@ -56,7 +56,7 @@ from maskkit.contract.labels import NUM_CLASSES, task_labels
 from maskkit.engine.models import build_model
 from maskkit.commands.predict import predict
 from maskkit.data.folds import make_manifest, person_strata
-from maskkit.commands.synth import synthesize
+from maskkit.commands import synth
 from maskkit.commands.train import TrainOptions, train
 
 BACKBONE = "lite0"
@@ -98,7 +98,7 @@ class Result:
 
 def draw_dataset(root: Path, persons: int, eval_persons: int, size_wh: tuple[int, int], seed: int) -> Path:
     """A drawn dataset in the competition layout (eval/truth.csv holds the true classes)."""
-    synthesize(root, persons=persons, eval_persons=eval_persons, size=size_wh, seed=seed, overwrite=True,
+    synth.run(root, persons=persons, eval_persons=eval_persons, size=size_wh, seed=seed, overwrite=True,
                progress=False)
     return root
 

@@ -21,7 +21,7 @@ import torch
 
 from maskkit.commands import segment
 from maskkit.engine.devices import resolve_device
-from maskkit.commands.synth import synthesize
+from maskkit.commands import synth
 
 
 def make_weights(model: str, path: Path) -> None:
@@ -102,7 +102,7 @@ def main() -> None:
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        synthesize(tmp / "data", persons=max(1, args.images // 7), eval_persons=0, size=(384, 512), seed=0, progress=False)
+        synth.run(tmp / "data", persons=max(1, args.images // 7), eval_persons=0, size=(384, 512), seed=0, progress=False)
         src = tmp / "data" / "train"
         weights = tmp / "weights.pt"
         make_weights(args.model, weights)

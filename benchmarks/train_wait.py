@@ -34,7 +34,7 @@ from torchvision import transforms
 from maskkit.contract.layout import load_train
 from maskkit.contract.files import write_csv
 from maskkit.data.folds import make_manifest
-from maskkit.commands.synth import synthesize
+from maskkit.commands import synth
 from maskkit.engine.devices import default_workers
 from maskkit.commands.train import Trainer, TrainOptions, build_config
 from maskkit.data.sampling import targets_of
@@ -91,7 +91,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        synthesize(root / "data", persons=args.persons, eval_persons=0, size=(384, 512), seed=0, progress=False)
+        synth.run(root / "data", persons=args.persons, eval_persons=0, size=(384, 512), seed=0, progress=False)
         manifest = make_manifest(load_train(root / "data" / "train", report=False), 4, 42)
         manifest_path = root / "manifest.csv"
         write_csv(manifest, manifest_path)

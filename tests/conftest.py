@@ -16,10 +16,10 @@ from maskkit.cli import app
 @pytest.fixture(scope="session")
 def drawn(tmp_path_factory) -> Path:
     """A small drawn dataset in the competition layout (read-only: copy it before breaking it)."""
-    from maskkit.commands.synth import synthesize
+    from maskkit.commands import synth
 
     root = tmp_path_factory.mktemp("drawn") / "data"
-    synthesize(root, persons=60, eval_persons=8, size=(48, 64), seed=3)
+    synth.run(root, persons=60, eval_persons=8, size=(48, 64), seed=3)
     return root
 
 

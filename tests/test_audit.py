@@ -214,13 +214,13 @@ def noisy(tmp_path_factory):
     import torch
     from threadpoolctl import threadpool_limits
 
-    from maskkit.commands.synth import synthesize
+    from maskkit.commands import synth
 
     spec = importlib.util.spec_from_file_location("audit_benchmark", BENCH)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     root = tmp_path_factory.mktemp("noisy")
-    synthesize(root / "data", persons=100, eval_persons=0, size=(64, 80), seed=5, noise=0.1)
+    synth.run(root / "data", persons=100, eval_persons=0, size=(64, 80), seed=5, noise=0.1)
     threads = torch.get_num_threads()
     try:  # one thread each: much faster when several test runs share two cores
         torch.set_num_threads(1)

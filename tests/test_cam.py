@@ -40,10 +40,10 @@ def read_rgb(path: Path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def drawn_masks(tmp_path_factory) -> Path:
     """A tiny drawn dataset with person masks (DATA/train, DATA/eval, DATA/masks)."""
-    from maskkit.commands.synth import synthesize
+    from maskkit.commands import synth
 
     root = tmp_path_factory.mktemp("cam") / "data"
-    synthesize(root, persons=2, eval_persons=1, size=(48, 64), seed=5, masks=True)
+    synth.run(root, persons=2, eval_persons=1, size=(48, 64), seed=5, masks=True)
     return root
 
 

@@ -108,9 +108,9 @@ def test_the_crop_a_run_chose_is_stored_and_used_by_predict(multi_run, drawn, tm
 
 
 def test_crop_auto_keeps_the_whole_frame_of_square_images(tmp_path, cli):
-    from maskkit.commands.synth import synthesize
+    from maskkit.commands import synth
 
-    synthesize(tmp_path / "square", persons=30, eval_persons=2, size=(48, 48), seed=5)
+    synth.run(tmp_path / "square", persons=30, eval_persons=2, size=(48, 48), seed=5)
     with one_thread():
         result = cli("train", tmp_path / "square" / "train", "--backbone", "test_resnet", "--no-pretrained",
                      "--input-size", "40x40", "--epochs", "1", "--batch-size", "8", "--device", "cpu",

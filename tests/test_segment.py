@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from maskkit.commands import segment
 from maskkit.cli import app
 from maskkit.contract.layout import load_eval, load_folder, load_train
-from maskkit.commands.synth import synthesize
+from maskkit.commands import synth
 
 SIZE = 64  # working resolution of every run here
 runner = CliRunner()
@@ -53,7 +53,7 @@ def digest(root: Path) -> dict[str, str]:
 def data(tmp_path_factory) -> Path:
     """A drawn dataset with true masks, plus the real data's quirks: a .png image and `._` files."""
     root = tmp_path_factory.mktemp("seg") / "data"
-    synthesize(root, persons=4, eval_persons=2, size=(64, 80), seed=1, masks=True, progress=False)
+    synth.run(root, persons=4, eval_persons=2, size=(64, 80), seed=1, masks=True, progress=False)
     folder = sorted((root / "train" / "images").iterdir())[0]
     cv2.imwrite(str(folder / "mask2.png"), cv2.imread(str(folder / "mask2.jpg")))
     (folder / "mask2.jpg").unlink()

@@ -121,11 +121,11 @@ def test_fixes_never_touch_the_image_files(drawn_copy, cli, tmp_path):
 
 
 def test_injected_errors_applied_as_fixes_restore_the_truth(tmp_path, cli):
-    from maskkit.commands.synth import synthesize
+    from maskkit.commands import synth
 
     noisy, clean = tmp_path / "noisy", tmp_path / "clean"
-    synthesize(noisy, persons=30, eval_persons=2, size=(32, 40), seed=5, noise=0.15)
-    synthesize(clean, persons=30, eval_persons=2, size=(32, 40), seed=5)
+    synth.run(noisy, persons=30, eval_persons=2, size=(32, 40), seed=5, noise=0.15)
+    synth.run(clean, persons=30, eval_persons=2, size=(32, 40), seed=5)
     fixes = noisy / "train" / "injected_errors.csv"
     assert len(pd.read_csv(fixes)) > 0
 

@@ -16,7 +16,6 @@ from maskkit.cli import app
 from maskkit.contract.layout import load_eval, load_train, parse_folder_name
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.labels import IMAGE_STEMS, label_of
-from maskkit.commands.synth import synthesize
 
 SIZE = (64, 80)  # width, height
 runner = CliRunner()
@@ -29,7 +28,7 @@ def files_of(root: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "data"
-    synthesize(out, persons=10, eval_persons=4, size=SIZE, seed=7, masks=True)
+    synth_module.run(out, persons=10, eval_persons=4, size=SIZE, seed=7, masks=True)
     return out
 
 
@@ -85,7 +84,7 @@ def test_balance_and_ages_like_the_real_data():
 def test_same_seed_gives_identical_files_and_another_seed_differs(tmp_path):
     kwargs = dict(persons=4, eval_persons=2, size=SIZE)
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
-        synthesize(tmp_path / name, seed=seed, **kwargs)
+        synth_module.run(tmp_path / name, seed=seed, **kwargs)
     a, b, c = (files_of(tmp_path / n) for n in "abc")
     assert a == b
     images_a = [v for k, v in sorted(a.items()) if k.endswith(".jpg")]
@@ -95,8 +94,8 @@ def test_same_seed_gives_identical_files_and_another_seed_differs(tmp_path):
 
 
 def test_noise_lists_exactly_the_injected_label_errors(tmp_path):
-    synthesize(tmp_path / "clean", persons=12, eval_persons=1, size=SIZE, seed=5)
-    synthesize(tmp_path / "noisy", persons=12, eval_persons=1, size=SIZE, seed=5, noise=0.25)
+    synth_module.run(tmp_path / "clean", persons=12, eval_persons=1, size=SIZE, seed=5)
+    synth_module.run(tmp_path / "noisy", persons=12, eval_persons=1, size=SIZE, seed=5, noise=0.25)
     read = dict(dtype={"id": str})
     clean = pd.read_csv(tmp_path / "clean" / "train" / "train.csv", **read).set_index("id")
     noisy = pd.read_csv(tmp_path / "noisy" / "train" / "train.csv", **read).set_index("id")
@@ -157,7 +156,7 @@ def group_share_of_variance(colours: np.ndarray, groups: np.ndarray) -> float:
 
 def test_shortcut_ties_backgrounds_to_groups_in_train_only(tmp_path):
     out = tmp_path / "data"
-    synthesize(out, persons=30, eval_persons=30, size=(32, 40), seed=11, shortcut=1.0, masks=True)
+    synth_module.run(out, persons=30, eval_persons=30, size=(32, 40), seed=11, shortcut=1.0, masks=True)
     train = load_train(out / "train", report=False)
     train = train[train["stem"] == "normal"]
     train_masks = [out / "masks" / "train" / "images" / f / "normal.png" for f in train["folder"]]
@@ -216,10 +215,10 @@ def test_cli_refuses_non_empty_out_and_bad_options(tmp_path):
 
 def test_overwrite_replaces_a_synth_dataset(tmp_path):
     out = tmp_path / "d"
-    synthesize(out, persons=2, eval_persons=1, size=SIZE, seed=1, masks=True)
+    synth_module.run(out, persons=2, eval_persons=1, size=SIZE, seed=1, masks=True)
     with pytest.raises(MaskkitError, match="--overwrite"):
-        synthesize(out, persons=3, eval_persons=1, size=SIZE, seed=1)
-    synthesize(out, persons=3, eval_persons=1, size=SIZE, seed=1, overwrite=True)
+        synth_module.run(out, persons=3, eval_persons=1, size=SIZE, seed=1)
+    synth_module.run(out, persons=3, eval_persons=1, size=SIZE, seed=1, overwrite=True)
     assert len(pd.read_csv(out / "train" / "train.csv")) == 3
     assert not (out / "masks").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
@@ -237,5 +236,5 @@ def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(synth_module, "render", render_then_stop)
     with pytest.raises(KeyboardInterrupt):
-        synthesize(tmp_path / "d", persons=3, eval_persons=1, size=SIZE)
+        synth_module.run(tmp_path / "d", persons=3, eval_persons=1, size=SIZE)
     assert list(tmp_path.iterdir()) == []
