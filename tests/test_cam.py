@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from maskkit.commands import cam
+from maskkit.engine import gradcam
 from maskkit.contract.labels import GENDERS, MASKS, NUM_CLASSES, decode
-from maskkit.data.loader import decode_image, eval_transform, work_size
+from maskkit.data.loader import decode_image
+from maskkit.data.presets import eval_transform, work_size
 from maskkit.engine.models import build_model, class_probs, task_probs
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
@@ -148,7 +150,7 @@ def test_vit_at_a_non_square_size_gives_cams_of_the_input_shape(tmp_path, cli, d
 
 def test_vit_tokens_are_laid_out_on_the_patch_grid_row_by_row():
     model = build_model("test_vit", img_size=(64, 96))
-    layer, reshape = cam.target_layer(model.backbone, (64, 96))
+    layer, reshape = gradcam.target_layer(model.backbone, (64, 96))
     assert layer is model.backbone.blocks[-1].norm1
     assert reshape.grid == (4, 6) and reshape.prefix == model.backbone.num_prefix_tokens
     seen = {}
@@ -165,11 +167,11 @@ def test_vit_tokens_are_laid_out_on_the_patch_grid_row_by_row():
 
 def test_cnn_target_layers_follow_the_backbone_family():
     eff = build_model("test_efficientnet").backbone
-    assert cam.target_layer(eff, (64, 64)) == (eff.bn2, None)  # the features the classifier pools
+    assert gradcam.target_layer(eff, (64, 64)) == (eff.bn2, None)  # the features the classifier pools
     res = build_model("test_resnet").backbone
-    assert cam.target_layer(res, (64, 64)) == (res.layer4, None)
+    assert gradcam.target_layer(res, (64, 64)) == (res.layer4, None)
     convnext = build_model("test_convnext").backbone
-    assert cam.target_layer(convnext, (64, 64))[0] is convnext.stages[-1]
+    assert gradcam.target_layer(convnext, (64, 64))[0] is convnext.stages[-1]
 
 
 def test_images_keep_their_relative_paths_and_never_share_an_output(tmp_path):
@@ -255,13 +257,13 @@ def test_head_scores_are_the_models_heads_or_their_marginals():
     torch.manual_seed(0)
     multi = {"mask": torch.randn(5, 3), "gender": torch.randn(5, 2), "age": torch.randn(5, 3)}
     for head in ("mask", "gender", "age"):
-        assert torch.equal(cam.head_logits(multi, head), multi[head])
-    assert torch.allclose(cam.head_logits(multi, "class").exp(), class_probs(multi), atol=1e-6)
+        assert torch.equal(gradcam.head_logits(multi, head), multi[head])
+    assert torch.allclose(gradcam.head_logits(multi, "class").exp(), class_probs(multi), atol=1e-6)
     single = {"class": torch.randn(5, NUM_CLASSES)}
-    assert torch.equal(cam.head_logits(single, "class"), single["class"])
+    assert torch.equal(gradcam.head_logits(single, "class"), single["class"])
     marginals = task_probs(single)
     for head in ("mask", "gender", "age"):
-        assert torch.allclose(cam.head_logits(single, head).exp(), marginals[head], atol=1e-6)
+        assert torch.allclose(gradcam.head_logits(single, head).exp(), marginals[head], atol=1e-6)
 
 
 def test_every_head_of_a_multi_output_model_can_be_the_target(tmp_path, cli, drawn_masks, eff_run):
@@ -309,9 +311,9 @@ def test_cam_hooks_are_released_after_use(eff_run):
     from maskkit.engine.models import load_run
 
     model, _ = load_run(eff_run)
-    layer, reshape = cam.target_layer(model.backbone, (64, 48))
-    with cam.make_cam("gradcam", cam.HeadModel(model, "age"), layer, reshape) as explainer:
-        heat, probs = cam.explain(explainer, torch.randn(2, 3, 64, 48), 2, [None, None])
+    layer, reshape = gradcam.target_layer(model.backbone, (64, 48))
+    with gradcam.make_cam("gradcam", gradcam.HeadModel(model, "age"), layer, reshape) as explainer:
+        heat, probs = gradcam.explain(explainer, torch.randn(2, 3, 64, 48), 2, [None, None])
     assert heat.shape == (2, 64, 48) and probs.shape == (2, 3)
     assert not layer._forward_hooks
 
@@ -363,15 +365,17 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, cli, drawn_ma
     assert not out.exists()
 
 
-def test_old_out_folder_spelling_still_writes_the_overlays_there_with_a_note(tmp_path, cli, drawn_masks, eff_run):
-    """cam --out used to name the overlay folder; -o/--out now names the summary CSV everywhere."""
-    old, summary = tmp_path / "overlays", tmp_path / "summary.csv"
-    result = cli("cam", eff_run, drawn_masks / "eval", "--limit", 2, "--out", old)
-    assert result.exit_code == 0, result.output
-    assert "deprecated" in result.stderr and "--out-dir" in result.stderr
-    assert (old / "cam.csv").is_file() and (old / "sheet.png").is_file()
-    result = cli("cam", eff_run, drawn_masks / "eval", "--limit", 2, "--out-dir", tmp_path / "new", "--summary",
+def test_out_names_the_summary_csv_and_out_dir_the_overlays(tmp_path, cli, drawn_masks, eff_run):
+    overlays, summary = tmp_path / "overlays", tmp_path / "summary.csv"
+    result = cli("cam", eff_run, drawn_masks / "eval", "--limit", 2, "--out-dir", overlays, "--summary",
                  "--masks", drawn_masks / "masks", "-o", summary)
     assert result.exit_code == 0, result.output
-    assert "deprecated" not in result.stderr and result.stdout == ""
-    assert pd.read_csv(summary)["images"].iloc[-1] == 2
+    assert (overlays / "cam.csv").is_file() and (overlays / "sheet.png").is_file()
+    assert result.stdout == "" and pd.read_csv(summary)["images"].iloc[-1] == 2
+
+
+def test_long_sheet_captions_keep_the_person_folder_and_the_file_name():
+    name = "000123_female_Asian_45/incorrect_mask"
+    short = cam.shorten(name, 20)
+    assert len(short) == 20 and short.startswith("000123_f") and short.endswith("ct_mask") and "~" in short
+    assert cam.shorten(name, len(name)) == name

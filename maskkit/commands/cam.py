@@ -6,9 +6,10 @@ the same resized image, and a person mask goes through the same geometry (neares
 Outputs: OUT/<head>/<image's relative path>.png, OUT/cam.csv (one row per image and head),
 OUT/sheet.png (or --sheet), and with --summary a per-class CSV on stdout (or -o).
 
-Why over 400 lines: input collection (files, folders, datasets, manifests), per-backbone target
-layers (CNNs and ViTs), overlays, the contact sheet and the summary are all one command's parts;
-splitting them would make modules that only cam imports.
+The model side (one head as a tensor model, per-backbone target layers, a batch explained) is
+engine/gradcam.py. Why over 400 lines: input collection (files, folders, datasets, manifests, masks),
+overlays, the contact sheet and the summary are all this command's parts; splitting them would make
+modules that only cam imports.
 """
 
 from __future__ import annotations
@@ -22,14 +23,23 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from rich.table import Table
 from torch import nn
 
-from maskkit.engine.devices import resolve_device
-from maskkit.contract.errors import MaskkitError, RunFailure
+from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import Inputs, console, files_in, is_image, write_csv
 from maskkit.contract.labels import AGE_GROUPS, GENDERS, MASKS, NUM_CLASSES, class_name, decode
+from maskkit.contract.layout import load_eval, load_folder, load_train
+from maskkit.contract.manifest import read_manifest
 from maskkit.contract.runfolder import BEST, CONFIG, require
 from maskkit.data.images import contact_sheet, image_magic, write_image
+from maskkit.data.loader import decode_image, image_size
+from maskkit.data.presets import finish, geometry, work_size
+from maskkit.engine.devices import resolve_device
+from maskkit.engine.gradcam import HeadModel, explain, make_cam, target_layer
+from maskkit.engine.models import load_run
+from maskkit.engine.progress import progress_bar
 
 HEADS = ("class", "mask", "gender", "age")
 HEAD_CLASSES = {
@@ -38,11 +48,11 @@ HEAD_CLASSES = {
     "gender": GENDERS,
     "age": AGE_GROUPS,
 }
-METHODS = ("gradcam", "gradcam++", "eigencam")
 SUMMARY_COLUMNS = ["head", "by", "class", "name", "images", "cam_inside", "cam_background", "person_area", "lift"]
 SHEET_MAX = 256  # tiles on one contact sheet; use --limit to choose which images
 TILE_HEIGHT = 160  # sheet tiles are scaled to this height
 TILE_MIN_WIDTH = 200  # room for a caption like "pred incorrect/female/30-59 0.93"
+MASKS_FROM = "`maskkit segment --masks` or `maskkit synth --with-masks`"  # where person masks come from
 
 
 @dataclass(frozen=True)
@@ -66,8 +76,6 @@ def safe_rel(path: Path) -> PurePosixPath:
 
 def _folder_items(folder: Path) -> list[Item]:
     """Images of a folder: a train dataset (with labels), an eval dataset, or any image folder."""
-    from maskkit.contract.layout import load_eval, load_folder, load_train
-
     base = PurePosixPath(folder.resolve().name or "root")
     if (folder / "train.csv").is_file() or (folder / "train" / "train.csv").is_file():
         table = load_train(folder)
@@ -84,8 +92,6 @@ def _folder_items(folder: Path) -> list[Item]:
 
 def _manifest_items(csv_path: Path) -> list[Item]:
     """Rows of a manifest CSV (read with the contract's checks): images with known labels."""
-    from maskkit.contract.manifest import read_manifest
-
     table = read_manifest(csv_path)
     missing = [p for p in table["path"] if not Path(p).is_file()]
     if missing:
@@ -153,7 +159,7 @@ def find_mask(image: Path, masks_dir: Path) -> Path:
             return candidate
     raise MaskkitError(
         f"{image}: no person mask under {masks_dir} (looked for {candidates[-1]} and longer paths ending in it; "
-        "make masks with `maskkit segment --masks` or `maskkit synth --masks`)"
+        f"make masks with {MASKS_FROM})"
     )
 
 
@@ -182,100 +188,6 @@ def parse_heads(text: str) -> tuple[str, ...]:
     return tuple(h for h in HEADS if h in names)
 
 
-# --- model ---------------------------------------------------------------------------------------
-
-
-def head_logits(outputs: dict[str, torch.Tensor], head: str) -> torch.Tensor:
-    """The chosen head's scores from MaskModel outputs.
-
-    A multi-output model gives its own head; its 'class' is the joint log-probability
-    log p_mask + log p_gender + log p_age. A single 18-way model gives its logits for 'class'
-    and, for mask/gender/age, the log of the marginal probability (summing its 18 classes).
-    """
-    if head in outputs:
-        return outputs[head]
-    if head == "class":
-        joint = (torch.log_softmax(outputs["mask"], 1)[:, :, None, None]
-                 + torch.log_softmax(outputs["gender"], 1)[:, None, :, None]
-                 + torch.log_softmax(outputs["age"], 1)[:, None, None, :])
-        return joint.flatten(1)
-    # class = 6 * mask + 3 * gender + age: a (mask, gender, age) grid of 3 x 2 x 3.
-    grid = torch.log_softmax(outputs["class"], 1).view(-1, len(MASKS), len(GENDERS), len(AGE_GROUPS))
-    summed = {"mask": (2, 3), "gender": (1, 3), "age": (1, 2)}[head]
-    return torch.logsumexp(grid, dim=summed)
-
-
-class HeadModel(nn.Module):
-    """MaskModel -> one head's scores, since pytorch-grad-cam needs a model returning a tensor."""
-
-    def __init__(self, model: nn.Module, head: str) -> None:
-        super().__init__()
-        self.model = model
-        self.head = head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return head_logits(self.model(x), self.head)
-
-
-class TokenGrid:
-    """Reshape ViT tokens (B, prefix + gh*gw, C) into a feature map (B, C, gh, gw)."""
-
-    def __init__(self, grid: tuple[int, int], prefix: int) -> None:
-        self.grid = (int(grid[0]), int(grid[1]))
-        self.prefix = int(prefix)
-
-    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        patches = tokens[:, self.prefix:, :]
-        gh, gw = self.grid
-        if patches.shape[1] != gh * gw:
-            raise RunFailure(
-                f"ViT gave {patches.shape[1]} patch tokens, expected {gh}x{gw} for its input size "
-                "(the run's img_size does not match the model's patch grid)"
-            )
-        return patches.reshape(patches.shape[0], gh, gw, patches.shape[2]).permute(0, 3, 1, 2)
-
-
-def nhwc_to_nchw(features: torch.Tensor) -> torch.Tensor:
-    return features.permute(0, 3, 1, 2)
-
-
-def target_layer(backbone: nn.Module, img_size: tuple[int, int]) -> tuple[nn.Module, Callable | None]:
-    """The layer to explain and how to turn its output into (B, C, h, w), by backbone family.
-
-    ViTs: the last block's norm1, tokens reshaped on the patch grid of `img_size` (minus the prefix
-    tokens). EfficientNets: bn2 (the head conv's activated output that the classifier pools). Other
-    timm CNNs: the module of the last stage in `feature_info`.
-    """
-    patch_embed = getattr(backbone, "patch_embed", None)
-    blocks = getattr(backbone, "blocks", None)
-    if patch_embed is not None and blocks is not None and hasattr(blocks[-1], "norm1") \
-            and hasattr(backbone, "num_prefix_tokens"):
-        if getattr(backbone, "dynamic_img_size", False) and hasattr(patch_embed, "dynamic_feat_size"):
-            grid = patch_embed.dynamic_feat_size(tuple(img_size))
-        else:
-            grid = patch_embed.grid_size
-        return blocks[-1].norm1, TokenGrid(grid, backbone.num_prefix_tokens)
-    import timm.models.efficientnet as timm_efficientnet
-
-    if isinstance(backbone, timm_efficientnet.EfficientNet) and hasattr(backbone, "bn2"):
-        return backbone.bn2, None
-    info = getattr(backbone, "feature_info", None)
-    if not info:
-        raise RunFailure(f"{type(backbone).__name__}: no Grad-CAM target layer known for this backbone "
-                         "(it has no timm feature_info)")
-    layer = backbone.get_submodule(info[-1]["module"])
-    reshape = nhwc_to_nchw if getattr(backbone, "output_fmt", "NCHW") == "NHWC" else None
-    return layer, reshape
-
-
-def make_cam(method: str, model: nn.Module, layer: nn.Module, reshape: Callable | None):
-    """A pytorch-grad-cam object (use it as a context manager so its hooks are released)."""
-    from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus
-
-    cls = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM}[method]
-    return cls(model=model, target_layers=[layer], reshape_transform=reshape)
-
-
 # --- preprocessing -------------------------------------------------------------------------------
 
 
@@ -292,8 +204,6 @@ def read_mask(path: Path, shape_hw: tuple[int, int]) -> np.ndarray:
 def check_files(items: Sequence[Item]) -> None:
     """Every image (and mask) readable from its header, each mask shaped like its image: checked
     before anything is written."""
-    from maskkit.data.loader import image_size
-
     for item in items:
         wh = image_size_or_error(image_size, item.path, "not a readable image; remove or replace it")
         if item.mask is None:
@@ -352,8 +262,6 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
 
 def overlay(rgb: np.ndarray, cam: np.ndarray) -> np.ndarray:
     """The CAM as a heat map over the image (RGB uint8)."""
-    from pytorch_grad_cam.utils.image import show_cam_on_image
-
     return show_cam_on_image(rgb.astype(np.float32) / 255.0, np.clip(cam, 0, 1), use_rgb=True)
 
 
@@ -366,13 +274,22 @@ def tile(rgb: np.ndarray, lines: Sequence[str], colour: tuple[int, int, int]) ->
     band = np.full((14 * len(lines) + 4, width, 3), 24, np.uint8)
     chars = max(4, width // 6)
     for i, text in enumerate(lines):
-        text = text if len(text) <= chars else "~" + text[-(chars - 1):]
+        text = shorten(text, chars)
         cv2.putText(band, text, (3, 12 + 14 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
                     colour if i else (235, 235, 235), 1, cv2.LINE_AA)
     body = np.zeros((small.shape[0], width, 3), np.uint8)
     left = (width - small.shape[1]) // 2
     body[:, left: left + small.shape[1]] = small
     return np.vstack([body, band])
+
+
+def shorten(text: str, chars: int) -> str:
+    """`text` in at most `chars` characters, cut in the middle: the start (a person's folder) and the
+    end (the file) stay readable."""
+    if len(text) <= chars:
+        return text
+    tail = (chars - 1) // 2
+    return text[: chars - 1 - tail] + "~" + text[len(text) - tail:]
 
 
 def caption(item: Item, head: str, pred: int, prob: float, target: int, truth: int | None) -> tuple[list[str], tuple]:
@@ -400,8 +317,6 @@ def head_truth(label: int | None, head: str) -> int | None:
 
 def prepare(items: Sequence[Item], geometry, tensorize, decode_hw: tuple[int, int]):
     """Decode a batch as predict does; return (resized RGB images, person masks or None, input tensor)."""
-    from maskkit.data.loader import decode_image
-
     images, masks, tensors = [], [], []
     for item in items:
         rgb = decode_image(item.path, decode_hw)  # UnreadableImage (exit 2) names the file
@@ -417,61 +332,60 @@ def prepare(items: Sequence[Item], geometry, tensorize, decode_hw: tuple[int, in
     return images, masks, torch.stack(tensors)
 
 
-def explain(cam, x: torch.Tensor, target: str | int, truths: Sequence[int | None]):
-    """CAMs (B, H, W) in [0, 1], predictions and probabilities for one batch and one head."""
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+@dataclass(frozen=True)
+class Explainer:
+    """A loaded run ready for Grad-CAM: the model, its target layer, and predict's preprocessing."""
 
-    if target == "pred":
-        targets = None
-    elif target == "true":
-        targets = [ClassifierOutputTarget(t) for t in truths]
-    else:
-        targets = [ClassifierOutputTarget(target)] * len(x)
-    try:
-        cams = cam(input_tensor=x, targets=targets)
-    except IndexError as exc:  # pytorch-grad-cam's __exit__ would swallow an IndexError
-        raise RunFailure(f"Grad-CAM failed: {exc}") from None
-    with torch.no_grad():
-        probs = torch.softmax(cam.outputs.detach().float(), 1).cpu().numpy()
-    return cams, probs
+    model: nn.Module
+    layer: nn.Module
+    reshape: Callable | None
+    geometry: Callable
+    tensorize: Callable
+    decode_hw: tuple[int, int]
+    device: torch.device
 
 
-def run(run_dir: Path, images: Sequence[Path], out: Path = Path("cam"), head: str = "class",
-        target: str = "pred", method: str = "gradcam", sheet: Path | None = None, summary: bool = False,
-        masks: Path | None = None, summary_out: Path | None = None, batch_size: int = 16,
-        device: str | None = None, limit: int | None = None) -> pd.DataFrame:
-    """Explain a run's decisions on IMAGES; returns the per-image table (also written to OUT/cam.csv)."""
-    # Everything the user can get wrong is checked before anything is computed or written.
-    out = Path(out)
-    heads = parse_heads(head)
-    goal = parse_target(target)
-    if method not in METHODS:
-        raise MaskkitError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+def load_explainer(run_dir: Path, device: torch.device) -> Explainer:
+    model, config = load_run(run_dir, device)
+    model.eval()
+    model.requires_grad_(True)  # Grad-CAM needs gradients at the target layer
+    img_size = tuple(int(v) for v in config["img_size"])
+    crop = tuple(config["crop"])
+    layer, reshape = target_layer(model.backbone, img_size)
+    return Explainer(model, layer, reshape, geometry(img_size, crop), finish(config["mean"], config["std"]),
+                     work_size(img_size, crop), device)
+
+
+def check_options(heads: Sequence[str], goal: str | int, method: str, batch_size: int, limit: int | None,
+                  summary: bool, masks: Path | None) -> None:
+    """The option checks typer cannot do (the choices themselves it checks)."""
     if batch_size < 1:
         raise MaskkitError(f"--batch-size {batch_size}: expected 1 or more")
     if limit is not None and limit < 1:
         raise MaskkitError(f"--limit {limit}: expected 1 or more")
     if summary and masks is None:
-        raise MaskkitError("--summary needs --masks DIR (person masks from `maskkit segment --masks` "
-                           "or `maskkit synth --masks`)")
+        raise MaskkitError(f"--summary needs --masks DIR (person masks from {MASKS_FROM})")
     if masks is not None and not Path(masks).is_dir():
-        raise MaskkitError(f"{masks}: mask folder not found (make it with `maskkit segment --masks` "
-                           "or `maskkit synth --masks`)")
+        raise MaskkitError(f"{masks}: mask folder not found (make it with {MASKS_FROM})")
     if method == "eigencam" and goal != "pred":
-        raise MaskkitError(f"--target {target}: --method eigencam explains no particular class "
+        raise MaskkitError(f"--target {goal}: --method eigencam explains no particular class "
                            "(leave --target at pred, or use gradcam)")
     if isinstance(goal, int):
         for h in heads:
             if goal >= len(HEAD_CLASSES[h]):
                 raise MaskkitError(f"--target {goal}: the {h} head has classes 0..{len(HEAD_CLASSES[h]) - 1}")
-    require(run_dir, CONFIG, BEST)
+
+
+def protected_inputs(run_dir: Path, images: Sequence[Path], masks: Path | None) -> Inputs:
+    """What cam reads and must never overwrite: the run, the masks, datasets and named image files."""
     datasets = [p for p in map(Path, images) if p.is_dir() and any(
         (p / sub / name).is_file() for sub in ("", "train", "eval") for name in ("train.csv", "info.csv"))]
-    protected = Inputs.of(files_in(run_dir), masks, datasets, [p for p in images if Path(p).is_file()])
-    protected.check_folder(out, "--out-dir")
-    protected.check(sheet, magic=image_magic(sheet))
-    protected.check(summary_out, header=SUMMARY_COLUMNS)
-    device = resolve_device(device or "auto")
+    return Inputs.of(files_in(run_dir), masks, datasets, [p for p in images if Path(p).is_file()])
+
+
+def chosen_items(images: Sequence[Path], out: Path, goal: str | int, masks: Path | None,
+                 limit: int | None) -> list[Item]:
+    """The images to explain (spread over the input by --limit), with their masks, all checked readable."""
     items = collect_images(images, out)
     items = [items[i] for i in spread(len(items), limit)]
     if goal == "true":
@@ -482,58 +396,83 @@ def run(run_dir: Path, images: Sequence[Path], out: Path = Path("cam"), head: st
     if masks is not None:
         items = [Item(it.path, it.rel, it.label, find_mask(it.path, Path(masks))) for it in items]
     check_files(items)
+    return items
+
+
+def image_row(item: Item, head: str, goal: str | int, probs: np.ndarray, truth: int | None,
+              cam_map: np.ndarray, person: np.ndarray | None, overlay_path: Path) -> dict:
+    """One row of cam.csv: the explained class, the prediction, and the CAM mass on the person."""
+    pred = int(probs.argmax())
+    chosen = pred if goal == "pred" else (truth if goal == "true" else int(goal))
+    return {"image": str(item.path), "overlay": str(overlay_path), "head": head, "target": chosen,
+            "pred": pred, "prob": float(probs[pred]), "target_prob": float(probs[chosen]), "label": truth,
+            "cam_inside": mass_inside(cam_map, person) if person is not None else float("nan"),
+            "person_area": float(person.mean()) if person is not None else float("nan")}
+
+
+def explain_batch(ex: Explainer, batch: Sequence[Item], first: int, heads: Sequence[str], goal: str | int,
+                  method: str, out: Path, inputs: Inputs, tiles: list) -> list[dict]:
+    """Every head's CAMs of one batch: overlays written, sheet tiles added (up to SHEET_MAX), rows returned."""
+    rgbs, person, x = prepare(batch, ex.geometry, ex.tensorize, ex.decode_hw)
+    x = x.to(ex.device)
+    rows = []
+    for h in heads:
+        truths = [head_truth(it.label, h) for it in batch]
+        with make_cam(method, HeadModel(ex.model, h), ex.layer, ex.reshape) as cam:
+            cams, probs = explain(cam, x, goal, truths)
+        for i, item in enumerate(batch):
+            path = out / h / item.rel
+            row = image_row(item, h, goal, probs[i], truths[i], cams[i], person[i], path)
+            picture = overlay(rgbs[i], cams[i])
+            write_image(path, picture, rgb=True, inputs=inputs)
+            if len(tiles) < SHEET_MAX:
+                lines, colour = caption(item, h, row["pred"], row["prob"], row["target"], truths[i])
+                tiles.append((first + i, heads.index(h), tile(picture, lines, colour)))
+            rows.append(row)
+    return rows
+
+
+def write_sheet(tiles: list, heads: Sequence[str], sheet: Path, inputs: Inputs) -> None:
+    """The contact sheet: tiles in input order, an image's heads side by side."""
+    per_row = len(heads) * max(1, 8 // len(heads))
+    ordered = [t for _, _, t in sorted(tiles, key=lambda k: k[:2])]
+    write_image(sheet, contact_sheet(ordered, columns=per_row), rgb=True, inputs=inputs)
+
+
+def run(run_dir: Path, images: Sequence[Path], out: Path = Path("cam"), head: str = "class",
+        target: str = "pred", method: str = "gradcam", sheet: Path | None = None, summary: bool = False,
+        masks: Path | None = None, summary_out: Path | None = None, batch_size: int = 16,
+        device: str | None = None, limit: int | None = None) -> pd.DataFrame:
+    """Explain a run's decisions on IMAGES; returns the per-image table (also written to OUT/cam.csv).
+
+    Everything the user can get wrong is checked before anything is computed or written.
+    """
+    out = Path(out)
+    heads, goal = parse_heads(head), parse_target(target)
+    check_options(heads, goal, method, batch_size, limit, summary, masks)
+    require(run_dir, CONFIG, BEST)
+    protected = protected_inputs(run_dir, images, masks)
+    protected.check_folder(out, "--out-dir")
+    protected.check(sheet, magic=image_magic(sheet))
+    protected.check(summary_out, header=SUMMARY_COLUMNS)
+    torch_device = resolve_device(device or "auto")
+    items = chosen_items(images, out, goal, masks, limit)
     inputs = Inputs(protected.files + tuple(it.path for it in items) + tuple(it.mask for it in items if it.mask),
                     protected.folders)
 
-    from maskkit.data.presets import finish, geometry, work_size
-    from maskkit.engine.models import load_run
-
-    model, config = load_run(run_dir, device)
-    model.eval()
-    model.requires_grad_(True)  # Grad-CAM needs gradients at the target layer
-    img_size = tuple(int(v) for v in config["img_size"])
-    crop = tuple(config["crop"])
-    shape, tensorize = geometry(img_size, crop), finish(config["mean"], config["std"])
-    layer, reshape = target_layer(model.backbone, img_size)
-
+    ex = load_explainer(run_dir, torch_device)
     rows, tiles = [], []
-    from maskkit.engine.progress import progress_bar
-
     with progress_bar("cam", len(items), show=False if len(items) < 2 else None) as progress:
         for start in range(0, len(items), batch_size):
             batch = items[start: start + batch_size]
-            rgbs, person, x = prepare(batch, shape, tensorize, work_size(img_size, crop))
-            x = x.to(device)
-            for h in heads:
-                wrapped = HeadModel(model, h)
-                truths = [head_truth(it.label, h) for it in batch]
-                with make_cam(method, wrapped, layer, reshape) as cam:
-                    cams, probs = explain(cam, x, goal, truths)
-                for i, item in enumerate(batch):
-                    pred = int(probs[i].argmax())
-                    chosen = pred if goal == "pred" else (truths[i] if goal == "true" else int(goal))
-                    picture = overlay(rgbs[i], cams[i])
-                    path = out / h / item.rel
-                    write_image(path, picture, rgb=True, inputs=inputs)
-                    if len(tiles) < SHEET_MAX:
-                        lines, colour = caption(item, h, pred, float(probs[i, pred]), chosen, truths[i])
-                        tiles.append((start + i, heads.index(h), tile(picture, lines, colour)))
-                    inside = mass_inside(cams[i], person[i]) if person[i] is not None else float("nan")
-                    rows.append({
-                        "image": str(item.path), "overlay": str(path), "head": h, "target": chosen,
-                        "pred": pred, "prob": float(probs[i, pred]), "target_prob": float(probs[i, chosen]),
-                        "label": truths[i], "cam_inside": inside,
-                        "person_area": float(person[i].mean()) if person[i] is not None else float("nan"),
-                    })
+            rows.extend(explain_batch(ex, batch, start, heads, goal, method, out, inputs, tiles))
             progress.advance(len(batch))
 
     table = pd.DataFrame(rows)
     table["label"] = table["label"].astype("Int64")
     write_csv(table, out / "cam.csv", float_format="%.6g", inputs=inputs)
     sheet = Path(sheet) if sheet is not None else out / "sheet.png"
-    per_row = len(heads) * max(1, 8 // len(heads))  # an image's heads side by side
-    write_image(sheet, contact_sheet([t for _, _, t in sorted(tiles, key=lambda k: k[:2])], columns=per_row), rgb=True,
-                inputs=inputs)
+    write_sheet(tiles, heads, sheet, inputs)
     shown = f" (first {SHEET_MAX} of {len(rows)}; use --limit)" if len(rows) > SHEET_MAX else ""
     console.print(f"maskkit cam: {len(items)} images x {len(heads)} head(s) -> {out}/, sheet {sheet}{shown}")
     if summary:
@@ -545,8 +484,6 @@ def run(run_dir: Path, images: Sequence[Path], out: Path = Path("cam"), head: st
 
 def print_summary(result: pd.DataFrame, table: pd.DataFrame) -> None:
     """A short table on stderr: where the CAM mass falls, per class (lift 1 = no preference)."""
-    from rich.table import Table
-
     zero = int(table["cam_inside"].isna().sum())
     view = Table(title="CAM mass on the person vs the background (lift = on person / person area)",
                  title_justify="left")

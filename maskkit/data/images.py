@@ -5,10 +5,9 @@ inputs, an existing file is replaced only when it is an image of that format).""
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 from pathlib import Path
-
-import math
 
 import cv2
 import numpy as np
