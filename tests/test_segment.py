@@ -26,7 +26,7 @@ from maskkit.commands import segment
 from maskkit.contract.journal import JOURNAL, read_records
 from maskkit.data import masks as maskmath
 from maskkit.engine import deeplab
-from maskkit.options import FILLS
+from maskkit.options import FILLS, SEGMENT_MODELS
 from maskkit.cli import app
 from maskkit.contract.layout import load_eval, load_folder, load_train
 from maskkit.commands.synth import synthesize
@@ -351,6 +351,13 @@ def test_bad_weights_are_one_line_errors(data, weights, tmp_path, kind, model, m
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and str(path) in lines[0], result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_every_model_choice_has_a_torchvision_builder():
+    assert tuple(deeplab.MODELS) == SEGMENT_MODELS
+    for model in SEGMENT_MODELS:
+        builder, weights = deeplab.deeplab_builder(model)
+        assert callable(builder) and weights.DEFAULT.url.endswith(".pth")
 
 
 def test_weights_with_or_without_the_aux_head_give_the_same_masks(weights, tmp_path):
