@@ -55,6 +55,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from maskkit.commands import segment  # noqa: E402
+from maskkit.data.masks import to_working  # noqa: E402
+from maskkit.engine import deeplab  # noqa: E402
 from maskkit.data.folds import make_manifest  # noqa: E402
 from maskkit.commands import synth  # noqa: E402
 from maskkit.contract.errors import MaskkitError  # noqa: E402
@@ -294,25 +296,25 @@ def segment_rates(results: Results, work: Path, src: Path, device: torch.device,
     import cv2
 
     model, size, batch = ("mobilenet", 128, 4) if quick else ("resnet50", 520, 32)
-    builder, _ = segment._torchvision(model)
+    builder, _ = deeplab.deeplab_builder(model)
     torch.manual_seed(0)
-    net = builder(weights=None, weights_backbone=None, num_classes=segment.NUM_CLASSES, aux_loss=False)
+    net = builder(weights=None, weights_backbone=None, num_classes=deeplab.NUM_CLASSES, aux_loss=False)
     with torch.no_grad():
-        net.classifier[4].bias[segment.PERSON] = 20.0  # "person" everywhere: every image is composited
+        net.classifier[4].bias[deeplab.PERSON] = 20.0  # "person" everywhere: every image is composited
     weights = work / "deeplab.pt"
     torch.save(net.state_dict(), weights)
-    net = segment.prepare(segment.build_model(model, weights), device)
+    net = deeplab.prepare(deeplab.load_deeplab(model, weights), device)
     paths = [src / rel for rel in segment.scan(src).images]
-    works = [torch.from_numpy(segment.to_working(cv2.imread(str(p)), size)) for p in paths]
+    works = [torch.from_numpy(to_working(cv2.imread(str(p)), size)) for p in paths]
     batches = [torch.stack(works[i:i + batch]) for i in range(0, len(works), batch)]
     if device.type == "cuda":
         batches = [b.pin_memory() for b in batches]
     for b in batches[:2]:
-        segment.person_scores(net, b, device)  # warm-up (cudnn, allocator)
+        deeplab.person_scores(net, b, device)  # warm-up (cudnn, allocator)
     synchronize(device)
     start = time.perf_counter()
     for b in batches:
-        segment.person_scores(net, b, device)
+        deeplab.person_scores(net, b, device)
     forward = len(paths) / (time.perf_counter() - start)
     label = f"DeepLabV3-{model} (random weights) @{size}, batch {batch}, {len(paths)} images"
     results.add("segment", "forward pass only (pre-resized batches, no I/O)", forward, "img/s", label)

@@ -20,16 +20,18 @@ import cv2
 import torch
 
 from maskkit.commands import segment
+from maskkit.data.masks import to_working
+from maskkit.engine import deeplab, segmentation
 from maskkit.engine.devices import resolve_device
 from maskkit.commands import synth
 
 
 def make_weights(model: str, path: Path) -> None:
-    builder, _ = segment._torchvision(model)
+    builder, _ = deeplab.deeplab_builder(model)
     torch.manual_seed(0)
-    net = builder(weights=None, weights_backbone=None, num_classes=segment.NUM_CLASSES, aux_loss=False)
+    net = builder(weights=None, weights_backbone=None, num_classes=deeplab.NUM_CLASSES, aux_loss=False)
     with torch.no_grad():
-        net.classifier[4].bias[segment.PERSON] = 20.0  # "person" everywhere: every image is composited
+        net.classifier[4].bias[deeplab.PERSON] = 20.0  # "person" everywhere: every image is composited
     torch.save(net.state_dict(), path)
 
 
@@ -39,30 +41,30 @@ def forward_only(net, device, batches: list[torch.Tensor]) -> float:
         torch.cuda.synchronize()
     start = time.perf_counter()
     for batch in batches:
-        segment.person_scores(net, batch, device)  # ends with .cpu(): synchronised
+        deeplab.person_scores(net, batch, device)  # ends with .cpu(): synchronised
     return time.perf_counter() - start
 
 
 def plain_forward(net, device, batches: list[torch.Tensor]) -> float:
     """Seconds for torchvision's own forward (logits upsampled to the input) + person softmax."""
     start = time.perf_counter()
-    mean = torch.tensor(segment.MEAN, device=device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(segment.STD, device=device).view(1, 3, 1, 1) * 255
+    mean = torch.tensor(deeplab.MEAN, device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(deeplab.STD, device=device).view(1, 3, 1, 1) * 255
     with torch.inference_mode():
         for batch in batches:
             x = (batch.to(device).permute(0, 3, 1, 2).float() - mean) / std
             with torch.autocast(device.type, enabled=device.type == "cuda"):
                 out = net(x)["out"]
-            out.float().softmax(dim=1)[:, segment.PERSON].cpu()
+            out.float().softmax(dim=1)[:, deeplab.PERSON].cpu()
     return time.perf_counter() - start
 
 
 class Timed:
-    """Wraps segment.person_scores to sum the time the pipeline spends in the forward pass."""
+    """Wraps the pipelines' person_scores to sum the time the pipeline spends in the forward pass."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
-        self.original = segment.person_scores
+        self.original = segmentation.person_scores
 
     def __call__(self, *args, **kwargs):
         start = time.perf_counter()
@@ -74,20 +76,20 @@ class Timed:
 
 def one_at_a_time(net, device, paths: list[Path], root: Path, out: Path, size: int) -> float:
     """Seconds for decode -> forward (batch of 1) -> mask, composite, write, image after image."""
-    style = segment.Style()
+    style = segmentation.Style()
     start = time.perf_counter()
     for path in paths:
         image = cv2.imread(str(path))
-        work = torch.from_numpy(segment.to_working(image, size))[None]
-        score = segment.person_scores(net, work, device)[0]
+        work = torch.from_numpy(to_working(image, size))[None]
+        score = deeplab.person_scores(net, work, device)[0]
         rel = path.relative_to(root)
-        segment.finish(segment.Job(rel.as_posix(), path, out / rel, None), image, score, style)
+        segmentation.finish(segmentation.Job(rel.as_posix(), path, out / rel, None), image, score, style)
     return time.perf_counter() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="mobilenet", choices=list(segment.MODELS))
+    parser.add_argument("--model", default="mobilenet", choices=list(deeplab.MODELS))
     parser.add_argument("--size", type=int, default=256, help="working resolution (shorter side)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--images", type=int, default=96, help="about this many images (7 per person)")
@@ -106,11 +108,11 @@ def main() -> None:
         src = tmp / "data" / "train"
         weights = tmp / "weights.pt"
         make_weights(args.model, weights)
-        net = segment.prepare(segment.build_model(args.model, weights), device)
+        net = deeplab.prepare(deeplab.load_deeplab(args.model, weights), device)
         paths = [src / rel for rel in segment.scan(src).images]
         count = len(paths)
 
-        works = [torch.from_numpy(segment.to_working(cv2.imread(str(p)), args.size)) for p in paths]
+        works = [torch.from_numpy(to_working(cv2.imread(str(p)), args.size)) for p in paths]
         batches = [torch.stack(works[i:i + args.batch_size]) for i in range(0, count, args.batch_size)]
         if device.type == "cuda":
             batches = [b.pin_memory() for b in batches]
@@ -121,13 +123,13 @@ def main() -> None:
             fwd.append(forward_only(net, device, batches))
             plain.append(plain_forward(net, device, batches))
             single.append(one_at_a_time(net, device, paths, src, tmp / f"single{repeat}", args.size))
-            timed = segment.person_scores = Timed()
+            timed = segmentation.person_scores = Timed()
             try:
                 summary = segment.run(src, tmp / "out", model=args.model, weights=weights, batch_size=args.batch_size,
                                       device=args.device, size=args.size, workers=args.workers, overwrite=True,
                                       progress=False)
             finally:
-                segment.person_scores = timed.original
+                segmentation.person_scores = timed.original
             assert summary.done == count, summary
             pipe.append(summary.seconds)
             busy.append(timed.seconds / summary.seconds)

@@ -23,6 +23,10 @@ import torch
 from typer.testing import CliRunner
 
 from maskkit.commands import segment
+from maskkit.contract.journal import JOURNAL, read_records
+from maskkit.data import masks as maskmath
+from maskkit.engine import deeplab
+from maskkit.options import FILLS, SEGMENT_MODELS
 from maskkit.cli import app
 from maskkit.contract.layout import load_eval, load_folder, load_train
 from maskkit.commands import synth
@@ -70,9 +74,9 @@ def random_deeplab(images: list[Path], aux: bool = True) -> torch.nn.Module:
     """
     from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
 
-    batch = torch.stack([torch.from_numpy(segment.to_working(cv2.imread(str(p)), SIZE)) for p in images])
-    x = (batch.permute(0, 3, 1, 2).float() / 255 - torch.tensor(segment.MEAN).view(1, 3, 1, 1)) \
-        / torch.tensor(segment.STD).view(1, 3, 1, 1)
+    batch = torch.stack([torch.from_numpy(maskmath.to_working(cv2.imread(str(p)), SIZE)) for p in images])
+    x = (batch.permute(0, 3, 1, 2).float() / 255 - torch.tensor(deeplab.MEAN).view(1, 3, 1, 1)) \
+        / torch.tensor(deeplab.STD).view(1, 3, 1, 1)
     torch.manual_seed(0)
     net = deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=21, aux_loss=aux)
     for module in net.modules():
@@ -135,7 +139,7 @@ def test_composite_keeps_the_person_and_paints_the_background(data, fill):
     for image, mask in true_pairs(data):
         person = mask == 255
         assert 0 < person.mean() < 1
-        result = segment.composite(image, mask, fill)
+        result = maskmath.composite(image, mask, fill)
         assert result.shape == image.shape and result.dtype == np.uint8
         np.testing.assert_array_equal(result[person], image[person])
         expected = {"black": [0, 0, 0], "white": [255] * 3, "gray": [128] * 3,
@@ -146,15 +150,15 @@ def test_composite_keeps_the_person_and_paints_the_background(data, fill):
 def test_blur_fill_is_a_smooth_copy_and_a_feathered_edge_blends(data):
     for image, mask in true_pairs(data):
         person = mask == 255
-        result = segment.composite(image, mask, "blur")
+        result = maskmath.composite(image, mask, "blur")
         np.testing.assert_array_equal(result[person], image[person])
-        blurred = segment.background(image, "blur")
+        blurred = maskmath.background(image, "blur")
         np.testing.assert_array_equal(result[~person], blurred[~person])
         roughness = lambda im: np.abs(np.diff(im.astype(int), axis=1)).mean()  # noqa: E731
         assert roughness(blurred) < 0.5 * roughness(image)
 
-        alpha = segment.soften(mask, 2)
-        soft = segment.composite(image, alpha, "black")
+        alpha = maskmath.soften(mask, 2)
+        soft = maskmath.composite(image, alpha, "black")
         edge = (alpha > 0.05) & (alpha < 0.95)
         assert edge.any() and (alpha[person] > 0.5).all()
         inside_edge = soft[edge].astype(int).sum(axis=1)
@@ -167,14 +171,14 @@ def test_person_mask_keeps_large_regions_fills_holes_drops_specks():
     prob[30:40, 20:30] = 0.1  # a hole inside it
     prob[75:95, 50:75] = 0.8  # a second region, over a fifth of the first
     prob[2:4, 70:72] = 0.95  # a speck
-    mask = segment.person_mask(prob, threshold=0.5)
+    mask = maskmath.person_mask(prob, threshold=0.5)
     expected = np.zeros_like(prob, bool)
     expected[10:70, 10:50] = True
     expected[75:95, 50:75] = True
     np.testing.assert_array_equal(mask == 255, expected)
     assert set(np.unique(mask)) == {0, 255}
-    assert not segment.person_mask(prob, threshold=0.99).any()  # nothing above it
-    assert not segment.person_mask(np.where(prob == 0.95, 0.95, 0).astype(np.float32)).any()  # only a speck
+    assert not maskmath.person_mask(prob, threshold=0.99).any()  # nothing above it
+    assert not maskmath.person_mask(np.where(prob == 0.95, 0.95, 0).astype(np.float32)).any()  # only a speck
 
 
 # --- the command -------------------------------------------------------------------------------
@@ -202,7 +206,7 @@ def test_segment_mirrors_the_dataset_and_never_touches_it(data, segmented):
     for row in table.itertuples():
         source_bytes, output = (data / row.path).read_bytes(), out / row.path
         assert output.read_bytes()[:4] == source_bytes[:4]  # .png stays PNG, .jpg stays JPEG
-        image, mask = cv2.imread(str(output)), cv2.imread(str(segment.mask_path(masks, Path(row.path))), 0)
+        image, mask = cv2.imread(str(output)), cv2.imread(str(maskmath.mask_path(masks, Path(row.path))), 0)
         assert image.shape == cv2.imread(str(data / row.path)).shape and mask.shape == image.shape[:2]
         assert set(np.unique(mask)) <= {0, 255}
         assert row.person_area == pytest.approx((mask == 255).mean(), abs=1e-6)
@@ -250,7 +254,7 @@ def test_rerun_skips_finished_images_and_overwrite_redoes_them(segmented, weight
 
 KILLER = """
 import os, signal, sys, threading
-import maskkit.commands.segment as seg
+import maskkit.engine.segmentation as seg
 
 lock, writes = threading.Lock(), [0]
 
@@ -280,8 +284,8 @@ def test_a_killed_run_resumed_ends_with_the_same_files(data, weights, segmented,
     images = report(out_whole)["path"]
     written = [p for p in images if (out / p).is_file()]
     assert 0 < len(written) < len(images)  # killed half-way
-    assert (out / segment.JOURNAL).is_file() and not (out / "segment_report.csv").exists()
-    journaled = len(segment.read_records(out))
+    assert (out / JOURNAL).is_file() and not (out / "segment_report.csv").exists()
+    journaled = len(read_records(out))
     assert 0 < journaled <= len(written)
 
     (out / "eval" / ".half_written.jpg.tmp4242.jpg").write_bytes(b"\xff\xd8")  # as a kill mid-write leaves
@@ -318,7 +322,7 @@ def test_refuses_outputs_overlapping_in(data, weights, tmp_path, where):
     result = invoke(data, out, *options(weights, *extra))
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "IN" in lines[0], result.stderr
+    assert len(lines) == 1 and "input" in lines[0] and str(data) in lines[0], result.stderr
     assert digest(data) == before
     assert not (data / "train" / "seg").exists() and not (tmp_path / "o").exists()
 
@@ -349,6 +353,13 @@ def test_bad_weights_are_one_line_errors(data, weights, tmp_path, kind, model, m
     assert not (tmp_path / "out").exists()
 
 
+def test_every_model_choice_has_a_torchvision_builder():
+    assert tuple(deeplab.MODELS) == SEGMENT_MODELS
+    for model in SEGMENT_MODELS:
+        builder, weights = deeplab.deeplab_builder(model)
+        assert callable(builder) and weights.DEFAULT.url.endswith(".pth")
+
+
 def test_weights_with_or_without_the_aux_head_give_the_same_masks(weights, tmp_path):
     state = torch.load(weights, weights_only=True)
     assert any(k.startswith("aux_classifier.") for k in state)
@@ -356,8 +367,8 @@ def test_weights_with_or_without_the_aux_head_give_the_same_masks(weights, tmp_p
     torch.save({k: v for k, v in state.items() if not k.startswith("aux_classifier.")}, plain)
     batch = torch.randint(0, 256, (2, SIZE, SIZE, 3), dtype=torch.uint8)
     cpu = torch.device("cpu")
-    with_aux = segment.person_scores(segment.build_model("mobilenet", weights), batch, cpu)
-    without = segment.person_scores(segment.build_model("mobilenet", plain), batch, cpu)
+    with_aux = deeplab.person_scores(deeplab.load_deeplab("mobilenet", weights), batch, cpu)
+    without = deeplab.person_scores(deeplab.load_deeplab("mobilenet", plain), batch, cpu)
     np.testing.assert_array_equal(with_aux, without)
 
 
@@ -398,16 +409,16 @@ def test_two_images_that_would_share_a_mask_are_refused_up_front(weights, tmp_pa
 
 # --- the device pipeline (CUDA on a GPU server; the same torch ops run here on the CPU) ----------
 
-@pytest.mark.parametrize("fill", segment.FILLS)
+@pytest.mark.parametrize("fill", FILLS)
 def test_batch_composite_on_a_device_matches_the_opencv_composite(data, fill):
     # 4x the drawn size: the blur fill's 1/16 thumbnail then holds OpenCV's whole 13-pixel kernel
     pairs = [(cv2.resize(image, None, fx=4, fy=4), cv2.resize(mask, None, fx=4, fy=4, interpolation=cv2.INTER_NEAREST))
              for image, mask in true_pairs(data, count=4)]
     images = torch.from_numpy(np.stack([image for image, _ in pairs]))
     masks = torch.from_numpy(np.stack([mask for _, mask in pairs]))
-    result = segment.composite_batch(images, masks, fill, radius=2).numpy()
+    result = maskmath.composite_batch(images, masks, fill, radius=2).numpy()
     for (image, mask), got in zip(pairs, result):
-        expected = segment.composite(image, segment.soften(mask, 2), fill).astype(int)
+        expected = maskmath.composite(image, maskmath.soften(mask, 2), fill).astype(int)
         difference = np.abs(got.astype(int) - expected)
         assert difference.max() <= 3 and difference.mean() < 0.5, (fill, difference.max(), difference.mean())
 
@@ -423,7 +434,7 @@ def test_device_pipeline_writes_what_the_cpu_pipeline_writes_and_resumes(data, w
     assert (table["status"] == expected["status"]).mean() >= 0.9
     agree, pixels = [], []
     for rel in table.query("status == 'done'")["path"]:
-        mask_rel = segment.mask_path(Path("."), Path(rel))
+        mask_rel = maskmath.mask_path(Path("."), Path(rel))
         mine, theirs = cv2.imread(str(masks / mask_rel), 0), cv2.imread(str(masks_cpu / mask_rel), 0)
         assert mine.shape == theirs.shape and set(np.unique(mine)) <= {0, 255}
         agree.append((mine == theirs).mean())

@@ -9,6 +9,11 @@ import torch
 from maskkit.contract.errors import MaskkitError
 
 
+def cpu_count() -> int:
+    """The cores this process may run on (its affinity mask), not all the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """'auto' -> cuda when available, else cpu; a named device that is not there is a usage error."""
     if name == "auto":
@@ -41,7 +46,7 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
 
 def default_workers(device: torch.device) -> int:
     """Loader workers: most cores on a GPU server; on the CPU the model needs the cores itself."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = cpu_count()
     if device.type == "cuda":  # all cores but the main process's (8 workers left a 16-core server's GPU waiting)
         return max(1, min(16, cpus - 1))
     return 1 if cpus <= 4 else 2
@@ -49,7 +54,7 @@ def default_workers(device: torch.device) -> int:
 
 def free_cores() -> int:
     """Cores this process may use that other processes are not busy on (1-minute load average)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = cpu_count()
     try:
         busy = int(round(os.getloadavg()[0]))
     except (AttributeError, OSError):

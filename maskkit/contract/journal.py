@@ -1,0 +1,90 @@
+"""segment's record of finished images in OUT: the report and the journal (docs/formats.md, "Segment output").
+
+`OUT/segment_report.csv` (path, person_area, status), written atomically at the end of a run.
+`OUT/.segment_journal.csv` (the same three columns, no header) exists from a run's start until its
+report is written: a row is appended and flushed once an image's outputs are renamed into place,
+so a killed run's work is known on re-run and the journal's presence marks an interrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from maskkit.contract.files import write_csv
+
+REPORT = "segment_report.csv"
+JOURNAL = ".segment_journal.csv"
+REPORT_COLUMNS = ["path", "person_area", "status"]
+STATUSES = ("done", "no_person", "failed")
+FINISHED = ("done", "no_person")
+
+Records = dict[str, tuple[float, str]]  # relative image path -> (person_area, status)
+
+
+def is_segment_output(out: Path) -> bool:
+    """OUT holds a report or a journal, so an earlier segment run wrote it."""
+    return (out / REPORT).is_file() or (out / JOURNAL).is_file()
+
+
+def read_records(out: Path) -> Records:
+    """path -> (person_area, status) from the previous report and then the journal of a killed run."""
+    records: Records = {}
+    for name in (REPORT, JOURNAL):
+        path = out / name
+        if not path.is_file():
+            continue
+        with open(path, newline="", encoding="utf-8") as handle:
+            for row in csv.reader(handle):
+                # A killed run may leave a cut last line: take only complete, valid rows.
+                if len(row) != 3 or row[2] not in STATUSES:
+                    continue
+                try:
+                    records[row[0]] = (float(row[1]), row[2])
+                except ValueError:
+                    continue
+    return records
+
+
+def report_table(images: Sequence[Path], records: Records) -> pd.DataFrame:
+    """The report's rows, in the order of `images`, for the images that have a record."""
+    rows = []
+    for rel in images:
+        key = rel.as_posix()
+        if key in records:
+            area, status = records[key]
+            rows.append({"path": key, "person_area": area, "status": status})
+    return pd.DataFrame(rows, columns=REPORT_COLUMNS)
+
+
+def write_report(out: Path, images: Sequence[Path], records: Records) -> None:
+    """The report, written atomically; the journal is then no longer needed."""
+    write_csv(report_table(images, records), out / REPORT, float_format="%.6f")
+    (out / JOURNAL).unlink(missing_ok=True)
+
+
+def forget_records(out: Path) -> None:
+    """--overwrite: the report and journal of earlier runs no longer count."""
+    (out / REPORT).unlink(missing_ok=True)
+    (out / JOURNAL).unlink(missing_ok=True)
+
+
+class Journal:
+    """Rows appended (and flushed) as outputs finish; a context manager that closes the file."""
+
+    def __init__(self, out: Path) -> None:
+        self.handle = open(out / JOURNAL, "w", newline="", encoding="utf-8")
+        self.writer = csv.writer(self.handle, lineterminator="\n")
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.handle.close()
+
+    def add(self, rel: str, area: float, status: str) -> None:
+        self.writer.writerow([rel, f"{area:.6f}", status])
+        self.handle.flush()
