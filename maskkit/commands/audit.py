@@ -4,8 +4,7 @@
 Structural checks need no model: the quirks `layout.read_train` finds in train.csv and the person
 folders (missing, extra or doubled images, names and labels that disagree) become suspects here,
 plus zero-byte / truncated / undecodable files, exact duplicates (file hash) and near-duplicates
-across persons (a 64-bit dHash computed with OpenCV, confirmed by the correlation of small grayscale
-thumbnails; cv2.img_hash is not part of opencv-python-headless).
+across persons (dHash candidates confirmed by thumbnail correlation, data/fingerprints.py).
 
 Label checks read out-of-fold predictions (`val_preds.csv` of a run folder), from one or more models:
 files that predict the same images form separate sets (see read_oof). engine/calibration.py turns
@@ -42,7 +41,7 @@ from maskkit.contract.labels import AGE_GROUPS, GENDERS, IMAGE_STEMS, MASKS, NUM
 from maskkit.contract.manifest import read_manifest
 from maskkit.contract.predictions import PROB_COLUMNS, read_predictions
 from maskkit.contract.runfolder import VAL_PREDS, read_config
-from maskkit.data.fingerprints import SCAN_COLUMNS, scan_file
+from maskkit.data.fingerprints import SCAN_COLUMNS, near_duplicates, scan_file
 from maskkit.data.images import contact_sheet, image_magic, write_image
 from maskkit.engine.calibration import Evidence
 from maskkit.engine.progress import progress_bar
@@ -192,28 +191,7 @@ def check_duplicates(scans: pd.DataFrame) -> list[dict]:
         reason = (f"identical file in {persons} person folders" if persons > 1
                   else f"{len(group)} identical files in one person folder")
         rows.append(suspect(paths[0], "file", "", "", 0.95 if persons > 1 else 0.7, reason, "; ".join(paths[1:])))
-    hashed = scans[scans["dhash"].notna()].reset_index(drop=True)
-    if len(hashed) < 2:
-        return rows
-    hashes = np.array([int(h) for h in hashed["dhash"]], dtype=np.uint64)
-    thumbs = np.stack(hashed["thumb"].to_numpy())
-    folders = hashed["folder"].to_numpy()
-    pairs = defaultdict(list)  # (folder a, folder b) -> [(path a, path b, bits, correlation)]
-    block = 512
-    for start in range(0, len(hashes), block):
-        bits = np.bitwise_count(hashes[start:start + block, None] ^ hashes[None, :])
-        for i, j in zip(*np.nonzero(bits <= HASH_BITS)):
-            i += start
-            if j <= i or folders[i] == folders[j]:
-                continue
-            if folders[i] > folders[j]:
-                i, j = j, i
-            a, b = hashed.at[i, "path"], hashed.at[j, "path"]
-            if (a, b) in exact_pairs:
-                continue
-            corr = float(thumbs[i] @ thumbs[j])
-            if corr >= THUMB_CORRELATION:
-                pairs[(folders[i], folders[j])].append((a, b, int(np.bitwise_count(hashes[i] ^ hashes[j])), corr))
+    pairs = near_duplicates(scans, HASH_BITS, THUMB_CORRELATION, skip=exact_pairs)
     for (first, second), matches in sorted(pairs.items()):
         detail = "; ".join(f"{PurePath(a).name}~{PurePath(b).name} ({bits} bits, r={corr:.3f})"
                            for a, b, bits, corr in matches[:4])

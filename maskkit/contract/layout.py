@@ -84,28 +84,26 @@ class Quirks:
             console.print(f"  {len(items):>5}  {kind}: {examples(items, limit)}")
 
 
-def train_root(path: str | Path) -> Path:
-    """DATA/train for DATA/train or DATA; a one-line error when neither holds train.csv."""
+def _split_folder(path: str | Path, split: str, index: str, not_found: str) -> Path | None:
+    """PATH or PATH/<split>, whichever holds the split's `index` file (None when neither does)."""
     path = Path(path)
     if not path.exists():
-        raise MaskkitError(f"{path}: dataset folder not found (pass DATA/train of the competition layout)")
-    if (path / "train.csv").is_file():
-        return path
-    if (path / "train" / "train.csv").is_file():
-        return path / "train"
-    raise MaskkitError(f"{path}: no train.csv here or in {path / 'train'} (pass DATA/train of the competition layout)")
+        raise MaskkitError(f"{path}: {not_found}")
+    return next((folder for folder in (path, path / split) if (folder / index).is_file()), None)
+
+
+def train_root(path: str | Path) -> Path:
+    """DATA/train for DATA/train or DATA; a one-line error when neither holds train.csv."""
+    hint = "(pass DATA/train of the competition layout)"
+    root = _split_folder(path, "train", "train.csv", f"dataset folder not found {hint}")
+    if root is None:
+        raise MaskkitError(f"{path}: no train.csv here or in {Path(path) / 'train'} {hint}")
+    return root
 
 
 def eval_root(path: str | Path) -> Path | None:
     """DATA/eval for DATA/eval or DATA; None when the folder has no info.csv (a plain image folder)."""
-    path = Path(path)
-    if not path.exists():
-        raise MaskkitError(f"{path}: folder not found (pass DATA/eval or a folder of images)")
-    if (path / "info.csv").is_file():
-        return path
-    if (path / "eval" / "info.csv").is_file():
-        return path / "eval"
-    return None
+    return _split_folder(path, "eval", "info.csv", "folder not found (pass DATA/eval or a folder of images)")
 
 
 def parse_folder_name(name: str) -> dict | None:

@@ -1,14 +1,17 @@
 """Fingerprints of image files for `maskkit audit`'s file checks: size, damage (zero-byte, truncated,
 undecodable), SHA-1, a 64-bit dHash computed with OpenCV and a small grayscale thumbnail
-(cv2.img_hash is not part of opencv-python-headless)."""
+(cv2.img_hash is not part of opencv-python-headless), and the near-duplicates they reveal."""
 
 from __future__ import annotations
 
 import hashlib
+from collections import defaultdict
+from collections.abc import Collection
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 
 THUMB_SIZE = (24, 32)  # width, height
 FLAT_STD = 3.0  # images this uniform have meaningless hashes
@@ -58,3 +61,35 @@ def scan_file(path: Path) -> dict:
     if float(gray.std()) >= FLAT_STD:
         result["dhash"], result["thumb"] = _dhash(gray), _thumbnail(gray)
     return result
+
+
+def near_duplicates(scans: pd.DataFrame, max_bits: int, min_correlation: float,
+                    skip: Collection[tuple[str, str]] = ()) -> dict[tuple[str, str], list[tuple]]:
+    """Images in different folders whose dHashes differ in at most `max_bits` bits and whose thumbnails
+    correlate at least `min_correlation`: (folder a, folder b) -> [(path a, path b, bits, correlation)].
+
+    scans: scan_file results; pairs in `skip` (identical files, say) are left out.
+    """
+    hashed = scans[scans["dhash"].notna()].reset_index(drop=True)
+    pairs = defaultdict(list)
+    if len(hashed) < 2:
+        return pairs
+    hashes = np.array([int(h) for h in hashed["dhash"]], dtype=np.uint64)
+    thumbs = np.stack(hashed["thumb"].to_numpy())
+    folders = hashed["folder"].to_numpy()
+    block = 512  # rows of the all-pairs bit-count matrix at a time
+    for start in range(0, len(hashes), block):
+        bits = np.bitwise_count(hashes[start:start + block, None] ^ hashes[None, :])
+        for i, j in zip(*np.nonzero(bits <= max_bits)):
+            i += start
+            if j <= i or folders[i] == folders[j]:
+                continue
+            if folders[i] > folders[j]:
+                i, j = j, i
+            a, b = hashed.at[i, "path"], hashed.at[j, "path"]
+            if (a, b) in skip:
+                continue
+            corr = float(thumbs[i] @ thumbs[j])
+            if corr >= min_correlation:
+                pairs[(folders[i], folders[j])].append((a, b, int(np.bitwise_count(hashes[i] ^ hashes[j])), corr))
+    return pairs
