@@ -70,9 +70,6 @@ class Quirks:
     def add(self, kind: str, path: object, **values) -> None:
         self.found.append(Quirk(kind, str(path), **values))
 
-    def count(self, kind: str) -> int:
-        return sum(q.kind == kind for q in self.found)
-
     def report(self, limit: int = 3) -> None:
         if not self.found:
             return
