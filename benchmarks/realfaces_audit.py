@@ -26,6 +26,8 @@ from pathlib import Path, PurePath
 
 import pandas as pd
 
+from maskkit.commands.audit import MIN_SCORE
+
 CUTOFFS = (0.3, 0.4, 0.5, 0.6, 0.65, 0.7, 0.8, 0.9)
 
 
@@ -116,8 +118,6 @@ def main() -> None:
     if result.returncode != 0:
         sys.exit(f"realfaces_audit: {(result.stderr.strip().splitlines() or ['maskkit audit failed'])[-1]}")
     found = suggestions(pd.read_csv(fixes_path, dtype={"target": str}))
-
-    from maskkit.commands.audit import MIN_SCORE
 
     print(f"{args.data}: {len(injected)} injected errors ({', '.join(f'{c} {n}' for c, n in injected['column'].value_counts().items())}); "
           f"{len(confirmed)} confirmed source errors; {len(args.oof)} --oof inputs")

@@ -156,3 +156,31 @@ def test_bad_datasets_are_one_line_exit_2_and_write_nothing(drawn_copy, cli, tmp
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and str(train) in lines[0], result.stderr
     assert not out.exists()
+
+
+def test_read_train_returns_each_quirk_as_a_record(drawn_copy, capsys):
+    """What the report counts is also there as data (audit turns it into suspects): kind, where, values."""
+    from maskkit.contract.layout import DISAGREEING, FRACTIONAL_AGE, MISSING_IMAGES, read_train
+
+    train = drawn_copy / "train"
+    folders = person_folders(train)
+    (folders[0] / "mask4.jpg").unlink()
+    fractional, older = folders[1].name, folders[2].name
+
+    def edit(table: pd.DataFrame) -> pd.DataFrame:
+        table["age"] = table["age"].astype(str)
+        table.loc[table["path"] == fractional, "age"] = "33.5"
+        table.loc[table["path"] == older, "age"] = str(int(older.rsplit("_", 1)[1]) + 1)
+        return table
+
+    edit_train_csv(train, edit)
+    images, quirks = read_train(train)
+    assert capsys.readouterr().err == ""  # read_train reports nothing itself
+    found = {(q.kind, q.path, q.column, q.given, q.other) for q in quirks.found}
+    assert (MISSING_IMAGES, str(folders[0]), "", "", "") in found
+    assert next(q for q in quirks.found if q.kind == MISSING_IMAGES).related == ("mask4",)
+    assert (FRACTIONAL_AGE, fractional, "age", "33.5", fractional.rsplit("_", 1)[1]) in found
+    assert (DISAGREEING, older, "age", str(int(older.rsplit("_", 1)[1]) + 1), older.rsplit("_", 1)[1]) in found
+    assert set(images.loc[images["folder"] == fractional, "age"]) == {33}  # rounded down, kept
+    load_train(train)
+    assert "ages not a whole number" in capsys.readouterr().err

@@ -1,0 +1,203 @@
+"""Calibrated out-of-fold evidence about labels: temperature scaling, cleanlab's noise matrix, persons
+and prediction sets pooled (what `maskkit audit` judges labels with; benchmarks/README.md measures it).
+
+Each prediction set's probabilities are temperature-scaled per task, fitted on the set itself
+(short runs are overconfident). A person's photos share one face, so they are one piece of
+evidence, not seven votes: gender and age group are judged on the mean of the person's calibrated
+log-probabilities, scaled by a second, person-level temperature, then weighed against the label with
+cleanlab's noise matrix. Sets are combined by the mean of their log-probabilities (a person) or of
+their log-odds (a swapped pair of images).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from cleanlab.count import estimate_py_and_noise_matrices_from_probabilities
+from cleanlab.filter import find_label_issues
+from cleanlab.rank import get_label_quality_scores
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax, softmax
+
+from maskkit.contract.labels import AGE_GROUPS, TASKS, decode, logit, task_probs
+
+SWAP_PRIOR = (0.5, 0.25, 0.25)  # as labelled, swapped, any other pair of true masks (shared by those 7)
+
+
+def log_probs(probs: np.ndarray) -> np.ndarray:
+    return np.log(np.clip(probs, 1e-7, 1.0))
+
+
+def pooled(probs: np.ndarray) -> np.ndarray:
+    """Normalised geometric mean over axis 0 (the mean of log-probabilities), ignoring NaN entries."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an image no set predicts stays NaN
+        mean = np.exp(np.nanmean(log_probs(probs), axis=0))
+    return mean / mean.sum(axis=-1, keepdims=True)
+
+
+def mean_of_logits(values: Sequence[float]) -> float:
+    """Combine several models' probabilities of one event: the mean of their log-odds."""
+    return float(1 / (1 + np.exp(-np.mean(logit(values)))))
+
+
+def fit_temperature(logp: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature T minimising the mean NLL of softmax(logp / T) against `labels` (temperature scaling).
+
+    Fitted on the out-of-fold set itself: the labels are mostly right, and T only rescales confidence.
+    """
+    if len(labels) < 10 or len(np.unique(labels)) < 2:
+        return 1.0
+    rows = np.arange(len(labels))
+
+    def nll(log_t: float) -> float:
+        return float(-log_softmax(logp / np.exp(log_t), axis=1)[rows, labels].mean())
+
+    return float(np.exp(minimize_scalar(nll, bounds=(np.log(0.05), np.log(50.0)), method="bounded").x))
+
+
+def calibrated(logp: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """softmax(logp / T) with T fitted on all rows, wrong labels included.
+
+    Refitting without the rows that look mislabelled would leave separable data, whose best T is
+    near zero: every judgement would read as certain. The labels' own noise keeps T honest.
+    """
+    return softmax(logp / fit_temperature(logp, labels), axis=1)
+
+
+def label_noise_posterior(probs: np.ndarray, given: np.ndarray) -> np.ndarray:
+    """P(true class | evidence, given label) ~ N[given, class] x probs[class].
+
+    `probs` are calibrated against the given labels; N[i, j] = P(label i | true j) is the noise matrix
+    that cleanlab's confident learning estimates (per-class thresholds: each class's mean
+    self-confidence). Without it a doubted label would read as wrong as often as the model errs;
+    with it, about as often as labels are wrong. (Also undoing the noise in `probs`, N^-1 probs,
+    made p_wrong overconfident on real faces, where N counts the model's own errors as noise:
+    precision 0.74 among suspects with p_wrong >= 0.9, benchmarks/realfaces_audit.py.)
+    Falls back to `probs` where too few examples (under 30, or a class under 5) make N unreliable.
+    """
+    counts = np.bincount(given, minlength=probs.shape[1])
+    if len(given) < 30 or counts.min() < 5:
+        return probs
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, noise, _, _ = estimate_py_and_noise_matrices_from_probabilities(given, probs)
+    posterior = probs * np.clip(noise, 1e-4, 1.0)[given]  # never rule a flip out entirely
+    return posterior / posterior.sum(axis=1, keepdims=True)
+
+
+def cleanlab_issues(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """cleanlab's (issue flags, label quality scores); quiet about classes with few examples.
+
+    find_label_issues is confident learning: per-class thresholds (each class's mean self-confidence).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quality = get_label_quality_scores(labels, probs)
+        if len(np.unique(labels)) < 2:
+            return np.zeros(len(labels), bool), quality
+        return find_label_issues(labels, probs, filter_by="prune_by_noise_rate", n_jobs=1), quality
+
+
+def swap_probabilities(idx: np.ndarray, mask: np.ndarray, pm: np.ndarray) -> dict[tuple[int, int], float]:
+    """P(images i and j carry each other's mask label) for each pair of the person's images with different labels.
+
+    The pair's true masks have 9 combinations, each as likely as the product of the two images'
+    calibrated probabilities: as labelled (c = P_i(own), d = P_j(own)), swapped (a = P_i(mask of j),
+    b = P_j(mask of i)), or one of 7 others (the rest, r = 1 - ab - cd). With SWAP_PRIOR's weights
+    P(swapped) = 0.25ab / (0.5cd + 0.25ab + 0.25r/7): a pair is swapped only when each image looks
+    like the other's label, not merely when one image looks wrong.
+    """
+    kept_prior, swap_prior, other_prior = SWAP_PRIOR
+    result = {}
+    for pos, i in enumerate(idx):
+        for j in idx[pos + 1:]:
+            mi, mj = mask[i], mask[j]
+            if mi == mj:
+                continue
+            swapped, kept = pm[i, mj] * pm[j, mi], pm[i, mi] * pm[j, mj]
+            rest = max(0.0, 1.0 - swapped - kept)
+            weight = swap_prior * swapped
+            result[(int(i), int(j))] = float(weight / (weight + kept_prior * kept + other_prior * rest / 7))
+    return result
+
+
+class Evidence:
+    """Calibrated out-of-fold evidence on a table of images, from one or more prediction sets (models).
+
+    `probs[task]`: per image, the sets' calibrated probabilities pooled; `flags`/`quality` (per task)
+    and `flags18`/`quality18` (18 classes): cleanlab's verdicts on them; `persons`: person -> rows.
+    """
+
+    def __init__(self, images: pd.DataFrame, probs: np.ndarray) -> None:
+        """probs: (sets, n, 18) out-of-fold probabilities, NaN where a set does not predict an image."""
+        self.images = images.reset_index(drop=True)
+        labels = self.images["label"].to_numpy(np.int64)
+        self.given = dict(zip(TASKS, decode(labels)))
+        self.persons = self.images.groupby("person", sort=True).indices
+        self.sets = [self._calibrated_set(set_probs) for set_probs in probs]
+        # person_probs[task][set]: person -> (P(true class | photos, label), calibrated P(class | photos))
+        self.person_probs = {task: self._person_level(task) for task in ("gender", "age")}
+        self.flags18, self.quality18 = cleanlab_issues(labels, pooled(probs))
+        self.probs = {task: pooled(np.stack([tasks[task] for _, tasks in self.sets])) for task in TASKS}
+        self.flags, self.quality = {}, {}
+        for task in self.probs:
+            self.flags[task], self.quality[task] = cleanlab_issues(self.given[task], self.probs[task])
+
+    def _calibrated_set(self, set_probs: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(rows the set covers, {task: calibrated (n, k) probabilities, NaN elsewhere})."""
+        rows = np.isfinite(set_probs).all(axis=1)
+        tasks = {}
+        for task, p in task_probs(set_probs[rows]).items():
+            full = np.full((len(set_probs), p.shape[1]), np.nan)
+            full[rows] = calibrated(log_probs(p), self.given[task][rows])
+            tasks[task] = full
+        return rows, tasks
+
+    def _person_level(self, task: str) -> list[dict[str, tuple[np.ndarray, np.ndarray]]]:
+        """Per set: person -> (label-noise posterior, calibrated probabilities) of the person's gender or age group."""
+        result = []
+        for rows, tasks in self.sets:
+            names, means, given = [], [], []
+            for person, idx in self.persons.items():
+                idx = idx[rows[idx]]
+                if len(idx):
+                    names.append(person)
+                    means.append(log_probs(tasks[task][idx]).mean(axis=0))
+                    given.append(int(self.given[task][idx[0]]))
+            if not names:
+                result.append({})
+                continue
+            given = np.array(given)
+            probs = calibrated(np.array(means), given)
+            result.append(dict(zip(names, zip(label_noise_posterior(probs, given), probs))))
+        return result
+
+    def person(self, task: str, person: str) -> tuple[np.ndarray, int, int]:
+        """(P(true class | photos, label) combined over sets, sets covering the person, sets whose own
+        calibrated verdict is another class than the label)."""
+        given = int(self.given[task][self.persons[person][0]])
+        found = [probs[person] for probs in self.person_probs[task] if person in probs]
+        if not found:
+            return np.full(len(AGE_GROUPS) if task == "age" else 2, np.nan), 0, 0
+        combined = pooled(np.array([posterior for posterior, _ in found]))
+        return combined, len(found), int(sum(verdict.argmax() != given for _, verdict in found))
+
+    def likeliest_swap(self, idx: np.ndarray) -> tuple[float, tuple[int, int], list[float]] | None:
+        """The person's likeliest swapped pair of images: (P(swapped) over sets, the pair, each set's P)."""
+        mask = self.given["mask"]
+        per_set = [swap_probabilities(idx[rows[idx]], mask, tasks["mask"]) for rows, tasks in self.sets]
+        pairs = set().union(*per_set)
+        if not pairs:
+            return None
+        # a set that does not name a pair gives it (almost) no probability
+        scored = [(mean_of_logits([found.get(pair, 0.0) for found in per_set if found]), pair) for pair in pairs]
+        score, pair = max(scored)
+        return score, pair, [found.get(pair, 0.0) for found in per_set if found]
+
+    def mask_votes(self, image: int) -> list[np.ndarray]:
+        """Each covering set's calibrated mask probabilities for one image."""
+        return [tasks["mask"][image] for rows, tasks in self.sets if rows[image]]
