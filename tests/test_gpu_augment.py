@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from maskkit.data import gpu_augment as ga
-from maskkit.data.loader import UnreadableImage, eval_transform, normalize_batch
+from maskkit.data.loader import UnreadableImage
+from maskkit.data.presets import eval_transform, normalize_batch
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 

