@@ -364,15 +364,11 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, cli, drawn_ma
     assert not out.exists()
 
 
-def test_old_out_folder_spelling_still_writes_the_overlays_there_with_a_note(tmp_path, cli, drawn_masks, eff_run):
-    """cam --out used to name the overlay folder; -o/--out now names the summary CSV everywhere."""
-    old, summary = tmp_path / "overlays", tmp_path / "summary.csv"
-    result = cli("cam", eff_run, drawn_masks / "eval", "--limit", 2, "--out", old)
-    assert result.exit_code == 0, result.output
-    assert "deprecated" in result.stderr and "--out-dir" in result.stderr
-    assert (old / "cam.csv").is_file() and (old / "sheet.png").is_file()
+def test_out_names_the_summary_csv_and_out_dir_the_overlays(tmp_path, cli, drawn_masks, eff_run):
+    """-o/--out is a file, as in every subcommand; the overlay folder is --out-dir."""
+    summary = tmp_path / "summary.csv"
     result = cli("cam", eff_run, drawn_masks / "eval", "--limit", 2, "--out-dir", tmp_path / "new", "--summary",
                  "--masks", drawn_masks / "masks", "-o", summary)
     assert result.exit_code == 0, result.output
-    assert "deprecated" not in result.stderr and result.stdout == ""
+    assert result.stdout == "" and (tmp_path / "new" / "cam.csv").is_file()
     assert pd.read_csv(summary)["images"].iloc[-1] == 2

@@ -180,7 +180,7 @@ TINY = ["--backbone", "test_resnet", "--no-pretrained", "--epochs", "1", "--inpu
         "--workers", "0", "--device", "cpu"]
 CAM = (RUN, "X/train", "--limit", "2", "--device", "cpu")
 IMAGE = "{image}"
-SEGMENT = ["--weights", "{deeplab}", "--model", "mobilenet", "--size", "16", "--workers", "0", "--device", "cpu"]  # replaced by a training image of the world
+SEGMENT = ["--weights", "{deeplab}", "--model", "mobilenet", "--short-side", "16", "--workers", "0", "--device", "cpu"]  # replaced by a training image of the world
 
 # (id, setup, argv, exit code): item 1 and 2 of the issue first, then 5, 6 and 7.
 BAD = [
@@ -253,8 +253,8 @@ SWEEP = [
     ["vote", "p.csv", "q.csv", "-o", "p.csv"],
     ["segment", "X", "X/seg", "--device", "cpu"],
     ["segment", "X/eval", "seg", "--masks", "X/eval/masks", "--device", "cpu"],
-    ["train", "X/train", "--out", "X/train", *TINY],
-    ["train", f"{RUN}/manifest.csv", "--out", "runs", "--name", "base", "--overwrite", *TINY],
+    ["train", "X/train", "--runs-dir", "X/train", *TINY],
+    ["train", f"{RUN}/manifest.csv", "--runs-dir", "runs", "--name", "base", "--overwrite", *TINY],
     ["synth", "X", "--persons", "2", "--eval-persons", "1", "--size", "32x32"],
 ]
 
@@ -424,7 +424,7 @@ def test_resume_removes_the_temporary_file_of_a_killed_save(cli, world):
     ["audit", "X/train", "--top", "0"],
     ["segment", "X/eval", "seg", "--threshold", "1.5"],
     ["segment", "X/eval", "seg", "--batch-size", "0"],
-    ["segment", "X/eval", "seg", "--size", "8"],
+    ["segment", "X/eval", "seg", "--short-side", "8"],
     ["segment", "X/eval", "seg", "--workers", "-1"],
     ["split", "X/train", "--folds", "two"],
 ], ids=lambda a: " ".join(a[-2:]))

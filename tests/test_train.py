@@ -348,13 +348,6 @@ def test_a_runs_config_json_seeds_a_new_run_on_another_fold(cli, multi_run, mani
     assert seeded["lr"] == saved["lr"] and seeded["input_size"] == "40x48"
 
 
-def test_old_option_spellings_work_with_a_one_line_note(cli, manifest_path):
-    result = cli("train", manifest_path, "--img-size", "48x40", "--exist-ok", "--print-config")
-    assert recipe_of(result)["input_size"] == "40x48"  # --img-size kept its HEIGHTxWIDTH meaning
-    notes = [line for line in result.stderr.splitlines() if "deprecated" in line]
-    assert len(notes) == 2 and any("--input-size WIDTHxHEIGHT" in n for n in notes)
-
-
 def test_choice_options_refuse_values_outside_their_list(cli, manifest_path):
     result = cli("train", manifest_path, "--aug", "wild")
     assert result.exit_code == 2 and "'wild' is not one of" in result.stderr
