@@ -217,7 +217,6 @@ BAD = [
     # 6. tracebacks on bad input
     ("train: manifest row with empty path", empty_path_row,
      ["train", "bad.csv", *TINY], 2),
-    ("predict --workers -2", None, ["predict", RUN, "X/eval", "--device", "cpu", "--workers", "-2"], 2),
     ("runs: metrics epoch x", metrics_epoch_x, ["runs", RUN], 2),
     ("runs: config.json a list", config_a_list, ["runs", RUN], 2),
     ("split --fixes age inf", fixes_age("inf"), ["split", "X/train", "--folds", "2", "--fixes", "fixes.csv"], 2),
@@ -426,6 +425,7 @@ def test_resume_removes_the_temporary_file_of_a_killed_save(cli, world):
     ["segment", "X/eval", "seg", "--batch-size", "0"],
     ["segment", "X/eval", "seg", "--short-side", "8"],
     ["segment", "X/eval", "seg", "--workers", "-1"],
+    ["predict", RUN, "X/eval", "--workers", "-2"],
     ["split", "X/train", "--folds", "two"],
 ], ids=lambda a: " ".join(a[-2:]))
 def test_out_of_range_option_is_one_line_exit_2(world, argv, monkeypatch, capsys):
