@@ -123,6 +123,23 @@ class NonFiniteLoss(RuntimeError):
         self.step = step
 
 
+def train_step(model: torch.nn.Module, images: torch.Tensor, targets: dict[str, torch.Tensor], loss_fn,
+               opt: Optimisation, on_device: OnDevice) -> torch.Tensor:
+    """One optimiser update on a batch (CutMix with probability `opt.cutmix`); returns the loss."""
+    mix = opt.cutmix > 0 and float(torch.rand((), generator=opt.cutmix_generator)) < opt.cutmix
+    with on_device.autocast():
+        if mix:
+            images, perm, lam = cutmix(images, opt.cutmix_generator)
+            loss = loss_fn.mixed(model(images), targets, perm, lam)
+        else:
+            loss = loss_fn(model(images), targets)
+    opt.optimizer.zero_grad(set_to_none=True)
+    opt.scaler.scale(loss).backward()
+    opt.scaler.step(opt.optimizer)
+    opt.scaler.update()
+    return loss
+
+
 def train_one_epoch(model: torch.nn.Module, loader, loss_fn, opt: Optimisation, on_device: OnDevice,
                     progress: Progress, stop: Callable[[int], bool], bar: ProgressBar | None = None,
                     check_every: int = 1, steps: int | None = None) -> bool:
@@ -150,17 +167,7 @@ def train_one_epoch(model: torch.nn.Module, loader, loss_fn, opt: Optimisation, 
     try:
         for images, targets, rows in wait.iterate(loader):
             images, targets = on_device.train_images(images, rows, progress.epoch), on_device.targets(targets)
-            mix = opt.cutmix > 0 and float(torch.rand((), generator=opt.cutmix_generator)) < opt.cutmix
-            with on_device.autocast():
-                if mix:
-                    images, perm, lam = cutmix(images, opt.cutmix_generator)
-                    loss = loss_fn.mixed(model(images), targets, perm, lam)
-                else:
-                    loss = loss_fn(model(images), targets)
-            opt.optimizer.zero_grad(set_to_none=True)
-            opt.scaler.scale(loss).backward()
-            opt.scaler.step(opt.optimizer)
-            opt.scaler.update()
+            loss = train_step(model, images, targets, loss_fn, opt, on_device)
             progress.global_step += 1
             opt.scheduler.step_update(progress.global_step)
             if opt.ema is not None:
