@@ -18,7 +18,7 @@ import yaml
 
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import atomic_path
-from maskkit.options import TrainOptions, parse_width_height
+from maskkit.options import TrainOptions, parse_fold, parse_width_height
 
 FIX = "a recipe is a YAML mapping of train options, as `maskkit train --print-config` writes it"
 
@@ -65,6 +65,8 @@ def train_options(flags: Mapping[str, object], given: Iterable[str],
     from_file = read_recipe(recipe) if recipe is not None else {}
     typed = as_fields({name: flags[name] for name in given}, "--input-size")
     typed = {name: value for name, value in typed.items() if name in TrainOptions.field_names()}
+    if "fold" in typed:
+        typed["fold"] = parse_fold(typed["fold"])  # its error names --fold, not the recipe
     options = TrainOptions.from_dict({**from_file, **typed}, str(recipe or "options"))
     return options, set(from_file) | set(typed)
 
