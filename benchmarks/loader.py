@@ -23,8 +23,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from maskkit.data.loader import (ImageDataset, build_cache, build_transform, make_loader, normalize_batch, reduction_factor,
-                            work_size)
+from maskkit.data.loader import ImageDataset, build_cache, make_loader, reduction_factor
+from maskkit.data.presets import build_transform, normalize_batch, work_size
 from maskkit.commands import synth
 from maskkit.data.gpu_augment import BatchAugment, augment_batch, image_seeds
 

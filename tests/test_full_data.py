@@ -12,7 +12,7 @@ import torch
 from sklearn.metrics import f1_score
 
 from helpers import FAST, one_thread
-from maskkit.commands.predict import predict
+from maskkit.commands.predict import run as predict
 from maskkit.commands.train import TrainOptions, train
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.runfolder import read_config

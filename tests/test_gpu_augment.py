@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from maskkit.data import gpu_augment as ga
-from maskkit.data.loader import UnreadableImage, eval_transform, normalize_batch
+from maskkit.data.loader import UnreadableImage
+from maskkit.data.presets import eval_transform, normalize_batch
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
@@ -144,6 +145,7 @@ def test_trainer_augments_uint8_batches_on_the_device_when_the_device_side_says_
     from maskkit.commands import train as train_module
     from maskkit.commands.train import TrainOptions, train
     from maskkit.contract.runfolder import LAST
+    from maskkit.engine import loop
 
     monkeypatch.setattr(train_module, "device_side", lambda device, aug: (True, aug == "basic"))
     calls = []
@@ -153,7 +155,7 @@ def test_trainer_augments_uint8_batches_on_the_device_when_the_device_side_says_
         calls.append(images.dtype)
         return original(images, seeds, aug)
 
-    monkeypatch.setattr(ga, "augment_batch", counted)
+    monkeypatch.setattr(loop, "augment_batch", counted)  # where the training loop calls it
     options = TrainOptions(**{**FAST, "aug": "basic", "epochs": 3})
     runs = [train(manifest_path, options, out=tmp_path, name=f"run{i}", progress=False) for i in range(2)]
     metrics = pd.read_csv(runs[0] / "metrics.csv")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
-from maskkit.commands.predict import predict
+from maskkit.commands.predict import run as predict
 from maskkit.contract.predictions import PROB_COLUMNS
 from helpers import one_thread
 

@@ -84,3 +84,21 @@ def test_bad_inputs_are_one_line_errors(cli, truth, tmp_path):
     (tmp_path / "cols.csv").write_text("id,label\na,1\n")
     one_line_error(cli("score", tmp_path / "cols.csv", truth), "missing column")
     one_line_error(cli("score", truth, truth, "--confusion", tmp_path / "c.jpg"), "PNG")
+
+
+@pytest.mark.parametrize("run_fixture", ["single_run", "multi_run"])
+def test_best_val_f1_is_what_score_prints_for_the_runs_val_preds(request, cli, tmp_path, run_fixture):
+    """Training's best-epoch F1 and `maskkit score` are one definition (classes present, tasks decoded)."""
+    from maskkit.contract.runfolder import best_row, read_metrics
+
+    run = request.getfixturevalue(run_fixture)
+    preds = pd.read_csv(run / "val_preds.csv", dtype={"ImageID": str})
+    truth = tmp_path / "truth.csv"
+    preds[["ImageID", "label"]].rename(columns={"label": "ans"}).to_csv(truth, index=False)
+    row = score_row(cli("score", run / "val_preds.csv", truth))
+    best = best_row(read_metrics(run))
+    assert row["images"] == len(preds)
+    assert row["macro_f1"] == pytest.approx(float(best["val_f1"]), abs=1e-5)
+    assert row["accuracy"] == pytest.approx(float(best["val_acc"]), abs=1e-5)
+    for task in ("mask", "gender", "age"):
+        assert row[f"f1_{task}"] == pytest.approx(float(best[f"f1_{task}"]), abs=1e-5), task

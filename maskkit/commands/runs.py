@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+from rich.table import Table
 
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import console, write_csv
@@ -171,8 +172,6 @@ def run(folders: Sequence[str | Path] | None = None) -> pd.DataFrame:
     """Print the table: rich on a terminal (stderr), CSV on stdout when piped."""
     table, recipes = runs_table(folders, with_recipes=True)
     if sys.stdout.isatty():
-        from rich.table import Table
-
         shown = Table(title=f"{len(table)} runs, best val macro F1 first", title_justify="left")
         columns = [c for c in COLUMNS if c != "path" and not c.startswith(("oof_", "recipe_"))]
         for column in columns:

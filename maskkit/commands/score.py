@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from rich.table import Table
 
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import console, examples, write_csv
 from maskkit.contract.labels import NUM_CLASSES, class_name
 from maskkit.contract.predictions import read_predictions
 from maskkit.engine.metrics import SCORE_NAMES, per_class_f1, scores
+from maskkit.engine.plots import draw_confusion
 
 COLUMNS = ("submission", "images", *SCORE_NAMES)
 
@@ -46,8 +48,6 @@ def matched(submission: pd.DataFrame, truth: pd.DataFrame, submission_path: Path
 
 
 def print_table(row: dict, true: np.ndarray, pred: np.ndarray) -> None:
-    from rich.table import Table
-
     table = Table(title=f"score of {row['submission']} ({row['images']} images)", title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -76,8 +76,6 @@ def run(submission: Path, truth: Path, out: Path | None = None, confusion: Path 
     true, pred = matched(answers, truth_table, submission, truth)
     row = {"submission": str(submission), "images": len(true), **{k: round(v, 6) for k, v in scores(true, pred).items()}}
     if confusion is not None:
-        from maskkit.engine.plots import draw_confusion
-
         draw_confusion(true, pred, Path(confusion), f"{submission.name} against {truth.name}")
     if not quiet:
         print_table(row, true, pred)

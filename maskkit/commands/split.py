@@ -8,13 +8,14 @@ import numpy as np
 import pandas as pd
 from rich.table import Table
 
-from maskkit.contract.layout import load_train
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import Inputs, console
 from maskkit.contract.fixes import apply_fixes, read_fixes
+from maskkit.contract.labels import NUM_CLASSES, class_name
+from maskkit.contract.layout import load_train
 from maskkit.contract.manifest import MANIFEST_COLUMNS, write_manifest
 from maskkit.data.folds import make_manifest
-from maskkit.contract.labels import NUM_CLASSES, class_name
+from maskkit.options import SEED
 
 
 def fold_table(manifest: pd.DataFrame) -> Table:
@@ -34,7 +35,7 @@ def fold_table(manifest: pd.DataFrame) -> Table:
     return table
 
 
-def run(data: Path, folds: int = 5, seed: int = 42, fixes: str | None = None, out: Path | None = None) -> pd.DataFrame:
+def run(data: Path, folds: int = 5, seed: int = SEED, fixes: str | None = None, out: Path | None = None) -> pd.DataFrame:
     """Read DATA/train, apply fixes, split into folds, write the manifest (stdout or `out`)."""
     if folds < 2:
         raise MaskkitError(f"--folds {folds}: need at least 2 folds")

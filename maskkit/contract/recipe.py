@@ -3,36 +3,42 @@
 A recipe is a YAML mapping of `maskkit train` options by their field names (`backbone`, `heads`,
 `lr`, `input_size: 256x320` as WIDTHxHEIGHT...), as `--print-config` writes it. A run's
 config.json is a recipe too: its "options" are read (so `--config runs/X/config.json --fold 1`
-trains the same recipe on another fold). Options given on the command line win over the file.
+trains the same recipe on another fold). Options given on the command line win over the file:
+`train_options` merges TrainOptions' defaults < the recipe file < the command-line flags.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+import yaml
 
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import atomic_path
+from maskkit.options import TrainOptions, parse_fold, parse_width_height
 
 FIX = "a recipe is a YAML mapping of train options, as `maskkit train --print-config` writes it"
 
 
-def parse_wxh(text: object, source: str) -> tuple[int, int]:
-    """'256x320' (WIDTHxHEIGHT) -> (height, width), the order models take."""
-    try:
-        width, height = (int(v) for v in str(text).lower().split("x"))
-        if width <= 0 or height <= 0:
-            raise ValueError
-    except ValueError:
-        raise MaskkitError(f"{source}: input_size {text!r}: expected WIDTHxHEIGHT like 256x320") from None
-    return height, width
+def as_fields(values: Mapping[str, object], size_source: str) -> dict:
+    """Recipe keys (a file's, or train's command-line parameters) as TrainOptions fields: dashes become
+    underscores, `input_size` WIDTHxHEIGHT becomes `img_size` (H, W), `multi` (--multi/--single)
+    becomes `heads`, a weights path a string. `size_source` names the input size in an error."""
+    fields = {str(k).replace("-", "_"): v for k, v in values.items()}
+    if "input_size" in fields:
+        fields["img_size"] = parse_width_height(fields.pop("input_size"), size_source)[::-1]
+    if "multi" in fields:
+        fields["heads"] = "multi" if fields.pop("multi") else "single"
+    if fields.get("weights") is not None:
+        fields["weights"] = str(fields["weights"])
+    return fields
 
 
 def read_recipe(path: str | Path) -> dict:
     """The option values of a recipe file (YAML) or a run's config.json, as TrainOptions fields."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise MaskkitError(f"{path}: recipe not found ({FIX})")
@@ -46,16 +52,27 @@ def read_recipe(path: str | Path) -> dict:
         data = data["options"]
     if not isinstance(data, Mapping):
         raise MaskkitError(f"{path}: not a mapping of options; {FIX}")
-    values = {str(k).replace("-", "_"): v for k, v in data.items()}
-    if "input_size" in values:
-        values["img_size"] = parse_wxh(values.pop("input_size"), str(path))
-    return values
+    return as_fields(data, f"{path}: input_size")
+
+
+def train_options(flags: Mapping[str, object], given: Iterable[str],
+                  recipe: str | Path | None = None) -> tuple[TrainOptions, set[str]]:
+    """The options of a training: TrainOptions' defaults < the `recipe` file < the `given` flags.
+
+    `flags`: train's command-line parameters by name (those that are no option, like the source or
+    --name, are ignored); `given`: the names the user typed. Returns the options and the fields the
+    recipe or the command line set (what --resume may change)."""
+    from_file = read_recipe(recipe) if recipe is not None else {}
+    typed = as_fields({name: flags[name] for name in given}, "--input-size")
+    typed = {name: value for name, value in typed.items() if name in TrainOptions.field_names()}
+    if "fold" in typed:
+        typed["fold"] = parse_fold(typed["fold"])  # its error names --fold, not the recipe
+    options = TrainOptions.from_dict({**from_file, **typed}, str(recipe or "options"))
+    return options, set(from_file) | set(typed)
 
 
 def recipe_text(options: Mapping) -> str:
     """YAML of TrainOptions fields, with the input size written WIDTHxHEIGHT."""
-    import yaml
-
     values = dict(options)
     height, width = values.pop("img_size")
     values = {"input_size": f"{width}x{height}", **values}
@@ -64,8 +81,6 @@ def recipe_text(options: Mapping) -> str:
 
 def write_recipe(options: Mapping, out: str | Path | None = None) -> None:
     """The recipe to stdout (None or '-') or atomically to a file."""
-    import sys
-
     text = recipe_text(options)
     if out is None or str(out) == "-":
         sys.stdout.write(text)

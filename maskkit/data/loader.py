@@ -34,8 +34,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from maskkit.contract.errors import MaskkitError, RunFailure
 from maskkit.contract.files import console, examples
-from maskkit.data.presets import (  # noqa: F401  (re-exported: the recipes live in presets)
-    AUGMENTATIONS, DEFAULT_CROP, build_transform, eval_transform, normalize_batch, work_size)
+from maskkit.data.presets import DEFAULT_CROP, work_size
 
 MAX_CONSECUTIVE_BAD = 20  # unreadable images in a row before a run stops
 MAX_BAD_FRACTION = 0.05  # ... or this share of the dataset (and more than MAX_CONSECUTIVE_BAD)
@@ -382,8 +381,7 @@ class DataWait:
 
 
 __all__ = [
-    "AUGMENTATIONS", "DEFAULT_CROP", "UnreadableImage", "work_size", "image_size", "reduction_factor",
-    "decode_image", "cache_bytes", "cache_fits", "default_cache_budget", "build_cache", "eval_transform",
-    "build_transform", "normalize_batch", "ImageDataset", "SeededSampler", "make_loader", "set_epoch",
+    "UnreadableImage", "image_size", "reduction_factor", "decode_image", "cache_bytes", "cache_fits",
+    "default_cache_budget", "build_cache", "ImageDataset", "SeededSampler", "make_loader", "set_epoch",
     "worker_init", "DataWait",
 ]

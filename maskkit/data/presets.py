@@ -17,32 +17,9 @@ import torch
 from albumentations.pytorch import ToTensorV2
 
 from maskkit.contract.errors import MaskkitError
+from maskkit.options import AUGMENTATIONS, DEFAULT_CROP, FULL_CROP, parse_crop
 
-from maskkit.options import AUGMENTATIONS  # noqa: E402  (re-exported)
-# Fraction (height, width) of the frame the deterministic centre crop keeps: the competition's
-# faces sit in the upper middle of 384x512 portraits and fill about half of the height.
-DEFAULT_CROP = (0.8, 0.85)
-FULL_CROP = (1.0, 1.0)  # the whole frame: face crops (UTKFace-like squares) are already cut to the face
 SQUARE_RATIO = (0.9, 1.1)  # width / height counted as square by `--crop auto`
-
-
-def parse_crop(text: str) -> tuple[float, float] | None:
-    """`--crop` as (h_fraction, w_fraction): full, competition, "H,W" fractions; None for auto."""
-    value = str(text).strip().lower()
-    if value == "auto":
-        return None
-    if value == "full":
-        return FULL_CROP
-    if value == "competition":
-        return DEFAULT_CROP
-    try:
-        height, width = (float(v) for v in value.split(","))
-        if not (0 < height <= 1 and 0 < width <= 1):
-            raise ValueError
-    except ValueError:
-        raise MaskkitError(f"--crop {text!r}: use auto, full, competition or two fractions H,W in (0, 1] "
-                           "like 0.8,0.85") from None
-    return height, width
 
 
 def resolve_crop(text: str, image_wh: Sequence[int]) -> tuple[float, float]:

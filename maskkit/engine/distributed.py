@@ -7,7 +7,7 @@ no-op for a single process (`Distributed()`), so train has one code path.
 
 What each rank does (see commands/train.py): every rank trains on its slice of the seeded order
 (data/sampling.ResumableSampler with rank and world_size), rank 0 alone writes the run folder,
-and validation probabilities are gathered from all ranks (`gather_inference`), so val macro F1 is
+and validation probabilities are gathered from all ranks (`engine.loop.gather_inference`), so val macro F1 is
 that of a single-process evaluation. `--batch-size` is per process.
 """
 
@@ -16,8 +16,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from maskkit.contract.errors import MaskkitError, RunFailure
 
@@ -48,8 +49,6 @@ class Distributed:
         replaced by cuda:LOCAL_RANK: under torchrun each process takes its own GPU)."""
         if not all(name in os.environ for name in ENV):
             return cls()
-        import torch.distributed as dist
-
         rank, world, local = (int(os.environ[name]) for name in ENV)
         on_cuda = device != "cpu" and torch.cuda.is_available()
         if device not in ("auto", "cpu") and not on_cuda:
@@ -81,8 +80,6 @@ class Distributed:
         """DistributedDataParallel around `model` (already on `device`), or `model` itself."""
         if not self.enabled:
             return model
-        from torch.nn.parallel import DistributedDataParallel
-
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     def copy_from_main(self, module: torch.nn.Module) -> None:
@@ -90,8 +87,6 @@ class Distributed:
         drift apart per rank, and validation must score the weights rank 0 saves."""
         if not self.enabled:
             return
-        import torch.distributed as dist
-
         self._own_gpu()
         for tensor in module.state_dict().values():
             dist.broadcast(tensor, src=0)
@@ -100,8 +95,6 @@ class Distributed:
         """True on every rank when `flag` is True on any (a stop request seen by one rank)."""
         if not self.enabled:
             return flag
-        import torch.distributed as dist
-
         self._own_gpu()
         value = torch.tensor([1.0 if flag else 0.0], device=device)
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
@@ -111,8 +104,6 @@ class Distributed:
         """Element-wise sums over all ranks (train loss and image counts of an epoch)."""
         if not self.enabled:
             return values
-        import torch.distributed as dist
-
         self._own_gpu()
         tensor = torch.tensor(values, dtype=torch.float64, device=device)
         dist.all_reduce(tensor)
@@ -122,8 +113,6 @@ class Distributed:
         """Every rank's `obj`, in rank order, on every rank."""
         if not self.enabled:
             return [obj]
-        import torch.distributed as dist
-
         self._own_gpu()
         out: list = [None] * self.world_size
         dist.all_gather_object(out, obj)
@@ -136,8 +125,6 @@ class Distributed:
         writing, and fail with the same message when it fails (no rank is left waiting)."""
         if not self.enabled:
             return make()
-        import torch.distributed as dist
-
         box: list = [None]
 
         def broadcast() -> None:
@@ -163,8 +150,6 @@ class Distributed:
 
     def close(self) -> None:
         if self.enabled:
-            import torch.distributed as dist
-
             if dist.is_initialized():
                 dist.destroy_process_group()
 
@@ -176,18 +161,5 @@ def env_rank() -> int:
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The model inside a DistributedDataParallel wrapper (or the model)."""
-    from torch.nn.parallel import DistributedDataParallel
-
     return model.module if isinstance(model, DistributedDataParallel) else model
 
-
-def gather_inference(result, dist: Distributed):
-    """One `loop.Inference` of the whole set from every rank's part (rows, probabilities, loss)."""
-    if not dist.enabled:
-        return result
-    from maskkit.engine.loop import Inference
-
-    parts = dist.gather((result.rows, result.probs, result.task_probs, result.loss_sum))
-    return Inference(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-                     {task: np.concatenate([p[2][task] for p in parts]) for task in result.task_probs},
-                     float(sum(p[3] for p in parts)))

@@ -16,6 +16,13 @@ import torch
 
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.labels import NUM_CLASSES, TASKS
+from maskkit.data.gpu_augment import augment_batch, image_seeds
+from maskkit.data.loader import DataWait, UnreadableImage
+from maskkit.data.presets import normalize_batch
+from maskkit.engine.distributed import Distributed, unwrap
+from maskkit.engine.loss import cutmix
+from maskkit.engine.metrics import scores
+from maskkit.engine.models import class_probs, task_probs
 from maskkit.engine.progress import ProgressBar, progress_bar
 
 
@@ -37,8 +44,6 @@ class OnDevice:
     pad_to: int | None = None
 
     def images(self, images: torch.Tensor) -> torch.Tensor:
-        from maskkit.data.presets import normalize_batch
-
         images = images.to(self.device, non_blocking=True)
         if self.normalize is not None:
             images = normalize_batch(images, *self.normalize)
@@ -50,8 +55,6 @@ class OnDevice:
         """A training batch on the device: `images` with the batch augmentation when there is one."""
         if self.augment is None:
             return self.images(images)
-        from maskkit.data.gpu_augment import augment_batch, image_seeds
-
         images = augment_batch(images.to(self.device, non_blocking=True), image_seeds(self.seed, epoch, rows),
                                self.augment)
         if self.device.type == "cuda":
@@ -120,6 +123,23 @@ class NonFiniteLoss(RuntimeError):
         self.step = step
 
 
+def train_step(model: torch.nn.Module, images: torch.Tensor, targets: dict[str, torch.Tensor], loss_fn,
+               opt: Optimisation, on_device: OnDevice) -> torch.Tensor:
+    """One optimiser update on a batch (CutMix with probability `opt.cutmix`); returns the loss."""
+    mix = opt.cutmix > 0 and float(torch.rand((), generator=opt.cutmix_generator)) < opt.cutmix
+    with on_device.autocast():
+        if mix:
+            images, perm, lam = cutmix(images, opt.cutmix_generator)
+            loss = loss_fn.mixed(model(images), targets, perm, lam)
+        else:
+            loss = loss_fn(model(images), targets)
+    opt.optimizer.zero_grad(set_to_none=True)
+    opt.scaler.scale(loss).backward()
+    opt.scaler.step(opt.optimizer)
+    opt.scaler.update()
+    return loss
+
+
 def train_one_epoch(model: torch.nn.Module, loader, loss_fn, opt: Optimisation, on_device: OnDevice,
                     progress: Progress, stop: Callable[[int], bool], bar: ProgressBar | None = None,
                     check_every: int = 1, steps: int | None = None) -> bool:
@@ -128,9 +148,6 @@ def train_one_epoch(model: torch.nn.Module, loader, loss_fn, opt: Optimisation, 
     Updates `progress` (global step, the epoch's counters) as it goes, so a stop at any step can be
     saved and resumed exactly. Raises NonFiniteLoss when the running loss stops being finite.
     """
-    from maskkit.data.loader import DataWait
-    from maskkit.engine.loss import cutmix
-
     current = progress.current
     model.train()
     wait = DataWait()
@@ -150,22 +167,10 @@ def train_one_epoch(model: torch.nn.Module, loader, loss_fn, opt: Optimisation, 
     try:
         for images, targets, rows in wait.iterate(loader):
             images, targets = on_device.train_images(images, rows, progress.epoch), on_device.targets(targets)
-            mix = opt.cutmix > 0 and float(torch.rand((), generator=opt.cutmix_generator)) < opt.cutmix
-            with on_device.autocast():
-                if mix:
-                    images, perm, lam = cutmix(images, opt.cutmix_generator)
-                    loss = loss_fn.mixed(model(images), targets, perm, lam)
-                else:
-                    loss = loss_fn(model(images), targets)
-            opt.optimizer.zero_grad(set_to_none=True)
-            opt.scaler.scale(loss).backward()
-            opt.scaler.step(opt.optimizer)
-            opt.scaler.update()
+            loss = train_step(model, images, targets, loss_fn, opt, on_device)
             progress.global_step += 1
             opt.scheduler.step_update(progress.global_step)
             if opt.ema is not None:
-                from maskkit.engine.distributed import unwrap
-
                 opt.ema.update(unwrap(model), step=progress.global_step)
             loss_sum += loss.detach().double() * len(images)
             current.step += 1
@@ -213,9 +218,6 @@ def infer(model: torch.nn.Module, loader, on_device: OnDevice, tta: str = "none"
           bar: ProgressBar | None = None) -> Inference:
     """The one inference loop: every batch of `loader` through `model` (eval mode), tta="flip"
     averaging with the mirror image. An image a loader worker could not read is a one-line error."""
-    from maskkit.data.loader import UnreadableImage
-    from maskkit.engine.models import class_probs, task_probs
-
     model.eval()
     rows, probs, tasks, loss_sum = [], [], {task: [] for task in TASKS}, 0.0
     iterator = iter(loader)
@@ -264,38 +266,36 @@ def predict_probs(model: torch.nn.Module, loader, n: int, on_device: OnDevice, t
     return probs
 
 
-def score(true_label: np.ndarray, probs: np.ndarray, task_prob: dict[str, np.ndarray]) -> dict[str, float]:
-    """Macro F1 over the 18 classes, accuracy, and the macro F1 of each task."""
-    from sklearn.metrics import f1_score
+def score(true_label: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """Validation scores of class probabilities: `val_f1`, `val_acc` and `f1_<task>`, as `maskkit score`
+    computes them from the argmax (engine.metrics.scores)."""
+    result = scores(true_label, probs.argmax(1))
+    return {"val_f1": result["macro_f1"], "val_acc": result["accuracy"],
+            **{f"f1_{task}": result[f"f1_{task}"] for task in TASKS}}
 
-    from maskkit.contract.labels import task_labels
 
-    pred = probs.argmax(1)
-    result = {
-        "val_f1": float(f1_score(true_label, pred, average="macro", labels=range(NUM_CLASSES), zero_division=0)),
-        "val_acc": float((pred == true_label).mean()),
-    }
-    truth = task_labels(true_label)
-    for task, n in TASKS.items():
-        result[f"f1_{task}"] = float(f1_score(truth[task], task_prob[task].argmax(1), average="macro",
-                                              labels=range(n), zero_division=0))
-    return result
+def gather_inference(result: Inference, dist: Distributed) -> Inference:
+    """One `Inference` of the whole set from every rank's part (rows, probabilities, loss)."""
+    if not dist.enabled:
+        return result
+    parts = dist.gather((result.rows, result.probs, result.task_probs, result.loss_sum))
+    return Inference(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                     {task: np.concatenate([p[2][task] for p in parts]) for task in result.task_probs},
+                     float(sum(p[3] for p in parts)))
 
 
 def evaluate(model: torch.nn.Module, loader, on_device: OnDevice, loss_fn,
-             true_label: np.ndarray, dist=None) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+             true_label: np.ndarray, dist: Distributed | None = None) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Validation: (metrics incl. val_loss, class probabilities (N, 18), dataset rows), one row per
     image (an unreadable image the loader replaced by its neighbour counts once).
 
     `dist` (engine.distributed.Distributed): each rank's loader holds its share of the images; the
     results of all ranks are gathered first, so every rank gets the metrics of the whole set."""
-    from maskkit.engine.distributed import gather_inference
-
     result = infer(model, loader, on_device, loss_fn=loss_fn)
     if dist is not None:
         result = gather_inference(result, dist)
     rows, first = np.unique(result.rows, return_index=True)
     probs = result.probs[first]
-    metrics = score(true_label[rows], probs, {task: p[first] for task, p in result.task_probs.items()})
+    metrics = score(true_label[rows], probs)
     metrics["val_loss"] = result.loss_sum / max(len(first), 1)
     return metrics, probs, rows

