@@ -2,7 +2,7 @@
 
 The model is a random-weight DeepLabV3 (mobilenet) saved to a file and loaded with --weights, so the
 real loading path runs; its "persons" are random, so the compositing is checked separately against
-the true person masks that `synth --masks` draws.
+the true person masks that `synth --with-masks` draws.
 """
 
 from __future__ import annotations
