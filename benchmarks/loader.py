@@ -23,8 +23,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from maskkit.data.loader import (ImageDataset, build_cache, build_transform, make_loader, normalize_batch, reduction_factor,
-                            work_size)
+from maskkit.data.loader import ImageDataset, build_cache, make_loader, reduction_factor
+from maskkit.data.presets import build_transform, normalize_batch, work_size
 from maskkit.commands.synth import synthesize
 from maskkit.data.gpu_augment import BatchAugment, augment_batch, image_seeds
 
@@ -84,7 +84,7 @@ def main() -> None:
               f"JPEG reduction 1/{reduction_factor((384, 512), work)}); 1 thread, batch {BATCH}", file=sys.stderr)
 
         start = time.process_time()
-        cache, _ = build_cache(paths, work, threads=1, progress=False)
+        cache, _ = build_cache(paths, work, threads=1, show_progress=False)
         build_rate = len(paths) / (time.process_time() - start)
         def loaders() -> dict[str, tuple[DataLoader, int]]:
             """name -> (loader, passes, per-batch work); cold datasets are new each round, so every pass is a first epoch."""

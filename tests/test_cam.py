@@ -14,7 +14,8 @@ import torch
 
 from maskkit.commands import cam
 from maskkit.contract.labels import GENDERS, MASKS, NUM_CLASSES, decode
-from maskkit.data.loader import decode_image, eval_transform, work_size
+from maskkit.data.loader import decode_image
+from maskkit.data.presets import eval_transform, work_size
 from maskkit.engine.models import build_model, class_probs, task_probs
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]

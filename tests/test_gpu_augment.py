@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from maskkit.data import gpu_augment as ga
-from maskkit.data.loader import UnreadableImage, eval_transform, normalize_batch
+from maskkit.data.loader import UnreadableImage
+from maskkit.data.presets import eval_transform, normalize_batch
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
@@ -141,11 +142,12 @@ def test_trainer_augments_uint8_batches_on_the_device_when_the_device_side_says_
     the batch), forced on the CPU: every step goes through augment_batch, it learns, and a fixed
     seed gives the same weights twice."""
     from helpers import FAST
-    from maskkit.commands import train as train_module
-    from maskkit.commands.train import TrainOptions, train
+    from maskkit.commands import train
+    from maskkit.engine import build
+    from maskkit.options import TrainOptions
     from maskkit.contract.runfolder import LAST
 
-    monkeypatch.setattr(train_module, "device_side", lambda device, aug: (True, aug == "basic"))
+    monkeypatch.setattr(build, "device_side", lambda device, aug: (True, aug == "basic"))
     calls = []
     original = ga.augment_batch
 
@@ -155,7 +157,7 @@ def test_trainer_augments_uint8_batches_on_the_device_when_the_device_side_says_
 
     monkeypatch.setattr(ga, "augment_batch", counted)
     options = TrainOptions(**{**FAST, "aug": "basic", "epochs": 3})
-    runs = [train(manifest_path, options, out=tmp_path, name=f"run{i}", progress=False) for i in range(2)]
+    runs = [train.run(manifest_path, options, out=tmp_path, name=f"run{i}", show_progress=False) for i in range(2)]
     metrics = pd.read_csv(runs[0] / "metrics.csv")
     steps = json.loads((runs[0] / "config.json").read_text())["train_images"] // FAST["batch_size"]
     assert len(calls) == 2 * 3 * steps and set(calls) == {torch.uint8}  # every step of both runs, uint8 in

@@ -10,19 +10,8 @@ import pytest
 import torch
 
 from maskkit.contract.errors import MaskkitError, RunFailure
-from maskkit.data.loader import (
-    ImageDataset,
-    build_cache,
-    build_transform,
-    cache_fits,
-    decode_image,
-    eval_transform,
-    make_loader,
-    normalize_batch,
-    reduction_factor,
-    set_epoch,
-    work_size,
-)
+from maskkit.data.loader import ImageDataset, build_cache, cache_fits, decode_image, make_loader, reduction_factor, set_epoch
+from maskkit.data.presets import build_transform, eval_transform, normalize_batch, work_size
 
 IMG = (48, 36)  # model input (H, W) for the tests
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from maskkit.data.loader import DEFAULT_CROP, UnreadableImage, normalize_batch, work_size
+from maskkit.data.loader import UnreadableImage
+from maskkit.data.presets import DEFAULT_CROP, normalize_batch, work_size
 
 
 @dataclass(frozen=True)
