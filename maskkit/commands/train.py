@@ -138,7 +138,7 @@ def check_wandb(project: str | None):
     if not project:
         return None
     try:
-        import wandb
+        import wandb  # optional: installed only by those who log with --wandb
     except ImportError:
         raise MaskkitError(f"--wandb {project}: wandb is not installed (pip install wandb, or drop --wandb)") from None
     return wandb
