@@ -233,7 +233,7 @@ def resume_options(run_dir: Path, options: TrainOptions | None, given: Iterable[
         raise MaskkitError(f"{manifest_path}: changed since the run started (its sha256 differs from config.json); start a new run")
     check_images_exist(manifest, str(manifest_path))
     if extended:
-        config["options"] = saved.to_dict()  # written once last.pt has loaded (see _resume)
+        config["options"] = saved.to_dict()  # written once last.pt has loaded (see _ready_to_train)
     return saved, config, manifest, extended
 
 
@@ -299,14 +299,13 @@ def run(
         extended = False
         if resume is not None:
             options, config, manifest, extended = resume_options(run_dir, options, given)
-            dist = Distributed.from_env(options.device)
-        else:
-            dist = Distributed.from_env(options.device)
+        dist = Distributed.from_env(options.device)
+        if resume is None:
             run_dir, config, manifest = dist.from_main(lambda: _new_run(source, options, Path(out), name, overwrite))
         try:
             with deterministic(dist.device(resolve_device(options.device))):
-                trainer = _start(run_dir, options, config, manifest, resume is not None, show_progress, dist)
-                if _resume(trainer, config, resume is not None, extended):
+                trainer = _make_trainer(run_dir, options, config, manifest, resume is not None, show_progress, dist)
+                if _ready_to_train(trainer, config, resume is not None, extended):
                     _train(trainer, config, stop)
             return run_dir
         finally:
@@ -318,8 +317,8 @@ def _say(trainer: Trainer, line: str) -> None:
         console.print(line, markup=False, highlight=False)
 
 
-def _start(run_dir: Path, options: TrainOptions, config: dict, manifest: pd.DataFrame, resumed: bool,
-           show_progress: bool | None, dist: Distributed) -> Trainer:
+def _make_trainer(run_dir: Path, options: TrainOptions, config: dict, manifest: pd.DataFrame, resumed: bool,
+                  show_progress: bool | None, dist: Distributed) -> Trainer:
     """The Trainer of the prepared run folder (a new run without one leaves no run folder behind)."""
     use_threads(options.threads)
     try:
@@ -330,8 +329,8 @@ def _start(run_dir: Path, options: TrainOptions, config: dict, manifest: pd.Data
         raise
 
 
-def _resume(trainer: Trainer, config: dict, resumed: bool, extended: bool) -> bool:
-    """Restore a resumed run's last.pt (a new run writes its first one); False when nothing is left to train."""
+def _ready_to_train(trainer: Trainer, config: dict, resumed: bool, extended: bool) -> bool:
+    """A new run writes its first last.pt, a resumed one restores it; False when nothing is left to train."""
     run_dir, options = trainer.run_dir, trainer.options
     if not resumed:
         trainer.keeper.save_last(trainer.checkpoint())  # a Ctrl-C in the first epoch can resume too
@@ -364,7 +363,7 @@ def _train(trainer: Trainer, config: dict, stop: Callable[[int, int], bool] | No
                   f"input {options.img_size[1]}x{options.img_size[0]} (WxH), crop {tuple(config['crop'])} (HxW "
                   f"fractions), {trainer.device}{processes}: {run_dir}")
     try:
-        result = trainer.fit(stop)
+        state = trainer.fit(stop)
     except Interrupted:
         _say(trainer, f"stopped; last.pt written: resume with: maskkit train --resume {run_dir}")
         raise
@@ -372,10 +371,10 @@ def _train(trainer: Trainer, config: dict, stop: Callable[[int, int], bool] | No
         if trainer.keeper.wandb is not None:
             trainer.keeper.wandb.finish()
     if options.all_folds:
-        _say(trainer, f"trained {result.epoch} epochs on every person (best.pt = the final weights); "
+        _say(trainer, f"trained {state.epoch} epochs on every person (best.pt = the final weights); "
                       f"next: maskkit predict {run_dir} DATA/eval -o preds.csv")
     elif dist.main:
-        best = runfolder.read_metrics(run_dir).query("epoch == @result.best_epoch").iloc[0]
-        _say(trainer, f"best epoch {result.best_epoch}: val macro F1 {best['val_f1']:.4f} (mask {best['f1_mask']:.3f}, "
+        best = runfolder.read_metrics(run_dir).query("epoch == @state.best_epoch").iloc[0]
+        _say(trainer, f"best epoch {state.best_epoch}: val macro F1 {best['val_f1']:.4f} (mask {best['f1_mask']:.3f}, "
                       f"gender {best['f1_gender']:.3f}, age {best['f1_age']:.3f}); next: maskkit predict {run_dir} "
                       "DATA/eval -o preds.csv")
