@@ -37,7 +37,7 @@ class Trainer:
 
     def __init__(self, run_dir: Path, manifest: pd.DataFrame, options: TrainOptions, config: dict,
                  show_progress: bool | None = None, resumed: bool = False, dist: Distributed | None = None) -> None:
-        self.run_dir, self.options, self.config = run_dir, options, config
+        self.run_dir, self.options = run_dir, options
         self.dist = dist or Distributed()
         self.device = self.dist.device(resolve_device(options.device))
         self.amp_dtype = autocast_dtype(self.device, options.precision)
