@@ -2,7 +2,7 @@
 
 Draws its own data (`maskkit synth`, 384x512 JPEGs) in a temporary folder and prints one table:
 
-  train  synthetic      step rate (img/s) of maskkit's own training step (`Trainer.train_epoch`) fed
+  train  synthetic      step rate (img/s) of maskkit's own training step (`engine.trainer.Trainer.train_epoch`) fed
                         one batch already on the device, over and over: the model's ceiling
   train  loader-fed     the same trainer fed by its real loader (second epoch), with --cache ram and
                         --cache none; `x synthetic` = loader-fed / synthetic (goal >= 0.9), `wait` =
@@ -111,7 +111,7 @@ def synchronize(device: torch.device) -> None:
 # --- train --------------------------------------------------------------------------------------
 
 class Timer:
-    """Wraps a module function to sum its wall time (e.g. build_cache, build_model inside Trainer)."""
+    """Wraps a module function to sum its wall time (e.g. build_cache, build_model inside engine.build)."""
 
     def __init__(self, module, name: str) -> None:
         self.module, self.name, self.original, self.seconds = module, name, getattr(module, name, None), 0.0
@@ -136,13 +136,13 @@ class Timer:
 
 def run_epoch(trainer, epoch: int, device: torch.device) -> tuple[float, float, int]:
     """(seconds, data-wait seconds, images) of one training epoch of `trainer`."""
-    from maskkit.commands.train import EpochState
+    from maskkit.engine.loop import EpochState
 
-    trainer.progress.current = EpochState()
+    trainer.state.current = EpochState()
     synchronize(device)
     trainer.train_epoch(epoch, None)
     synchronize(device)
-    current = trainer.progress.current
+    current = trainer.state.current
     return current.seconds, current.wait, current.seen
 
 
@@ -160,9 +160,9 @@ def train_config(results: Results, label: str, work: Path, manifest, manifest_pa
                  compare_cudnn: bool = False) -> None:
     """Rows for one model: synthetic, loader-fed per cache, cpu-aug (CUDA), and with `compare_cudnn`
     first a run with cudnn.benchmark off (no autotuning: its warm-up and steady rate vs autotuned)."""
-    from maskkit.commands.train import Trainer, build_config
-    from maskkit.data import loader as loader_module
-    from maskkit.engine import models as models_module
+    from maskkit.commands.train import build_config
+    from maskkit.engine import build as build_module
+    from maskkit.engine.trainer import Trainer
     from maskkit.options import TrainOptions
 
     synthetic_rate = None
@@ -182,8 +182,8 @@ def train_config(results: Results, label: str, work: Path, manifest, manifest_pa
         run_dir.mkdir()
         config = build_config(options, manifest_path, str(manifest_path), manifest)
         start = time.perf_counter()
-        with Timer(loader_module, "build_cache") as cache_timer, Timer(models_module, "build_model") as model_timer:
-            trainer = Trainer(run_dir, manifest, options, config, progress=False)
+        with Timer(build_module, "build_cache") as cache_timer, Timer(build_module, "build_model") as model_timer:
+            trainer = Trainer(run_dir, manifest, options, config, show_progress=False)
         synchronize(device)
         setup = time.perf_counter() - start
         if variant == "cpu-aug":
@@ -206,7 +206,7 @@ def train_config(results: Results, label: str, work: Path, manifest, manifest_pa
         if synthetic_rate is None:
             synthetic_rate = synthetic(trainer, device, synthetic_steps)
             results.add("train", f"{label} synthetic (batch on the device)", synthetic_rate, "img/s")
-        where = "GPU batch" if trainer.augment_on_device else "workers"
+        where = "GPU batch" if trainer.data.augment_on_device else "workers"
         note = f"{rate / synthetic_rate:.2f}x synthetic, data wait {steady_wait / steady:.1%}, augmentation on {where}"
         results.add("train", name, rate, "img/s", note)
         if variant == "loader-fed" and cache == caches[0]:
@@ -219,15 +219,15 @@ def train_config(results: Results, label: str, work: Path, manifest, manifest_pa
 
 def synthetic(trainer, device: torch.device, steps: int) -> float:
     """img/s of the training step fed one real batch, already on the device, `steps` times."""
-    images, targets, rows = next(iter(trainer.train_loader))
+    images, targets, rows = next(iter(trainer.data.train_loader))
     images = images.to(device)
     targets = {k: v.to(device) for k, v in targets.items()}
-    real_loader = trainer.train_loader
-    trainer.train_loader = [(images, targets, rows)] * steps
+    real_loader = trainer.data.train_loader
+    trainer.data.train_loader = [(images, targets, rows)] * steps
     try:
         seconds, _, seen = run_epoch(trainer, 2, device)
     finally:
-        trainer.train_loader = real_loader
+        trainer.data.train_loader = real_loader
     return seen / seconds
 
 
@@ -238,15 +238,15 @@ def augment_on_workers(trainer, config: dict) -> None:
 
     from maskkit.data.presets import build_transform
 
-    trainer.train_set.transform = build_transform("basic", tuple(config["img_size"]), config["mean"], config["std"],
+    trainer.data.train_set.transform = build_transform("basic", tuple(config["img_size"]), config["mean"], config["std"],
                                                   tuple(config["crop"]), normalize=False)
-    trainer.train_on_device = dataclasses.replace(trainer.train_on_device, augment=None)
-    trainer.augment_on_device = False
+    trainer.data.train_on_device = dataclasses.replace(trainer.data.train_on_device, augment=None)
+    trainer.data.augment_on_device = False
 
 
 def first_epoch_parts(results: Results, label: str, trainer, setup: float, cache: float, model: float,
                       first: float, steady: float, first_val: float, steady_val: float, rate: float) -> None:
-    images = len(trainer.train_set) + len(trainer.val_set)
+    images = len(trainer.data.train_set) + len(trainer.data.val_set)
     warmup, val_excess = max(0.0, first - steady), max(0.0, first_val - steady_val)
     results.add("first epoch", f"{label} cache build ({images} images)", cache, "s")
     results.add("first epoch", f"{label} model build", model, "s")

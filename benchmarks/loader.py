@@ -84,7 +84,7 @@ def main() -> None:
               f"JPEG reduction 1/{reduction_factor((384, 512), work)}); 1 thread, batch {BATCH}", file=sys.stderr)
 
         start = time.process_time()
-        cache, _ = build_cache(paths, work, threads=1, progress=False)
+        cache, _ = build_cache(paths, work, threads=1, show_progress=False)
         build_rate = len(paths) / (time.process_time() - start)
         def loaders() -> dict[str, tuple[DataLoader, int]]:
             """name -> (loader, passes, per-batch work); cold datasets are new each round, so every pass is a first epoch."""

@@ -10,7 +10,7 @@ persons; only the recipe differs:
             ToTensor, Normalize with the dataset's mean/std), one 18-way head, CrossEntropy,
             SGD lr 1e-3 (momentum 0, weight decay 5e-4), StepLR(20, gamma 0.5), batch 64, the best
             epoch chosen by accuracy on the leaky validation split.
-  maskkit   `maskkit.commands.train.train` with heads=multi, age_weight=0.1 and every other option at its
+  maskkit   `maskkit.commands.train.run` with heads=multi, age_weight=0.1 and every other option at its
             default (AdamW, cosine schedule with warm-up, aug basic, batch 32, centre crop,
             validation on a person-grouped fold), then `maskkit.commands.predict.run` on the held-out
             persons.
@@ -56,8 +56,8 @@ from maskkit.contract.labels import NUM_CLASSES, task_labels
 from maskkit.engine.models import build_model
 from maskkit.commands.predict import run as predict
 from maskkit.data.folds import make_manifest, person_strata
-from maskkit.commands import synth
-from maskkit.commands.train import TrainOptions, train
+from maskkit.commands import synth, train
+from maskkit.options import TrainOptions
 
 BACKBONE = "lite0"
 BASELINE_MEAN, BASELINE_STD = (0.548, 0.504, 0.479), (0.237, 0.247, 0.246)  # MaskBaseDataset's defaults
@@ -262,7 +262,7 @@ def run_maskkit(images: pd.DataFrame, test: HeldOut, work: Path, args: argparse.
     manifest = write_manifest(images, work / "manifest.csv", args.seed)
     options = TrainOptions(backbone=BACKBONE, heads="multi", age_weight=0.1, img_size=args.img_size,
                            epochs=args.epochs, seed=args.seed, device=args.device)
-    run_dir = train(manifest, options, out=work / "runs", name="maskkit", exist_ok=True, progress=False)
+    run_dir = train.run(manifest, options, out=work / "runs", name="maskkit", overwrite=True, show_progress=False)
     trained = time.perf_counter()
     eval_dir = write_eval_folder(test, work / "heldout")
     frame = predict(run_dir, eval_dir, out=work / "heldout_preds.csv", device=args.device)

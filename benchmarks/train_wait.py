@@ -1,6 +1,6 @@
 """Share of a training step spent waiting for data, with a small model on the CPU (goal: < 5%).
 
-maskkit's training loop (`maskkit.commands.train.Trainer.train_epoch`, the code `maskkit train` runs) times
+maskkit's training loop (`maskkit.engine.trainer.Trainer.train_epoch`, the code `maskkit train` runs) times
 how long each step waits for its batch. Same drawn 384x512 JPEGs, same model (lite0, 128x96,
 batch 32, AdamW), same process, four data pipelines:
 
@@ -36,9 +36,11 @@ from maskkit.contract.files import write_csv
 from maskkit.data.folds import make_manifest
 from maskkit.commands import synth
 from maskkit.engine.devices import default_workers
-from maskkit.commands.train import Trainer, TrainOptions, build_config
+from maskkit.commands.train import build_config
 from maskkit.data.sampling import targets_of
 from maskkit.engine.loop import EpochState
+from maskkit.engine.trainer import Trainer
+from maskkit.options import TrainOptions
 
 
 class BaselineDataset(Dataset):
@@ -62,17 +64,17 @@ def measure(name: str, root: Path, manifest, manifest_path: Path, options: Train
     run_dir = root / name.replace("+", "_").replace(" ", "_")
     run_dir.mkdir()
     config = build_config(options, manifest_path, str(manifest_path), manifest)
-    trainer = Trainer(run_dir, manifest, options, config, progress=False)
+    trainer = Trainer(run_dir, manifest, options, config, show_progress=False)
     if baseline:
-        rows = trainer.train_rows
+        rows = trainer.data.train_rows
         dataset = BaselineDataset(rows["path"].tolist(), targets_of(rows, options.old_age),
                                   options.img_size, config["mean"], config["std"])
-        trainer.train_loader = DataLoader(dataset, batch_size=options.batch_size, shuffle=True, drop_last=True,
-                                          generator=torch.Generator().manual_seed(0))
+        trainer.data.train_loader = DataLoader(dataset, batch_size=options.batch_size, shuffle=True, drop_last=True,
+                                               generator=torch.Generator().manual_seed(0))
     for epoch in range(epochs):
-        trainer.progress.current = EpochState()
+        trainer.state.current = EpochState()
         trainer.train_epoch(epoch, None)
-    last = trainer.progress.current
+    last = trainer.state.current
     return {"name": name, "wait": last.wait, "seconds": last.seconds, "images": last.seen,
             "share": last.wait / last.seconds}
 

@@ -151,7 +151,7 @@ def train(
             options.check()
             write_recipe(options.to_dict())
             return
-        train_module.train(source, options, out=runs_dir, name=name, overwrite=overwrite, resume=resume,
+        train_module.run(source, options, out=runs_dir, name=name, overwrite=overwrite, resume=resume,
                            given=chosen if resume is not None else None)
 
 

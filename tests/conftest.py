@@ -59,11 +59,12 @@ def manifest_path(tmp_path_factory, drawn) -> Path:
 
 
 def _trained(tmp_path_factory, manifest_path: Path, name: str, **options) -> Path:
-    from maskkit.commands.train import TrainOptions, train
+    from maskkit.commands import train
+    from maskkit.options import TrainOptions
 
     with one_thread():
-        return train(manifest_path, TrainOptions(**{**FAST, **options}), out=tmp_path_factory.mktemp("runs"),
-                     name=name, progress=False)
+        return train.run(manifest_path, TrainOptions(**{**FAST, **options}), out=tmp_path_factory.mktemp("runs"),
+                     name=name, show_progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -29,8 +29,8 @@ def make_run(folder: Path, backbone: str, heads: str, img_size, model=None) -> P
         torch.manual_seed(0)
         model = build_model(backbone, heads=heads, img_size=img_size)
     torch.save({"model": model.state_dict(), "epoch": 1, "val_f1": 0.0}, folder / "best.pt")
-    config = {"backbone": backbone, "heads": heads, "age_regression": False, "img_size": list(img_size),
-              "mean": MEAN, "std": STD}
+    config = {"format": 2, "options": {"backbone": backbone, "heads": heads, "age_weight": 0.0,
+                                       "img_size": list(img_size)}, "mean": MEAN, "std": STD}
     (folder / "config.json").write_text(json.dumps(config))
     return folder
 

@@ -112,27 +112,23 @@ def write_config(run, data) -> None:
     (run / "config.json").write_text(json.dumps(data))
 
 
-def test_config_formats_old_and_new_read_alike(tmp_path):
-    new = stored_config(config_view({"options": OPTIONS, "mean": [0.5] * 3, "std": [0.5] * 3}))
-    assert new["format"] == 2 and not set(new) & {"backbone", "heads", "img_size", "fold", "age_regression"}
-    old = {**OPTIONS, "age_regression": True, "options": OPTIONS, "mean": [0.5] * 3, "std": [0.5] * 3}
-    bare = {k: OPTIONS[k] for k in ("backbone", "heads", "img_size")}  # hand-written, no options
-    views = []
-    for name, data in (("new", new), ("old", old)):
-        write_config(tmp_path / name, data)
-        views.append(read_config(tmp_path / name))
-    for key in ("backbone", "heads", "img_size", "fold", "age_weight", "age_regression"):
-        assert views[0][key] == views[1][key], key
-    assert views[0]["age_regression"] is True
-    write_config(tmp_path / "bare", bare)
-    assert read_config(tmp_path / "bare")["age_regression"] is False
+def test_a_format_2_config_reads_as_one_flat_view(tmp_path):
+    stored = stored_config(config_view({"options": OPTIONS, "mean": [0.5] * 3, "std": [0.5] * 3}))
+    assert stored["format"] == 2 and not set(stored) & {"backbone", "heads", "img_size", "fold", "age_regression"}
+    write_config(tmp_path / "run", stored)
+    view = read_config(tmp_path / "run")
+    for key in ("backbone", "heads", "img_size", "fold", "age_weight", "seed"):
+        assert view[key] == OPTIONS[key], key
+    assert view["age_regression"] is True and view["mean"] == [0.5] * 3
 
 
 CONFIG_BREAKS = {
     "not JSON": ("{oops", "not valid JSON"),
     "a list": ("[1, 2]", "not a maskkit run config"),
     "options not a mapping": ('{"options": [1]}', "not a maskkit run config"),
-    "no backbone": ('{"options": {"heads": "multi"}}', "missing backbone"),
+    "no backbone": ('{"format": 2, "options": {"heads": "multi"}}', "missing backbone"),
+    "format 1": ('{"backbone": "resnet18", "img_size": [64, 48], "options": {"backbone": "resnet18"}}',
+                 "config format 1 is not the format 2"),
 }
 
 

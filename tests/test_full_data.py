@@ -13,18 +13,19 @@ from sklearn.metrics import f1_score
 
 from helpers import FAST, one_thread
 from maskkit.commands.predict import run as predict
-from maskkit.commands.train import TrainOptions, train
+from maskkit.commands import train
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.runfolder import read_config
+from maskkit.options import TrainOptions
 from maskkit.data.presets import DEFAULT_CROP, FULL_CROP, parse_crop, resolve_crop
 
 
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory, manifest_path):
     with one_thread():
-        return train(manifest_path, TrainOptions(**{**FAST, "fold": "all", "heads": "multi", "age_weight": 0.1,
+        return train.run(manifest_path, TrainOptions(**{**FAST, "fold": "all", "heads": "multi", "age_weight": 0.1,
                                                     "epochs": 8}),
-                     out=tmp_path_factory.mktemp("runs"), progress=False)
+                     out=tmp_path_factory.mktemp("runs"), show_progress=False)
 
 
 def test_fold_all_trains_every_person_for_the_fixed_epochs_without_validation(full_run, manifest_path):

@@ -142,12 +142,13 @@ def test_trainer_augments_uint8_batches_on_the_device_when_the_device_side_says_
     the batch), forced on the CPU: every step goes through augment_batch, it learns, and a fixed
     seed gives the same weights twice."""
     from helpers import FAST
-    from maskkit.commands import train as train_module
-    from maskkit.commands.train import TrainOptions, train
+    from maskkit.commands import train
+    from maskkit.engine import build
+    from maskkit.options import TrainOptions
     from maskkit.contract.runfolder import LAST
     from maskkit.engine import loop
 
-    monkeypatch.setattr(train_module, "device_side", lambda device, aug: (True, aug == "basic"))
+    monkeypatch.setattr(build, "device_side", lambda device, aug: (True, aug == "basic"))
     calls = []
     original = ga.augment_batch
 
@@ -157,7 +158,7 @@ def test_trainer_augments_uint8_batches_on_the_device_when_the_device_side_says_
 
     monkeypatch.setattr(loop, "augment_batch", counted)  # where the training loop calls it
     options = TrainOptions(**{**FAST, "aug": "basic", "epochs": 3})
-    runs = [train(manifest_path, options, out=tmp_path, name=f"run{i}", progress=False) for i in range(2)]
+    runs = [train.run(manifest_path, options, out=tmp_path, name=f"run{i}", show_progress=False) for i in range(2)]
     metrics = pd.read_csv(runs[0] / "metrics.csv")
     steps = json.loads((runs[0] / "config.json").read_text())["train_images"] // FAST["batch_size"]
     assert len(calls) == 2 * 3 * steps and set(calls) == {torch.uint8}  # every step of both runs, uint8 in

@@ -445,14 +445,14 @@ def test_train_on_a_full_disk_says_how_far_it_got(cli, world, monkeypatch):
     import errno
 
     from maskkit.contract.files import atomic_path
-    from maskkit.engine import plots
+    from maskkit.engine import checkpoint
 
     def full_disk(run_dir):
         with atomic_path(run_dir / "curves.png"):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     with monkeypatch.context() as patch:
-        patch.setattr(plots, "plot_run", full_disk)
+        patch.setattr(checkpoint, "plot_run", full_disk)
         result = cli("train", "folds.csv", *TINY, "--name", "full")
     assert result.exit_code == 1
     assert_one_line_error(result, "train")

@@ -208,17 +208,17 @@ def test_unreachable_hub_fails_fast_with_the_reason_and_restores_online_mode(tmp
     assert hub.HF_HUB_OFFLINE is False  # cache-only mode was for this call only
 
 
-def _write_run(run, model, config) -> None:
+def _write_run(run, model, options) -> None:
+    """A run folder: best.pt and a config.json (format 2) holding `options`."""
     run.mkdir()
-    (run / "config.json").write_text(json.dumps(config))
+    (run / "config.json").write_text(json.dumps({"format": 2, "options": options}))
     torch.save({"model": model.state_dict(), "epoch": 2, "val_f1": 0.7}, run / "best.pt")
 
 
 def test_load_run_rebuilds_the_trained_model(tmp_path):
     torch.manual_seed(3)
     model = build_model("resnet18", heads="multi", age_regression=True).eval()
-    config = {"backbone": "resnet18", "heads": "multi", "age_regression": True, "img_size": [64, 48]}
-    _write_run(tmp_path / "run", model, config)
+    _write_run(tmp_path / "run", model, {"backbone": "resnet18", "heads": "multi", "age_weight": 0.1, "img_size": [64, 48]})
     loaded, loaded_config = load_run(tmp_path / "run")
     assert not loaded.training
     assert loaded_config["img_size"] == [64, 48]

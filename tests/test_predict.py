@@ -125,20 +125,15 @@ def test_run_without_best_pt_or_missing_run_is_one_line_and_exit_2(multi_run, dr
     assert result.exit_code == 2 and "--tta" in result.stderr
 
 
-
-def test_a_run_written_before_config_format_2_predicts_the_same(multi_run, drawn, tmp_path):
-    """config.json as maskkit wrote it before format 2: model fields at the top level as well as in
-    "options", and none of the options added since (opt, sched, threads)."""
+def test_a_format_2_run_from_before_the_newer_options_predicts_the_same(multi_run, drawn, tmp_path):
+    """config.json format 2 as maskkit wrote it before the options added since (opt, sched, threads)."""
     import json
 
     old = tmp_path / "old"
     shutil.copytree(multi_run, old)
     config = json.loads((old / "config.json").read_text())
-    options = {k: v for k, v in config["options"].items() if k not in ("opt", "sched", "threads")}
-    legacy = {k: v for k, v in config.items() if k != "format"}
-    legacy.update({k: options[k] for k in ("backbone", "heads", "age_weight", "old_age", "img_size", "dropout",
-                                           "fold", "seed")}, age_regression=True, options=options)
-    (old / "config.json").write_text(json.dumps(legacy))
+    config["options"] = {k: v for k, v in config["options"].items() if k not in ("opt", "sched", "threads")}
+    (old / "config.json").write_text(json.dumps(config))
     with one_thread():
         before = predict(multi_run, drawn / "eval", device="cpu", workers=0, out=tmp_path / "new.csv")
         after = predict(old, drawn / "eval", device="cpu", workers=0, out=tmp_path / "old.csv")

@@ -16,11 +16,13 @@ import torch
 
 from maskkit.contract.errors import RunFailure
 from maskkit.contract.labels import NUM_CLASSES
-from maskkit.commands.train import Interrupted, TrainOptions, train
+from maskkit.commands import train
 from maskkit.contract.manifest import file_sha256
 from maskkit.contract.runfolder import METRIC_COLUMNS, read_config
 from maskkit.data.sampling import targets_of
 from maskkit.engine.loss import task_loss
+from maskkit.engine.trainer import Interrupted
+from maskkit.options import TrainOptions
 from helpers import FAST, one_thread
 
 CHANCE = 1 / NUM_CLASSES
@@ -144,13 +146,13 @@ def test_interrupted_then_resumed_run_ends_with_the_same_weights(tmp_path, manif
     # Everything random at once: augmentation, cutmix, dropout, balanced sampling, EMA.
     options = dict(FAST, aug="basic", cutmix=0.5, dropout=0.2, balanced=True, ema=True, ema_decay=0.9, epochs=2)
     with one_thread():
-        straight = train(manifest_path, TrainOptions(**options), out=tmp_path, name="straight", progress=False)
+        straight = train.run(manifest_path, TrainOptions(**options), out=tmp_path, name="straight", show_progress=False)
         with pytest.raises(Interrupted):
-            train(manifest_path, TrainOptions(**options), out=tmp_path, name="resumed", progress=False,
+            train.run(manifest_path, TrainOptions(**options), out=tmp_path, name="resumed", show_progress=False,
                   stop=lambda epoch, step: (epoch, step) == (0, 3))
         stopped = _weights(tmp_path / "resumed" / "last.pt")
         assert stopped["progress"]["epoch"] == 0 and stopped["progress"]["current"]["step"] == 3
-        resumed = train(None, TrainOptions(**options), resume=tmp_path / "resumed", progress=False)
+        resumed = train.run(None, TrainOptions(**options), resume=tmp_path / "resumed", show_progress=False)
 
     a, b = _weights(straight / "last.pt"), _weights(resumed / "last.pt")
     for key in ("model", "ema"):
@@ -178,7 +180,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
 
     monkeypatch.setattr(MaskLoss, "__call__", poisoned)
     with one_thread(), pytest.raises(RunFailure, match="NaN"):
-        train(manifest_path, TrainOptions(**dict(FAST, epochs=3)), out=tmp_path, name="nan", progress=False)
+        train.run(manifest_path, TrainOptions(**dict(FAST, epochs=3)), out=tmp_path, name="nan", show_progress=False)
     last = _weights(tmp_path / "nan" / "last.pt")
     assert last["progress"]["epoch"] == 1 and last["progress"]["current"]["step"] == 0
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
@@ -358,10 +360,10 @@ def test_a_larger_epochs_extends_a_run_onto_the_longer_schedule(tmp_path, manife
     at the learning rate of a run planned for 3 epochs (the first two ran on the 2-epoch plan)."""
     options = dict(FAST, epochs=2, warmup=0.0)
     with one_thread():
-        short = train(manifest_path, TrainOptions(**options), out=tmp_path, name="short", progress=False)
-        planned = train(manifest_path, TrainOptions(**{**options, "epochs": 3}), out=tmp_path, name="planned",
-                        progress=False)
-        extended = train(None, TrainOptions(**{**options, "epochs": 3}), resume=short, progress=False)
+        short = train.run(manifest_path, TrainOptions(**options), out=tmp_path, name="short", show_progress=False)
+        planned = train.run(manifest_path, TrainOptions(**{**options, "epochs": 3}), out=tmp_path, name="planned",
+                        show_progress=False)
+        extended = train.run(None, TrainOptions(**{**options, "epochs": 3}), resume=short, show_progress=False)
     short_lr = pd.read_csv(extended / "metrics.csv")["lr"].tolist()
     planned_lr = pd.read_csv(planned / "metrics.csv")["lr"].tolist()
     assert len(short_lr) == 3
@@ -379,21 +381,3 @@ def test_weight_decay_spares_norms_and_biases(single):
     model = build_model("test_resnet", heads="single")
     flat = sum(1 for p in model.parameters() if p.ndim <= 1)
     assert decay == {0.0: flat, FAST.get("weight_decay", 0.01): sum(1 for _ in model.parameters()) - flat}
-
-
-def test_a_run_from_before_the_optimizer_factory_is_refused_in_one_line(cli, multi_run, tmp_path):
-    """Its config.json and best.pt still serve predict and cam; only resuming it is refused."""
-    import shutil
-
-    run = tmp_path / "old"
-    shutil.copytree(multi_run, run)
-    last = _weights(run / "last.pt")
-    groups = last["optimizer"]["param_groups"]
-    last["optimizer"]["param_groups"] = [{**groups[-1], "params": sorted(p for g in groups for p in g["params"])}]
-    torch.save(last, run / "last.pt")
-    config = (run / "config.json").read_bytes()
-    with one_thread():
-        result = cli("train", "--resume", run, "--epochs", "11", "--workers", "0")
-    assert result.exit_code == 2 and "predates" in result.stderr and "--config" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert (run / "config.json").read_bytes() == config  # a refused extension changes nothing

@@ -3,8 +3,7 @@
 
 config.json (format 2) stores every training option once, under "options"; the top level holds
 only what is derived (timm name, normalisation, crop, the manifest's hash and sizes, versions).
-`read_config` returns one flat view for readers (options first, derived fields beside them) and
-reads config.json files written before format 2 (options repeated at the top level) alike.
+`read_config` returns one flat view for readers (options first, derived fields beside them).
 """
 
 from __future__ import annotations
@@ -25,9 +24,8 @@ RUN_FILES = (CONFIG, MANIFEST, METRICS, BEST, LAST, VAL_PREDS, CONFUSION, CURVES
 CONFIG_FORMAT = 2
 METRIC_COLUMNS = ("epoch", "seconds", "lr", "train_loss", "val_loss", "val_f1", "val_acc",
                   "f1_mask", "f1_gender", "f1_age")
-# What a reader needs to rebuild the model: (key, default when an old config lacks it).
-MODEL_FIELDS = {"backbone": None, "heads": "single", "img_size": None, "dropout": 0.0, "age_weight": 0.0,
-                "old_age": 60, "fold": None, "seed": None}
+# The options a reader needs to rebuild the model, which the flat view lifts out of "options".
+MODEL_FIELDS = ("backbone", "heads", "img_size", "dropout", "age_weight", "old_age", "fold", "seed")
 SCORED = ("epoch", "val_f1", "f1_mask", "f1_gender", "f1_age")  # numbers in every metrics row (runs, best_row)
 NOT_A_RUN = "give a run folder written by maskkit train"
 
@@ -39,22 +37,18 @@ def write_json(data: Mapping, path: str | Path) -> None:
 
 def save_checkpoint(obj: Mapping, path: str | Path) -> None:
     """torch.save to a temporary name, then rename (a kill leaves the old file intact)."""
-    import torch
+    import torch  # here, not at the top: runs, score and vote read run folders without torch
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
 
-def config_view(raw: Mapping) -> dict:
-    """The flat view of a stored config: each model field (MODEL_FIELDS) from "options" (or, in
-    files that predate format 2 or hold no options, from the top level), and `age_regression`."""
-    options = raw.get("options") or {}
-    view = {**raw}
-    for key, default in MODEL_FIELDS.items():
-        value = options.get(key, raw.get(key, default))
-        if value is not None:
-            view[key] = value
-    view["age_regression"] = bool(raw.get("age_regression", float(view.get("age_weight") or 0.0) > 0))
+def config_view(stored: Mapping) -> dict:
+    """The flat view of a stored config: the stored keys, each model field (MODEL_FIELDS) "options"
+    holds, and `age_regression` (age_weight > 0)."""
+    options = stored["options"]
+    view = {**stored, **{key: options[key] for key in MODEL_FIELDS if key in options}}
+    view["age_regression"] = float(view.get("age_weight") or 0.0) > 0
     return view
 
 
@@ -78,9 +72,12 @@ def read_config(run_dir: str | Path) -> dict:
         raw = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MaskkitError(f"{path}: not valid JSON ({exc}); re-create the run with maskkit train") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("options", {}), dict):
+    if not isinstance(raw, dict) or not isinstance(raw.get("options"), dict):
         raise MaskkitError(f"{path}: not a maskkit run config (a JSON object with \"options\"); "
                            "re-create the run with maskkit train")
+    if raw.get("format") != CONFIG_FORMAT:
+        raise MaskkitError(f"{path}: config format {raw.get('format', 1)} is not the format {CONFIG_FORMAT} this "
+                           "maskkit reads; re-create the run with maskkit train")
     view = config_view(raw)
     missing = [k for k in ("backbone", "img_size") if k not in view]
     if missing:
@@ -90,7 +87,7 @@ def read_config(run_dir: str | Path) -> dict:
 
 
 def saved_options(config: Mapping) -> dict:
-    """The training options of a config view (format 2 "options"; older files: the same key)."""
+    """The training options of a config view (its "options")."""
     options = config.get("options")
     if not isinstance(options, dict) or not options:
         raise MaskkitError("config.json holds no training options (not a maskkit train run); "
@@ -116,7 +113,7 @@ def require(run_dir: str | Path, *names: str) -> None:
 
 def read_best_state(run_dir: str | Path) -> dict:
     """The model state dict of RUN/best.pt ({"model": state, "epoch", "val_f1"} or a plain state dict)."""
-    import torch
+    import torch  # see save_checkpoint
 
     path = Path(run_dir) / BEST
     require(run_dir, BEST)
@@ -132,7 +129,7 @@ def read_best_state(run_dir: str | Path) -> dict:
 
 def read_last(run_dir: str | Path) -> dict:
     """Everything RUN/last.pt holds for resuming (optimizer, schedule, RNG states...)."""
-    import torch
+    import torch  # see save_checkpoint
 
     path = Path(run_dir) / LAST
     require(run_dir, LAST)

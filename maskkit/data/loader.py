@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from maskkit.contract.errors import MaskkitError, RunFailure
 from maskkit.contract.files import console, examples
 from maskkit.data.presets import DEFAULT_CROP, work_size
+from maskkit.engine.progress import progress_bar
 
 MAX_CONSECUTIVE_BAD = 20  # unreadable images in a row before a run stops
 MAX_BAD_FRACTION = 0.05  # ... or this share of the dataset (and more than MAX_CONSECUTIVE_BAD)
@@ -143,7 +144,7 @@ def build_cache(
     paths: Sequence[str | Path],
     size_hw: Sequence[int],
     threads: int | None = None,
-    progress: bool | None = None,
+    show_progress: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode every image once at `size_hw` into one (N, H, W, 3) uint8 array (threads; cv2 frees the GIL).
 
@@ -151,6 +152,7 @@ def build_cache(
     zeros). Too many unreadable images (more than MAX_CONSECUTIVE_BAD in a row, or more than
     MAX_BAD_FRACTION of all and more than MAX_CONSECUTIVE_BAD) raise RunFailure naming them.
     Build it in the main process before the DataLoader starts its workers, so they share it.
+    `show_progress`: the progress bar (None: for 500 images or more, on a terminal or every 30 s).
     """
     n = len(paths)
     height, width = int(size_hw[0]), int(size_hw[1])
@@ -165,9 +167,8 @@ def build_cache(
             return False
 
     threads = threads or min(32, os.cpu_count() or 1)
-    from maskkit.engine.progress import progress_bar
 
-    show = (None if n >= 500 else False) if progress is None else progress
+    show = (None if n >= 500 else False) if show_progress is None else show_progress
     bad: list[str] = []
     consecutive = 0
     with ThreadPoolExecutor(max_workers=threads) as pool, \

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-
-from maskkit.contract.labels import GENDERS, MASKS, NUM_CLASSES, age_group, encode
 from torch.utils.data import Sampler
 
+from maskkit.contract.labels import GENDERS, MASKS, NUM_CLASSES, age_group, encode
 from maskkit.data.loader import SeededSampler
+from maskkit.engine.models import age_to_target
 
 
 def targets_of(rows: pd.DataFrame, old_age: int) -> dict[str, np.ndarray]:
     """Per-image targets: training groups use `old_age`; `true_label` always uses the true groups (60)."""
-    from maskkit.engine.models import age_to_target
-
     mask = rows["mask"].map(MASKS.index).to_numpy(np.int64)
     gender = rows["gender"].map(GENDERS.index).to_numpy(np.int64)
     age = rows["age"].to_numpy(np.float64)

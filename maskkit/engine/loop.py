@@ -91,8 +91,8 @@ class EpochState:
 
 
 @dataclass
-class Progress:
-    """Training progress across epochs (saved in last.pt)."""
+class TrainingState:
+    """Where training stands across epochs: epochs done, step, best epoch (saved in last.pt)."""
 
     epoch: int = 0  # completed epochs
     global_step: int = 0
@@ -141,7 +141,7 @@ def train_step(model: torch.nn.Module, images: torch.Tensor, targets: dict[str, 
 
 
 def train_one_epoch(model: torch.nn.Module, loader, loss_fn, opt: Optimisation, on_device: OnDevice,
-                    progress: Progress, stop: Callable[[int], bool], bar: ProgressBar | None = None,
+                    progress: TrainingState, stop: Callable[[int], bool], bar: ProgressBar | None = None,
                     check_every: int = 1, steps: int | None = None) -> bool:
     """Train over `loader` from `progress.current`'s step; False when `stop(step)` asked to stop.
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 import time
 
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
 from maskkit.contract.files import console
 
 PLAIN_EVERY_S = 30.0
@@ -33,8 +35,6 @@ class ProgressBar:
         if show is False:
             self.mode = "off"
         elif show or console.is_terminal:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
             self.mode = "rich"
             columns = [TextColumn(description), BarColumn(), MofNCompleteColumn()]
             if fields:
