@@ -139,7 +139,7 @@ def test_focal_loss_down_weights_easy_examples():
 
 
 def _weights(path):
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def test_interrupted_then_resumed_run_ends_with_the_same_weights(tmp_path, manifest_path):

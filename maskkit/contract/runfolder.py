@@ -9,6 +9,7 @@ only what is derived (timm name, normalisation, crop, the manifest's hash and si
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -127,16 +128,28 @@ def read_best_state(run_dir: str | Path) -> dict:
     return dict(state)
 
 
+LAST_KEYS = ("epoch", "progress", "model", "ema", "optimizer", "scheduler", "scaler", "rng")
+
+
 def read_last(run_dir: str | Path) -> dict:
-    """Everything RUN/last.pt holds for resuming (optimizer, schedule, RNG states...)."""
+    """Everything RUN/last.pt holds for resuming (optimizer, schedule, RNG states...). Loaded with
+    `weights_only=True`: tensors, lists and numbers only, so a planted object never runs; a last.pt
+    of an older layout (pickled RNG objects) or one missing a state is refused in one line."""
     import torch  # see save_checkpoint
 
     path = Path(run_dir) / LAST
     require(run_dir, LAST)
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise MaskkitError(f"{path}: holds objects other than tensors, lists and numbers (written by an older "
+                           "maskkit, or not by maskkit); it is not loaded: start a new run") from None
     except Exception as exc:
         raise MaskkitError(f"{path}: unreadable checkpoint ({type(exc).__name__}); start a new run") from None
+    missing = [key for key in LAST_KEYS if not isinstance(saved, Mapping) or key not in saved]
+    if missing:
+        raise MaskkitError(f"{path}: not a maskkit last.pt (no {', '.join(missing)}); start a new run")
+    return dict(saved)
 
 
 def read_metrics(run_dir: str | Path) -> pd.DataFrame:

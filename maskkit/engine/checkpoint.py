@@ -66,10 +66,15 @@ def advance(state: TrainingState, val_f1: float | None, patience: int, epochs: i
 
 def rng_states(**generators: torch.Generator) -> dict:
     """Every random state a training step draws from: torch (CPU, CUDA), numpy, Python, and the
-    named `generators` (each saved under its name)."""
+    named `generators` (each saved under its name). Only tensors, lists and numbers, so that last.pt
+    loads with `torch.load(weights_only=True)` (no pickled objects, no code run on resume)."""
+    numpy = np.random.get_state(legacy=False)
+    version, words, gauss_next = random.getstate()
     return {"torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": np.random.get_state(), "python": random.getstate(),
+            "numpy": {"key": torch.from_numpy(numpy["state"]["key"].astype(np.int64)), "pos": int(numpy["state"]["pos"]),
+                      "has_gauss": int(numpy["has_gauss"]), "gauss": float(numpy["gauss"])},
+            "python": [version, list(words), gauss_next],
             **{name: generator.get_state() for name, generator in generators.items()}}
 
 
@@ -78,8 +83,11 @@ def restore_rng(states: dict, **generators: torch.Generator) -> None:
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
+    numpy = states["numpy"]
+    np.random.set_state(("MT19937", numpy["key"].numpy().astype(np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["gauss"]))
+    version, words, gauss_next = states["python"]
+    random.setstate((version, tuple(words), gauss_next))
     for name, generator in generators.items():
         generator.set_state(states[name])
 
