@@ -151,6 +151,8 @@ def train(
             options.check()
             write_recipe(options.to_dict())
             return
+        if resume is not None:  # what is not typed is not compared with the resumed run
+            source, runs_dir = (value if key in typed else None for key, value in (("source", source), ("runs_dir", runs_dir)))
         train_module.run(source, options, out=runs_dir, name=name, overwrite=overwrite, resume=resume,
                            given=chosen if resume is not None else None)
 

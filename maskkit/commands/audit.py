@@ -42,7 +42,7 @@ from maskkit.contract.manifest import read_manifest
 from maskkit.contract.predictions import PROB_COLUMNS, read_predictions
 from maskkit.contract.runfolder import VAL_PREDS, read_config
 from maskkit.data.fingerprints import SCAN_COLUMNS, near_duplicates, scan_file
-from maskkit.data.images import contact_sheet, image_magic, write_image
+from maskkit.data.images import contact_sheet, image_magic, read_image, write_image
 from maskkit.engine.calibration import Evidence
 from maskkit.engine.progress import progress_bar
 from maskkit.options import ALL_FOLDS
@@ -426,7 +426,7 @@ def draw_sheet(suspects: pd.DataFrame, images: pd.DataFrame, path: Path, top: in
         if len(tiles) >= top:
             break
         file = sheet_image(row, images)
-        img = cv2.imread(file) if file else None
+        img = read_image(file) if file else None
         if img is None:
             continue
         scale = min(tile_w / img.shape[1], tile_h / img.shape[0])

@@ -28,12 +28,12 @@ from rich.table import Table
 from torch import nn
 
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import Inputs, console, files_in, is_image, write_csv
+from maskkit.contract.files import Inputs, console, is_image, write_csv
 from maskkit.contract.labels import AGE_GROUPS, GENDERS, MASKS, NUM_CLASSES, class_name, decode
 from maskkit.contract.layout import load_eval, load_folder, load_train
 from maskkit.contract.manifest import read_manifest
 from maskkit.contract.runfolder import BEST, CONFIG, require
-from maskkit.data.images import contact_sheet, image_magic, write_image
+from maskkit.data.images import contact_sheet, image_magic, read_image, write_image
 from maskkit.data.loader import decode_image, image_size
 from maskkit.data.presets import finish, geometry, work_size
 from maskkit.engine.devices import resolve_device
@@ -193,7 +193,7 @@ def parse_heads(text: str) -> tuple[str, ...]:
 
 def read_mask(path: Path, shape_hw: tuple[int, int]) -> np.ndarray:
     """A binary person mask (uint8 0/1) brought to the decoded image's size (nearest), as its image was."""
-    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    mask = read_image(path, cv2.IMREAD_GRAYSCALE)
     if mask is None:
         raise MaskkitError(f"{path}: not a readable PNG mask (remake it with `maskkit segment --masks`)")
     if mask.shape != tuple(shape_hw):
@@ -380,7 +380,7 @@ def protected_inputs(run_dir: Path, images: Sequence[Path], masks: Path | None) 
     """What cam reads and must never overwrite: the run, the masks, datasets and named image files."""
     datasets = [p for p in map(Path, images) if p.is_dir() and any(
         (p / sub / name).is_file() for sub in ("", "train", "eval") for name in ("train.csv", "info.csv"))]
-    return Inputs.of(files_in(run_dir), masks, datasets, [p for p in images if Path(p).is_file()])
+    return Inputs.of(run_dir, masks, datasets, [p for p in images if Path(p).is_file()])
 
 
 def chosen_items(images: Sequence[Path], out: Path, goal: str | int, masks: Path | None,

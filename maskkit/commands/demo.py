@@ -21,6 +21,7 @@ from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import console, write_csv
 from maskkit.contract.predictions import read_predictions
 from maskkit.contract.runfolder import BEST, CONFIG, LAST
+from maskkit.engine.devices import resolve_device
 from maskkit.engine.metrics import scores
 from maskkit.engine.models import lite0_weights_file
 from maskkit.options import SEED
@@ -142,6 +143,7 @@ def run(out: str | Path = "demo", *, app: Commands, epochs: int = 4, device: str
         raise MaskkitError(f"--epochs {plan.epochs}: need at least 1")
     if out.exists() and not out.is_dir():
         raise MaskkitError(f"{out}: exists and is a file; name a folder for the demo (re-running reuses it)")
+    resolve_device(device)  # a device that is not here fails before synth draws anything
     started = time.perf_counter()
     data, manifest = draw_and_split(app, plan, out)
     runtime = ["--device", device, "--workers", plan.workers, *(["--threads", threads] if threads else [])]

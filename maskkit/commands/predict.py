@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from maskkit.contract.files import Inputs, console, files_in
+from maskkit.contract.files import Inputs, console
 from maskkit.contract.layout import load_eval
 from maskkit.contract.predictions import PREDICTION_HEADER, prediction_frame, write_predictions
+from maskkit.contract.runfolder import check_probabilities
 from maskkit.data.loader import ImageDataset, make_loader
 from maskkit.data.presets import eval_transform
 from maskkit.engine.devices import autocast_dtype, default_workers, resolve_device
@@ -26,7 +27,7 @@ def run(run_dir: str | Path, data: str | Path, tta: str = "none", out: str | Pat
     """Predict every image of DATA/eval (or a plain image folder) with RUN's best.pt; write the CSV.
 
     `tta` is one of options.TTA_MODES (the command line checks it); torch's threads are the caller's."""
-    inputs = Inputs.of(files_in(run_dir), data)
+    inputs = Inputs.of(run_dir, data)  # the run folder is an input: nothing is written inside it
     inputs.check(out, header=PREDICTION_HEADER)
     torch_device = resolve_device(device)
     model, config = load_run(run_dir, torch_device)
@@ -43,6 +44,7 @@ def run(run_dir: str | Path, data: str | Path, tta: str = "none", out: str | Pat
     on_device = OnDevice(torch_device, autocast_dtype(torch_device),
                          (config["mean"], config["std"]) if on_gpu else None)
     probs = predict_probs(model, loader, len(images), on_device, tta, progress=progress)
+    check_probabilities(run_dir, probs, images["ImageID"])
     frame = prediction_frame(images["ImageID"].tolist(), probs)
     write_predictions(frame, out, inputs=inputs)
     if out is not None and str(out) != "-":

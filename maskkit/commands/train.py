@@ -45,6 +45,7 @@ from maskkit.contract import runfolder
 from maskkit.contract.errors import MaskkitError, RunFailure
 from maskkit.contract.files import Inputs, WriteError, atomic_path, console, examples, folder_lock, remove_stale_temps, write_csv
 from maskkit.contract.layout import load_train
+from maskkit.contract.paths import run_name
 from maskkit.contract.manifest import check_images_exist, file_sha256, read_manifest
 from maskkit.data.folds import make_manifest
 from maskkit.data.loader import image_size
@@ -237,6 +238,36 @@ def resume_options(run_dir: Path, options: TrainOptions | None, given: Iterable[
     return saved, config, manifest, extended
 
 
+def check_resume_target(run_dir: Path, out: str | Path | None, name: str | None) -> None:
+    """--runs-dir / --name given with --resume must name the resumed folder (a resume stays where it is)."""
+    if out is None and name is None:
+        return
+    named = Path(out if out is not None else run_dir.parent) / run_name(name or run_dir.name)
+    if named.resolve() != run_dir.resolve():
+        given = " ".join(f"{flag} {value}" for flag, value in (("--runs-dir", out), ("--name", name)) if value is not None)
+        raise MaskkitError(f"{given}: names {named}, but --resume continues {run_dir} where it is; drop them, "
+                           f"or start a new run there (--config {run_dir / runfolder.CONFIG})")
+
+
+def check_resume_source(run_dir: Path, source: str | Path | None, config: dict) -> None:
+    """The manifest a resumed run trains on (RUN/manifest.csv) is the one it started from: a source CSV
+    given now, or the one config.json names when it is still there, must hold the same bytes."""
+    recorded = config.get("source")
+    path = Path(source if source is not None else recorded or "")
+    if source is None and (not recorded or not path.is_file()):
+        return  # the source is gone or was a dataset folder: RUN/manifest.csv is the record
+    if path.is_dir():
+        if recorded and path.resolve() == Path(recorded).resolve():
+            return
+        raise MaskkitError(f"{path}: not the source {run_dir} started from ({recorded}); "
+                           "drop it (resume trains on RUN/manifest.csv), or start a new run with it")
+    if not path.is_file():
+        raise MaskkitError(f"{path}: not found; drop it (resume trains on {run_dir / runfolder.MANIFEST})")
+    if file_sha256(path) != config.get("manifest_sha256"):
+        raise MaskkitError(f"{path}: changed since {run_dir} started from it (its sha256 differs from "
+                           f"{run_dir / runfolder.MANIFEST}); restore it, or start a new run with it (--name NEW)")
+
+
 def _shown(value) -> str:
     return "x".join(map(str, value[::-1])) if isinstance(value, (tuple, list)) else str(value)
 
@@ -263,7 +294,7 @@ def holding_run_folder(run_dir: Path):
 def run(
     source: str | Path | None = "data/train",
     options: TrainOptions | None = None,
-    out: str | Path = "runs",
+    out: str | Path | None = "runs",
     name: str | None = None,
     overwrite: bool = False,
     resume: str | Path | None = None,
@@ -274,7 +305,8 @@ def run(
     """Train one fold and write the run folder OUT/NAME; returns its path.
 
     `resume`: a run folder to continue from its last.pt (see `resume_options`; `given` names the
-    options the user set, None meaning all of `options`). `stop(epoch, step)` is asked after every
+    options the user set, None meaning all of `options`); a `source`, `out` or `name` given with it
+    must name that run's manifest and folder (None: not given). `stop(epoch, step)` is asked after every
     step and every epoch (0-based epoch); True stops like Ctrl-C: last.pt is written and
     `Interrupted` (a KeyboardInterrupt) is raised. `show_progress`: the progress bar (None: on a terminal).
 
@@ -286,22 +318,24 @@ def run(
     this process), cleared of a killed run's temporary files, and a failed write says how many
     epochs finished and how to resume.
     """
-    source = source if source is not None else "data/train"
     if resume is not None:
         run_dir = Path(resume)
         if not run_dir.is_dir():
             raise MaskkitError(f"{run_dir}: run folder not found (give a run folder written by maskkit train)")
+        check_resume_target(run_dir, out, name)
     else:
+        source = source if source is not None else "data/train"
         options = options or TrainOptions()
-        run_dir = Path(out) / (name or options.run_name)
+        run_dir = Path(out if out is not None else "runs") / run_name(name or options.run_name)
         Inputs.of(source, options.weights).check_folder(run_dir, "run folder")
     with holding_run_folder(run_dir):
         extended = False
         if resume is not None:
             options, config, manifest, extended = resume_options(run_dir, options, given)
+            check_resume_source(run_dir, source, config)
         dist = Distributed.from_env(options.device)
         if resume is None:
-            run_dir, config, manifest = dist.from_main(lambda: _new_run(source, options, Path(out), name, overwrite))
+            run_dir, config, manifest = dist.from_main(lambda: _new_run(source, options, run_dir.parent, run_dir.name, overwrite))
         try:
             with deterministic(dist.device(resolve_device(options.device))):
                 trainer = _make_trainer(run_dir, options, config, manifest, resume is not None, show_progress, dist)

@@ -15,6 +15,7 @@ import pandas as pd
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import console, examples, read_csv
 from maskkit.contract.labels import GENDERS, MASKS, label_of
+from maskkit.contract.paths import check_no_parent
 
 FIXES_COLUMNS = ("target", "column", "old", "new", "reason")
 FIXABLE = ("gender", "age", "mask")
@@ -38,6 +39,7 @@ def read_fixes(path: str | Path) -> pd.DataFrame:
             f"{path}: unknown column value(s) {', '.join(map(repr, unknown))} in 'column' "
             f"(a fix changes one of {', '.join(FIXABLE)})"
         )
+    check_no_parent(fixes["target"], path, "target")
     checks = {"gender": GENDERS, "mask": MASKS}
     for column, allowed in checks.items():
         rows = fixes[fixes["column"] == column]

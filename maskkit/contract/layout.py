@@ -19,6 +19,7 @@ import pandas as pd
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import console, examples, is_hidden, is_image, read_csv
 from maskkit.contract.labels import GENDERS, IMAGE_STEMS, label_of
+from maskkit.contract.paths import inside
 
 TRAIN_COLUMNS = ("id", "gender", "race", "age", "path")
 EVAL_COLUMNS = ("ImageID", "ans")
@@ -304,7 +305,8 @@ def load_folder(path: str | Path) -> pd.DataFrame:
 def load_eval(path: str | Path) -> pd.DataFrame:
     """ImageID, path for DATA/eval in info.csv's order, or for a plain image folder.
 
-    A submission must cover every row, so an info.csv row whose image is missing is an error.
+    A submission must cover every row, so an info.csv row whose image is missing is an error; an
+    ImageID that leaves DATA/eval/images (absolute, `..`, a symlink out) is one too (contract.paths).
     """
     root = eval_root(path)
     if root is None:
@@ -315,7 +317,8 @@ def load_eval(path: str | Path) -> pd.DataFrame:
     if info.empty:
         raise MaskkitError(f"{info_path}: no rows, so there is nothing to predict (info.csv lists one ImageID per eval image)")
     images_dir = root / "images"
-    paths = [images_dir / image_id for image_id in info["ImageID"]]
+    paths = [inside(images_dir, image_id, info_path, line, "ImageID")
+             for line, image_id in enumerate(info["ImageID"], start=2)]
     missing = [image_id for image_id, p in zip(info["ImageID"], paths) if not p.is_file()]
     if missing:
         raise MaskkitError(

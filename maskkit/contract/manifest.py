@@ -16,6 +16,7 @@ import pandas as pd
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import Inputs, examples, read_csv, write_csv
 from maskkit.contract.labels import GENDERS, MASKS, NUM_CLASSES
+from maskkit.contract.paths import check_no_parent
 
 MANIFEST_COLUMNS = ("path", "person", "gender", "age", "mask", "label", "fold")
 MAKE_ONE = "make one with: maskkit split DATA/train -o manifest.csv"
@@ -53,8 +54,8 @@ def check_manifest_rows(manifest: pd.DataFrame, source: str) -> None:
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
-    """Read and check a manifest CSV: columns, values, rows (`check_manifest_rows`) and no person
-    in two folds (leakage guard)."""
+    """Read and check a manifest CSV: columns, values, rows (`check_manifest_rows`), no path with
+    `..` (contract.paths) and no person in two folds (leakage guard)."""
     manifest = read_csv(path, MANIFEST_COLUMNS, fix=MAKE_ONE, dtype={"path": str, "person": str})
     if manifest.empty:
         raise MaskkitError(f"{path}: the manifest has no rows ({MAKE_ONE})")
@@ -77,6 +78,7 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
                 f"{examples(sorted(set(manifest.loc[bad, column].astype(str))))} ({MAKE_ONE})"
             )
     check_manifest_rows(manifest, str(path))
+    check_no_parent(manifest["path"], path, "path")
     check_persons_disjoint(manifest, str(path))
     return manifest.loc[:, list(MANIFEST_COLUMNS)]
 

@@ -50,8 +50,9 @@ def write_predictions(frame: pd.DataFrame, out: str | Path | None = None, inputs
 def read_predictions(path: str | Path, probabilities: bool = True,
                      fix: str | None = None) -> tuple[pd.DataFrame, np.ndarray | None]:
     """One prediction CSV, checked: at least one row, an ImageID on every row and no ImageID twice,
-    integer `ans` in 0..17, and with `probabilities` finite, non-negative p0..p17 summing to 1
-    (within PROB_SUM_TOLERANCE).
+    integer `ans` in 0..17, and with `probabilities` (or whenever the file has p0..p17: a hard vote
+    or a score of predict's output refuses its empty or NaN cells too) finite, non-negative p0..p17
+    summing to 1 (within PROB_SUM_TOLERANCE).
 
     Returns the table (ImageID, ans, and any extra columns) and the (rows, 18) probabilities
     (None unless `probabilities`).
@@ -75,7 +76,7 @@ def read_predictions(path: str | Path, probabilities: bool = True,
                            f"({examples(df.loc[bad, 'ImageID'].tolist())}); ans must be a class 0..17")
     table = df.drop(columns=PROB_COLUMNS, errors="ignore").assign(ans=values.astype(np.int64))
     probs = None
-    if probabilities:
+    if probabilities or all(c in df.columns for c in PROB_COLUMNS):
         columns = df[PROB_COLUMNS]
         if not all(pd.api.types.is_numeric_dtype(t) for t in columns.dtypes):  # text in a p column
             columns = columns.apply(pd.to_numeric, errors="coerce")
@@ -85,4 +86,4 @@ def read_predictions(path: str | Path, probabilities: bool = True,
             raise MaskkitError(f"{path}: {int(bad.sum())} rows whose p0..p17 are missing, negative or do not sum to 1 "
                                f"within {PROB_SUM_TOLERANCE:g} ({examples(df.loc[bad, 'ImageID'].tolist())}); "
                                "they must be the 18 class probabilities, as maskkit predict writes them")
-    return table, probs
+    return table, probs if probabilities else None

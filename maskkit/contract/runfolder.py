@@ -9,10 +9,12 @@ only what is derived (timm name, normalisation, crop, the manifest's hash and si
 from __future__ import annotations
 
 import json
+import math
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from maskkit.contract.errors import MaskkitError
@@ -84,7 +86,25 @@ def read_config(run_dir: str | Path) -> dict:
     if missing:
         raise MaskkitError(f"{path}: missing {', '.join(missing)} (re-create the run with maskkit train)")
     view["img_size"] = [int(v) for v in view["img_size"]]
+    check_normalisation(view, path)
     return view
+
+
+def check_normalisation(view: Mapping, path: Path) -> None:
+    """mean and std (when stored) are three finite numbers each, every std above 0: otherwise every
+    image normalises to NaN or inf and predict would write empty probabilities."""
+    for key in ("mean", "std"):
+        if key not in view:
+            continue
+        values = view[key]
+        ok = (isinstance(values, list) and len(values) == 3
+              and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values))
+        if ok and key == "std":
+            ok = all(v > 0 for v in values)
+        if not ok:
+            rule = "three finite numbers above 0" if key == "std" else "three finite numbers"
+            raise MaskkitError(f"{path}: {key} {json.dumps(values)} must be {rule} (the backbone's "
+                               "normalisation, e.g. [0.229, 0.224, 0.225]); restore config.json or re-train the run")
 
 
 def saved_options(config: Mapping) -> dict:
@@ -125,10 +145,26 @@ def read_best_state(run_dir: str | Path) -> dict:
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, Mapping) else None
     if not isinstance(state, Mapping):
         raise MaskkitError(f"{path}: holds no model state dict (re-train the run)")
+    broken = [name for name, value in state.items()
+              if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()]
+    if broken:
+        raise MaskkitError(f"{path}: weights hold NaN or inf ({examples(broken)}); the checkpoint is broken: "
+                           "re-train the run or restore best.pt")
     return dict(state)
 
 
 LAST_KEYS = ("epoch", "progress", "model", "ema", "optimizer", "scheduler", "scaler", "rng")
+
+
+def check_probabilities(run_dir: str | Path, probs, names) -> None:
+    """Refuse the non-finite class probabilities a run gave (`names`: the images, in order): its
+    best.pt or config.json is broken, and a submission of empty probabilities would score 0."""
+    broken = ~np.isfinite(np.asarray(probs, dtype=np.float64)).all(axis=1)
+    if broken.any():
+        shown = examples([str(n) for n, bad in zip(names, broken) if bad])
+        raise MaskkitError(f"{Path(run_dir)}: the model gives NaN or inf probabilities for {int(broken.sum())} of "
+                           f"{len(broken)} images ({shown}); best.pt or config.json (mean, std, img_size) is "
+                           "broken: restore them or re-train the run")
 
 
 def read_last(run_dir: str | Path) -> dict:

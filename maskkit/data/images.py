@@ -1,6 +1,11 @@
-"""The one image writer: encode with OpenCV in the path's own format, then write through the
-checked atomic writer (contract/files.write_bytes: the target is checked against the command's
-inputs, an existing file is replaced only when it is an image of that format)."""
+"""The one image reader and the one image writer.
+
+`read_image` reads the file's bytes with Python (any name the file system holds works: a latin-1
+or cp949 name from a zip archive is a surrogate-escaped str here, which OpenCV's `imread` cannot
+open) and decodes them with `cv2.imdecode`, which gives the pixels `imread` would.
+`write_image` encodes with OpenCV in the path's own format, then writes through the checked atomic
+writer (contract/files.write_bytes: the target is checked against the command's inputs, an existing
+file is replaced only when it is an image of that format)."""
 
 from __future__ import annotations
 
@@ -19,6 +24,20 @@ JPEG_QUALITY = 95
 JPEG_MAGIC = b"\xff\xd8\xff"
 # The first bytes every file of a format starts with: an existing target is replaced only if it has them.
 MAGIC = {".png": PNG_MAGIC, ".jpg": JPEG_MAGIC, ".jpeg": JPEG_MAGIC, ".bmp": b"BM"}
+
+
+def read_image(path: str | Path, flag: int = cv2.IMREAD_COLOR) -> np.ndarray | None:
+    """The image at `path` decoded with `flag` (BGR for IMREAD_COLOR, EXIF rotation applied as
+    imread does); None when it is missing, unreadable or not an image."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except (OSError, ValueError):
+        return None
+    if not data:
+        return None
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    return image if image is not None and image.size else None
 
 
 def image_magic(path: str | Path | None) -> bytes | None:

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from maskkit.contract.errors import MaskkitError, RunFailure
 from maskkit.contract.files import console, examples
+from maskkit.data.images import read_image
 from maskkit.data.presets import DEFAULT_CROP, work_size
 from maskkit.engine.progress import progress_bar
 
@@ -81,8 +82,8 @@ def decode_image(path: str | Path, size_hw: Sequence[int], image_wh: Sequence[in
         raise UnreadableImage(f"{path}: cannot read image ({type(exc).__name__}); remove or replace the file") from None
     factor = reduction_factor(wh, size_hw)
     flag = dict(_REDUCED).get(factor, cv2.IMREAD_COLOR)
-    bgr = cv2.imread(path, flag)
-    if bgr is None or bgr.size == 0:
+    bgr = read_image(path, flag)
+    if bgr is None:
         raise UnreadableImage(f"{path}: cannot decode image (corrupt or truncated); remove or replace the file")
     height, width = int(size_hw[0]), int(size_hw[1])
     if bgr.shape[:2] != (height, width):

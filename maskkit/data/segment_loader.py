@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from maskkit.data.images import read_image
 from maskkit.data.masks import to_working
 
 PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
@@ -42,7 +43,7 @@ class Images(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, torch.Tensor | None]:
-        image = cv2.imread(str(self.paths[index]), cv2.IMREAD_COLOR)
+        image = read_image(self.paths[index])
         if image is None:
             return index, None, None
         if not self.resize:

@@ -1,0 +1,59 @@
+"""The one path rule for paths read from a CSV cell (docs/formats.md, "Paths in CSV files").
+
+A file named by a CSV (info.csv's ImageID, a manifest's path, a fixes target) must never lead a
+command outside the data it was given: no `..` part anywhere, and where the path is relative to a
+dataset folder (ImageID under DATA/eval/images) it is relative and, symlinks followed, stays inside
+that folder. Run names (`train --name`) are one path component. Each breach is a one-line
+MaskkitError naming the CSV, its line and the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from maskkit.contract.errors import MaskkitError
+
+
+def has_parent_part(text: str) -> bool:
+    """True when a path written in a CSV climbs a folder (`..`, in / or \\ spelling)."""
+    return ".." in PurePosixPath(str(text).replace("\\", "/")).parts
+
+
+def is_absolute_text(text: str) -> bool:
+    """True for /x, \\x, C:\\x or C:x: a path that ignores the folder it is read relative to."""
+    text = str(text)
+    return PurePosixPath(text.replace("\\", "/")).is_absolute() or bool(PureWindowsPath(text).drive)
+
+
+def bad_path_cell(source: str | Path, line: int, column: str, value: object, rule: str) -> MaskkitError:
+    return MaskkitError(f"{source}: line {line}: {column} {str(value)!r} {rule}; correct or remove the row")
+
+
+def inside(root: str | Path, value: object, source: str | Path, line: int, column: str) -> Path:
+    """`root / value` for a CSV cell naming a file under `root`: relative, without `..`, and (symlinks
+    followed) resolving inside `root`; else a one-line MaskkitError naming `source` and `line`."""
+    text = str(value)
+    if is_absolute_text(text) or has_parent_part(text):
+        raise bad_path_cell(source, line, column, value, f"must be a path relative to {root} without '..'")
+    path = Path(root) / PurePosixPath(text.replace("\\", "/"))
+    if not path.resolve().is_relative_to(Path(root).resolve()):
+        raise bad_path_cell(source, line, column, value, f"leads outside {root} through a symbolic link")
+    return path
+
+
+def check_no_parent(values, source: str | Path, column: str, first_line: int = 2) -> None:
+    """Every cell of a CSV column free of `..` (paths that may be absolute, as a manifest's)."""
+    for offset, value in enumerate(values):
+        if isinstance(value, str) and has_parent_part(value):
+            raise bad_path_cell(source, first_line + offset, column, value,
+                                "climbs folders with '..', which maskkit never follows")
+
+
+def run_name(name: str) -> str:
+    """A run name (`train --name`): one path component, so the run stays inside --runs-dir."""
+    text = str(name)
+    if (not text or text in (".", "..") or "/" in text or "\\" in text or is_absolute_text(text)
+            or text != text.strip() or "\0" in text):
+        raise MaskkitError(f"--name {text!r}: a run name is one folder name (no '/', '\\' or '..'), "
+                           "e.g. --name resnet18-f0; put the runs elsewhere with --runs-dir")
+    return text
