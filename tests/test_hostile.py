@@ -459,3 +459,191 @@ def test_train_on_a_full_disk_says_how_far_it_got(cli, world, monkeypatch):
     assert "no space left" in result.stderr and "1 epoch(s) finished" in result.stderr
     assert "--resume runs/full" in result.stderr
     assert cli("train", "--resume", "runs/full", "--device", "cpu").exit_code == 0
+
+
+# --- issue 17 (files from strangers): checkpoints, paths in CSVs, NaN, odd names, resume ----------
+
+MARKER = "pwned"  # the file a planted checkpoint would create when loaded
+
+
+class _Planted:
+    """An object whose unpickling runs a command: what a hostile last.pt holds."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def planted_last(root: Path) -> None:
+    import torch
+
+    torch.save({"model": _Planted(root / MARKER), "epoch": 1}, root / RUN / "last.pt")
+
+
+def victim(root: Path) -> Path:
+    """victim/precious.jpg (and the .png a cam overlay would replace) outside every dataset."""
+    (root / "victim").mkdir()
+    shutil.copyfile(root / first_image(root), root / "victim" / "precious.jpg")
+    shutil.copyfile(root / first_image(root), root / "victim" / "precious.png")
+    return root / "victim" / "precious.jpg"
+
+
+def info_image_id(make_id):
+    """X/eval/info.csv with its first ImageID replaced by make_id(root)."""
+    def setup(root: Path) -> None:
+        image_id = make_id(root)
+        info = pd.read_csv(root / "X" / "eval" / "info.csv", dtype={"ImageID": str})
+        info.loc[0, "ImageID"] = image_id
+        info.to_csv(root / "X" / "eval" / "info.csv", index=False)
+    return setup
+
+
+def climbing_id(root: Path) -> str:
+    victim(root)
+    return "../../../victim/precious.jpg"  # from X/eval/images up to the world's root
+
+
+def absolute_id(root: Path) -> str:
+    return str(victim(root).resolve())
+
+
+def link_out_of_eval(root: Path) -> str:
+    target = victim(root)
+    (root / "X" / "eval" / "images" / "link.jpg").symlink_to(target)
+    return "link.jpg"
+
+
+def manifest_climbing(root: Path) -> None:
+    manifest_with(root, lambda m: m.assign(path=["X/../" + m["path"].iloc[0]] + m["path"].tolist()[1:]))
+
+
+def fixes_climbing(root: Path) -> None:
+    (root / "fixes.csv").write_text(f"target,column,old,new,reason\n../{first_person(root)}/mask1,mask,,wear,hostile\n")
+
+
+def nan_weight(root: Path) -> None:
+    import torch
+
+    best = torch.load(root / RUN / "best.pt", weights_only=True)
+    name = next(k for k, v in best["model"].items() if v.is_floating_point())
+    best["model"][name].view(-1)[0] = float("nan")
+    torch.save(best, root / RUN / "best.pt")
+
+
+def config_field(key: str, value):
+    def setup(root: Path) -> None:
+        config = json.loads((root / RUN / "config.json").read_text())
+        config[key] = value
+        (root / RUN / "config.json").write_text(json.dumps(config))
+    return setup
+
+
+def empty_prob_cell(root: Path) -> None:
+    text = (root / "q.csv").read_text().splitlines()
+    cells = text[1].split(",")
+    cells[5] = ""
+    text[1] = ",".join(cells)
+    (root / "q.csv").write_text("\n".join(text) + "\n")
+
+
+def nan_prob_cell(root: Path) -> None:
+    preds = pd.read_csv(root / "q.csv", dtype={"ImageID": str})
+    preds.loc[0, "p3"] = float("nan")
+    preds.loc[1, "p4"] = float("inf")
+    preds.to_csv(root / "q.csv", index=False)
+
+
+def source_changed(root: Path) -> None:
+    """runs/base started from folds.csv (as config.json says), which has changed since."""
+    config = json.loads((root / RUN / "config.json").read_text())
+    config["source"] = "folds.csv"
+    (root / RUN / "config.json").write_text(json.dumps(config, indent=2))
+
+
+ABSOLUTE_NAME = "/maskkit-hostile-escaped"
+CAM_EVAL = ["cam", RUN, "X/eval", "--limit", "2", "--device", "cpu", "--out-dir", "camout"]
+PREDICT = ["predict", RUN, "X/eval", "--device", "cpu", "--workers", "0", "-o", "out.csv"]
+
+# (id, setup, argv, exit code, paths that must not exist afterwards)
+STRANGERS = [
+    # 1. a checkpoint never runs code
+    ("train --resume a planted last.pt", planted_last, ["train", "--resume", RUN, "--device", "cpu"], 2, [MARKER]),
+    # 2, 3. one path rule
+    ("cam ImageID ../../../victim", info_image_id(climbing_id), CAM_EVAL, 2,
+     ["camout"]),
+    ("cam ImageID absolute", info_image_id(absolute_id), CAM_EVAL, 2, ["camout"]),
+    ("predict ImageID ../../../victim", info_image_id(climbing_id),
+     PREDICT, 2, ["out.csv"]),
+    ("predict ImageID absolute", info_image_id(absolute_id), PREDICT, 2, ["out.csv"]),
+    ("predict ImageID a symlink out", info_image_id(link_out_of_eval), PREDICT, 2, ["out.csv"]),
+    ("train manifest path with ..", manifest_climbing, ["train", "bad.csv", *TINY], 2, ["runs/test_resnet-f0"]),
+    ("cam manifest path with ..", manifest_climbing, ["cam", RUN, "bad.csv", "--limit", "2", "--device", "cpu",
+                                                      "--out-dir", "camout"], 2, ["camout"]),
+    ("split --fixes target with ..", fixes_climbing,
+     ["split", "X/train", "--folds", "2", "--fixes", "fixes.csv", "-o", "f2.csv"], 2, ["f2.csv"]),
+    ("train --name ../../escaped", None, ["train", "folds.csv", *TINY, "--name", "../../escaped"], 2,
+     ["../escaped", "../../escaped", "runs/../../escaped"]),
+    ("train --name /abs", None, ["train", "folds.csv", *TINY, "--name", ABSOLUTE_NAME], 2, [ABSOLUTE_NAME]),
+    # 5. no silent NaN
+    ("predict NaN in a best.pt weight", nan_weight, PREDICT, 2, ["out.csv"]),
+    ("predict config.json std [0,0,0]", config_field("std", [0, 0, 0]), PREDICT, 2, ["out.csv"]),
+    ("predict config.json NaN mean", config_field("mean", [float("nan"), 0.4, 0.4]), PREDICT, 2, ["out.csv"]),
+    ("vote an empty probability cell", empty_prob_cell, ["vote", "p.csv", "q.csv", "-o", "v.csv"], 2, ["v.csv"]),
+    ("vote --soft NaN and inf cells", nan_prob_cell, ["vote", "p.csv", "q.csv", "--soft", "-o", "v.csv"], 2, ["v.csv"]),
+    ("score an empty probability cell", empty_prob_cell, ["score", "q.csv", "X/eval/truth.csv", "-o", "s.csv"], 2,
+     ["s.csv"]),
+    # 10. resume and input run folders
+    ("train --resume after its source CSV changed", source_changed, ["train", "--resume", RUN, "--device", "cpu"], 2,
+     []),
+    ("train --resume --name other", None, ["train", "--resume", RUN, "--name", "other", "--device", "cpu"], 2,
+     ["runs/other"]),
+    ("train --resume --runs-dir elsewhere", None,
+     ["train", "--resume", RUN, "--runs-dir", "elsewhere", "--device", "cpu"], 2, ["elsewhere"]),
+    ("predict -o inside the run folder", None, [*PREDICT[:-1], f"{RUN}/new.csv"], 2, [f"{RUN}/new.csv"]),
+    ("cam --out-dir inside the run folder", None, [*CAM_EVAL[:-1], f"{RUN}/cam"], 2, [f"{RUN}/cam"]),
+]
+
+
+@pytest.mark.parametrize("name, setup, argv, code, absent", STRANGERS, ids=[row[0] for row in STRANGERS])
+def test_files_from_strangers_are_refused_in_one_line(cli, world, name, setup, argv, code, absent):
+    result, changed = run_bad(cli, world, argv, setup)
+    assert result.exit_code == code, result.stderr
+    assert_one_line_error(result, argv[0])
+    assert changed == []
+    assert [p for p in absent if (world / p).exists()] == []
+
+
+def test_train_resume_with_its_own_name_and_runs_dir_works(cli, world):
+    result = cli("train", "--resume", RUN, "--name", "base", "--runs-dir", "runs", "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+
+
+def test_demo_on_a_missing_cuda_fails_before_writing(cli, world):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is here")
+    result = cli("demo", "d", "--epochs", "1", "--device", "cuda")
+    assert result.exit_code == 2 and "--device cuda" in result.stderr
+    assert_one_line_error(result, "demo")
+    assert not (world / "d").exists()
+
+
+def test_a_latin1_file_name_works_in_predict_segment_and_cam(cli, world, deeplab):
+    """`caf\\xe9.jpg` as a zip archive from cp949 or Windows leaves it: a surrogate-escaped str in Python."""
+    folder = world / "odd"
+    folder.mkdir()
+    name = os.fsdecode(b"caf\xe9.jpg")
+    shutil.copyfile(world / first_image(world), folder / name)
+    result = cli("predict", RUN, "odd", "--device", "cpu", "--workers", "0", "-o", "odd.csv")
+    assert result.exit_code == 0, result.stderr
+    assert len(pd.read_csv(world / "odd.csv")) == 1
+    segment = [a.replace("{deeplab}", str(deeplab)) for a in SEGMENT]
+    result = cli("segment", "odd", "segout", *segment)
+    assert result.exit_code == 0, result.stderr
+    assert (world / "segout" / name).is_file()
+    result = cli("cam", RUN, "odd", "--device", "cpu", "--out-dir", "camout")
+    assert result.exit_code == 0, result.stderr
+    assert len(list((world / "camout").rglob("*.png"))) >= 2  # the overlay and the sheet

@@ -39,6 +39,7 @@ from maskkit.contract.files import Inputs, console, examples, files_in, write_cs
 from maskkit.contract.fixes import FIXES_COLUMNS
 from maskkit.contract.labels import AGE_GROUPS, GENDERS, IMAGE_STEMS, MASKS, NUM_CLASSES, OLD_FROM, YOUNG_BELOW
 from maskkit.contract.manifest import read_manifest
+from maskkit.contract.paths import as_text
 from maskkit.contract.predictions import PROB_COLUMNS, read_predictions
 from maskkit.contract.runfolder import VAL_PREDS, read_config
 from maskkit.data.fingerprints import SCAN_COLUMNS, near_duplicates, scan_file
@@ -442,7 +443,7 @@ def draw_sheet(suspects: pd.DataFrame, images: pd.DataFrame, path: Path, top: in
         lines = [*head, f"{row['given']} -> {row['suggested']}",
                  f"P(wrong) {float(row['p_wrong']):.2f} {row['models']}" if judged else f"score {float(row['score']):.2f}"]
         for k, line in enumerate(lines):
-            cv2.putText(tile, str(line)[:25], (4, tile_h + 15 + 17 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1,
+            cv2.putText(tile, as_text(line)[:25], (4, tile_h + 15 + 17 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1,
                         cv2.LINE_AA)
         tiles.append(tile)
     drawn = len(tiles)

@@ -31,6 +31,7 @@ from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import Inputs, console, is_image, write_csv
 from maskkit.contract.labels import AGE_GROUPS, GENDERS, MASKS, NUM_CLASSES, class_name, decode
 from maskkit.contract.layout import load_eval, load_folder, load_train
+from maskkit.contract.paths import as_text
 from maskkit.contract.manifest import read_manifest
 from maskkit.contract.runfolder import BEST, CONFIG, require
 from maskkit.data.images import contact_sheet, image_magic, read_image, write_image
@@ -274,7 +275,7 @@ def tile(rgb: np.ndarray, lines: Sequence[str], colour: tuple[int, int, int]) ->
     band = np.full((14 * len(lines) + 4, width, 3), 24, np.uint8)
     chars = max(4, width // 6)
     for i, text in enumerate(lines):
-        text = shorten(text, chars)
+        text = shorten(as_text(text), chars)  # putText crashes on a surrogate-escaped name
         cv2.putText(band, text, (3, 12 + 14 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
                     colour if i else (235, 235, 235), 1, cv2.LINE_AA)
     body = np.zeros((small.shape[0], width, 3), np.uint8)
@@ -404,7 +405,7 @@ def image_row(item: Item, head: str, goal: str | int, probs: np.ndarray, truth: 
     """One row of cam.csv: the explained class, the prediction, and the CAM mass on the person."""
     pred = int(probs.argmax())
     chosen = pred if goal == "pred" else (truth if goal == "true" else int(goal))
-    return {"image": str(item.path), "overlay": str(overlay_path), "head": head, "target": chosen,
+    return {"image": as_text(item.path), "overlay": as_text(overlay_path), "head": head, "target": chosen,
             "pred": pred, "prob": float(probs[pred]), "target_prob": float(probs[chosen]), "label": truth,
             "cam_inside": mass_inside(cam_map, person) if person is not None else float("nan"),
             "person_area": float(person.mean()) if person is not None else float("nan")}

@@ -28,6 +28,7 @@ from maskkit.contract.files import (LOCK_FILE, Inputs, WriteError, atomic_path, 
                                     is_hidden, is_image, remove_stale_temps, write_errors)
 from maskkit.contract.journal import (FINISHED, JOURNAL, REPORT, Journal, Records, forget_records,
                                       is_segment_output, read_records, write_report)
+from maskkit.contract.paths import as_text
 from maskkit.data.masks import mask_path
 from maskkit.engine.deeplab import load_deeplab, prepare
 from maskkit.engine.devices import resolve_device
@@ -164,7 +165,7 @@ def prepare_out(src: Path, out: Path, layout: Layout, masks: Path | None, overwr
 
 
 def make_jobs(src: Path, out: Path, layout: Layout, masks: Path | None) -> list[Job]:
-    return [Job(rel.as_posix(), src / rel, out / rel, mask_path(masks, rel) if masks else None)
+    return [Job(as_text(rel.as_posix()), src / rel, out / rel, mask_path(masks, rel) if masks else None)
             for rel in layout.images]
 
 

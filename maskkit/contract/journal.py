@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from maskkit.contract.files import write_csv
+from maskkit.contract.paths import as_text
 
 REPORT = "segment_report.csv"
 JOURNAL = ".segment_journal.csv"
@@ -53,7 +54,7 @@ def report_table(images: Sequence[Path], records: Records) -> pd.DataFrame:
     """The report's rows, in the order of `images`, for the images that have a record."""
     rows = []
     for rel in images:
-        key = rel.as_posix()
+        key = as_text(rel.as_posix())  # the journal's key (segment's Job.rel)
         if key in records:
             area, status = records[key]
             rows.append({"path": key, "person_area": area, "status": status})

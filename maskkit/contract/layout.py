@@ -19,7 +19,7 @@ import pandas as pd
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import console, examples, is_hidden, is_image, read_csv
 from maskkit.contract.labels import GENDERS, IMAGE_STEMS, label_of
-from maskkit.contract.paths import inside
+from maskkit.contract.paths import as_text, inside
 
 TRAIN_COLUMNS = ("id", "gender", "race", "age", "path")
 EVAL_COLUMNS = ("ImageID", "ans")
@@ -291,7 +291,8 @@ def load_train(path: str | Path, report: bool = True) -> pd.DataFrame:
 
 
 def load_folder(path: str | Path) -> pd.DataFrame:
-    """A plain folder of images, searched recursively: ImageID (relative path) and path."""
+    """A plain folder of images, searched recursively: ImageID (relative path, as CSV text:
+    contract.paths.as_text) and path."""
     root = Path(path)
     if not root.is_dir():
         raise MaskkitError(f"{root}: folder not found (pass DATA/eval or a folder of images)")
@@ -299,7 +300,8 @@ def load_folder(path: str | Path) -> pd.DataFrame:
                    and not any(is_hidden(part) for part in p.relative_to(root).parts))
     if not files:
         raise MaskkitError(f"{root}: no images found (expected .jpg, .jpeg or .png files)")
-    return pd.DataFrame({"ImageID": [p.relative_to(root).as_posix() for p in files], "path": [str(p) for p in files]})
+    return pd.DataFrame({"ImageID": [as_text(p.relative_to(root).as_posix()) for p in files],
+                         "path": [str(p) for p in files]})
 
 
 def load_eval(path: str | Path) -> pd.DataFrame:

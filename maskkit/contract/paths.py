@@ -9,6 +9,7 @@ MaskkitError naming the CSV, its line and the fix.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from maskkit.contract.errors import MaskkitError
@@ -47,6 +48,17 @@ def check_no_parent(values, source: str | Path, column: str, first_line: int = 2
         if isinstance(value, str) and has_parent_part(value):
             raise bad_path_cell(source, first_line + offset, column, value,
                                 "climbs folders with '..', which maskkit never follows")
+
+
+def as_text(path: str | Path) -> str:
+    """A path as CSV text: itself when it is valid UTF-8, else its bytes with \\xNN escapes for
+    the bytes that are not (a latin-1 `caf\\xe9.jpg` from a zip archive), which UTF-8 cannot hold."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    return text
 
 
 def run_name(name: str) -> str:
