@@ -294,7 +294,7 @@ def holding_run_folder(run_dir: Path):
 def run(
     source: str | Path | None = "data/train",
     options: TrainOptions | None = None,
-    out: str | Path | None = "runs",
+    out: str | Path | None = None,
     name: str | None = None,
     overwrite: bool = False,
     resume: str | Path | None = None,
@@ -302,7 +302,7 @@ def run(
     show_progress: bool | None = None,
     given: Iterable[str] | None = None,
 ) -> Path:
-    """Train one fold and write the run folder OUT/NAME; returns its path.
+    """Train one fold and write the run folder OUT/NAME (OUT: runs when None); returns its path.
 
     `resume`: a run folder to continue from its last.pt (see `resume_options`; `given` names the
     options the user set, None meaning all of `options`); a `source`, `out` or `name` given with it
@@ -322,7 +322,6 @@ def run(
         run_dir = Path(resume)
         if not run_dir.is_dir():
             raise MaskkitError(f"{run_dir}: run folder not found (give a run folder written by maskkit train)")
-        check_resume_target(run_dir, out, name)
     else:
         source = source if source is not None else "data/train"
         options = options or TrainOptions()
@@ -332,6 +331,7 @@ def run(
         extended = False
         if resume is not None:
             options, config, manifest, extended = resume_options(run_dir, options, given)
+            check_resume_target(run_dir, out, name)  # after the options: a changed option is named first
             check_resume_source(run_dir, source, config)
         dist = Distributed.from_env(options.device)
         if resume is None:
