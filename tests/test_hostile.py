@@ -335,8 +335,8 @@ def test_rerun_replaces_its_own_output_and_a_new_name_works(cli, world):
     assert cli("vote", "p.csv", "-o", "v.csv").exit_code == 0  # same header: a vote replaces a vote
     result = cli("split", "X/train", "--folds", "2", "-o", "v.csv")
     assert result.exit_code == 2 and "delete it or choose another path" in result.stderr
-    result = cli("predict", RUN, "X/eval", "--device", "cpu", "-o", f"{RUN}/eval_preds.csv")
-    assert result.exit_code == 0 and (world / RUN / "eval_preds.csv").is_file()  # beside the run's files is fine
+    result = cli("predict", RUN, "X/eval", "--device", "cpu", "-o", "eval_preds.csv")
+    assert result.exit_code == 0 and (world / "eval_preds.csv").is_file()  # (inside the run folder: refused, issue 17)
 
 
 # --- item 2: a full disk is a run-time failure (exit 1) naming the path --------------------------------
