@@ -246,7 +246,7 @@ def check_resume_target(run_dir: Path, out: str | Path | None, name: str | None)
     if named.resolve() != run_dir.resolve():
         given = " ".join(f"{flag} {value}" for flag, value in (("--runs-dir", out), ("--name", name)) if value is not None)
         raise MaskkitError(f"{given}: names {named}, but --resume continues {run_dir} where it is; drop them, "
-                           f"or start a new run there (--config {run_dir / runfolder.CONFIG})")
+                           f"or start a new run with its options (--config {run_dir / runfolder.CONFIG} --name NEW)")
 
 
 def check_resume_source(run_dir: Path, source: str | Path | None, config: dict) -> None:

@@ -35,7 +35,7 @@ def inside(root: str | Path, value: object, source: str | Path, line: int, colum
     followed) resolving inside `root`; else a one-line MaskkitError naming `source` and `line`."""
     text = str(value)
     if is_absolute_text(text) or has_parent_part(text):
-        raise bad_path_cell(source, line, column, value, f"must be a path relative to {root} without '..'")
+        raise bad_path_cell(source, line, column, value, f"must be a path relative to {root} (not absolute, no '..')")
     path = Path(root) / PurePosixPath(text.replace("\\", "/"))
     if not path.resolve().is_relative_to(Path(root).resolve()):
         raise bad_path_cell(source, line, column, value, f"leads outside {root} through a symbolic link")
