@@ -16,7 +16,10 @@ Resume never ignores an option: one that differs from config.json (other than RU
 refused, naming each difference. A larger `--epochs` extends the run: the schedule is re-planned
 for the new total and continues from the step reached, so every step after the resume has the
 learning rate of a run planned for the new total from the start (the steps before it had the old
-plan's, so the weights differ from such a run).
+plan's, so the weights differ from such a run). Nor does it ignore where the run is or what it
+trained on: a `--name`, `--runs-dir` or SOURCE given with `--resume` must name that run's folder and
+its manifest (`check_resume_target`, `check_resume_source`). Over 400 lines: those checks sit beside
+the resume they guard.
 """
 
 from __future__ import annotations
