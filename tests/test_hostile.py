@@ -482,6 +482,14 @@ def planted_last(root: Path) -> None:
     torch.save({"model": _Planted(root / MARKER), "epoch": 1}, root / RUN / "last.pt")
 
 
+def foreign_last(root: Path) -> None:
+    """A last.pt of plain tensors and numbers, with every key, whose states fit no run."""
+    import torch
+
+    torch.save({key: {} for key in ("progress", "model", "optimizer", "scheduler", "scaler", "rng")}
+               | {"epoch": 1, "ema": None}, root / RUN / "last.pt")
+
+
 def victim(root: Path) -> Path:
     """victim/precious.jpg (and the .png a cam overlay would replace) outside every dataset."""
     (root / "victim").mkdir()
@@ -570,6 +578,7 @@ PREDICT = ["predict", RUN, "X/eval", "--device", "cpu", "--workers", "0", "-o", 
 STRANGERS = [
     # 1. a checkpoint never runs code
     ("train --resume a planted last.pt", planted_last, ["train", "--resume", RUN, "--device", "cpu"], 2, [MARKER]),
+    ("train --resume a last.pt of other states", foreign_last, ["train", "--resume", RUN, "--device", "cpu"], 2, []),
     # 2, 3. one path rule
     ("cam ImageID ../../../victim", info_image_id(climbing_id), CAM_EVAL, 2,
      ["camout"]),

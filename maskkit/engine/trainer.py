@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from maskkit.contract import runfolder
-from maskkit.contract.errors import RunFailure
+from maskkit.contract.errors import MaskkitError, RunFailure
 from maskkit.engine.build import build_data, build_optimisation, build_training_model, make_scheduler
 from maskkit.engine.checkpoint import EpochResult, RunKeeper, Validation, restore_rng, rng_states
 from maskkit.engine.devices import autocast_dtype, resolve_device
@@ -76,8 +76,16 @@ class Trainer:
         }
 
     def load_last(self, replan: bool = False) -> None:
-        """Restore last.pt; `replan`: the schedule is re-planned for options.epochs (an extended run)."""
+        """Restore last.pt; `replan`: the schedule is re-planned for options.epochs (an extended run).
+        A last.pt whose states do not fit this run (edited, or of another model) is one line, exit 2."""
         saved = runfolder.read_last(self.run_dir)
+        try:
+            self._restore(saved, replan)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+            raise MaskkitError(f"{self.run_dir / runfolder.LAST}: its states do not fit this run "
+                               f"({type(exc).__name__}); start a new run") from None
+
+    def _restore(self, saved: dict, replan: bool) -> None:
         self.model.load_state_dict(saved["model"])
         if self.opt.ema is not None:
             self.opt.ema.load_state_dict(saved["ema"])
