@@ -157,19 +157,39 @@ def train(
 
 @app.command()
 def predict(
-    run: o.RunFolder,
-    data: Path = typer.Argument(Path("data/eval"), help="DATA/eval (rows in info.csv's order) or a folder of images."),
-    tta: o.TtaMode = "none", out: o.Out = None, batch_size: o.BatchSize = 64, device: o.Device = "auto",
-    workers: o.Workers = None, threads: o.Threads = None,
+    sources: o.PredictSources,
+    tta: o.TtaMode = "none", out: o.Out = None, names: o.Names = False, batch_size: o.BatchSize = 64,
+    device: o.Device = "auto", workers: o.Workers = None, threads: o.Threads = None,
 ) -> None:
-    """Write the prediction CSV (ImageID,ans,p0..p17) of a trained run for DATA/eval (with its best.pt).
+    """Write the prediction CSV (ImageID,ans,p0..p17) of one or more models for any images.
 
-    Example: maskkit predict runs/effb2-f0 data/eval --tta flip -o preds/effb2-f0.csv
+    Rows of DATA/eval or of one folder keep the competition's keys; other images are keyed by path.
+
+    Example: maskkit predict runs/effb2-f0 runs/effb2-f1 data/eval --tta flip -o preds/effb2.csv
+
+    Example: find shots -name '*.jpg' | maskkit predict model.onnx - --names
     """
     from maskkit.commands import predict as predict_module
 
     with reported("predict", threads):
-        predict_module.run(run, data, tta=tta, out=out, batch_size=batch_size, device=device, workers=workers)
+        predict_module.run(sources, tta=tta, out=out, batch_size=batch_size, device=device, workers=workers,
+                           names=names)
+
+
+@app.command()
+def export(run: o.ExportRun, model: o.OnnxOut, check_images: o.CheckImages = None, threads: o.Threads = None) -> None:
+    """Export a run's network to ONNX: uint8 NCHW RGB in, 18 class probabilities out, dynamic batch.
+
+    Resize, crop and class table: in the ONNX metadata and in FILE.onnx.json.
+
+    Torch and onnxruntime must agree within 1e-4 on the check images, else nothing is written (exit 1).
+
+    Example: maskkit export runs/effb2-f0 effb2-f0.onnx && maskkit predict effb2-f0.onnx data/eval
+    """
+    from maskkit.commands import export as export_module
+
+    with reported("export", threads):
+        export_module.run(run, model, images=[str(p) for p in check_images or []])
 
 
 @app.command()

@@ -115,3 +115,19 @@ def complete_heads(incomplete: str) -> List[str]:
 
 CamHead = Annotated[str, typer.Option("--head", autocompletion=complete_heads,
                                       help="class, mask, gender, age, a comma list, or all.")]
+
+
+# --- predict and export --------------------------------------------------------------------------
+PredictSources = Annotated[List[str], typer.Argument(
+    metavar="MODELS_THEN_IMAGES", show_default=False,
+    help="First the models: run folders (a folder holding config.json) or .onnx files from maskkit export; "
+         "several give the mean of their probabilities. Then the images (default data/eval): DATA/eval, a folder "
+         "(recursive), image files, globs ('more/*.png', expanded here when the shell did not) or - (paths on "
+         "stdin, one per line).")]
+Names = Annotated[bool, typer.Option("--names", help="Add mask,gender,age columns: the words of ans, for reading.")]
+ExportRun = Annotated[Path, typer.Argument(help="Run folder written by `maskkit train` (config.json + best.pt).",
+                                           show_default=False)]
+OnnxOut = Annotated[Path, typer.Argument(help="The .onnx file to write (its preprocessing goes to FILE.onnx.json).",
+                                         show_default=False)]
+CheckImages = Annotated[Optional[List[Path]], typer.Option(
+    "--check-images", help="Image files to add to the torch vs onnxruntime check (seeded random pixels always run).")]
