@@ -125,9 +125,9 @@ PredictSources = Annotated[List[str], typer.Argument(
          "(recursive), image files, globs ('more/*.png', expanded here when the shell did not) or - (paths on "
          "stdin, one per line).")]
 Names = Annotated[bool, typer.Option("--names", help="Add mask,gender,age columns: the words of ans, for reading.")]
-ExportRun = Annotated[Path, typer.Argument(help="Run folder written by `maskkit train` (config.json + best.pt).",
+ExportRun = Annotated[Path, typer.Argument(metavar="RUN", help="Run folder written by `maskkit train` (config.json + best.pt).",
                                            show_default=False)]
-OnnxOut = Annotated[Path, typer.Argument(help="The .onnx file to write (its preprocessing goes to FILE.onnx.json).",
+OnnxOut = Annotated[Path, typer.Argument(metavar="FILE.onnx", help="The .onnx file to write (its preprocessing goes to FILE.onnx.json).",
                                          show_default=False)]
 CheckImages = Annotated[Optional[List[Path]], typer.Option(
     "--check-images", help="Image files to add to the torch vs onnxruntime check (seeded random pixels always run).")]

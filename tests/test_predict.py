@@ -1,8 +1,13 @@
-"""`maskkit predict`: the prediction CSV of docs/formats.md from a trained run."""
+"""`maskkit predict`: the prediction CSV of docs/formats.md from one or more models, on any images."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+from io import StringIO
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,7 +16,9 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
+from maskkit.cli import app
 from maskkit.commands.predict import run as predict
+from maskkit.contract.labels import class_name
 from maskkit.contract.predictions import PROB_COLUMNS
 from helpers import one_thread
 
@@ -30,8 +37,6 @@ def test_prediction_csv_invariants_and_f1_on_held_out_persons(which, request, cl
     with one_thread():
         result = cli("predict", run, drawn / "eval", "--device", "cpu", "--workers", "0")
     assert result.exit_code == 0, result.stderr
-    from io import StringIO
-
     frame = pd.read_csv(StringIO(result.stdout), dtype={"ImageID": str})
     check_prediction_csv(frame)
     info = pd.read_csv(drawn / "eval" / "info.csv", dtype={"ImageID": str})
@@ -193,8 +198,6 @@ def test_two_runs_on_files_folders_and_a_glob_average_the_single_runs(multi_run,
 
 def test_one_photo_and_stdin_paths_and_names_columns_that_vote_and_score_ignore(multi_run, drawn, tmp_path,
                                                                              runner, cli, monkeypatch):
-    from maskkit.cli import app
-
     monkeypatch.chdir(tmp_path)
     loose_images(drawn, tmp_path)
     with one_thread():
@@ -202,12 +205,10 @@ def test_one_photo_and_stdin_paths_and_names_columns_that_vote_and_score_ignore(
         listed = runner.invoke(app, ["predict", str(multi_run), "-", "--names", "--device", "cpu", "-o", "named.csv"],
                                input="a.jpg\n\nmore/" + "\nmore/".join(sorted(p.name for p in (tmp_path / "more").iterdir())) + "\n")
     assert photo.exit_code == 0, photo.stderr
-    assert pd.read_csv(__import__("io").StringIO(photo.stdout))["ImageID"].tolist() == ["a.jpg"]
+    assert pd.read_csv(StringIO(photo.stdout))["ImageID"].tolist() == ["a.jpg"]
     assert listed.exit_code == 0, listed.stderr
     named = pd.read_csv(tmp_path / "named.csv", dtype={"ImageID": str})
     assert list(named.columns[:5]) == ["ImageID", "ans", "mask", "gender", "age"] and len(named) == 4
-    from maskkit.contract.labels import class_name
-
     assert ["/".join(row) for row in named[["mask", "gender", "age"]].to_numpy()] == [class_name(a) for a in named["ans"]]
     check_prediction_csv(named.drop(columns=["mask", "gender", "age"]))
     voted = cli("vote", "named.csv", "named.csv", "--soft", "-o", "voted.csv")
@@ -229,3 +230,16 @@ def test_bad_image_arguments_are_one_line_and_exit_2(multi_run, drawn, tmp_path,
         assert result.exit_code == 2, (args, result.stderr)
         assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_paths_piped_into_a_real_process(multi_run, drawn, tmp_path):
+    """`find ... | maskkit predict RUN -` through an OS pipe (not CliRunner): one row per listed path."""
+    listed = sorted(str(p) for p in (drawn / "eval" / "images").iterdir())[:3]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent), OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-m", "maskkit", "predict", str(multi_run), "-", "--device", "cpu",
+                             "--threads", "1"], input="\n".join(listed) + "\n", capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    frame = pd.read_csv(StringIO(result.stdout), dtype={"ImageID": str})
+    assert frame["ImageID"].tolist() == listed
+    check_prediction_csv(frame)

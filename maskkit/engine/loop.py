@@ -1,6 +1,6 @@
 """The loops every command shares, as plain functions (in the manner of timm's train.py):
-`train_one_epoch`, `evaluate` (validation metrics) and `predict_probs` (predict, cam), over one
-inference loop, `infer`. `OnDevice` moves a loader batch to the device (normalising uint8 batches
+`train_one_epoch`, `evaluate` (validation metrics) and `predict_probs`, over one inference loop,
+`infer`, whose parts `next_batch` and `tta_outputs` `predict`'s ensemble of models shares. `OnDevice` moves a loader batch to the device (normalising uint8 batches
 there) and gives the autocast context.
 """
 
