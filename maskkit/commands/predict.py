@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import Inputs, console, examples, files_in, is_image
+from maskkit.contract.labels import NUM_CLASSES
 from maskkit.contract.layout import load_eval
 from maskkit.contract.predictions import prediction_frame, prediction_header, write_predictions
 from maskkit.data.loader import ImageDataset, make_loader
@@ -177,7 +178,7 @@ def ensemble_probs(members: Sequence[Member], paths: Sequence[str], tta: str, ba
     geometries = list(dict.fromkeys((m.img_size, m.crop) for m in members))
     view_of = [geometries.index((m.img_size, m.crop)) for m in members]
     loader = make_loader(GeometryViews(paths, geometries), batch_size, shuffle=False, workers=workers, device=device)
-    total = np.zeros((len(paths), 18), dtype=np.float64)
+    total = np.zeros((len(paths), NUM_CLASSES), dtype=np.float64)
     with progress_bar("predicting", len(paths), show=progress) as bar:
         iterator = iter(loader)
         while (batch := next_batch(iterator)) is not None:
