@@ -51,8 +51,8 @@ BackboneWeights = Annotated[Optional[Path], typer.Option(
     "--weights", rich_help_panel=MODEL, help="Local weights file for the backbone (offline servers; ViTs at any size).")]
 InputSize = Annotated[str, typer.Option("--input-size", rich_help_panel=MODEL, help="Model input WIDTHxHEIGHT.")]
 Dropout = Annotated[float, typer.Option("--dropout", rich_help_panel=MODEL, help="Dropout before the heads.")]
-AgeWeight = Annotated[float, typer.Option("--age-weight", rich_help_panel=LOSS, help="> 0 adds an age-regression "
-                                          "branch (MSE on normalised years) with this loss weight, e.g. 0.1.")]
+AgeWeight = Annotated[float, typer.Option("--age-weight", rich_help_panel=LOSS, help="> 0 adds the age branch of "
+                                          "--age-loss (learnt from the years) with this loss weight, e.g. 0.1.")]
 OldAge = Annotated[int, typer.Option("--old-age", rich_help_panel=LOSS, help="Train with age >= N as the oldest "
                                      "group (e.g. 58); validation always scores the true groups (60).")]
 LabelSmoothing = Annotated[float, typer.Option("--label-smoothing", rich_help_panel=LOSS,
@@ -115,3 +115,12 @@ def complete_heads(incomplete: str) -> List[str]:
 
 CamHead = Annotated[str, typer.Option("--head", autocompletion=complete_heads,
                                       help="class, mask, gender, age, a comma list, or all.")]
+
+
+# --- train's age branch and tune ---------------------------------------------------------------
+AgeLoss = Annotated[Literal[vocab.AGE_LOSSES], typer.Option(
+    "--age-loss", rich_help_panel=LOSS, help="The age branch --age-weight turns on: mse (regression of the years) "
+    "or dldl (a distribution over the years 0..100: KL to a Gaussian + L1 on its mean; with --multi its mass "
+    "below 30, 30..OLD_AGE-1 and OLD_AGE+ is the age group head).")]
+AgeSigma = Annotated[float, typer.Option("--age-sigma", rich_help_panel=LOSS,
+                                         help="dldl: the Gaussian's standard deviation around the labelled age, in years.")]

@@ -91,16 +91,18 @@ def test_lite_normalisation_is_recorded(alias):
 
 
 @pytest.mark.parametrize(
-    "heads, age_regression, expected",
+    "heads, age_head, expected",
     [
-        ("single", False, {"class": (4, 18)}),
-        ("single", True, {"class": (4, 18), "age_years": (4,)}),
-        ("multi", False, {"mask": (4, 3), "gender": (4, 2), "age": (4, 3)}),
-        ("multi", True, {"mask": (4, 3), "gender": (4, 2), "age": (4, 3), "age_years": (4,)}),
+        ("single", "none", {"class": (4, 18)}),
+        ("single", "mse", {"class": (4, 18), "age_years": (4,)}),
+        ("single", "dldl", {"class": (4, 18), "age_dist": (4, 101), "age_years": (4,)}),
+        ("multi", "none", {"mask": (4, 3), "gender": (4, 2), "age": (4, 3)}),
+        ("multi", "mse", {"mask": (4, 3), "gender": (4, 2), "age": (4, 3), "age_years": (4,)}),
+        ("multi", "dldl", {"mask": (4, 3), "gender": (4, 2), "age_dist": (4, 101), "age": (4, 3), "age_years": (4,)}),
     ],
 )
-def test_heads_output_shapes(heads, age_regression, expected):
-    model = build_model("resnet18", heads=heads, age_regression=age_regression, dropout=0.2).eval()
+def test_heads_output_shapes(heads, age_head, expected):
+    model = build_model("resnet18", heads=heads, age_head=age_head, dropout=0.2).eval()
     with torch.no_grad():
         out = model(torch.randn(4, 3, 64, 48))
     assert {k: tuple(v.shape) for k, v in out.items()} == expected
@@ -166,7 +168,7 @@ def test_a_maskkit_checkpoint_seeds_another_run(tmp_path):
     source = build_model("resnet18", heads="single")
     path = tmp_path / "best.pt"
     torch.save({"model": source.state_dict(), "epoch": 1, "val_f1": 0.5}, path)
-    target = build_model("resnet18", heads="multi", age_regression=True, weights=path)
+    target = build_model("resnet18", heads="multi", age_head="mse", weights=path)
     assert torch.equal(target.backbone.conv1.weight, source.backbone.conv1.weight)
 
 
@@ -225,7 +227,7 @@ def _write_run(run, model, options) -> None:
 
 def test_load_run_rebuilds_the_trained_model(tmp_path):
     torch.manual_seed(3)
-    model = build_model("resnet18", heads="multi", age_regression=True).eval()
+    model = build_model("resnet18", heads="multi", age_head="mse").eval()
     _write_run(tmp_path / "run", model, {"backbone": "resnet18", "heads": "multi", "age_weight": 0.1, "img_size": [64, 48]})
     loaded, loaded_config = load_run(tmp_path / "run")
     assert not loaded.training
