@@ -124,3 +124,18 @@ AgeLoss = Annotated[Literal[vocab.AGE_LOSSES], typer.Option(
     "below 30, 30..OLD_AGE-1 and OLD_AGE+ is the age group head).")]
 AgeSigma = Annotated[float, typer.Option("--age-sigma", rich_help_panel=LOSS,
                                          help="dldl: the Gaussian's standard deviation around the labelled age, in years.")]
+Study = Annotated[Optional[str], typer.Option("--study", "-s", help="Study name: its trials go to "
+                                              "RUNS_DIR/tune-NAME/ (with the SQLite file study.db by default).")]
+SearchSpace = Annotated[Optional[Path], typer.Option("--space", help="Search-space YAML (default: the shipped "
+                                                     "maskkit/data/search_space.yaml; see docs/formats.md).")]
+Objective = Annotated[Literal["fold", "oof"], typer.Option(
+    "--objective", help="fold: best val macro F1 of --fold, pruned per epoch; oof: pooled out-of-fold macro F1 "
+    "of --folds K fold runs, pruned after each fold.")]
+TuneFolds = Annotated[int, typer.Option("--folds", "-k", min=2, help="--objective oof: the first K folds of the manifest.")]
+Trials = Annotated[int, typer.Option("--trials", min=1, help="Finished (complete or pruned) trials the study "
+                                     "should hold, counted over all its workers.")]
+Pruner = Annotated[Literal["median", "hyperband", "none"], typer.Option("--pruner", help="Optuna's pruner.")]
+Storage = Annotated[Optional[str], typer.Option("--storage", help="Study database URL (e.g. postgresql://user:pw@host/db "
+                                                "for workers on many machines); default: sqlite in the study folder.")]
+Best = Annotated[bool, typer.Option("--best", help="Print the best trial's recipe (YAML for train --config) and write "
+                                    "trials.csv, history.png and importance.png into the study folder.")]
