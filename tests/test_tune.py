@@ -112,3 +112,35 @@ def test_oof_objective_pools_the_folds_and_a_changed_study_is_refused(manifest_p
     assert folds == [0, 1] and study.best_value == pytest.approx(scores(pooled["label"], pooled["ans"])["macro_f1"])
     changed = cli("tune", manifest_path, *flags, "--dropout", "0.3")
     assert changed.exit_code == 2 and "recipe.dropout" in changed.output, changed.output
+
+
+def test_a_killed_worker_loses_nothing_and_its_run_folder_is_not_reused(manifest_path, tmp_path, monkeypatch):
+    """kill -9 during a trial: the heartbeat marks it failed, its parameters run again as a new trial
+    with a new run folder, and re-running the command ends with the asked number of trials."""
+    import time
+
+    from maskkit.commands import runs, train, tune
+    from maskkit.options import TrainOptions
+
+    space, out = tmp_path / "space.yaml", tmp_path / "runs"
+    space.write_text(SPACE)
+    worker = tune_process(manifest_path, out, space, trials=2)
+    started = out / "tune-two" / "trial-0000" / "last.pt"
+    deadline = time.monotonic() + 300
+    while not started.exists() and worker.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    worker.kill()  # kill -9 in the first trial's training
+    worker.wait()
+    assert started.exists()
+
+    monkeypatch.setattr(tune, "GRACE_S", 1)  # the killed worker's last heartbeat is older than this
+    time.sleep(1.5)
+    fixed = TrainOptions(backbone="test_resnet", pretrained=False, img_size=(48, 40), batch_size=16, aug="none",
+                         workers=0, device="cpu", cache="ram", threads=1, warmup=0.5, heads="multi", age_weight=0.5,
+                         epochs=1)  # TRAIN_FLAGS: the same study
+    study = tune.run(manifest_path, tune.Study("two", out, trials=2), fixed, space, train=train.run,
+                     pooled=runs.pooled_predictions)
+    states = {t.number: t.state.name for t in study.trials}
+    assert states == {0: "FAIL", 1: "COMPLETE", 2: "COMPLETE"}, states
+    assert study.trials[1].params == study.trials[0].params  # the killed trial ran again
+    assert sorted(p.name for p in (out / "tune-two").glob("trial-*")) == ["trial-0000", "trial-0001", "trial-0002"]
