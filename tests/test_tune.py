@@ -144,3 +144,30 @@ def test_a_killed_worker_loses_nothing_and_its_run_folder_is_not_reused(manifest
     assert states == {0: "FAIL", 1: "COMPLETE", 2: "COMPLETE"}, states
     assert study.trials[1].params == study.trials[0].params  # the killed trial ran again
     assert sorted(p.name for p in (out / "tune-two").glob("trial-*")) == ["trial-0000", "trial-0001", "trial-0002"]
+
+
+def test_a_pruned_trial_stops_after_the_epoch_and_keeps_its_run_folder(manifest_path, tmp_path):
+    from maskkit.commands import train, tune
+    from maskkit.options import TrainOptions
+
+    class PruneAtOnce:  # an Optuna trial whose pruner always says stop
+        number, reported = 7, []
+
+        def set_user_attr(self, key, value):
+            pass
+
+        def report(self, value, step):
+            self.reported.append((step, value))
+
+        def should_prune(self):
+            return True
+
+    options = TrainOptions(backbone="test_resnet", pretrained=False, img_size=(48, 40), batch_size=16, aug="none",
+                           workers=0, device="cpu", cache="ram", threads=1, epochs=3)
+    runner = tune.TrialRunner(manifest_path, tune.Study("p", tmp_path), train.run, None)
+    trial = PruneAtOnce()
+    with pytest.raises(optuna.TrialPruned, match="after epoch 1"):
+        runner.fold(trial, options)
+    metrics = pd.read_csv(tmp_path / "tune-p" / "trial-0007" / "metrics.csv")
+    assert len(metrics) == 1 and trial.reported == [(1, metrics["val_f1"].iloc[0])]
+    assert (tmp_path / "tune-p" / "trial-0007" / "best.pt").is_file()

@@ -234,6 +234,8 @@ def run(manifest: str | Path, study: Study, fixed: TrainOptions, space_path: str
     if not manifest.is_file():
         raise MaskkitError(f"{manifest}: manifest not found (give the manifest CSV from maskkit split)")
     fixed.check()
+    if fixed.all_folds:
+        raise MaskkitError("--fold all: a trial needs a validation fold to be scored; give --fold K, or --objective oof")
     space = read_search_space(space_path or DEFAULT_SPACE, fixed)
     folds = oof_folds(manifest, study.folds) if study.objective == "oof" else ()
     trainer = TrialRunner(manifest, study, train, pooled, folds)
