@@ -15,9 +15,10 @@ import torch
 optuna = pytest.importorskip("optuna")
 
 REPO = Path(__file__).resolve().parent.parent
-# Tiny trials: the tests' tiny ResNet from scratch on the drawn 48x64 images, one or two epochs.
-TRAIN_FLAGS = ["--backbone", "test_resnet", "--no-pretrained", "--input-size", "40x48", "--batch-size", "16", "--aug", "none", "--workers", "0", "--device", "cpu", "--cache", "ram",
-               "--threads", "1", "--warmup", "0.5", "--multi", "--age-weight", "0.5"]
+# Tiny trials: the tests' tiny ResNet from scratch on the drawn 48x64 images, one epoch.
+TRAIN_FLAGS = ["--backbone", "test_resnet", "--no-pretrained", "--input-size", "40x48", "--batch-size", "16",
+               "--aug", "none", "--workers", "0", "--device", "cpu", "--cache", "ram", "--threads", "1",
+               "--warmup", "0.5", "--multi", "--age-weight", "0.5"]
 SPACE = """\
 lr: {low: 1.0e-3, high: 1.0e-2, log: true}
 label_smoothing: [0.0, 0.1]
@@ -25,10 +26,10 @@ age_loss: [mse, dldl]
 """
 
 
-def tune_process(manifest: Path, runs: Path, space: Path, trials: int) -> subprocess.Popen:
+def tune_process(manifest: Path, runs: Path, space: Path, trials: int, epochs: int = 1) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "maskkit", "tune", str(manifest), "--study", "two", "--trials", str(trials),
-               "--space", str(space), "--runs-dir", str(runs), *TRAIN_FLAGS, "--epochs", "1"]
+               "--space", str(space), "--runs-dir", str(runs), *TRAIN_FLAGS, "--epochs", str(epochs)]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -124,20 +125,21 @@ def test_a_killed_worker_loses_nothing_and_its_run_folder_is_not_reused(manifest
 
     space, out = tmp_path / "space.yaml", tmp_path / "runs"
     space.write_text(SPACE)
-    worker = tune_process(manifest_path, out, space, trials=2)
+    worker = tune_process(manifest_path, out, space, trials=2, epochs=3)  # long enough to be killed in
     started = out / "tune-two" / "trial-0000" / "last.pt"
     deadline = time.monotonic() + 300
     while not started.exists() and worker.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     worker.kill()  # kill -9 in the first trial's training
     worker.wait()
-    assert started.exists()
+    metrics = out / "tune-two" / "trial-0000" / "metrics.csv"
+    assert started.exists() and (not metrics.exists() or len(pd.read_csv(metrics)) < 3)  # killed mid-trial
 
     monkeypatch.setattr(tune, "GRACE_S", 1)  # the killed worker's last heartbeat is older than this
     time.sleep(1.5)
     fixed = TrainOptions(backbone="test_resnet", pretrained=False, img_size=(48, 40), batch_size=16, aug="none",
                          workers=0, device="cpu", cache="ram", threads=1, warmup=0.5, heads="multi", age_weight=0.5,
-                         epochs=1)  # TRAIN_FLAGS: the same study
+                         epochs=3)  # TRAIN_FLAGS: the same study
     study = tune.run(manifest_path, tune.Study("two", out, trials=2), fixed, space, train=train.run,
                      pooled=runs.pooled_predictions)
     states = {t.number: t.state.name for t in study.trials}

@@ -263,11 +263,12 @@ def _work(study: Study, fixed: TrainOptions, space: dict, trainer: TrialRunner) 
                 release()
                 time.sleep(WAIT_S)  # the last trials run elsewhere: wait in case one of them fails
                 continue
-            before = count(optuna_study, TrialState.FAIL)
-            optuna_study.optimize(lambda trial: _objective(trial, trainer, fixed, space, release),
+            mine = []  # this worker's trial number
+            optuna_study.optimize(lambda trial: _objective(trial, trainer, fixed, space, release, mine),
                                   n_trials=1, catch=(RunFailure,))
-        failures = failures + 1 if count(optuna_study, TrialState.FAIL) > before else 0
-    if failures:
+        failed = bool(mine) and optuna_study.get_trials(deepcopy=False)[mine[0]].state == TrialState.FAIL
+        failures = failures + 1 if failed else 0
+    if failures >= MAX_FAILURES:
         raise RunFailure(f"study {study.name!r}: {failures} trials in a row failed (see the lines above); "
                          "narrow the search space (a lower lr range) and re-run")
     finished = count(optuna_study, TrialState.COMPLETE, TrialState.PRUNED)
@@ -278,8 +279,9 @@ def _work(study: Study, fixed: TrainOptions, space: dict, trainer: TrialRunner) 
 
 
 def _objective(trial: optuna.Trial, trainer: TrialRunner, fixed: TrainOptions, space: dict,
-               release: Callable[[], None]) -> float:
+               release: Callable[[], None], mine: list) -> float:
     release()  # the trial has its number: other workers may take theirs
+    mine.append(trial.number)
     options = trial_options(fixed, suggest(trial, space))
     trial.set_user_attr("recipe", json.loads(json.dumps(options.to_dict())))
     console.print(f"trial {trial.number}: {trial.params}", markup=False, highlight=False)
