@@ -173,3 +173,20 @@ def test_a_pruned_trial_stops_after_the_epoch_and_keeps_its_run_folder(manifest_
     metrics = pd.read_csv(tmp_path / "tune-p" / "trial-0007" / "metrics.csv")
     assert len(metrics) == 1 and trial.reported == [(1, metrics["val_f1"].iloc[0])]
     assert (tmp_path / "tune-p" / "trial-0007" / "best.pt").is_file()
+
+
+def test_the_shipped_space_covers_the_issue_and_every_draw_is_a_valid_recipe():
+    from maskkit.commands.tune import trial_options
+    from maskkit.contract.searchspace import DEFAULT_SPACE, read_search_space, suggest
+    from maskkit.options import TrainOptions
+
+    space = read_search_space(DEFAULT_SPACE, TrainOptions())
+    assert {"opt", "sched", "lr", "label_smoothing", "age_weight", "age_loss", "old_age", "aug", "cutmix", "crop",
+            "input_size", "epochs", "dropout", "weight_decay", "ema", "balanced", "focal", "backbone"} <= set(space)
+    assert space["lr"].log and space["backbone"].choices == ("lite0", "lite1", "lite2")
+    sampler = optuna.samplers.RandomSampler(seed=0)
+    study = optuna.create_study(sampler=sampler)
+    for _ in range(20):
+        options = trial_options(TrainOptions(), suggest(study.ask(), space))
+        options.check()
+        assert options.img_size in {(128, 128), (160, 160), (192, 192)} and 3 <= options.epochs <= 8
