@@ -125,7 +125,8 @@ def train(
     cache: o.Cache = D.cache, workers: o.Workers = D.workers, backbone: o.Backbone = D.backbone,
     multi: o.Multi = D.heads == "multi", pretrained: o.Pretrained = D.pretrained,
     weights: o.BackboneWeights = D.weights, input_size: o.InputSize = "x".join(map(str, D.img_size[::-1])),
-    dropout: o.Dropout = D.dropout, age_weight: o.AgeWeight = D.age_weight, old_age: o.OldAge = D.old_age,
+    dropout: o.Dropout = D.dropout, age_weight: o.AgeWeight = D.age_weight, age_loss: o.AgeLoss = D.age_loss,
+    age_sigma: o.AgeSigma = D.age_sigma, old_age: o.OldAge = D.old_age,
     label_smoothing: o.LabelSmoothing = D.label_smoothing, focal: o.Focal = D.focal,
     balanced: o.Balanced = D.balanced, aug: o.Aug = D.aug, cutmix: o.Cutmix = D.cutmix, crop: o.Crop = D.crop,
     epochs: o.Epochs = D.epochs, batch_size: o.BatchSize = D.batch_size, opt: o.Optimizer = D.opt,
@@ -153,6 +154,50 @@ def train(
             return
         train_module.run(source, options, out=runs_dir, name=name, overwrite=overwrite, resume=resume,
                            given=chosen if resume is not None else None)
+
+
+TUNE_REFUSED = ("source", "name", "resume", "overwrite", "print_config", "runs_dir")  # the study decides these
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def tune(
+    ctx: typer.Context,
+    manifest: Optional[Path] = typer.Argument(None, help="Manifest CSV from `maskkit split` (not needed with --best). "
+                                             "Any `maskkit train` option after it fixes that option for every trial."),
+    study: o.Study = None, space: o.SearchSpace = None, objective: o.Objective = "fold", folds: o.TuneFolds = 5,
+    trials: o.Trials = 20, pruner: o.Pruner = "median", storage: o.Storage = None,
+    runs_dir: o.RunsDir = Path("runs"), best: o.Best = False, out: o.Out = None,
+) -> None:
+    """Search train's options on Optuna: every trial a run folder under RUNS_DIR/tune-STUDY/; re-run to continue.
+
+    Start as many workers on one study as there are GPUs (CUDA_VISIBLE_DEVICES=k maskkit tune ... &).
+    Example: maskkit tune folds.csv --study s1 --trials 40 --backbone lite0 --epochs 4 --multi --device cuda
+    Then: maskkit tune --study s1 --best > best.yaml && maskkit train folds.csv --config best.yaml
+    """
+    from maskkit.commands import runs as runs_module
+    from maskkit.commands import train as train_module
+    from maskkit.commands import tune as tune_module
+    from maskkit.contract.recipe import train_options
+
+    with reported("tune"):
+        if not study:
+            raise MaskkitError("--study NAME is required (the study to run or to read with --best)")
+        settings = tune_module.Study(study, runs_dir, storage, objective, folds, trials, pruner)
+        if best:
+            tune_module.best(settings, out)
+            return
+        if manifest is None:
+            raise MaskkitError("give the MANIFEST to tune on (maskkit tune folds.csv --study NAME ...)")
+        train_ctx = typer.main.get_command(app).commands["train"].make_context("maskkit tune", list(ctx.args))
+        typed = {n for n in train_ctx.params if train_ctx.get_parameter_source(n).name == "COMMANDLINE"}
+        refused = sorted(typed & set(TUNE_REFUSED))
+        if refused:
+            raise MaskkitError(f"--{refused[0].replace('_', '-')}: not a train option tune passes on (the study names "
+                               "and places its trials)" if refused[0] != "source" else
+                               f"{train_ctx.params['source']}: one MANIFEST only, before the train options")
+        fixed, _ = train_options(train_ctx.params, typed, train_ctx.params["config"])
+        tune_module.run(manifest, settings, fixed, space, train=train_module.run,
+                        pooled=runs_module.pooled_predictions)
 
 
 @app.command()

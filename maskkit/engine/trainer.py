@@ -143,14 +143,22 @@ class Trainer:
 
     # -- the loop --
 
-    def fit(self, stop: Callable[[int, int], bool] | None = None) -> TrainingState:
-        """Train up to options.epochs (or an early stop); `Interrupted` once last.pt is written when stopped."""
+    def fit(self, stop: Callable[[int, int], bool] | None = None,
+            on_epoch: Callable[[int, dict], bool] | None = None) -> TrainingState:
+        """Train up to options.epochs (or an early stop); `Interrupted` once last.pt is written when stopped.
+
+        `on_epoch(epochs_done, validation metrics)` is called once each validated epoch is recorded
+        (tune reports it to its pruner); True stops the run there like `stop`."""
         with sigint_sets_flag(self):
             while self.state.epoch < self.options.epochs and not self.state.finished:
                 if not self.train_epoch(self.state.epoch, stop):  # stopped mid-epoch: last.pt holds the step reached
                     self.keeper.save_last(self.checkpoint())
                     raise Interrupted()
-                self.keeper.record(self.state, self.epoch_result(), self.eval_model(), self.checkpoint)
+                result = self.epoch_result()
+                self.keeper.record(self.state, result, self.eval_model(), self.checkpoint)
+                if (on_epoch is not None and result.validation is not None and not self.state.finished
+                        and on_epoch(self.state.epoch, result.validation.metrics)):
+                    raise Interrupted()  # last.pt of this epoch is written
                 self.stop_requested = self.dist.any(self.stop_requested, self.device)
                 if self.stop_requested and not self.state.finished:  # Ctrl-C during validation
                     raise Interrupted()
