@@ -62,7 +62,7 @@ def find_runs(folders: Sequence[str | Path]) -> list[Path]:
         elif folder.is_dir() and below != [folder]:  # a parent: its own stray folders are skipped too
             skipped += [str(c) for c in sorted(folder.iterdir()) if c.is_dir() and not runs_below(c, 1)]
         found += [run for run in below if run not in found]
-    if skipped:
+    if skipped and found:
         console.print(f"runs: skipped {len(skipped)} without config.json (not run folders): {examples(skipped)}",
                       markup=False, highlight=False)
     if not found:
