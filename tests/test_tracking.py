@@ -55,7 +55,7 @@ def test_tensorboard_and_steps_csv_hold_each_step_and_epoch(tracked):
 def test_heartbeat_lines_give_the_whole_runs_eta_when_stderr_is_a_log(tracked):
     _, results = tracked
     beats = [line for line in results["tb"].stderr.splitlines() if "ETA" in line]
-    assert beats and all(line.startswith("epoch ") and " steps (" in line for line in beats)
+    assert beats and all(line.startswith("  epoch ") and " steps (" in line for line in beats)  # under the epoch lines
     last = beats[-1]
     done, total = last.split("run ")[1].split(" steps")[0].split("/")
     assert done == total  # the last step of the last epoch
@@ -78,8 +78,8 @@ def test_progress_heartbeat_every_n_steps(capsys):
         assert bar.mode == "plain"  # pytest's stderr is no terminal
         for _ in range(20):
             bar.advance(1)
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch 1/2")]
-    assert len(lines) == 4 and lines[-1].startswith("epoch 1/2: 20/20 (100%") and "run 20/40 steps (50%), ETA" in lines[-1]
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("  epoch 1/2")]
+    assert len(lines) == 4 and lines[-1].startswith("  epoch 1/2: 20/20 (100%") and "run 20/40 steps (50%), ETA" in lines[-1]
 
 
 def test_a_runs_config_json_passes_on_no_machine_settings(multi_run):

@@ -1,5 +1,5 @@
 """The run folder while training (docs/formats.md, "Run folder"): `RunKeeper` records each finished
-epoch in one call, the job timm's CheckpointSaver does: the best-epoch decision, the metrics row,
+epoch in one call, the job timm's CheckpointSaver does: the best-epoch decision, the metrics row (also to the tracker),
 best.pt and val_preds.csv when the epoch improved, last.pt, the plots and the progress line. Every
 file goes to a temporary name and is renamed (contract.files.atomic_path).
 

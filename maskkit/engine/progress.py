@@ -95,11 +95,13 @@ class ProgressBar:
         return time.perf_counter() - self.last_line >= self.every
 
     def plain_line(self) -> str:
-        """'epoch 2/10: 50/100 (50%, 12s)  loss 0.5  run 150/1000 steps (15%), ETA 3m20s'."""
+        """'epoch 2/10: 50/100 (50%, 12s)  loss 0.5', and for a run (`clock`) indented under the
+        epoch lines: '  epoch 2/10: ...  run 150/1000 steps (15%), ETA 3m20s'."""
         share = self.done / self.total if self.total else 1.0
         extra = ("  " + self.template.format(**self.fields)) if self.template else ""
         run = f"  {self.clock.line(self.clock_offset + self.done)}" if self.clock is not None else ""
-        return (f"{self.description}: {self.done}/{self.total} ({share:.0%}, "
+        indent = "  " if self.clock is not None else ""
+        return (f"{indent}{self.description}: {self.done}/{self.total} ({share:.0%}, "
                 f"{time.perf_counter() - self.started:.0f}s){extra}{run}")
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -56,6 +57,8 @@ class Tracker:
         if self.steps_file.tell() == 0:
             self.steps.writerow(STEP_COLUMNS)
         self.tensorboard = self.wandb = None
+        if first_step == 0 and (self.run_dir / TENSORBOARD).is_dir():  # left by a run --overwrite replaced
+            shutil.rmtree(self.run_dir / TENSORBOARD)
         module = logger_module(options)
         if options.logger == "tensorboard":
             self.tensorboard = module(log_dir=str(self.run_dir / TENSORBOARD), purge_step=first_step or None)
