@@ -38,11 +38,11 @@ class RunClock:
     total_steps: int
     started: float = field(default_factory=time.perf_counter)
 
-    def line(self, step: int) -> str:
-        """'run 150/1000 steps (15%), ETA 3m20s' at global step `step` (validation time included)."""
+    def line(self, step: int, now: float) -> str:
+        """'run 150/1000 steps (15%), ETA 3m20s' at global step `step` and time `now` (validation time included)."""
         done = step - self.first_step
         left = max(self.total_steps - step, 0)
-        eta = duration(left * (time.perf_counter() - self.started) / done) if done > 0 else "?"
+        eta = duration(left * (now - self.started) / done) if done > 0 else "?"
         share = step / self.total_steps if self.total_steps else 1.0
         return f"run {step}/{self.total_steps} steps ({share:.0%}), ETA {eta}"
 
@@ -85,24 +85,26 @@ class ProgressBar:
             self.on_advance(self.done, fields)
         if self.mode == "rich":
             self.rich.update(self.task, advance=n, **fields)
-        elif self.mode == "plain" and self._line_due():
-            self.last_line, self.last_done = time.perf_counter(), self.done
-            console.print(self.plain_line(), markup=False, highlight=False)
+        elif self.mode == "plain":
+            now = time.perf_counter()
+            if self._line_due(now):
+                self.last_line, self.last_done = now, self.done
+                console.print(self.plain_line(now), markup=False, highlight=False)
 
-    def _line_due(self) -> bool:
+    def _line_due(self, now: float) -> bool:
         if self.every_steps is not None:
             return self.done - self.last_done >= self.every_steps or self.done == self.total
-        return time.perf_counter() - self.last_line >= self.every
+        return now - self.last_line >= self.every
 
-    def plain_line(self) -> str:
+    def plain_line(self, now: float) -> str:
         """'epoch 2/10: 50/100 (50%, 12s)  loss 0.5', and for a run (`clock`) indented under the
         epoch lines: '  epoch 2/10: ...  run 150/1000 steps (15%), ETA 3m20s'."""
         share = self.done / self.total if self.total else 1.0
         extra = ("  " + self.template.format(**self.fields)) if self.template else ""
-        run = f"  {self.clock.line(self.clock_offset + self.done)}" if self.clock is not None else ""
+        run = f"  {self.clock.line(self.clock_offset + self.done, now)}" if self.clock is not None else ""
         indent = "  " if self.clock is not None else ""
         return (f"{indent}{self.description}: {self.done}/{self.total} ({share:.0%}, "
-                f"{time.perf_counter() - self.started:.0f}s){extra}{run}")
+                f"{now - self.started:.0f}s){extra}{run}")
 
     def close(self) -> None:
         if self.rich is not None:
