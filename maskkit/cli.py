@@ -103,20 +103,19 @@ def split(
     data: Path = typer.Argument(Path("data/train"), help="DATA/train of the competition layout (or DATA)."),
     folds: int = typer.Option(5, "--folds", "-k", help="Number of folds (>= 2)."),
     seed: o.Seed = SEED,
-    fixes: Optional[str] = typer.Option(
-        None, "--fixes", help="Fixes CSV to apply first (from `maskkit audit --fixes-out`), or 'known' "
-        "for the agreed corrections of the real competition data."),
+    fixes: o.Fixes = None,
     out: o.Out = None,
 ) -> None:
     """Split persons into stratified folds and write the manifest CSV (path,person,...,label,fold).
 
     A gender x age stratum with fewer persons than folds is named in a warning (some folds then
-    lack it); persons never share folds. Example: maskkit split data/train --folds 5 --fixes known > folds.csv
+    lack it); persons never share folds. --fixes may be repeated: the files apply in the order given.
+    Example: maskkit split data/train --folds 5 --fixes known --fixes my_fixes.csv > folds.csv
     """
     from maskkit.commands import split as split_module
 
     with reported("split"):
-        split_module.run(data, folds=folds, seed=seed, fixes=fixes, out=out)
+        split_module.run(data, folds=folds, seed=seed, fixes=fixes or [], out=out)
 
 
 @app.command()
@@ -135,7 +134,7 @@ def train(
     patience: o.Patience = D.patience, precision: o.Precision = D.precision, config: o.Recipe = None,
     print_config: o.PrintConfig = False, seed: o.Seed = D.seed, device: o.Device = D.device,
     threads: o.Threads = D.threads, runs_dir: o.RunsDir = Path("runs"), name: o.RunName = None,
-    overwrite: o.Overwrite = False, resume: o.Resume = None, wandb: o.Wandb = D.wandb,
+    overwrite: o.Overwrite = False, resume: o.Resume = None, logger: o.Logger = D.logger, wandb: o.Wandb = D.wandb,
 ) -> None:
     """Train one fold into runs/NAME/ (config, metrics, best.pt, last.pt, val_preds.csv, plots).
 
@@ -143,7 +142,7 @@ def train(
     Example: maskkit train folds.csv --fold 0 --backbone effb2 --multi --age-weight 0.1 --epochs 12
     """
     from maskkit.commands import train as train_module
-    from maskkit.contract.recipe import train_options, write_recipe
+    from maskkit.contract.recipe import run_place, train_options, write_recipe
 
     with reported("train"):  # threads: set by train from its options (a resumed run may keep its own)
         typed = {name for name in ctx.params if ctx.get_parameter_source(name).name == "COMMANDLINE"}
@@ -152,6 +151,7 @@ def train(
             options.check()
             write_recipe(options.to_dict())
             return
+        runs_dir, name = run_place(ctx.params, typed, config)
         train_module.run(source, options, out=runs_dir, name=name, overwrite=overwrite, resume=resume,
                            given=chosen if resume is not None else None)
 
@@ -239,16 +239,25 @@ def export(run: o.ExportRun, model: o.OnnxOut, check_images: o.CheckImages = Non
 
 @app.command()
 def runs(
-    folders: Optional[List[Path]] = typer.Argument(None, help="Run folders (default: every run under runs/)."),
+    folders: Optional[List[Path]] = typer.Argument(
+        None, help="Run folders, or folders that hold them one or two levels down (runs/, "
+        "runs/tune-NAME/); default: runs/. Folders without config.json are skipped with a note."),
+    columns: Optional[str] = typer.Option(
+        None, "--columns", help="Columns to show, e.g. name,backbone,val_f1,recipe (the terminal's default: "
+        "name,fold,epochs,best_epoch,val_f1,oof_f1; piped CSV: every column)."),
+    oof_out: Optional[Path] = typer.Option(
+        None, "--oof-out", help="Write the recipe's pooled out-of-fold predictions here (ImageID,ans,p0..p17,"
+        "person,label,fold), for stacking and vote weights; several recipes need --recipe."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Only this recipe (its id, e.g. effb2#d8d18c, or the hash)."),
 ) -> None:
-    """Compare runs: backbone, heads, key options, best epoch, val macro F1 and per-task F1.
+    """Compare runs: best epoch, val macro F1 and the pooled out-of-fold F1 of each recipe (its fold runs).
 
-    Example: maskkit runs runs/* > runs.csv
+    Example: maskkit runs runs > runs.csv; maskkit runs runs --recipe effb2#d8d18c --oof-out oof.csv
     """
     from maskkit.commands import runs as runs_module
 
     with reported("runs"):
-        runs_module.run(folders or None)
+        runs_module.run(folders or None, columns=columns, oof_out=oof_out, recipe=recipe)
 
 
 @app.command()
@@ -382,16 +391,17 @@ def score(
     submission: Path = typer.Argument(..., help="Prediction CSV (ImageID,ans), e.g. from `maskkit vote`."),
     truth: Path = typer.Argument(..., help="Truth CSV (ImageID,ans) of the same images, e.g. DATA/eval/truth.csv."),
     confusion: Optional[Path] = typer.Option(None, "--confusion", help="Also draw the 18x18 confusion matrix here (PNG)."),
+    no_header: bool = typer.Option(False, "--no-header", help="Leave the CSV header out (to append rows: >> scores.csv)."),
     out: o.Out = None,
 ) -> None:
     """Score a submission: macro F1 over the 18 classes, accuracy and each task's F1 (one CSV row).
 
-    Example: maskkit score submission.csv data/eval/truth.csv --confusion confusion.png >> scores.csv
+    Example: maskkit score a.csv data/eval/truth.csv > scores.csv; maskkit score b.csv data/eval/truth.csv --no-header >> scores.csv
     """
     from maskkit.commands import score as score_module
 
     with reported("score"):
-        score_module.run(submission, truth, out=out, confusion=confusion)
+        score_module.run(submission, truth, out=out, confusion=confusion, header=not no_header)
 
 
 def main() -> None:

@@ -93,9 +93,19 @@ RunName = Annotated[Optional[str], typer.Option("--name", "-n", rich_help_panel=
                                                 help="Run name (default BACKBONE-fFOLD).")]
 Resume = Annotated[Optional[Path], typer.Option(
     "--resume", rich_help_panel=RUN, help="Continue RUN from its last.pt (its config.json gives the options; only "
-    "--device, --workers, --cache, --threads and --wandb may change, and a larger --epochs extends it).")]
-Wandb = Annotated[Optional[str], typer.Option("--wandb", rich_help_panel=RUN,
-                                              help="Log to this Weights & Biases project (needs wandb).")]
+    "the machine settings --device, --workers, --cache, --threads, --logger and --wandb may change, and a larger "
+    "--epochs extends it).")]
+Logger = Annotated[Literal[vocab.LOGGERS], typer.Option(
+    "--logger", rich_help_panel=RUN, help="Scalars per step and epoch: csv (metrics.csv, steps.csv), tensorboard "
+    "(also RUN/tb/, offline; needs tensorboard) or wandb (also Weights & Biases; needs wandb).")]
+Wandb = Annotated[Optional[str], typer.Option("--wandb", rich_help_panel=RUN, metavar="PROJECT",
+                                              help="The Weights & Biases project of --logger wandb (default maskkit; "
+                                              "given alone, it implies --logger wandb).")]
+
+Fixes = Annotated[Optional[List[str]], typer.Option(
+    "--fixes", metavar="FILE", help="Fixes CSV to apply first (from `maskkit audit --fixes-out`), or 'known' for the "
+    "agreed corrections of the real competition data (matched on whole folder names such as 000020_female_Asian_50, "
+    "so a drawn dataset is untouched). Repeat to apply several, in the order given.")]
 
 # --- segment and cam -----------------------------------------------------------------------------
 SegmentModel = Annotated[Literal[vocab.SEGMENT_MODELS], typer.Option("--model", help="DeepLabV3 backbone.")]
@@ -155,3 +165,38 @@ Storage = Annotated[Optional[str], typer.Option("--storage", help="Study databas
                                                 "for workers on many machines); default: sqlite in the study folder.")]
 Best = Annotated[bool, typer.Option("--best", help="Print the best trial's recipe (YAML for train --config) and write "
                                     "trials.csv, history.png and importance.png into the study folder.")]
+
+
+# --- help text as click and every other CLI write it ---------------------------------------------
+# typer 0.29 writes `{run}` for required arguments in usage lines, `<list[Path]>` as their type and
+# `<bool>` beside plain flags (which makes `--soft true` look right; `true` is then read as a file).
+# These three renderers are replaced: RUN, [DATA], FILES... in usage; `<path>...`; no type on a flag.
+def _usage_name(argument) -> str:
+    name = (argument.metavar or argument.name).upper() + ("..." if argument.nargs != 1 else "")
+    return name if argument.required else f"[{name}]"
+
+
+def _plain_type(render):
+    def display_type_rich(param, ctx):
+        if getattr(param, "is_flag", False) or getattr(param, "count", False):
+            return None
+        shown = render(param, ctx)
+        if isinstance(shown, str) and shown.startswith("<list["):
+            return f"<{shown[6:].split(']')[0].lower()}>..."
+        return shown
+    return display_type_rich
+
+
+def conventional_help() -> None:
+    """Patch typer's help renderers (kept when a typer release drops them: help then looks as before)."""
+    from typer import core
+
+    if hasattr(core.TyperArgument, "_usage_display_name"):
+        core.TyperArgument._usage_display_name = _usage_name
+    for cls in (core.TyperArgument, *core.TyperArgument.__mro__[1:2], core.TyperOption):
+        if "display_type_rich" in vars(cls) and not getattr(cls.display_type_rich, "maskkit", False):
+            cls.display_type_rich = _plain_type(cls.display_type_rich)
+            cls.display_type_rich.maskkit = True
+
+
+conventional_help()

@@ -28,6 +28,11 @@ AGE_LOSSES = ("mse", "dldl")  # the age branch: regression of the years, or a di
 AGE_HEADS = ("none", *AGE_LOSSES)  # what the model carries: TrainOptions.age_head
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 CACHE_MODES = ("auto", "ram", "none")
+LOGGERS = ("csv", "tensorboard", "wandb")  # train --logger: where scalars go besides metrics.csv
+# Machine settings: where and how fast a run trains, not what it learns. No part of a recipe (a
+# run's config.json given to --config does not pass them on; `runs` ignores them in the recipe id),
+# and --resume may change them.
+MACHINE_OPTIONS = ("device", "workers", "cache", "threads", "wandb", "logger")
 # A few of timm's optimizers and schedulers (the library call accepts any timm optimizer name).
 OPTIMIZERS = ("adamw", "adam", "nadamw", "sgd", "lamb", "lion", "adabelief", "rmsproptf")
 SCHEDULERS = ("cosine", "tanh", "poly", "step", "constant")
@@ -143,7 +148,8 @@ class TrainOptions:
     workers: int | None = None  # None: chosen from the device and the CPU count
     cache: str = "auto"
     threads: int | None = None  # torch threads; None: the cores left free (see engine.devices.use_threads)
-    wandb: str | None = None
+    wandb: str | None = None  # the Weights & Biases project of --logger wandb
+    logger: str = "csv"  # csv (metrics.csv and steps.csv only), tensorboard (RUN/tb/) or wandb
 
     @classmethod
     def field_names(cls) -> set[str]:
@@ -173,6 +179,9 @@ class TrainOptions:
             (self.aug in AUGMENTATIONS, f"--aug {self.aug!r}: use none, basic or strong"),
             (self.precision in PRECISIONS, f"--precision {self.precision!r}: use {', '.join(PRECISIONS)}"),
             (self.cache in CACHE_MODES, f"--cache {self.cache!r}: use auto, ram or none"),
+            (self.logger in LOGGERS, f"--logger {self.logger!r}: use {', '.join(LOGGERS)}"),
+            (self.wandb is None or self.logger == "wandb",
+             f"--wandb {self.wandb}: names the project of --logger wandb (drop it, or use --logger wandb)"),
             (self.opt in OPTIMIZERS or self.opt in _timm_optimizers(), f"--opt {self.opt!r}: use {', '.join(OPTIMIZERS)}"),
             (self.sched in SCHEDULERS, f"--sched {self.sched!r}: use {', '.join(SCHEDULERS)}"),
             (self.epochs >= 1, f"--epochs {self.epochs}: need at least 1"),

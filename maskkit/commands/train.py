@@ -22,7 +22,6 @@ plan's, so the weights differ from such a run).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import platform
 import shutil
 import sys
@@ -54,12 +53,13 @@ from maskkit.engine.devices import resolve_device, use_threads
 from maskkit.engine.distributed import Distributed, env_rank
 from maskkit.engine.models import model_defaults, resolve_backbone
 from maskkit.engine.runtime import deterministic
+from maskkit.engine.tracking import logger_module
 from maskkit.engine.trainer import Interrupted, Trainer
-from maskkit.options import SEED, TrainOptions
+from maskkit.options import MACHINE_OPTIONS, SEED, TrainOptions
 
 AUTO_FOLDS, AUTO_SPLIT_SEED = 5, SEED  # the split made on the fly from a dataset folder
 # Options that may differ when resuming (they change where and how fast, not what is learned).
-RUNTIME_OPTIONS = ("device", "workers", "cache", "threads", "wandb")
+RUNTIME_OPTIONS = MACHINE_OPTIONS
 
 
 # --- the data ----------------------------------------------------------------------------------
@@ -133,27 +133,6 @@ def build_config(options: TrainOptions, manifest_path: Path, source: str, manife
 
 # --- entry point -------------------------------------------------------------------------------
 
-def check_wandb(project: str | None):
-    """The wandb module when `--wandb` asks for it (None without); imported here because it is optional."""
-    if not project:
-        return None
-    try:
-        import wandb  # optional: installed only by those who log with --wandb
-    except ImportError:
-        raise MaskkitError(f"--wandb {project}: wandb is not installed (pip install wandb, or drop --wandb)") from None
-    return wandb
-
-
-def _start_wandb(trainer: Trainer, config: dict) -> None:
-    wandb = check_wandb(trainer.options.wandb)
-    if wandb is None:
-        return
-    run_dir = trainer.run_dir
-    trainer.keeper.wandb = wandb.init(project=trainer.options.wandb, name=run_dir.name, config=config,
-                                      id=hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16],
-                                      resume="allow")
-
-
 def _check_new_run(source: str | Path, options: TrainOptions, manifest: pd.DataFrame) -> None:
     folds = sorted(manifest["fold"].unique())
     if not options.all_folds and options.fold not in folds:
@@ -170,7 +149,7 @@ def _check_new_run(source: str | Path, options: TrainOptions, manifest: pd.DataF
 def _new_run(source: str | Path, options: TrainOptions, out: Path, name: str | None, overwrite: bool):
     """Check everything, then write the run folder's manifest.csv and config.json."""
     options.check()
-    check_wandb(options.wandb)
+    logger_module(options)
     resolve_device(options.device)
     manifest, made_here = load_source(source)
     _check_new_run(source, options, manifest)
@@ -226,7 +205,7 @@ def resume_options(run_dir: Path, options: TrainOptions | None, given: Iterable[
         names = [f.name for f in dataclasses.fields(TrainOptions)] if given is None else list(given)
         extended = _merge_resumed(run_dir, saved, options, names, given is None)
     saved.check()
-    check_wandb(saved.wandb)
+    logger_module(saved)
     manifest_path = run_dir / runfolder.MANIFEST
     manifest = read_manifest(manifest_path)
     if file_sha256(manifest_path) != config["manifest_sha256"]:
@@ -355,8 +334,6 @@ def _train(trainer: Trainer, config: dict, stop: Callable[[int, int], bool] | No
            on_epoch: Callable[[int, dict], bool] | None = None) -> None:
     """Fit the run, saying what it trains on before and what came out after."""
     run_dir, options, dist = trainer.run_dir, trainer.options, trainer.dist
-    if dist.main:
-        _start_wandb(trainer, config)
     processes = f", {dist.world_size} processes (DDP)" if dist.enabled else ""
     validation = ("every person (--fold all: no validation, best.pt = the final weights), " if options.all_folds else
                   f"validating on fold {options.fold} ({len(trainer.data.val_set)} images of "
@@ -370,9 +347,6 @@ def _train(trainer: Trainer, config: dict, stop: Callable[[int, int], bool] | No
     except Interrupted:
         _say(trainer, f"stopped; last.pt written: resume with: maskkit train --resume {run_dir}")
         raise
-    finally:
-        if trainer.keeper.wandb is not None:
-            trainer.keeper.wandb.finish()
     if options.all_folds:
         _say(trainer, f"trained {state.epoch} epochs on every person (best.pt = the final weights); "
                       f"next: maskkit predict {run_dir} DATA/eval -o preds.csv")
