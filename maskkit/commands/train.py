@@ -220,12 +220,16 @@ def resume_options(run_dir: Path, options: TrainOptions | None, given: Iterable[
     """
     runfolder.require(run_dir, runfolder.LAST)
     config = runfolder.read_config(run_dir)
-    saved = TrainOptions.from_dict(runfolder.saved_options(config), str(run_dir / runfolder.CONFIG))
+    # Ranges after the merge: a config.json from a larger machine may hold more --workers than this one has.
+    saved = TrainOptions.from_dict(runfolder.saved_options(config), str(run_dir / runfolder.CONFIG), ranges=False)
     extended = False
     if options is not None:
         names = [f.name for f in dataclasses.fields(TrainOptions)] if given is None else list(given)
         extended = _merge_resumed(run_dir, saved, options, names, given is None)
-    saved.check()
+    try:
+        saved.check()
+    except MaskkitError as exc:
+        raise MaskkitError(f"{run_dir / runfolder.CONFIG}: {exc}") from None
     check_wandb(saved.wandb)
     manifest_path = run_dir / runfolder.MANIFEST
     manifest = read_manifest(manifest_path)
@@ -300,14 +304,18 @@ def run(
         if resume is not None:
             options, config, manifest, extended = resume_options(run_dir, options, given)
         dist = Distributed.from_env(options.device)
-        if resume is None:
-            run_dir, config, manifest = dist.from_main(lambda: _new_run(source, options, Path(out), name, overwrite))
         try:
+            if resume is None:
+                run_dir, config, manifest = dist.from_main(lambda: _new_run(source, options, Path(out), name, overwrite))
             with deterministic(dist.device(resolve_device(options.device))):
                 trainer = _make_trainer(run_dir, options, config, manifest, resume is not None, show_progress, dist)
                 if _ready_to_train(trainer, config, resume is not None, extended):
                     _train(trainer, config, stop)
             return run_dir
+        except Exception:  # not Ctrl-C: its last.pt resumes even within the first epoch
+            if resume is None and dist.main and not (run_dir / runfolder.METRICS).is_file():
+                runfolder.remove_run(run_dir)  # failed before an epoch was saved: leave no half run
+            raise
         finally:
             dist.close()
 
