@@ -262,7 +262,7 @@ def segment(
     batch_size: o.BatchSize = 8,
     device: o.Device = "auto",
     threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Person probability from which a pixel is person."),
-    short_side: int = typer.Option(520, "--short-side", min=16, help="Working resolution: the shorter side in pixels (masks are resized back)."),
+    short_side: int = typer.Option(520, "--short-side", min=16, help="Working resolution: the shorter side in pixels, 16..4096 (masks are resized back)."),
     workers: o.Workers = None,
     threads: o.Threads = None,
     overwrite: o.Overwrite = False,
