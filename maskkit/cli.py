@@ -76,8 +76,9 @@ def root(
 @app.command()
 def synth(
     out: Path = typer.Argument(..., help="Folder to create (OUT/train, OUT/eval, OUT/masks); must be empty or absent."),
-    persons: int = typer.Option(60, "--persons", help="Training persons (7 images each)."),
-    eval_persons: int = typer.Option(20, "--eval-persons", help="Evaluation persons (7 images each, hex names, shuffled)."),
+    persons: int = typer.Option(60, "--persons", help="Training persons (7 images each), at most 100000."),
+    eval_persons: int = typer.Option(20, "--eval-persons", help="Evaluation persons (7 images each, hex names, shuffled), "
+                                     "at most 100000."),
     size: str = typer.Option("384x512", "--size", help="Image size WIDTHxHEIGHT (the real data is 384x512)."),
     seed: o.Seed = SEED,
     noise: float = typer.Option(0.0, "--noise", help="Label errors: flip the gender of this fraction of persons and "
