@@ -46,6 +46,7 @@ from maskkit.contract.errors import MaskkitError, RunFailure
 from maskkit.contract.files import Inputs, WriteError, atomic_path, console, examples, folder_lock, remove_stale_temps, write_csv
 from maskkit.contract.layout import load_train
 from maskkit.contract.manifest import check_images_exist, file_sha256, read_manifest
+from maskkit.data.fingerprints import strange_images
 from maskkit.data.folds import make_manifest
 from maskkit.data.loader import image_size
 from maskkit.data.presets import parse_crop, resolve_crop
@@ -165,6 +166,16 @@ def _check_new_run(source: str | Path, options: TrainOptions, manifest: pd.DataF
     if n_train < options.batch_size:
         raise MaskkitError(f"--batch-size {options.batch_size}: larger than the {n_train} training images; use a smaller one")
     check_images_exist(manifest, str(source))
+    _warn_strange_images(source, manifest)
+
+
+def _warn_strange_images(source: str | Path, manifest: pd.DataFrame) -> None:
+    """One line when training images are tiny, oddly shaped or not the format their name says."""
+    strange = strange_images(manifest["path"])
+    if strange:
+        path, kind = strange[0]
+        console.print(f"warning: {len(strange)} strange training image(s) in {source}, first {path} ({kind}); "
+                      "they are used as they are: maskkit audit lists them all", markup=False, highlight=False)
 
 
 def _new_run(source: str | Path, options: TrainOptions, out: Path, name: str | None, overwrite: bool):
