@@ -657,3 +657,14 @@ def test_issue17_disk_full_in_torch_save_is_one_line_and_resume_works(cli, world
     assert "runs/full/last.pt: cannot write" in result.stderr and "--resume runs/full" in result.stderr
     assert cli("train", "--resume", "runs/full", "--device", "cpu").exit_code == 0
     assert len(pd.read_csv(world / "runs" / "full" / "metrics.csv")) == 2
+
+
+def test_issue17_a_looping_link_in_a_person_folder_is_reported_not_a_traceback(cli, world):
+    """Layout reading: a self-looping mask1.jpg is no image; split names it and goes on without it."""
+    folder = world / "X" / "train" / "images" / first_person(world)
+    (folder / "mask1.jpg").unlink()
+    os.symlink("mask1.jpg", folder / "mask1.jpg")
+    result = cli("split", "X/train", "--folds", "2", "-o", "f.csv")
+    assert result.exit_code == 0, result.stderr
+    assert "missing images" in result.stderr and f"{first_person(world)} (mask1)" in result.stderr
+    assert str(folder / "mask1.jpg") not in (world / "f.csv").read_text()
