@@ -76,8 +76,9 @@ def root(
 @app.command()
 def synth(
     out: Path = typer.Argument(..., help="Folder to create (OUT/train, OUT/eval, OUT/masks); must be empty or absent."),
-    persons: int = typer.Option(60, "--persons", help="Training persons (7 images each)."),
-    eval_persons: int = typer.Option(20, "--eval-persons", help="Evaluation persons (7 images each, hex names, shuffled)."),
+    persons: int = typer.Option(60, "--persons", help="Training persons (7 images each), at most 100000."),
+    eval_persons: int = typer.Option(20, "--eval-persons", help="Evaluation persons (7 images each, hex names, shuffled), "
+                                     "at most 100000."),
     size: str = typer.Option("384x512", "--size", help="Image size WIDTHxHEIGHT (the real data is 384x512)."),
     seed: o.Seed = SEED,
     noise: float = typer.Option(0.0, "--noise", help="Label errors: flip the gender of this fraction of persons and "
@@ -336,7 +337,7 @@ def segment(
     batch_size: o.BatchSize = 8,
     device: o.Device = "auto",
     threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Person probability from which a pixel is person."),
-    short_side: int = typer.Option(520, "--short-side", min=16, help="Working resolution: the shorter side in pixels (masks are resized back)."),
+    short_side: int = typer.Option(520, "--short-side", min=16, help="Working resolution: the shorter side in pixels, 16..4096 (masks are resized back)."),
     workers: o.Workers = None,
     threads: o.Threads = None,
     overwrite: o.Overwrite = False,

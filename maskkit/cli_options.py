@@ -13,17 +13,33 @@ from typing import Annotated, List, Literal, Optional
 import typer
 
 from maskkit import options as vocab
+from maskkit.contract.errors import MaskkitError
 
 # --- shared by several subcommands ---------------------------------------------------------------
+
+
+def _bounded(check):
+    """A typer callback running one of options.py's checks: its MaskkitError becomes click's bad value."""
+    def callback(value):
+        try:
+            check(value)
+        except MaskkitError as exc:
+            raise typer.BadParameter(str(exc).split(": ", 1)[-1]) from None
+        return value
+    return callback
+
+
 Device = Annotated[str, typer.Option("--device", help="auto (cuda when available), cpu, cuda or cuda:N.")]
 Threads = Annotated[Optional[int], typer.Option(
-    "--threads", min=1, help="Torch threads (default: the cores other processes leave free).")]
+    "--threads", callback=_bounded(lambda n: vocab.check_workers_threads(threads=n)),
+    help="Torch threads, 1..cores (default: the cores other processes leave free).")]
 Workers = Annotated[Optional[int], typer.Option(
-    "--workers", "-j", min=0, help="Worker processes that load images (0: this process; default: from the "
-    "device and the cores).")]
+    "--workers", "-j", callback=_bounded(lambda n: vocab.check_workers_threads(workers=n)),
+    help="Worker processes that load images, 0..cores x 4 (0: this process; default: from the device and the cores).")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per step (per forward pass).")]
 Out = Annotated[Optional[Path], typer.Option("-o", "--out", help="Write the output CSV here instead of stdout.")]
-Seed = Annotated[int, typer.Option("--seed", help="Seed of everything random: the same seed, the same output.")]
+Seed = Annotated[int, typer.Option("--seed", min=vocab.SEED_RANGE[0], max=vocab.SEED_RANGE[1],
+                                   help="Seed of everything random: the same seed, the same output.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace what an earlier run of this command wrote "
                                          "there (segment: redo finished images instead of resuming).")]
 Masks = Annotated[Optional[Path], typer.Option(

@@ -19,7 +19,7 @@ from maskkit.contract.labels import NUM_CLASSES, class_name
 from maskkit.contract.layout import load_train
 from maskkit.contract.manifest import MANIFEST_COLUMNS, write_manifest
 from maskkit.data.folds import make_manifest
-from maskkit.options import SEED
+from maskkit.options import SEED, SEED_RANGE
 
 
 def fold_table(manifest: pd.DataFrame) -> Table:
@@ -44,6 +44,8 @@ def run(data: Path, folds: int = 5, seed: int = SEED, fixes: str | Sequence[str]
     """Read DATA/train, apply each fixes CSV in order, split into folds, write the manifest (stdout or `out`)."""
     if folds < 2:
         raise MaskkitError(f"--folds {folds}: need at least 2 folds")
+    if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise MaskkitError(f"--seed {seed}: use {SEED_RANGE[0]}..{SEED_RANGE[1]}")
     fixes = [fixes] if isinstance(fixes, (str, Path)) else list(fixes or [])
     inputs = Inputs.of(data, [f for f in fixes if str(f) != KNOWN])
     inputs.check(out, header=MANIFEST_COLUMNS)

@@ -45,6 +45,7 @@ from maskkit.contract.errors import MaskkitError, RunFailure
 from maskkit.contract.files import Inputs, WriteError, atomic_path, console, examples, folder_lock, remove_stale_temps, write_csv
 from maskkit.contract.layout import load_train
 from maskkit.contract.manifest import check_images_exist, file_sha256, read_manifest
+from maskkit.data.fingerprints import strange_images
 from maskkit.data.folds import make_manifest
 from maskkit.data.loader import image_size
 from maskkit.data.presets import parse_crop, resolve_crop
@@ -144,6 +145,16 @@ def _check_new_run(source: str | Path, options: TrainOptions, manifest: pd.DataF
     if n_train < options.batch_size:
         raise MaskkitError(f"--batch-size {options.batch_size}: larger than the {n_train} training images; use a smaller one")
     check_images_exist(manifest, str(source))
+    _warn_strange_images(source, manifest)
+
+
+def _warn_strange_images(source: str | Path, manifest: pd.DataFrame) -> None:
+    """One line when training images are tiny, oddly shaped or not the format their name says."""
+    strange = strange_images(manifest["path"])
+    if strange:
+        path, kind = strange[0]
+        console.print(f"warning: {len(strange)} strange training image(s) in {source}, first {path} ({kind}); "
+                      "they are used as they are: maskkit audit lists them all", markup=False, highlight=False)
 
 
 def _new_run(source: str | Path, options: TrainOptions, out: Path, name: str | None, overwrite: bool):
@@ -199,12 +210,16 @@ def resume_options(run_dir: Path, options: TrainOptions | None, given: Iterable[
     """
     runfolder.require(run_dir, runfolder.LAST)
     config = runfolder.read_config(run_dir)
-    saved = TrainOptions.from_dict(runfolder.saved_options(config), str(run_dir / runfolder.CONFIG))
+    # Ranges after the merge: a config.json from a larger machine may hold more --workers than this one has.
+    saved = TrainOptions.from_dict(runfolder.saved_options(config), str(run_dir / runfolder.CONFIG), ranges=False)
     extended = False
     if options is not None:
         names = [f.name for f in dataclasses.fields(TrainOptions)] if given is None else list(given)
         extended = _merge_resumed(run_dir, saved, options, names, given is None)
-    saved.check()
+    try:
+        saved.check()
+    except MaskkitError as exc:
+        raise MaskkitError(f"{run_dir / runfolder.CONFIG}: {exc}") from None
     logger_module(saved)
     manifest_path = run_dir / runfolder.MANIFEST
     manifest = read_manifest(manifest_path)
@@ -281,14 +296,18 @@ def run(
         if resume is not None:
             options, config, manifest, extended = resume_options(run_dir, options, given)
         dist = Distributed.from_env(options.device)
-        if resume is None:
-            run_dir, config, manifest = dist.from_main(lambda: _new_run(source, options, Path(out), name, overwrite))
         try:
+            if resume is None:
+                run_dir, config, manifest = dist.from_main(lambda: _new_run(source, options, Path(out), name, overwrite))
             with deterministic(dist.device(resolve_device(options.device))):
                 trainer = _make_trainer(run_dir, options, config, manifest, resume is not None, show_progress, dist)
                 if _ready_to_train(trainer, config, resume is not None, extended):
                     _train(trainer, config, stop, on_epoch)
             return run_dir
+        except Exception:  # not Ctrl-C: its last.pt resumes even within the first epoch
+            if resume is None and dist.main and not (run_dir / runfolder.METRICS).is_file():
+                runfolder.remove_run(run_dir)  # failed before an epoch was saved: leave no half run
+            raise
         finally:
             dist.close()
 

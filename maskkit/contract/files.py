@@ -98,8 +98,8 @@ def write_errors(path: str | Path) -> Iterator[None]:
         if error is None:
             raise
         raise error from None
-    except RuntimeError as exc:  # torch.save on a full disk: "PytorchStreamWriter failed writing file"
-        if "PytorchStreamWriter" not in str(exc) and "file write failed" not in str(exc):
+    except RuntimeError as exc:  # torch.save on a full disk: "PytorchStreamWriter failed writing file", "basic_ios::clear"
+        if not any(sign in str(exc) for sign in ("PytorchStreamWriter", "file write failed", "basic_ios::clear")):
             raise
         raise WriteError(f"{path}: cannot write: the write failed (disk full?); free some space", 1) from None
 

@@ -16,11 +16,10 @@ import pandas as pd
 
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import console, examples, read_csv
-from maskkit.contract.labels import GENDERS, MASKS, label_of
+from maskkit.contract.labels import AGE_RANGE, GENDERS, MASKS, label_of
 
 FIXES_COLUMNS = ("target", "column", "old", "new", "reason")
 FIXABLE = ("gender", "age", "mask")
-AGE_RANGE = (0, 120)  # plausible ages in years
 KNOWN = "known"
 
 

@@ -83,7 +83,9 @@ def train_options(flags: Mapping[str, object], given: Iterable[str],
         typed["logger"] = "wandb"
     if "fold" in typed:
         typed["fold"] = parse_fold(typed["fold"])  # its error names --fold, not the recipe
-    options = TrainOptions.from_dict({**from_file, **typed}, str(recipe or "options"))
+    if recipe is not None:  # the file's values alone first, so that an error names the file
+        TrainOptions.from_dict(from_file, str(recipe))
+    options = TrainOptions.from_dict({**from_file, **typed}, "options", ranges=False)  # train checks them
     return options, set(from_file) | set(typed)
 
 
