@@ -15,7 +15,7 @@ import pandas as pd
 from rich.table import Table
 
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import console, examples, write_csv
+from maskkit.contract.files import Inputs, console, examples, write_csv
 from maskkit.contract.labels import NUM_CLASSES, class_name
 from maskkit.contract.predictions import read_predictions
 from maskkit.engine.metrics import SCORE_NAMES, per_class_f1, scores
@@ -67,6 +67,8 @@ def run(submission: Path, truth: Path, out: Path | None = None, confusion: Path 
         quiet: bool = False) -> dict:
     """Score SUBMISSION against TRUTH; write the one-row CSV to stdout or `out`; return the row."""
     submission, truth = Path(submission), Path(truth)
+    inputs = Inputs.of(submission, truth)
+    inputs.check(out, header=list(COLUMNS))
     if confusion is not None and Path(confusion).suffix.lower() != ".png":
         raise MaskkitError(f"--confusion {confusion}: the picture is a PNG; name a file ending in .png")
     answers = read_answers(submission, "submission")
@@ -79,5 +81,5 @@ def run(submission: Path, truth: Path, out: Path | None = None, confusion: Path 
         draw_confusion(true, pred, Path(confusion), f"{submission.name} against {truth.name}")
     if not quiet:
         print_table(row, true, pred)
-    write_csv(pd.DataFrame([row], columns=list(COLUMNS)), out)
+    write_csv(pd.DataFrame([row], columns=list(COLUMNS)), out, inputs=inputs)
     return row

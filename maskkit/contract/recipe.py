@@ -10,14 +10,13 @@ trains the same recipe on another fold). Options given on the command line win o
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import yaml
 
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import atomic_path
+from maskkit.contract.files import write_text
 from maskkit.options import TrainOptions, parse_fold, parse_width_height
 
 FIX = "a recipe is a YAML mapping of train options, as `maskkit train --print-config` writes it"
@@ -81,10 +80,4 @@ def recipe_text(options: Mapping) -> str:
 
 def write_recipe(options: Mapping, out: str | Path | None = None) -> None:
     """The recipe to stdout (None or '-') or atomically to a file."""
-    text = recipe_text(options)
-    if out is None or str(out) == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return
-    with atomic_path(out) as tmp:
-        tmp.write_text(text)
+    write_text(recipe_text(options), out)
