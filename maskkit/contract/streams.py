@@ -111,31 +111,37 @@ def read_input(path: str | Path) -> bytes:
 
 # --- the message stream ------------------------------------------------------------------------
 
+def _stderr() -> TextIO:
+    """sys.stderr as it is now; under a live rich display (which puts a proxy there that prints
+    through the console) the stream behind the proxy, or writes would loop back into the console."""
+    return getattr(sys.stderr, "rich_proxied_file", sys.stderr)
+
+
 class QuietStderr:
     """sys.stderr for messages (looked up on every call, so redirections and test captures apply)
     that swallows a closed or broken stream: a message that cannot be shown never stops the job."""
 
     def write(self, text: str) -> int:
         with contextlib.suppress(OSError, ValueError, AttributeError):
-            sys.stderr.write(text)
+            _stderr().write(text)
         return len(text)
 
     def flush(self) -> None:
         with contextlib.suppress(OSError, ValueError, AttributeError):
-            sys.stderr.flush()
+            _stderr().flush()
 
     def isatty(self) -> bool:
         try:
-            return sys.stderr.isatty()
+            return _stderr().isatty()
         except (OSError, ValueError, AttributeError):
             return False
 
     def fileno(self) -> int:
-        return sys.stderr.fileno()
+        return _stderr().fileno()
 
     @property
     def encoding(self) -> str:
-        return getattr(sys.stderr, "encoding", None) or "utf-8"
+        return getattr(_stderr(), "encoding", None) or "utf-8"
 
 
 def say(message: str) -> None:
