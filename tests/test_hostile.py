@@ -176,9 +176,11 @@ def synth_lookalike(root: Path) -> None:
 
 
 def out_images_link_out(root: Path) -> None:
-    """Issue 17 item 4: OUT/images of a segment output replaced by a link to a folder outside OUT."""
+    """Issue 17 item 4: OUT/images of a segment output (its report is there) replaced by a link to a
+    folder outside OUT, which holds files of the same names."""
     shutil.copytree(root / "X" / "eval" / "images", root / "victim")
     (root / "seg").mkdir()
+    (root / "seg" / "segment_report.csv").write_text("path,person_area,status\n")
     (root / "seg" / "images").symlink_to(root / "victim")
 
 
