@@ -24,7 +24,7 @@ import typer  # noqa: E402
 from maskkit import __version__  # noqa: E402
 from maskkit import cli_options as o  # noqa: E402
 from maskkit.contract.errors import MaskkitError  # noqa: E402
-from maskkit.contract.streams import StdoutGone, say, settle_streams  # noqa: E402
+from maskkit.contract.streams import StdoutGone, guard_descriptors, say, settle_streams  # noqa: E402
 from maskkit.options import SEED, TrainOptions, parse_width_height  # noqa: E402
 
 app = typer.Typer(
@@ -333,6 +333,7 @@ def score(
 def main() -> None:
     """The `maskkit` entry point: a bad option value is one line and exit 2, not a usage box; a
     reader of stdout that went away (`| head`) ends the command quietly with exit 141."""
+    guard_descriptors()
     try:
         code = _invoke()
     except StdoutGone:

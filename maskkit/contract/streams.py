@@ -150,6 +150,21 @@ def say(message: str) -> None:
     QuietStderr().flush()
 
 
+def guard_descriptors() -> None:
+    """Open /dev/null on a closed descriptor 0, 1 or 2 (`>&-`, `2>&-`): otherwise the next file
+    opened gets that number, and a library writing to "stderr" would write into it. Python has
+    already set sys.stdout (or sys.stderr) to None for it, so a closed stdout is still reported."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                null = os.open(os.devnull, os.O_RDWR)
+                if null != fd:  # not the lowest free number: another one is closed too
+                    os.dup2(null, fd)
+                    os.close(null)
+
+
 def settle_streams() -> None:
     """Point stdout or stderr at /dev/null when it can no longer take the bytes it still holds, so
     the interpreter's last flush neither prints 'Exception ignored' nor turns the exit code into 120."""
