@@ -348,7 +348,9 @@ class Inputs:
         An existing file is replaced only when it is of the kind written: a CSV whose header line is
         `header`, or a file starting with `magic` (e.g. PNG's signature).
         """
-        if target is None or str(target) == STDIN:
+        if target is None:  # not given: the caller writes elsewhere, or to stdout (checked when written)
+            return
+        if str(target) == STDIN:
             require_stdout()
             return
         target = Path(target)
