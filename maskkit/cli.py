@@ -24,6 +24,7 @@ import typer  # noqa: E402
 from maskkit import __version__  # noqa: E402
 from maskkit import cli_options as o  # noqa: E402
 from maskkit.contract.errors import MaskkitError  # noqa: E402
+from maskkit.contract.streams import StdoutGone, guard_descriptors, say, settle_streams  # noqa: E402
 from maskkit.options import SEED, TrainOptions, parse_width_height  # noqa: E402
 
 app = typer.Typer(
@@ -48,10 +49,10 @@ def reported(command: str, threads: Optional[int] | bool = False) -> Iterator[No
             use_threads(threads)
         yield
     except MaskkitError as exc:
-        typer.echo(f"maskkit {command}: error: {exc}", err=True)
+        say(f"maskkit {command}: error: {exc}")
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
-        typer.echo(f"maskkit {command}: interrupted", err=True)
+        say(f"maskkit {command}: interrupted")
         raise typer.Exit(130) from None
 
 
@@ -406,21 +407,34 @@ def score(
 
 
 def main() -> None:
-    """The `maskkit` entry point: a bad option value is one line and exit 2, not a usage box."""
+    """The `maskkit` entry point: a bad option value is one line and exit 2, not a usage box; a
+    reader of stdout that went away (`| head`) ends the command quietly with exit 141."""
+    guard_descriptors()
+    try:
+        code = _invoke()
+    except StdoutGone:
+        code = StdoutGone.exit_code
+    settle_streams()
+    sys.exit(code)
+
+
+def _invoke() -> int:
+    """Run the app; return its exit code."""
     try:
         code = app(prog_name="maskkit", standalone_mode=False)
     except typer.Abort:  # Ctrl-C while click itself was running
-        typer.echo("maskkit: interrupted", err=True)
-        sys.exit(130)
+        say("maskkit: interrupted")
+        return 130
     except typer.TyperException as exc:  # click's UsageError, BadParameter, NoSuchOption... (typer vendors click)
         if type(exc).__name__ == "NoArgsIsHelpError":  # bare `maskkit` or a bare group: show the help
-            exc.show()
-            sys.exit(exc.exit_code)
+            with contextlib.suppress(OSError, ValueError):
+                exc.show()
+            return exc.exit_code
         ctx = getattr(exc, "ctx", None)
         where = ctx.command_path if ctx is not None else "maskkit"
-        typer.echo(f"{where}: error: {exc.format_message()} (see {where} --help)", err=True)
-        sys.exit(getattr(exc, "exit_code", 2))
-    sys.exit(code if isinstance(code, int) else 0)
+        say(f"{where}: error: {exc.format_message()} (see {where} --help)")
+        return getattr(exc, "exit_code", 2)
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -175,6 +175,15 @@ def synth_lookalike(root: Path) -> None:
     (root / "real" / "train" / "images" / first_person(root) / "notes.txt").write_text("x\n")
 
 
+def out_images_link_out(root: Path) -> None:
+    """Issue 17 item 4: OUT/images of a segment output (its report is there) replaced by a link to a
+    folder outside OUT, which holds files of the same names."""
+    shutil.copytree(root / "X" / "eval" / "images", root / "victim")
+    (root / "seg").mkdir()
+    (root / "seg" / "segment_report.csv").write_text("path,person_area,status\n")
+    (root / "seg" / "images").symlink_to(root / "victim")
+
+
 RUN = "runs/base"
 TINY = ["--backbone", "test_resnet", "--no-pretrained", "--epochs", "1", "--input-size", "32x32", "--batch-size", "8",
         "--workers", "0", "--device", "cpu"]
@@ -234,6 +243,9 @@ BAD = [
      ["train", "bad.csv", *TINY], 2),
     ("train: a person with two genders", mixed_gender,
      ["train", "bad.csv", *TINY], 2),
+    # issue 17 item 4: a writer follows a link out of its output folder
+    ("segment OUT/images a link out of OUT", out_images_link_out,
+     ["segment", "X/eval", "seg", "--overwrite", *SEGMENT], 2),
 ]
 
 # Every output of every subcommand that reads inputs, aimed at one of them (or inside an input dataset).
@@ -363,6 +375,38 @@ def test_full_disk_is_one_line_exit_1_and_leaves_no_file(world, argv):
     assert "Traceback" not in result.stderr and last.startswith(f"maskkit {argv[0]}: error: out/")
     assert "free some space" in last or "too large" in last
     assert not (world / "out").exists() or list((world / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "folds.csv", *TINY, "--runs-dir", "out/runs"],
+    ["segment", "X/eval", "out/seg", *SEGMENT],
+], ids=["train", "segment"])
+def test_full_disk_names_the_output_not_the_input(world, deeplab, argv):
+    """Issue 17 item 9: shutil puts the *source* on the error, so this said `folds.csv: cannot write`
+    (train copying the manifest) and `X/eval/info.csv` (segment copying info.csv)."""
+    argv = [a.replace("{deeplab}", str(deeplab)) for a in argv]
+    before = tree_hashes(world / "X")
+    result = run_with_file_limit(argv, world, 100)
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr and last.startswith(f"maskkit {argv[0]}: error: out/"), last
+    assert "folds.csv:" not in last and "X/eval" not in last
+    assert tree_hashes(world / "X") == before
+
+
+def test_a_killed_vote_leaves_a_temporary_file_the_next_vote_removes(cli, world):
+    """Issue 17 item 11: kill -9 during `vote -o v.csv` left `.v.csv.tmp<pid>.csv` forever."""
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    stale = world / f".v.csv.tmp{victim.pid}.csv"
+    stale.write_text("ImageID,ans\nhalf a vote")
+    victim.kill()  # the writer dies with its temporary file in place, as under kill -9
+    victim.wait()
+    busy = world / f".v.csv.tmp{os.getppid()}.csv"  # a live process's file is left alone
+    busy.write_text("being written")
+    result = cli("vote", "p.csv", "q.csv", "-o", "v.csv")
+    assert result.exit_code == 0, result.stderr
+    assert not stale.exists() and busy.exists()
+    assert (world / "v.csv").read_text().startswith("ImageID,ans\n")
 
 
 # --- item 4: one run per output folder --------------------------------------------------------------

@@ -19,7 +19,7 @@ import pandas as pd
 from rich.table import Table
 
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import console, examples, write_csv
+from maskkit.contract.files import Inputs, console, examples, write_csv
 from maskkit.contract.labels import NUM_CLASSES, class_name
 from maskkit.contract.predictions import read_predictions
 from maskkit.engine.metrics import SCORE_NAMES, per_class_f1, scores
@@ -72,6 +72,8 @@ def run(submission: Path, truth: Path, out: Path | None = None, confusion: Path 
     """Score SUBMISSION against TRUTH; write the one-row CSV to stdout or `out` (stdout only
     without its `header`); return the row."""
     submission, truth = Path(submission), Path(truth)
+    inputs = Inputs.of(submission, truth)
+    inputs.check(out, header=list(COLUMNS))
     if confusion is not None and Path(confusion).suffix.lower() != ".png":
         raise MaskkitError(f"--confusion {confusion}: the picture is a PNG; name a file ending in .png")
     if not header and out is not None and str(out) != "-":
@@ -93,7 +95,7 @@ def run(submission: Path, truth: Path, out: Path | None = None, confusion: Path 
         print_table(row, true, pred)
     frame = pd.DataFrame([row], columns=list(COLUMNS))
     if header:
-        write_csv(frame, out)
+        write_csv(frame, out, inputs=inputs)
     else:
         frame.to_csv(sys.stdout, index=False, header=False, lineterminator="\n")
         sys.stdout.flush()

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import platform
-import shutil
 import sys
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
@@ -46,6 +45,7 @@ from maskkit.contract.files import Inputs, WriteError, atomic_path, console, exa
 from maskkit.contract.layout import load_train
 from maskkit.contract.manifest import check_images_exist, file_sha256, read_manifest
 from maskkit.data.fingerprints import strange_images
+from maskkit.contract.streams import is_stream, read_input
 from maskkit.data.folds import make_manifest
 from maskkit.data.loader import image_size
 from maskkit.data.presets import parse_crop, resolve_crop
@@ -70,14 +70,15 @@ def manifest_from_folder(data: str | Path) -> pd.DataFrame:
     return make_manifest(load_train(data), AUTO_FOLDS, AUTO_SPLIT_SEED, source=str(data))
 
 
-def load_source(source: str | Path) -> tuple[pd.DataFrame, bool]:
-    """(manifest, made_here): a manifest CSV as given, or the on-the-fly split of a dataset folder."""
-    source = Path(source)
-    if source.is_dir():
-        return manifest_from_folder(source), True
-    if not source.exists():
+def load_source(source: str | Path) -> tuple[pd.DataFrame, bytes | None]:
+    """(manifest, its bytes): a manifest CSV (`-` or another stream included) read once, or the
+    on-the-fly split of a dataset folder (bytes None)."""
+    if Path(source).is_dir():
+        return manifest_from_folder(source), None
+    if not is_stream(source) and not Path(source).exists():
         raise MaskkitError(f"{source}: not found (give a manifest CSV from maskkit split, or DATA/train)")
-    return read_manifest(source), False
+    data = read_input(source)
+    return read_manifest(source, data=data), data
 
 
 # --- the run folder's config ---------------------------------------------------------------------
@@ -162,14 +163,15 @@ def _new_run(source: str | Path, options: TrainOptions, out: Path, name: str | N
     options.check()
     logger_module(options)
     resolve_device(options.device)
-    manifest, made_here = load_source(source)
+    manifest, data = load_source(source)
+    made_here = data is None
     _check_new_run(source, options, manifest)
     run_dir = runfolder.prepare_run_dir(Path(out), name or options.run_name, overwrite)
     if made_here:
         write_csv(manifest, run_dir / runfolder.MANIFEST)
     else:  # byte for byte, so its sha256 names the user's file
         with atomic_path(run_dir / runfolder.MANIFEST) as tmp:
-            shutil.copyfile(source, tmp)
+            tmp.write_bytes(data)
     config = build_config(options, run_dir / runfolder.MANIFEST, str(source), manifest)
     runfolder.write_json(runfolder.stored_config(config), run_dir / runfolder.CONFIG)
     if made_here:

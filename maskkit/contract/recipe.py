@@ -13,14 +13,13 @@ Options given on the command line win over the file:
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import yaml
 
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import atomic_path, console
+from maskkit.contract.files import console, write_text
 from maskkit.options import MACHINE_OPTIONS, TrainOptions, parse_fold, parse_width_height
 
 PLACES = ("name", "runs_dir")  # where a run goes: train's --name and --runs-dir, not options
@@ -108,10 +107,4 @@ def recipe_text(options: Mapping) -> str:
 
 def write_recipe(options: Mapping, out: str | Path | None = None) -> None:
     """The recipe to stdout (None or '-') or atomically to a file."""
-    text = recipe_text(options)
-    if out is None or str(out) == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return
-    with atomic_path(out) as tmp:
-        tmp.write_text(text)
+    write_text(recipe_text(options), out)
