@@ -271,7 +271,7 @@ def predict_rate(results: Results, paths: list[str], device: torch.device, quick
     from maskkit.engine.models import build_model, model_defaults, to_channels_last
 
     img_size, backbone = ((128, 96), "lite0") if quick else ((512, 384), "effb2")
-    model = build_model(backbone, heads="multi", age_regression=True, pretrained=False, img_size=img_size).to(device).eval()
+    model = build_model(backbone, heads="multi", age_head="mse", pretrained=False, img_size=img_size).to(device).eval()
     defaults = model_defaults(backbone)
     mean, std = tuple(defaults["mean"]), tuple(defaults["std"])
     if device.type == "cuda":

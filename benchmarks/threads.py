@@ -52,7 +52,7 @@ def worker(threads: str, steps: int, batch: int, size: int) -> None:
     else:
         count = torch.get_num_threads()
     torch.manual_seed(0)
-    model = build_model("lite0", heads="multi", age_regression=True, img_size=(size, size))
+    model = build_model("lite0", heads="multi", age_head="mse", img_size=(size, size))
     loss_fn = MaskLoss.from_options(TrainOptions(heads="multi", age_weight=0.1))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     images = torch.randn(batch, 3, size, size)

@@ -24,6 +24,7 @@ import typer  # noqa: E402
 from maskkit import __version__  # noqa: E402
 from maskkit import cli_options as o  # noqa: E402
 from maskkit.contract.errors import MaskkitError  # noqa: E402
+from maskkit.contract.streams import StdoutGone, guard_descriptors, say, settle_streams  # noqa: E402
 from maskkit.options import SEED, TrainOptions, parse_width_height  # noqa: E402
 
 app = typer.Typer(
@@ -48,10 +49,10 @@ def reported(command: str, threads: Optional[int] | bool = False) -> Iterator[No
             use_threads(threads)
         yield
     except MaskkitError as exc:
-        typer.echo(f"maskkit {command}: error: {exc}", err=True)
+        say(f"maskkit {command}: error: {exc}")
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
-        typer.echo(f"maskkit {command}: interrupted", err=True)
+        say(f"maskkit {command}: interrupted")
         raise typer.Exit(130) from None
 
 
@@ -76,8 +77,9 @@ def root(
 @app.command()
 def synth(
     out: Path = typer.Argument(..., help="Folder to create (OUT/train, OUT/eval, OUT/masks); must be empty or absent."),
-    persons: int = typer.Option(60, "--persons", help="Training persons (7 images each)."),
-    eval_persons: int = typer.Option(20, "--eval-persons", help="Evaluation persons (7 images each, hex names, shuffled)."),
+    persons: int = typer.Option(60, "--persons", help="Training persons (7 images each), at most 100000."),
+    eval_persons: int = typer.Option(20, "--eval-persons", help="Evaluation persons (7 images each, hex names, shuffled), "
+                                     "at most 100000."),
     size: str = typer.Option("384x512", "--size", help="Image size WIDTHxHEIGHT (the real data is 384x512)."),
     seed: o.Seed = SEED,
     noise: float = typer.Option(0.0, "--noise", help="Label errors: flip the gender of this fraction of persons and "
@@ -103,20 +105,19 @@ def split(
     data: Path = typer.Argument(Path("data/train"), help="DATA/train of the competition layout (or DATA)."),
     folds: int = typer.Option(5, "--folds", "-k", help="Number of folds (>= 2)."),
     seed: o.Seed = SEED,
-    fixes: Optional[str] = typer.Option(
-        None, "--fixes", help="Fixes CSV to apply first (from `maskkit audit --fixes-out`), or 'known' "
-        "for the agreed corrections of the real competition data."),
+    fixes: o.Fixes = None,
     out: o.Out = None,
 ) -> None:
     """Split persons into stratified folds and write the manifest CSV (path,person,...,label,fold).
 
     A gender x age stratum with fewer persons than folds is named in a warning (some folds then
-    lack it); persons never share folds. Example: maskkit split data/train --folds 5 --fixes known > folds.csv
+    lack it); persons never share folds. --fixes may be repeated: the files apply in the order given.
+    Example: maskkit split data/train --folds 5 --fixes known --fixes my_fixes.csv > folds.csv
     """
     from maskkit.commands import split as split_module
 
     with reported("split"):
-        split_module.run(data, folds=folds, seed=seed, fixes=fixes, out=out)
+        split_module.run(data, folds=folds, seed=seed, fixes=fixes or [], out=out)
 
 
 @app.command()
@@ -125,7 +126,8 @@ def train(
     cache: o.Cache = D.cache, workers: o.Workers = D.workers, backbone: o.Backbone = D.backbone,
     multi: o.Multi = D.heads == "multi", pretrained: o.Pretrained = D.pretrained,
     weights: o.BackboneWeights = D.weights, input_size: o.InputSize = "x".join(map(str, D.img_size[::-1])),
-    dropout: o.Dropout = D.dropout, age_weight: o.AgeWeight = D.age_weight, old_age: o.OldAge = D.old_age,
+    dropout: o.Dropout = D.dropout, age_weight: o.AgeWeight = D.age_weight, age_loss: o.AgeLoss = D.age_loss,
+    age_sigma: o.AgeSigma = D.age_sigma, old_age: o.OldAge = D.old_age,
     label_smoothing: o.LabelSmoothing = D.label_smoothing, focal: o.Focal = D.focal,
     balanced: o.Balanced = D.balanced, aug: o.Aug = D.aug, cutmix: o.Cutmix = D.cutmix, crop: o.Crop = D.crop,
     epochs: o.Epochs = D.epochs, batch_size: o.BatchSize = D.batch_size, opt: o.Optimizer = D.opt,
@@ -134,7 +136,7 @@ def train(
     patience: o.Patience = D.patience, precision: o.Precision = D.precision, config: o.Recipe = None,
     print_config: o.PrintConfig = False, seed: o.Seed = D.seed, device: o.Device = D.device,
     threads: o.Threads = D.threads, runs_dir: o.RunsDir = Path("runs"), name: o.RunName = None,
-    overwrite: o.Overwrite = False, resume: o.Resume = None, wandb: o.Wandb = D.wandb,
+    overwrite: o.Overwrite = False, resume: o.Resume = None, logger: o.Logger = D.logger, wandb: o.Wandb = D.wandb,
 ) -> None:
     """Train one fold into runs/NAME/ (config, metrics, best.pt, last.pt, val_preds.csv, plots).
 
@@ -142,7 +144,7 @@ def train(
     Example: maskkit train folds.csv --fold 0 --backbone effb2 --multi --age-weight 0.1 --epochs 12
     """
     from maskkit.commands import train as train_module
-    from maskkit.contract.recipe import train_options, write_recipe
+    from maskkit.contract.recipe import run_place, train_options, write_recipe
 
     with reported("train"):  # threads: set by train from its options (a resumed run may keep its own)
         typed = {name for name in ctx.params if ctx.get_parameter_source(name).name == "COMMANDLINE"}
@@ -151,41 +153,115 @@ def train(
             options.check()
             write_recipe(options.to_dict())
             return
+        runs_dir, name = run_place(ctx.params, typed, config)
         if resume is not None:  # what is not typed is not compared with the resumed run
             source, runs_dir = (value if key in typed else None for key, value in (("source", source), ("runs_dir", runs_dir)))
         train_module.run(source, options, out=runs_dir, name=name, overwrite=overwrite, resume=resume,
                            given=chosen if resume is not None else None)
 
 
+TUNE_REFUSED = ("source", "name", "resume", "overwrite", "print_config", "runs_dir")  # the study decides these
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def tune(
+    ctx: typer.Context,
+    manifest: Optional[Path] = typer.Argument(None, help="Manifest CSV from `maskkit split` (not needed with --best). "
+                                             "Any `maskkit train` option after it fixes that option for every trial."),
+    study: o.Study = None, space: o.SearchSpace = None, objective: o.Objective = "fold", folds: o.TuneFolds = 5,
+    trials: o.Trials = 20, pruner: o.Pruner = "median", storage: o.Storage = None,
+    runs_dir: o.RunsDir = Path("runs"), best: o.Best = False, out: o.Out = None,
+) -> None:
+    """Search train's options on Optuna: every trial a run folder under RUNS_DIR/tune-STUDY/; re-run to continue.
+
+    Start as many workers on one study as there are GPUs (CUDA_VISIBLE_DEVICES=k maskkit tune ... &).
+    Example: maskkit tune folds.csv --study s1 --trials 40 --backbone lite0 --epochs 4 --multi --device cuda
+    Then: maskkit tune --study s1 --best > best.yaml && maskkit train folds.csv --config best.yaml
+    """
+    from maskkit.commands import runs as runs_module
+    from maskkit.commands import train as train_module
+    from maskkit.commands import tune as tune_module
+    from maskkit.contract.recipe import train_options
+
+    with reported("tune"):
+        if not study:
+            raise MaskkitError("--study NAME is required (the study to run or to read with --best)")
+        settings = tune_module.Study(study, runs_dir, storage, objective, folds, trials, pruner)
+        if best:
+            tune_module.best(settings, out)
+            return
+        if manifest is None:
+            raise MaskkitError("give the MANIFEST to tune on (maskkit tune folds.csv --study NAME ...)")
+        train_ctx = typer.main.get_command(app).commands["train"].make_context("maskkit tune", list(ctx.args))
+        typed = {n for n in train_ctx.params if train_ctx.get_parameter_source(n).name == "COMMANDLINE"}
+        refused = sorted(typed & set(TUNE_REFUSED))
+        if refused:
+            raise MaskkitError(f"--{refused[0].replace('_', '-')}: not a train option tune passes on (the study names "
+                               "and places its trials)" if refused[0] != "source" else
+                               f"{train_ctx.params['source']}: one MANIFEST only, before the train options")
+        fixed, _ = train_options(train_ctx.params, typed, train_ctx.params["config"])
+        tune_module.run(manifest, settings, fixed, space, train=train_module.run,
+                        pooled=runs_module.pooled_predictions)
+
+
 @app.command()
 def predict(
-    run: o.RunFolder,
-    data: Path = typer.Argument(Path("data/eval"), help="DATA/eval (rows in info.csv's order) or a folder of images."),
-    tta: o.TtaMode = "none", out: o.Out = None, batch_size: o.BatchSize = 64, device: o.Device = "auto",
-    workers: o.Workers = None, threads: o.Threads = None,
+    sources: o.PredictSources,
+    tta: o.TtaMode = "none", out: o.Out = None, names: o.Names = False, batch_size: o.BatchSize = 64,
+    device: o.Device = "auto", workers: o.Workers = None, threads: o.Threads = None,
 ) -> None:
-    """Write the prediction CSV (ImageID,ans,p0..p17) of a trained run for DATA/eval (with its best.pt).
+    """Write the prediction CSV (ImageID,ans,p0..p17) of one or more models for any images.
 
-    Example: maskkit predict runs/effb2-f0 data/eval --tta flip -o preds/effb2-f0.csv
+    Rows of DATA/eval or of one folder keep the competition's keys; other images are keyed by path.
+
+    Example: maskkit predict runs/effb2-f0 runs/effb2-f1 data/eval --tta flip -o preds/effb2.csv
+
+    Example: find shots -name '*.jpg' | maskkit predict model.onnx - --names
     """
     from maskkit.commands import predict as predict_module
 
     with reported("predict", threads):
-        predict_module.run(run, data, tta=tta, out=out, batch_size=batch_size, device=device, workers=workers)
+        predict_module.run(sources, tta=tta, out=out, batch_size=batch_size, device=device, workers=workers,
+                           names=names)
+
+
+@app.command()
+def export(run: o.ExportRun, model: o.OnnxOut, check_images: o.CheckImages = None, threads: o.Threads = None) -> None:
+    """Export a run's network to ONNX: uint8 NCHW RGB in, 18 class probabilities out, dynamic batch.
+
+    Resize, crop and class table: in the ONNX metadata and in FILE.onnx.json.
+
+    Torch and onnxruntime must agree within 1e-4 on the check images, else nothing is written (exit 1).
+
+    Example: maskkit export runs/effb2-f0 effb2-f0.onnx && maskkit predict effb2-f0.onnx data/eval
+    """
+    from maskkit.commands import export as export_module
+
+    with reported("export", threads):
+        export_module.run(run, model, images=[str(p) for p in check_images or []])
 
 
 @app.command()
 def runs(
-    folders: Optional[List[Path]] = typer.Argument(None, help="Run folders (default: every run under runs/)."),
+    folders: Optional[List[Path]] = typer.Argument(
+        None, help="Run folders, or folders that hold them one or two levels down (runs/, "
+        "runs/tune-NAME/); default: runs/. Folders without config.json are skipped with a note."),
+    columns: Optional[str] = typer.Option(
+        None, "--columns", help="Columns to show, e.g. name,backbone,val_f1,recipe (the terminal's default: "
+        "name,fold,epochs,best_epoch,val_f1,oof_f1; piped CSV: every column)."),
+    oof_out: Optional[Path] = typer.Option(
+        None, "--oof-out", help="Write the recipe's pooled out-of-fold predictions here (ImageID,ans,p0..p17,"
+        "person,label,fold), for stacking and vote weights; several recipes need --recipe."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Only this recipe (its id, e.g. effb2#d8d18c, or the hash)."),
 ) -> None:
-    """Compare runs: backbone, heads, key options, best epoch, val macro F1 and per-task F1.
+    """Compare runs: best epoch, val macro F1 and the pooled out-of-fold F1 of each recipe (its fold runs).
 
-    Example: maskkit runs runs/* > runs.csv
+    Example: maskkit runs runs > runs.csv; maskkit runs runs --recipe effb2#d8d18c --oof-out oof.csv
     """
     from maskkit.commands import runs as runs_module
 
     with reported("runs"):
-        runs_module.run(folders or None)
+        runs_module.run(folders or None, columns=columns, oof_out=oof_out, recipe=recipe)
 
 
 @app.command()
@@ -264,7 +340,7 @@ def segment(
     batch_size: o.BatchSize = 8,
     device: o.Device = "auto",
     threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Person probability from which a pixel is person."),
-    short_side: int = typer.Option(520, "--short-side", min=16, help="Working resolution: the shorter side in pixels (masks are resized back)."),
+    short_side: int = typer.Option(520, "--short-side", min=16, help="Working resolution: the shorter side in pixels, 16..4096 (masks are resized back)."),
     workers: o.Workers = None,
     threads: o.Threads = None,
     overwrite: o.Overwrite = False,
@@ -319,34 +395,48 @@ def score(
     submission: Path = typer.Argument(..., help="Prediction CSV (ImageID,ans), e.g. from `maskkit vote`."),
     truth: Path = typer.Argument(..., help="Truth CSV (ImageID,ans) of the same images, e.g. DATA/eval/truth.csv."),
     confusion: Optional[Path] = typer.Option(None, "--confusion", help="Also draw the 18x18 confusion matrix here (PNG)."),
+    no_header: bool = typer.Option(False, "--no-header", help="Leave the CSV header out (to append rows: >> scores.csv)."),
     out: o.Out = None,
 ) -> None:
     """Score a submission: macro F1 over the 18 classes, accuracy and each task's F1 (one CSV row).
 
-    Example: maskkit score submission.csv data/eval/truth.csv --confusion confusion.png >> scores.csv
+    Example: maskkit score a.csv data/eval/truth.csv > scores.csv; maskkit score b.csv data/eval/truth.csv --no-header >> scores.csv
     """
     from maskkit.commands import score as score_module
 
     with reported("score"):
-        score_module.run(submission, truth, out=out, confusion=confusion)
+        score_module.run(submission, truth, out=out, confusion=confusion, header=not no_header)
 
 
 def main() -> None:
-    """The `maskkit` entry point: a bad option value is one line and exit 2, not a usage box."""
+    """The `maskkit` entry point: a bad option value is one line and exit 2, not a usage box; a
+    reader of stdout that went away (`| head`) ends the command quietly with exit 141."""
+    guard_descriptors()
+    try:
+        code = _invoke()
+    except StdoutGone:
+        code = StdoutGone.exit_code
+    settle_streams()
+    sys.exit(code)
+
+
+def _invoke() -> int:
+    """Run the app; return its exit code."""
     try:
         code = app(prog_name="maskkit", standalone_mode=False)
     except typer.Abort:  # Ctrl-C while click itself was running
-        typer.echo("maskkit: interrupted", err=True)
-        sys.exit(130)
+        say("maskkit: interrupted")
+        return 130
     except typer.TyperException as exc:  # click's UsageError, BadParameter, NoSuchOption... (typer vendors click)
         if type(exc).__name__ == "NoArgsIsHelpError":  # bare `maskkit` or a bare group: show the help
-            exc.show()
-            sys.exit(exc.exit_code)
+            with contextlib.suppress(OSError, ValueError):
+                exc.show()
+            return exc.exit_code
         ctx = getattr(exc, "ctx", None)
         where = ctx.command_path if ctx is not None else "maskkit"
-        typer.echo(f"{where}: error: {exc.format_message()} (see {where} --help)", err=True)
-        sys.exit(getattr(exc, "exit_code", 2))
-    sys.exit(code if isinstance(code, int) else 0)
+        say(f"{where}: error: {exc.format_message()} (see {where} --help)")
+        return getattr(exc, "exit_code", 2)
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

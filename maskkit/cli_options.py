@@ -13,17 +13,33 @@ from typing import Annotated, List, Literal, Optional
 import typer
 
 from maskkit import options as vocab
+from maskkit.contract.errors import MaskkitError
 
 # --- shared by several subcommands ---------------------------------------------------------------
+
+
+def _bounded(check):
+    """A typer callback running one of options.py's checks: its MaskkitError becomes click's bad value."""
+    def callback(value):
+        try:
+            check(value)
+        except MaskkitError as exc:
+            raise typer.BadParameter(str(exc).split(": ", 1)[-1]) from None
+        return value
+    return callback
+
+
 Device = Annotated[str, typer.Option("--device", help="auto (cuda when available), cpu, cuda or cuda:N.")]
 Threads = Annotated[Optional[int], typer.Option(
-    "--threads", min=1, help="Torch threads (default: the cores other processes leave free).")]
+    "--threads", callback=_bounded(lambda n: vocab.check_workers_threads(threads=n)),
+    help="Torch threads, 1..cores (default: the cores other processes leave free).")]
 Workers = Annotated[Optional[int], typer.Option(
-    "--workers", "-j", min=0, help="Worker processes that load images (0: this process; default: from the "
-    "device and the cores).")]
+    "--workers", "-j", callback=_bounded(lambda n: vocab.check_workers_threads(workers=n)),
+    help="Worker processes that load images, 0..cores x 4 (0: this process; default: from the device and the cores).")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per step (per forward pass).")]
 Out = Annotated[Optional[Path], typer.Option("-o", "--out", help="Write the output CSV here instead of stdout.")]
-Seed = Annotated[int, typer.Option("--seed", help="Seed of everything random: the same seed, the same output.")]
+Seed = Annotated[int, typer.Option("--seed", min=vocab.SEED_RANGE[0], max=vocab.SEED_RANGE[1],
+                                   help="Seed of everything random: the same seed, the same output.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace what an earlier run of this command wrote "
                                          "there (segment: redo finished images instead of resuming).")]
 Masks = Annotated[Optional[Path], typer.Option(
@@ -41,7 +57,7 @@ Fold = Annotated[str, typer.Option("--fold", "-f", rich_help_panel=DATA, help="V
                                    "model; best.pt = the final weights).")]
 Cache = Annotated[Literal[vocab.CACHE_MODES], typer.Option(
     "--cache", rich_help_panel=DATA, help="ram: decode every image once into memory; none; auto: ram when it fits.")]
-Backbone = Annotated[str, typer.Option("--backbone", "-b", rich_help_panel=MODEL, help=f"{', '.join(vocab.BACKBONES)} (lite0: "
+Backbone = Annotated[str, typer.Option("--backbone", "-b", rich_help_panel=MODEL, help=f"{', '.join(vocab.BACKBONES)} (lite0-2: "
                                        "offline ImageNet weights), or any timm model name.")]
 Multi = Annotated[bool, typer.Option("--multi/--single", rich_help_panel=MODEL,
                                      help="Heads: mask, gender and age (multi) or one 18-way head.")]
@@ -51,8 +67,8 @@ BackboneWeights = Annotated[Optional[Path], typer.Option(
     "--weights", rich_help_panel=MODEL, help="Local weights file for the backbone (offline servers; ViTs at any size).")]
 InputSize = Annotated[str, typer.Option("--input-size", rich_help_panel=MODEL, help="Model input WIDTHxHEIGHT.")]
 Dropout = Annotated[float, typer.Option("--dropout", rich_help_panel=MODEL, help="Dropout before the heads.")]
-AgeWeight = Annotated[float, typer.Option("--age-weight", rich_help_panel=LOSS, help="> 0 adds an age-regression "
-                                          "branch (MSE on normalised years) with this loss weight, e.g. 0.1.")]
+AgeWeight = Annotated[float, typer.Option("--age-weight", rich_help_panel=LOSS, help="> 0 adds the age branch of "
+                                          "--age-loss (learnt from the years) with this loss weight, e.g. 0.1.")]
 OldAge = Annotated[int, typer.Option("--old-age", rich_help_panel=LOSS, help="Train with age >= N as the oldest "
                                      "group (e.g. 58); validation always scores the true groups (60).")]
 LabelSmoothing = Annotated[float, typer.Option("--label-smoothing", rich_help_panel=LOSS,
@@ -93,9 +109,19 @@ RunName = Annotated[Optional[str], typer.Option("--name", "-n", rich_help_panel=
                                                 help="Run name (default BACKBONE-fFOLD).")]
 Resume = Annotated[Optional[Path], typer.Option(
     "--resume", rich_help_panel=RUN, help="Continue RUN from its last.pt (its config.json gives the options; only "
-    "--device, --workers, --cache, --threads and --wandb may change, and a larger --epochs extends it).")]
-Wandb = Annotated[Optional[str], typer.Option("--wandb", rich_help_panel=RUN,
-                                              help="Log to this Weights & Biases project (needs wandb).")]
+    "the machine settings --device, --workers, --cache, --threads, --logger and --wandb may change, and a larger "
+    "--epochs extends it).")]
+Logger = Annotated[Literal[vocab.LOGGERS], typer.Option(
+    "--logger", rich_help_panel=RUN, help="Scalars per step and epoch: csv (metrics.csv, steps.csv), tensorboard "
+    "(also RUN/tb/, offline; needs tensorboard) or wandb (also Weights & Biases; needs wandb).")]
+Wandb = Annotated[Optional[str], typer.Option("--wandb", rich_help_panel=RUN, metavar="PROJECT",
+                                              help="The Weights & Biases project of --logger wandb (default maskkit; "
+                                              "given alone, it implies --logger wandb).")]
+
+Fixes = Annotated[Optional[List[str]], typer.Option(
+    "--fixes", metavar="FILE", help="Fixes CSV to apply first (from `maskkit audit --fixes-out`), or 'known' for the "
+    "agreed corrections of the real competition data (matched on whole folder names such as 000020_female_Asian_50, "
+    "so a drawn dataset is untouched). Repeat to apply several, in the order given.")]
 
 # --- segment and cam -----------------------------------------------------------------------------
 SegmentModel = Annotated[Literal[vocab.SEGMENT_MODELS], typer.Option("--model", help="DeepLabV3 backbone.")]
@@ -115,3 +141,78 @@ def complete_heads(incomplete: str) -> List[str]:
 
 CamHead = Annotated[str, typer.Option("--head", autocompletion=complete_heads,
                                       help="class, mask, gender, age, a comma list, or all.")]
+
+
+# --- predict and export --------------------------------------------------------------------------
+PredictSources = Annotated[List[str], typer.Argument(
+    metavar="MODELS_THEN_IMAGES", show_default=False,
+    help="First the models: run folders (a folder holding config.json) or .onnx files from maskkit export; "
+         "several give the mean of their probabilities. Then the images (default data/eval): DATA/eval, a folder "
+         "(recursive), image files, globs ('more/*.png', expanded here when the shell did not) or - (paths on "
+         "stdin, one per line).")]
+Names = Annotated[bool, typer.Option("--names", help="Add mask,gender,age columns: the words of ans, for reading.")]
+ExportRun = Annotated[Path, typer.Argument(metavar="RUN", help="Run folder written by `maskkit train` (config.json + best.pt).",
+                                           show_default=False)]
+OnnxOut = Annotated[Path, typer.Argument(metavar="FILE.onnx", help="The .onnx file to write (its preprocessing goes to FILE.onnx.json).",
+                                         show_default=False)]
+CheckImages = Annotated[Optional[List[Path]], typer.Option(
+    "--check-images", help="Image files to add to the torch vs onnxruntime check (seeded random pixels always run).")]
+
+
+# --- train's age branch and tune ---------------------------------------------------------------
+AgeLoss = Annotated[Literal[vocab.AGE_LOSSES], typer.Option(
+    "--age-loss", rich_help_panel=LOSS, help="The age branch --age-weight turns on: mse (regression of the years) "
+    "or dldl (a distribution over the years 0..100: KL to a Gaussian + L1 on its mean; with --multi its mass "
+    "below 30, 30..OLD_AGE-1 and OLD_AGE+ is the age group head).")]
+AgeSigma = Annotated[float, typer.Option("--age-sigma", rich_help_panel=LOSS,
+                                         help="dldl: the Gaussian's standard deviation around the labelled age, in years.")]
+Study = Annotated[Optional[str], typer.Option("--study", "-s", help="Study name: its trials go to "
+                                              "RUNS_DIR/tune-NAME/ (with the SQLite file study.db by default).")]
+SearchSpace = Annotated[Optional[Path], typer.Option("--space", help="Search-space YAML (default: the shipped "
+                                                     "maskkit/data/search_space.yaml; see docs/formats.md).")]
+Objective = Annotated[Literal["fold", "oof"], typer.Option(
+    "--objective", help="fold: best val macro F1 of --fold, pruned per epoch; oof: pooled out-of-fold macro F1 "
+    "of --folds K fold runs, pruned after each fold.")]
+TuneFolds = Annotated[int, typer.Option("--folds", "-k", min=2, help="--objective oof: the first K folds of the manifest.")]
+Trials = Annotated[int, typer.Option("--trials", min=1, help="Finished (complete or pruned) trials the study "
+                                     "should hold, counted over all its workers.")]
+Pruner = Annotated[Literal["median", "hyperband", "none"], typer.Option("--pruner", help="Optuna's pruner.")]
+Storage = Annotated[Optional[str], typer.Option("--storage", help="Study database URL (e.g. postgresql://user:pw@host/db "
+                                                "for workers on many machines); default: sqlite in the study folder.")]
+Best = Annotated[bool, typer.Option("--best", help="Print the best trial's recipe (YAML for train --config) and write "
+                                    "trials.csv, history.png and importance.png into the study folder.")]
+
+
+# --- help text as click and every other CLI write it ---------------------------------------------
+# typer 0.29 writes `{run}` for required arguments in usage lines, `<list[Path]>` as their type and
+# `<bool>` beside plain flags (which makes `--soft true` look right; `true` is then read as a file).
+# These three renderers are replaced: RUN, [DATA], FILES... in usage; `<path>...`; no type on a flag.
+def _usage_name(argument) -> str:
+    name = (argument.metavar or argument.name).upper() + ("..." if argument.nargs != 1 else "")
+    return name if argument.required else f"[{name}]"
+
+
+def _plain_type(render):
+    def display_type_rich(param, ctx):
+        if getattr(param, "is_flag", False) or getattr(param, "count", False):
+            return None
+        shown = render(param, ctx)
+        if isinstance(shown, str) and shown.startswith("<list["):
+            return f"<{shown[6:].split(']')[0].lower()}>..."
+        return shown
+    return display_type_rich
+
+
+def conventional_help() -> None:
+    """Patch typer's help renderers (kept when a typer release drops them: help then looks as before)."""
+    from typer import core
+
+    if hasattr(core.TyperArgument, "_usage_display_name"):
+        core.TyperArgument._usage_display_name = _usage_name
+    for cls in (core.TyperArgument, *core.TyperArgument.__mro__[1:2], core.TyperOption):
+        if "display_type_rich" in vars(cls) and not getattr(cls.display_type_rich, "maskkit", False):
+            cls.display_type_rich = _plain_type(cls.display_type_rich)
+            cls.display_type_rich.maskkit = True
+
+
+conventional_help()

@@ -188,3 +188,82 @@ def test_recipe_reader_refuses_what_the_contract_forbids(text, expected, tmp_pat
     with pytest.raises(MaskkitError) as excinfo:
         read_recipe(path)
     one_line(excinfo, str(path), expected)
+
+
+# --- streams and the write rule (docs/formats.md, "Streams and exit codes", "Writing outputs") ----
+
+def test_a_pipe_is_read_once_as_a_csv_and_a_missing_file_is_still_not_found(tmp_path):
+    import os
+    import threading
+
+    from maskkit.contract.files import read_csv
+    from maskkit.contract.streams import is_stream
+
+    read_end, write_end = os.pipe()
+    writer = threading.Thread(target=lambda: (os.write(write_end, b"ImageID,ans\nx.jpg,3\n"), os.close(write_end)))
+    writer.start()
+    path = f"/dev/fd/{read_end}"
+    assert is_stream(path) and not is_stream(tmp_path) and not is_stream(tmp_path / "new.csv")
+    table = read_csv(path, ["ImageID", "ans"])
+    writer.join()
+    os.close(read_end)
+    assert table.to_dict("list") == {"ImageID": ["x.jpg"], "ans": [3]}
+    with pytest.raises(MaskkitError) as excinfo:
+        read_csv(tmp_path / "gone.csv", ["ImageID"])
+    one_line(excinfo, "gone.csv: file not found")
+    with pytest.raises(MaskkitError) as excinfo:
+        read_csv("/dev/null", ["ImageID"])
+    one_line(excinfo, "/dev/null: no CSV: the stream was empty")
+
+
+def test_an_output_folder_with_a_link_out_of_it_is_refused(tmp_path):
+    from maskkit.contract.files import Inputs
+
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    (out / "deep").mkdir(parents=True)
+    elsewhere.mkdir()
+    (out / "deep" / "up").symlink_to("..")  # stays inside: fine
+    assert Inputs().check_folder(out) == out
+    (out / "deep" / "images").symlink_to(elsewhere)
+    with pytest.raises(MaskkitError) as excinfo:
+        Inputs().check_folder(out, "OUT")
+    one_line(excinfo, "deep/images: a symbolic link inside the OUT", str(elsewhere), "remove the link")
+    (out / "deep" / "images").unlink()
+    (out / "loop").symlink_to("loop")
+    with pytest.raises(MaskkitError) as excinfo:
+        Inputs().check_folder(out, "OUT")
+    one_line(excinfo, "loop: a symbolic link", "a loop of links")
+
+
+def test_a_write_error_names_the_output_not_the_copied_source():
+    import errno
+
+    from maskkit.contract.files import write_error
+
+    copying = OSError(errno.ENOSPC, "No space left on device")
+    copying.filename, copying.filename2 = "folds.csv", "runs/x/.manifest.csv.tmp7.csv"  # as shutil.copyfile sets them
+    assert str(write_error("runs/x/manifest.csv", copying)).startswith("runs/x/manifest.csv: cannot write: no space")
+    parent = OSError(errno.EROFS, "Read-only file system")
+    parent.filename = "runs"  # mkdir of a folder above the output: that folder is the one to name
+    assert str(write_error("runs/x/manifest.csv", parent)).startswith("runs: cannot write: read-only")
+
+
+def test_messages_to_a_broken_stderr_are_dropped_not_raised(monkeypatch):
+    from maskkit.contract.files import console
+    from maskkit.contract.streams import say
+
+    class Broken:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def isatty(self):
+            return False
+
+    monkeypatch.setattr("sys.stderr", Broken())
+    console.print("a table nobody reads")
+    say("maskkit x: error: nobody reads this either")
+    monkeypatch.setattr("sys.stderr", None)
+    console.print("stderr closed")

@@ -175,6 +175,15 @@ def synth_lookalike(root: Path) -> None:
     (root / "real" / "train" / "images" / first_person(root) / "notes.txt").write_text("x\n")
 
 
+def out_images_link_out(root: Path) -> None:
+    """Issue 17 item 4: OUT/images of a segment output (its report is there) replaced by a link to a
+    folder outside OUT, which holds files of the same names."""
+    shutil.copytree(root / "X" / "eval" / "images", root / "victim")
+    (root / "seg").mkdir()
+    (root / "seg" / "segment_report.csv").write_text("path,person_area,status\n")
+    (root / "seg" / "images").symlink_to(root / "victim")
+
+
 RUN = "runs/base"
 TINY = ["--backbone", "test_resnet", "--no-pretrained", "--epochs", "1", "--input-size", "32x32", "--batch-size", "8",
         "--workers", "0", "--device", "cpu"]
@@ -234,6 +243,9 @@ BAD = [
      ["train", "bad.csv", *TINY], 2),
     ("train: a person with two genders", mixed_gender,
      ["train", "bad.csv", *TINY], 2),
+    # issue 17 item 4: a writer follows a link out of its output folder
+    ("segment OUT/images a link out of OUT", out_images_link_out,
+     ["segment", "X/eval", "seg", "--overwrite", *SEGMENT], 2),
 ]
 
 # Every output of every subcommand that reads inputs, aimed at one of them (or inside an input dataset).
@@ -363,6 +375,38 @@ def test_full_disk_is_one_line_exit_1_and_leaves_no_file(world, argv):
     assert "Traceback" not in result.stderr and last.startswith(f"maskkit {argv[0]}: error: out/")
     assert "free some space" in last or "too large" in last
     assert not (world / "out").exists() or list((world / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "folds.csv", *TINY, "--runs-dir", "out/runs"],
+    ["segment", "X/eval", "out/seg", *SEGMENT],
+], ids=["train", "segment"])
+def test_full_disk_names_the_output_not_the_input(world, deeplab, argv):
+    """Issue 17 item 9: shutil puts the *source* on the error, so this said `folds.csv: cannot write`
+    (train copying the manifest) and `X/eval/info.csv` (segment copying info.csv)."""
+    argv = [a.replace("{deeplab}", str(deeplab)) for a in argv]
+    before = tree_hashes(world / "X")
+    result = run_with_file_limit(argv, world, 100)
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr and last.startswith(f"maskkit {argv[0]}: error: out/"), last
+    assert "folds.csv:" not in last and "X/eval" not in last
+    assert tree_hashes(world / "X") == before
+
+
+def test_a_killed_vote_leaves_a_temporary_file_the_next_vote_removes(cli, world):
+    """Issue 17 item 11: kill -9 during `vote -o v.csv` left `.v.csv.tmp<pid>.csv` forever."""
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    stale = world / f".v.csv.tmp{victim.pid}.csv"
+    stale.write_text("ImageID,ans\nhalf a vote")
+    victim.kill()  # the writer dies with its temporary file in place, as under kill -9
+    victim.wait()
+    busy = world / f".v.csv.tmp{os.getppid()}.csv"  # a live process's file is left alone
+    busy.write_text("being written")
+    result = cli("vote", "p.csv", "q.csv", "-o", "v.csv")
+    assert result.exit_code == 0, result.stderr
+    assert not stale.exists() and busy.exists()
+    assert (world / "v.csv").read_text().startswith("ImageID,ans\n")
 
 
 # --- item 4: one run per output folder --------------------------------------------------------------
@@ -656,3 +700,212 @@ def test_a_latin1_file_name_works_in_predict_segment_and_cam(cli, world, deeplab
     result = cli("cam", RUN, "odd", "--device", "cpu", "--out-dir", "camout")
     assert result.exit_code == 0, result.stderr
     assert len(list((world / "camout").rglob("*.png"))) >= 2  # the overlay and the sheet
+
+
+# --- issue 17: bounds, types and leftovers (items 7, 8, 11, 12, 13) ---------------------------------
+
+def recipe(text: str, name: str = "r.yaml"):
+    def make(root: Path) -> None:
+        (root / name).write_text(text)
+    return make
+
+
+def config_field(key: str, value):
+    """runs/base/config.json with one field replaced (img_size and `options.KEY` in its "options")."""
+    def make(root: Path) -> None:
+        path = root / RUN / "config.json"
+        config = json.loads(path.read_text())
+        in_options = key == "img_size" or key.startswith("options.")
+        (config["options"] if in_options else config)[key.removeprefix("options.")] = value
+        path.write_text(json.dumps(config))
+    return make
+
+
+def train_csv_age(age: str):
+    def make(root: Path) -> None:
+        path = root / "X" / "train" / "train.csv"
+        lines = path.read_text().splitlines()
+        fields = lines[1].split(",")
+        fields[3] = age
+        lines[1] = ",".join(fields)
+        path.write_text("\n".join(lines) + "\n")
+    return make
+
+
+def looping_link(root: Path) -> None:
+    os.symlink("loop.jpg", root / "X" / "eval" / "images" / "loop.jpg")
+
+
+def junk_images(root: Path) -> None:
+    """bad.csv: folds.csv's rows on a copy of X/train whose images are all unreadable."""
+    shutil.copytree(root / "X" / "train", root / "U" / "train")
+    for image in (root / "U" / "train" / "images").rglob("*.jpg"):
+        image.write_bytes(b"not an image")
+    manifest_with(root, lambda m: m.assign(path=m["path"].str.replace("X/train/", "U/train/", regex=False)))
+
+
+def strange_images(root: Path) -> None:
+    """Three training images made strange: 1x1, 2000x3, GIF data named .jpg (BMP and WebP likewise)."""
+    from PIL import Image
+
+    folder = root / "X" / "train" / "images" / first_person(root)
+    Image.new("RGB", (1, 1)).save(folder / "mask1.jpg", format="JPEG")
+    Image.new("RGB", (2000, 3), "white").save(folder / "mask2.jpg", format="JPEG")
+    face = Image.open(folder / "normal.jpg").convert("RGB")
+    for name, kind in (("mask3.jpg", "GIF"), ("mask4.jpg", "BMP"), ("mask5.jpg", "WEBP")):
+        face.save(folder / name, format=kind)
+
+
+SHORT_SIDE = SEGMENT.index("--short-side") + 1
+BAD_17 = [
+    # 7 and 8: recipes and config.json with wrong types or out of range
+    ("train --config epochs: ten", recipe("epochs: ten\n"), ["train", "folds.csv", *TINY, "--config", "r.yaml"], 2),
+    ("train --config lr: [1, 2]", recipe("lr: [1, 2]\n"), ["train", "folds.csv", *TINY, "--config", "r.yaml"], 2),
+    ("train --config batch_size: 1e400", recipe("batch_size: 1e400\n"),
+     ["train", "folds.csv", *TINY, "--config", "r.yaml"], 2),
+    ("train --config epochs: 1.5", recipe("epochs: 1.5\n"), ["train", "folds.csv", *TINY, "--config", "r.yaml"], 2),
+    ("train --config epochs: true", recipe("epochs: true\n"), ["train", "folds.csv", *TINY, "--config", "r.yaml"], 2),
+    ("train --config pretrained: no-string", recipe('pretrained: "no"\n'),
+     ["train", "folds.csv", *TINY, "--config", "r.yaml"], 2),
+    ("train --config seed: -1", recipe("seed: -1\n"), ["train", "folds.csv", *TINY, "--config", "r.yaml"], 2),
+    ("train --config workers: 1000000", recipe("workers: 1000000\n"),
+     ["train", "folds.csv", *TINY, "--config", "r.yaml"], 2),
+    ("train --config r.json lr: fast", recipe('{"lr": "fast"}\n', "r.json"),
+     ["train", "folds.csv", *TINY, "--config", "r.json"], 2),
+    ("train --warmup 1e308", None, ["train", "folds.csv", *TINY, "--warmup", "1e308"], 2),
+    ("train --input-size 100000x100000", None, ["train", "folds.csv", *TINY, "--input-size", "100000x100000"], 2),
+    ("predict config.json img_size [0,0]", config_field("img_size", [0, 0]), ["predict", RUN, "X/eval", "--device", "cpu"], 2),
+    ("predict config.json img_size [-5,48]", config_field("img_size", [-5, 48]),
+     ["predict", RUN, "X/eval", "--device", "cpu"], 2),
+    ("predict config.json img_size [100000,100000]", config_field("img_size", [100000, 100000]),
+     ["predict", RUN, "X/eval", "--device", "cpu"], 2),
+    ("predict config.json crop [5,5]", config_field("crop", [5, 5]), ["predict", RUN, "X/eval", "--device", "cpu"], 2),
+    ("predict config.json crop [0,0]", config_field("crop", [0, 0]), ["predict", RUN, "X/eval", "--device", "cpu"], 2),
+    ("train --resume config.json seed -1", config_field("options.seed", -1),
+     ["train", "--resume", RUN, "--device", "cpu"], 2),
+    # 7 and 12: data values and sizes
+    ("split train.csv age inf", train_csv_age("inf"), ["split", "X/train", "--folds", "2"], 2),
+    ("split train.csv age 250", train_csv_age("250"), ["split", "X/train", "--folds", "2"], 2),
+    ("train train.csv age -3", train_csv_age("-3"), ["train", "X/train", *TINY], 2),
+    ("segment --short-side 1000000", None,
+     ["segment", "X/eval", "seg", *SEGMENT[:SHORT_SIDE], "1000000", *SEGMENT[SHORT_SIDE + 1:]], 2),
+    ("segment a looping link in IN", looping_link, ["segment", "X/eval", "seg", *SEGMENT], 2),
+    ("synth --persons 1000000000", None, ["synth", "big", "--persons", "1000000000"], 2),
+    # 11: a train failing at start leaves no run folder (asserted below)
+    ("train on unreadable images", junk_images, ["train", "bad.csv", *TINY, "--name", "junk"], 2),
+]
+
+
+@pytest.mark.parametrize("name, setup, argv, code", BAD_17, ids=[row[0] for row in BAD_17])
+def test_issue17_bad_input_is_one_line_and_writes_nothing(cli, world, request, name, setup, argv, code):
+    weights = request.getfixturevalue("deeplab") if "{deeplab}" in argv else None
+    runs_before = sorted(p.name for p in (world / "runs").iterdir())
+    result, changed = run_bad(cli, world, argv, setup, None, weights)
+    assert result.exit_code == code, result.stderr
+    assert_one_line_error(result, argv[0])
+    assert changed == []
+    assert sorted(p.name for p in (world / "runs").iterdir()) == runs_before  # no run folder, not even half of one
+    assert not (world / "seg").exists() and not (world / "big").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "folds.csv", *TINY, "--seed", "-1", "--name", "s"],
+    ["train", "folds.csv", *TINY, "--seed", "99999999999999999999", "--name", "s"],
+    ["split", "X/train", "--folds", "2", "--seed", "-1"],
+    ["train", "folds.csv", *TINY, "--workers", "1000000", "--name", "s"],
+    ["predict", RUN, "X/eval", "--threads", "100000"],
+    ["segment", "X/eval", "seg", "--workers", "1000000"],
+    ["cam", RUN, "X/eval", "--threads", "100000"],
+], ids=lambda a: " ".join(a[:1] + a[-4:-2] if a[-2] == "--name" else a[:1] + a[-2:]))
+def test_issue17_option_beyond_its_bound_is_one_line_before_anything_is_written(world, argv, monkeypatch, capsys):
+    """Through the console entry point: the bound of --seed, --workers (cores x 4) and --threads
+    (cores) is one rule for every command, checked while the options are parsed."""
+    from maskkit.cli import main
+
+    before = tree_hashes(world)
+    monkeypatch.setattr(sys, "argv", ["maskkit", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    option = argv[-4] if argv[-2] == "--name" else argv[-2]
+    assert len(lines) == 1 and lines[0].startswith(f"maskkit {argv[0]}: error: ") and option in lines[0], lines
+    assert tree_hashes(world) == before and not (world / "runs" / "s").exists()
+
+
+def test_issue17_recipe_values_of_the_right_type_are_taken(cli, world):
+    """The type rule refuses only wrong types: an int for a float field is a number, false is a bool."""
+    (world / "r.yaml").write_text("epochs: 2\nlr: 1\npretrained: false\nfold: 1\nworkers: 0\ninput_size: 32x48\n")
+    result = cli("train", "folds.csv", "--config", "r.yaml", "--print-config")
+    assert result.exit_code == 0, result.stderr
+    assert "epochs: 2\n" in result.stdout and "pretrained: false" in result.stdout and "lr: 1" in result.stdout
+
+
+def test_issue17_synth_cleans_up_after_sigterm_and_after_kill_9(tmp_path):
+    """A killed synth's work folder is removed by the next synth beside it (a live process's is
+    kept); SIGTERM stops a synth like Ctrl-C: exit 130 and no work folder."""
+    dead, live = tmp_path / ".old.synth-tmp999999999", tmp_path / f".mine.synth-tmp{os.getpid()}"
+    for folder in (dead, live):
+        (folder / "train").mkdir(parents=True)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    job = subprocess.Popen([sys.executable, "-m", "maskkit", "synth", "d", "--persons", "3000", "--size", "32x32"],
+                           cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    work = tmp_path / f".d.synth-tmp{job.pid}"
+    for _ in range(600):
+        if (work / "train").exists() or job.poll() is not None:
+            break
+        subprocess.run(["sleep", "0.05"])
+    assert not dead.exists() and live.exists()
+    job.send_signal(signal.SIGTERM)
+    _, err = job.communicate(timeout=120)
+    assert job.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert not work.exists() and not (tmp_path / "d").exists()
+
+
+def test_issue17_audit_names_strange_images_and_train_warns_once(cli, world):
+    strange_images(world)
+    result = cli("audit", "X/train", "-o", "s.csv")
+    assert result.exit_code == 0, result.stderr
+    suspects = pd.read_csv(world / "s.csv")
+    reasons = dict(zip(suspects["target"].str.rsplit("/", n=1).str[-1], suspects["reason"]))
+    assert reasons["mask1.jpg"] == "tiny image" and reasons["mask2.jpg"] == "odd aspect"
+    assert reasons["mask3.jpg"] == reasons["mask4.jpg"] == reasons["mask5.jpg"] == "wrong format"
+    assert "GIF data named .jpg" in " ".join(suspects["evidence"].astype(str))
+    result = cli("train", "folds.csv", *TINY, "--name", "strange")
+    assert result.exit_code == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "strange training image" in line]
+    assert len(warnings) == 1 and "5 strange" in warnings[0] and first_image(world) in warnings[0]
+
+
+def test_issue17_disk_full_in_torch_save_is_one_line_and_resume_works(cli, world, monkeypatch):
+    """torch.save on a full disk may fail in C++ with `basic_ios::clear`: exit 1, one line, then resume."""
+    import torch
+
+    real_save, saves = torch.save, []
+
+    def failing_save(obj, path, *args, **kwargs):
+        saves.append(Path(path).name)
+        if Path(path).name.startswith(".last.pt") and saves.count(Path(path).name) == 3:  # epoch 2's
+            raise RuntimeError("basic_ios::clear: iostream error")
+        return real_save(obj, path, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "save", failing_save)
+        result = cli("train", "folds.csv", *TINY, "--epochs", "2", "--name", "full")
+    assert result.exit_code == 1, result.stderr
+    assert_one_line_error(result, "train")
+    assert "runs/full/last.pt: cannot write" in result.stderr and "--resume runs/full" in result.stderr
+    assert cli("train", "--resume", "runs/full", "--device", "cpu").exit_code == 0
+    assert len(pd.read_csv(world / "runs" / "full" / "metrics.csv")) == 2
+
+
+def test_issue17_a_looping_link_in_a_person_folder_is_reported_not_a_traceback(cli, world):
+    """Layout reading: a self-looping mask1.jpg is no image; split names it and goes on without it."""
+    folder = world / "X" / "train" / "images" / first_person(world)
+    (folder / "mask1.jpg").unlink()
+    os.symlink("mask1.jpg", folder / "mask1.jpg")
+    result = cli("split", "X/train", "--folds", "2", "-o", "f.csv")
+    assert result.exit_code == 0, result.stderr
+    assert "missing images" in result.stderr and f"{first_person(world)} (mask1)" in result.stderr
+    assert str(folder / "mask1.jpg") not in (world / "f.csv").read_text()

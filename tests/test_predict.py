@@ -1,8 +1,13 @@
-"""`maskkit predict`: the prediction CSV of docs/formats.md from a trained run."""
+"""`maskkit predict`: the prediction CSV of docs/formats.md from one or more models, on any images."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+from io import StringIO
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,7 +16,9 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
+from maskkit.cli import app
 from maskkit.commands.predict import run as predict
+from maskkit.contract.labels import class_name
 from maskkit.contract.predictions import PROB_COLUMNS
 from helpers import one_thread
 
@@ -30,8 +37,6 @@ def test_prediction_csv_invariants_and_f1_on_held_out_persons(which, request, cl
     with one_thread():
         result = cli("predict", run, drawn / "eval", "--device", "cpu", "--workers", "0")
     assert result.exit_code == 0, result.stderr
-    from io import StringIO
-
     frame = pd.read_csv(StringIO(result.stdout), dtype={"ImageID": str})
     check_prediction_csv(frame)
     info = pd.read_csv(drawn / "eval" / "info.csv", dtype={"ImageID": str})
@@ -138,3 +143,103 @@ def test_a_format_2_run_from_before_the_newer_options_predicts_the_same(multi_ru
         before = predict(multi_run, drawn / "eval", device="cpu", workers=0, out=tmp_path / "new.csv")
         after = predict(old, drawn / "eval", device="cpu", workers=0, out=tmp_path / "old.csv")
     pd.testing.assert_frame_equal(before, after)
+
+
+# --- any images, several models (issue 16 item 2) ------------------------------------------------
+
+def wide_copy(run, tmp_path):
+    """`run` with another geometry: the whole frame (crop 1.0) at 56x48 (test_resnet takes any size)."""
+    import json
+
+    wide = tmp_path / "wide"
+    shutil.copytree(run, wide)
+    config = json.loads((wide / "config.json").read_text())
+    config["crop"] = [1.0, 1.0]
+    config["options"]["img_size"] = [56, 48]
+    (wide / "config.json").write_text(json.dumps(config))
+    return wide
+
+
+def loose_images(drawn, root):
+    """a.jpg, dir/ (with a sub-folder) and more/*.png under `root`, from the drawn eval images."""
+    sources = sorted((drawn / "eval" / "images").glob("*"))
+    (root / "dir" / "sub").mkdir(parents=True)
+    (root / "more").mkdir()
+    shutil.copy(sources[0], root / "a.jpg")
+    for i, path in enumerate(sources[1:5]):
+        shutil.copy(path, root / "dir" / ("sub" if i % 2 else "") / path.name)
+    for path in sources[5:8]:
+        cv2.imwrite(str(root / "more" / f"{path.stem}.png"), cv2.imread(str(path)))
+
+
+def test_two_runs_on_files_folders_and_a_glob_average_the_single_runs(multi_run, drawn, tmp_path, cli, monkeypatch):
+    """`predict runs/f0 runs/f1 a.jpg dir/ 'more/*.png'`: one CSV keyed by path, probabilities = the mean
+    of the two single-run CSVs (the second run with its own input size and crop)."""
+    monkeypatch.chdir(tmp_path)
+    loose_images(drawn, tmp_path)
+    wide = wide_copy(multi_run, tmp_path)
+    images = ["a.jpg", "dir/", "more/*.png"]
+    with one_thread():
+        both = cli("predict", multi_run, wide, *images, "--device", "cpu", "-o", "both.csv")
+        first = cli("predict", multi_run, *images, "--device", "cpu", "-o", "first.csv")
+        second = cli("predict", wide, *images, "--device", "cpu", "-o", "second.csv")
+    assert both.exit_code == first.exit_code == second.exit_code == 0, both.stderr + first.stderr + second.stderr
+    frames = [pd.read_csv(tmp_path / f"{name}.csv", dtype={"ImageID": str}) for name in ("both", "first", "second")]
+    for frame in frames:
+        check_prediction_csv(frame)
+    expected_ids = (["a.jpg"] + sorted(f"dir/{p.relative_to(tmp_path / 'dir').as_posix()}"
+                                       for p in (tmp_path / "dir").rglob("*.*"))
+                    + sorted(f"more/{p.name}" for p in (tmp_path / "more").glob("*.png")))
+    assert frames[0]["ImageID"].tolist() == expected_ids
+    mean = (frames[1][PROB_COLUMNS].to_numpy() + frames[2][PROB_COLUMNS].to_numpy()) / 2
+    np.testing.assert_allclose(frames[0][PROB_COLUMNS].to_numpy(), mean, atol=1.5e-6)
+    assert not np.allclose(frames[1][PROB_COLUMNS].to_numpy(), frames[2][PROB_COLUMNS].to_numpy(), atol=1e-3)
+
+
+def test_one_photo_and_stdin_paths_and_names_columns_that_vote_and_score_ignore(multi_run, drawn, tmp_path,
+                                                                             runner, cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    loose_images(drawn, tmp_path)
+    with one_thread():
+        photo = cli("predict", multi_run, "a.jpg", "--device", "cpu")
+        listed = runner.invoke(app, ["predict", str(multi_run), "-", "--names", "--device", "cpu", "-o", "named.csv"],
+                               input="a.jpg\n\nmore/" + "\nmore/".join(sorted(p.name for p in (tmp_path / "more").iterdir())) + "\n")
+    assert photo.exit_code == 0, photo.stderr
+    assert pd.read_csv(StringIO(photo.stdout))["ImageID"].tolist() == ["a.jpg"]
+    assert listed.exit_code == 0, listed.stderr
+    named = pd.read_csv(tmp_path / "named.csv", dtype={"ImageID": str})
+    assert list(named.columns[:5]) == ["ImageID", "ans", "mask", "gender", "age"] and len(named) == 4
+    assert ["/".join(row) for row in named[["mask", "gender", "age"]].to_numpy()] == [class_name(a) for a in named["ans"]]
+    check_prediction_csv(named.drop(columns=["mask", "gender", "age"]))
+    voted = cli("vote", "named.csv", "named.csv", "--soft", "-o", "voted.csv")
+    assert voted.exit_code == 0, voted.stderr
+    scored = cli("score", "voted.csv", "named.csv")
+    assert scored.exit_code == 0, scored.stderr
+    assert "1.0" in scored.stdout.splitlines()[1]
+
+
+def test_bad_image_arguments_are_one_line_and_exit_2(multi_run, drawn, tmp_path, cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    loose_images(drawn, tmp_path)
+    (tmp_path / "notes.txt").write_text("not an image")
+    cases = [((multi_run, "photo.jpg"), "photo.jpg: not found"), ((multi_run, "none/*.png"), "no image matches"),
+             ((multi_run, "notes.txt"), "not an image"), ((multi_run, "a.jpg", multi_run), "put every run"),
+             (("a.jpg",), "a.jpg: not a model"), ((multi_run, "-", "-"), "standard input given twice")]
+    for args, expected in cases:
+        result = cli("predict", *args, "--device", "cpu", "-o", "out.csv")
+        assert result.exit_code == 2, (args, result.stderr)
+        assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_paths_piped_into_a_real_process(multi_run, drawn, tmp_path):
+    """`find ... | maskkit predict RUN -` through an OS pipe (not CliRunner): one row per listed path."""
+    listed = sorted(str(p) for p in (drawn / "eval" / "images").iterdir())[:3]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent), OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-m", "maskkit", "predict", str(multi_run), "-", "--device", "cpu",
+                             "--threads", "1"], input="\n".join(listed) + "\n", capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    frame = pd.read_csv(StringIO(result.stdout), dtype={"ImageID": str})
+    assert frame["ImageID"].tolist() == listed
+    check_prediction_csv(frame)

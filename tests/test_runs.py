@@ -27,6 +27,10 @@ def test_runs_table_is_csv_when_piped_best_first(cli, runs_dir, monkeypatch):
     monkeypatch.chdir(runs_dir.parent)
     result = cli("runs")  # default: every run under runs/
     assert result.exit_code == 0, result.stderr
+    assert "skipped 1 without config.json" in result.stderr and "notes" in result.stderr  # one line, not an error
+    header, *lines = result.stdout.splitlines()
+    best_epoch = header.split(",").index("best_epoch")
+    assert all("." not in line.split(",")[best_epoch] for line in lines)  # 2, not 2.0, beside the fresh run's empty cell
     table = pd.read_csv(StringIO(result.stdout))
     assert list(table.columns) == list(COLUMNS)
     assert sorted(table["name"]) == ["fresh", "multi", "single"]
@@ -47,7 +51,7 @@ def test_named_runs_and_bad_folders(cli, runs_dir, tmp_path, monkeypatch):
     result = cli("runs", runs_dir / "single")
     assert result.exit_code == 0
     assert pd.read_csv(StringIO(result.stdout))["name"].tolist() == ["single"]
-    for bad, expected in ((runs_dir / "notes", "no config.json"), (tmp_path / "nowhere", "not found")):
+    for bad, expected in ((runs_dir / "notes", "holds no run folders"), (tmp_path / "nowhere", "not found")):
         result = cli("runs", bad)
         assert result.exit_code == 2 and expected in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
@@ -85,14 +89,94 @@ def test_fold_runs_of_one_recipe_pool_their_out_of_fold_predictions(cli, runs_di
     assert result.exit_code == 0, result.output
     table = pd.read_csv(StringIO(result.stdout)).set_index("name")
     assert table.loc["m-f0", "recipe"] == table.loc["m-f1", "recipe"] != table.loc["m-seed7-f1", "recipe"]
-    assert table.loc["m-f0", "recipe"].startswith("m#")
+    assert table.loc["m-f0", "recipe"].startswith("test_resnet#")  # the backbone, not a run name
     pooled = pd.concat([preds, other])
     assert table.loc["m-f1", "oof_images"] == len(pooled)
-    assert table.loc["m-f1", "recipe_folds"] == "0,1"
+    assert table.loc["m-f1", "recipe_folds"] == 2
     assert table.loc["m-f1", "oof_f1"] == pytest.approx(
         f1_score(pooled["label"], pooled["ans"], average="macro"), abs=1e-4)
     assert table.loc["m-f1", "oof_f1_gender"] == pytest.approx(
         f1_score(pooled["label"] // 3 % 2, pooled["ans"] // 3 % 2, average="macro"), abs=1e-4)
     seed7 = table.loc["m-seed7-f1"]
-    assert seed7["oof_images"] == len(other) and seed7["recipe_folds"] == "1"
+    assert seed7["oof_images"] == len(other) and seed7["recipe_folds"] == 1
     assert seed7["oof_f1"] == pytest.approx(f1_score(other["label"], other["ans"], average="macro"), abs=1e-4)
+
+
+def recipe_runs(runs_dir, root):
+    """root/ holding two fold runs of one recipe (m-f0, m-f1), a --fold all run of it, a tune trial of
+    another recipe one level deeper, and a stray folder; returns (fold 0's, fold 1's) val_preds."""
+    import json
+
+    multi = runs_dir / "multi"
+    preds = pd.read_csv(multi / "val_preds.csv", dtype={"ImageID": str})
+    other = preds.assign(ImageID="other/" + preds["ImageID"])
+    shutil.copytree(multi, root / "m-f0")
+    fold_copy(multi, root / "m-f1", 1, other, threads=3, cache="none")
+    shutil.copytree(multi, root / "m-all")
+    config = json.loads((root / "m-all" / "config.json").read_text())
+    config["fold"] = config["options"]["fold"] = "all"
+    (root / "m-all" / "config.json").write_text(json.dumps(config))
+    (root / "m-all" / "val_preds.csv").unlink()
+    fold_copy(multi, root / "tune-lr" / "trial-0", 0, preds, lr=0.5)
+    (root / "scratch").mkdir()
+    return preds, other
+
+
+def test_parent_folder_fold_all_runs_and_oof_out(cli, runs_dir, tmp_path):
+    root = tmp_path / "runs"
+    preds, other = recipe_runs(runs_dir, root)
+    result = cli("runs", root)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(StringIO(result.stdout)).set_index("name")
+    assert sorted(table.index) == ["m-all", "m-f0", "m-f1", "trial-0"]
+    assert "scratch" in result.stderr
+    recipe = table.loc["m-f0", "recipe"]
+    assert table.loc["m-f1", "recipe"] == table.loc["m-all", "recipe"] == recipe  # fold, threads, cache: same recipe
+    assert table.loc["trial-0", "recipe"] != recipe
+    assert table.loc["m-all", "recipe_folds"] == 2 and table.loc["trial-0", "recipe_folds"] == 1
+    alone = pd.read_csv(StringIO(cli("runs", root / "m-f0", root / "m-f1").stdout))
+    assert set(alone["recipe"]) == {recipe}  # a --fold all run joining changes no id
+
+    out = tmp_path / "oof.csv"
+    refused = cli("runs", root, "--oof-out", out)
+    assert refused.exit_code == 2 and "--recipe" in refused.stderr and not out.exists()
+    assert [line for line in refused.stderr.splitlines() if "error" in line] == refused.stderr.splitlines()[-1:]
+    result = cli("runs", root, "--recipe", recipe.split("#")[1], "--oof-out", out)
+    assert result.exit_code == 0, result.output
+    assert set(pd.read_csv(StringIO(result.stdout))["name"]) == {"m-f0", "m-f1", "m-all"}
+    oof = pd.read_csv(out, dtype={"ImageID": str})
+    assert list(oof.columns[:2]) == ["ImageID", "ans"] and list(oof.columns[-3:]) == ["person", "label", "fold"]
+    expected = pd.concat([preds, other], ignore_index=True)
+    assert oof["ImageID"].tolist() == expected["ImageID"].tolist()
+    assert oof["fold"].tolist() == [0] * len(preds) + [1] * len(other)
+    p = [f"p{i}" for i in range(18)]
+    assert (oof[p].to_numpy() == pytest.approx(expected[p].to_numpy(), abs=1e-9))
+    assert oof["label"].tolist() == expected["label"].tolist()
+    score = cli("score", out, out)  # a prediction CSV like any other
+    assert score.exit_code == 0, score.output
+
+
+def test_terminal_table_keeps_names_whole_and_columns_choose(runs_dir, tmp_path, monkeypatch):
+    from rich.console import Console
+
+    from maskkit.commands import runs
+
+    root = tmp_path / "runs"
+    long_name = "effb2-multi-age0.1-ls0.1-lr3e-4-fold-0"
+    shutil.copytree(runs_dir / "multi", root / long_name)
+    shutil.copytree(runs_dir / "single", root / "single")
+    screen = StringIO()
+    monkeypatch.setattr(runs, "console", Console(file=screen, width=80, force_terminal=False))
+    monkeypatch.setattr(runs.sys.stdout, "isatty", lambda: True)
+    table = runs.run([root])
+    name_cells = "".join(line.split("│")[1].strip() for line in screen.getvalue().splitlines() if line.startswith("│"))
+    assert long_name in name_cells  # whole: folded onto a second line at 80 columns, never cut
+    assert "…" not in screen.getvalue()
+    header = next(line for line in screen.getvalue().splitlines() if "name" in line and "val_f1" in line)
+    assert "backbone" not in header and "oof_f1" in header  # the compact default
+    screen.truncate(0)
+    runs.run([root], columns="name,backbone,loss")
+    assert "ce+balanced" in screen.getvalue() and "val_f1" not in screen.getvalue().split("recipes")[0]
+    assert len(table) == 2
+    with pytest.raises(runs.MaskkitError, match="--columns 'name,bogus'"):
+        runs.run([root], columns="name,bogus")

@@ -102,3 +102,22 @@ def test_best_val_f1_is_what_score_prints_for_the_runs_val_preds(request, cli, t
     assert row["accuracy"] == pytest.approx(float(best["val_acc"]), abs=1e-5)
     for task in ("mask", "gender", "age"):
         assert row[f"f1_{task}"] == pytest.approx(float(best[f"f1_{task}"]), abs=1e-5), task
+
+
+def test_an_unlabelled_truth_is_scored_with_a_warning(cli, drawn, tmp_path):
+    info = pd.read_csv(drawn / "eval" / "info.csv")
+    unlabelled = tmp_path / "info.csv"
+    info.assign(ans=0).to_csv(unlabelled, index=False)  # the competition's info.csv: every ans 0
+    result = cli("score", drawn / "eval" / "truth.csv", unlabelled)
+    score_row(result)
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "unlabelled info.csv" in warnings[0] and str(unlabelled) in warnings[0]
+    assert "warning" not in cli("score", drawn / "eval" / "truth.csv", drawn / "eval" / "truth.csv").stderr
+
+
+def test_no_header_appends_rows_to_one_table(cli, truth, tmp_path):
+    first, second = cli("score", truth, truth), cli("score", truth, truth, "--no-header")
+    assert second.exit_code == 0, second.output
+    table = pd.read_csv(StringIO(first.stdout + second.stdout))  # as `>> scores.csv` after a first `>`
+    assert list(table.columns) == list(COLUMNS) and len(table) == 2
+    one_line_error(cli("score", truth, truth, "--no-header", "-o", tmp_path / "s.csv"), "--no-header")

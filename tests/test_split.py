@@ -69,20 +69,21 @@ def test_impossible_fold_counts_are_one_line_and_exit_2(drawn, cli, tmp_path):
     assert result.exit_code == 2 and "at least 2 folds" in result.stderr
 
 
-def rename_person(train: Path, folder: str, new_folder: str, new_id: str) -> None:
+def rename_person(train: Path, folder: str, new_folder: str) -> None:
+    """Give a drawn person a real competition folder name (id, gender, race, age), train.csv to match."""
     (train / "images" / folder).rename(train / "images" / new_folder)
     table = pd.read_csv(train / "train.csv", dtype={"id": str})
-    table.loc[table["path"] == folder, ["id", "path"]] = [new_id, new_folder]
+    new_id, gender, race, age = new_folder.split("_")
+    table.loc[table["path"] == folder, ["id", "gender", "race", "age", "path"]] = [new_id, gender, race, int(age), new_folder]
     table.to_csv(train / "train.csv", index=False)
 
 
 def test_known_fixes_correct_the_real_competition_ids(drawn_copy, cli):
     train = drawn_copy / "train"
     table = pd.read_csv(train / "train.csv", dtype={"id": str})
-    female = table[table["gender"] == "female"].iloc[0]
-    other = table[table["path"] != female["path"]].iloc[0]
-    rename_person(train, female["path"], f"006359_female_Asian_{female['age']}", "006359")
-    rename_person(train, other["path"], f"004418_{other['gender']}_Asian_{other['age']}", "004418")
+    female, other = table["path"].iloc[0], table["path"].iloc[1]
+    rename_person(train, female, "006359_female_Asian_18")  # whole folder names of the real data
+    rename_person(train, other, "004418_male_Asian_20")
 
     result = cli("split", train, "--folds", 2, "--fixes", "known")
     assert result.exit_code == 0, result.stderr
@@ -93,9 +94,34 @@ def test_known_fixes_correct_the_real_competition_ids(drawn_copy, cli):
     swapped = swapped.set_index(swapped["path"].map(lambda p: Path(p).stem))
     assert swapped.loc["incorrect_mask", "mask"] == "not_wear"
     assert swapped.loc["normal", "mask"] == "incorrect"
-    assert swapped.loc["normal", "label"] == 6 + 3 * (other["gender"] == "female") + age_group(other["age"])
+    assert swapped.loc["normal", "label"] == 6 + 0 + age_group(20)  # incorrect, male, under 30
     # targets absent from this dataset are reported, not fatal
     assert "not in this dataset" in result.stderr and "006360" in result.stderr
+
+
+def test_known_fixes_leave_a_drawn_dataset_alone(drawn, cli):
+    """Drawn persons share ids with the real data (000020, 004418...), never their whole folder names."""
+    table = pd.read_csv(drawn / "train" / "train.csv", dtype={"id": str})
+    assert "000020" in set(table["id"]) and not table["path"].eq("000020_female_Asian_50").any()
+    plain = cli("split", drawn / "train", "--folds", 2)
+    fixed = cli("split", drawn / "train", "--folds", 2, "--fixes", "known")
+    assert fixed.exit_code == 0, fixed.stderr
+    assert fixed.stdout == plain.stdout
+    assert "0 of 14 fixes applied" in fixed.stderr
+
+
+def test_repeated_fixes_apply_in_the_order_given(drawn, cli, tmp_path):
+    person = pd.read_csv(drawn / "train" / "train.csv", dtype={"id": str})["id"].iloc[0]
+    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
+    first.write_text(f"target,column,old,new,reason\n{person},age,,61,looks old\n")
+    second.write_text(f"target,column,old,new,reason\n{person},age,61,25,the first fix was wrong\n")
+
+    def age(*fixes):
+        manifest = split_ok(cli, drawn / "train", "--folds", 2, *[a for f in fixes for a in ("--fixes", f)])
+        return set(manifest.loc[manifest["person"] == person, "age"])
+
+    assert age(first, second) == {25}  # the second sees the first's 61
+    assert age(second, first) == {61}  # the second's old value (61) does not hold yet: skipped, then 61
 
 
 def test_fixes_file_with_an_unknown_column_is_refused(drawn, cli, tmp_path):

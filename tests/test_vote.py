@@ -168,7 +168,7 @@ def test_soft_needs_probabilities_and_weights_must_match(tmp_path):
     result = invoke(good, nan_probs, "--soft")
     assert result.exit_code == 2 and "1 rows whose p0..p17 are missing, negative or do not sum to 1" in result.output
     result = invoke(good, good, "--file-weights", "2,1,1")
-    assert result.exit_code == 2 and "3 weights for 2 input files" in result.output
+    assert result.exit_code == 2 and "--file-weights '2,1,1': 3 weights for 2 input files" in result.output
     result = invoke(good, good, "--file-weights", "2,-1")
     assert result.exit_code == 2 and "positive" in result.output
     result = invoke(good, "--probs")

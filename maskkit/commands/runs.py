@@ -1,9 +1,10 @@
 """`maskkit runs`: one table of training runs (best first), from their config.json and metrics.csv.
 
-Runs whose configuration differs only in the fold (same options, seed and manifest; the device,
-workers, cache and logging do not count) form one recipe: their val_preds.csv are pooled into one
-out-of-fold prediction of every validated image, and its macro F1 (`oof_f1`, with per-task F1) is
-the number to compare recipes by; one fold's validation is too small to rank them.
+Runs whose recipe is the same (the training options apart from the fold and the machine settings
+of options.MACHINE_OPTIONS, on the same manifest) form one recipe: their val_preds.csv are pooled
+into one out-of-fold prediction of every validated image, and its macro F1 (`oof_f1`, with per-task
+F1) is the number to compare recipes by; one fold's validation is too small to rank them.
+`--oof-out` writes that pooled prediction (for stacking and for tuning vote weights).
 A rich table on stderr when stdout is a terminal (plus one row per recipe); CSV on stdout when piped.
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,29 +20,54 @@ import pandas as pd
 from rich.table import Table
 
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import console, write_csv
+from maskkit.contract.files import Inputs, console, examples, write_csv
 from maskkit.contract.labels import NUM_CLASSES
-from maskkit.contract.predictions import read_predictions
+from maskkit.contract.predictions import PROB_COLUMNS, read_predictions
 from maskkit.contract.runfolder import CONFIG, VAL_PREDS, best_row, read_config, read_metrics
 from maskkit.engine.metrics import scores
-from maskkit.options import ALL_FOLDS
+from maskkit.options import ALL_FOLDS, MACHINE_OPTIONS, TrainOptions
 
 COLUMNS = ("name", "backbone", "heads", "age_weight", "old_age", "input_size", "aug", "loss", "lr", "batch_size",
            "epochs", "fold", "best_epoch", "val_f1", "f1_mask", "f1_gender", "f1_age",
            "recipe", "recipe_folds", "oof_images", "oof_f1", "oof_f1_mask", "oof_f1_gender", "oof_f1_age", "path")
+SHOWN = ("name", "fold", "epochs", "best_epoch", "val_f1", "oof_f1")  # the terminal's default columns
+INTEGERS = ("best_epoch", "batch_size", "old_age", "recipe_folds", "oof_images")
 RECIPE_COLUMNS = ("recipe", "runs", "folds", "oof_images", "oof_f1", "oof_accuracy", "oof_f1_mask", "oof_f1_gender",
                   "oof_f1_age", "backbone", "heads", "loss", "lr", "epochs", "input_size", "seed")
-RUNTIME_OPTIONS = ("fold", "device", "workers", "cache", "wandb")  # do not change what a recipe learns
+RECIPE_SHOWN = ("recipe", "runs", "folds", "oof_images", "oof_f1")
+NOT_RECIPE = ("fold", *MACHINE_OPTIONS)  # what a run may change without changing its recipe
+OOF_COLUMNS = ("ImageID", "ans", *PROB_COLUMNS, "person", "label", "fold")
+LEFT = ("name", "backbone", "heads", "aug", "loss", "recipe", "path", "folds", "input_size")
 
 
-def find_runs(root: str | Path = "runs") -> list[Path]:
-    """Run folders (holding config.json) directly under `root`."""
-    root = Path(root)
-    if not root.is_dir():
-        raise MaskkitError(f"{root}: no runs folder here (train one with maskkit train, or name run folders)")
-    found = sorted(p for p in root.iterdir() if (p / CONFIG).is_file())
+def runs_below(folder: Path, depth: int = 2) -> list[Path]:
+    """Run folders (holding config.json) at `folder` or up to `depth` levels below it."""
+    if (folder / CONFIG).is_file():
+        return [folder]
+    if depth == 0:
+        return []
+    return [run for child in sorted(folder.iterdir()) if child.is_dir() for run in runs_below(child, depth - 1)]
+
+
+def find_runs(folders: Sequence[str | Path]) -> list[Path]:
+    """The run folders named, or found one or two levels below the folders named (runs/NAME,
+    runs/tune-NAME/trial-K); the rest (stray folders, files) is skipped with one note on stderr."""
+    found, skipped = [], []
+    for folder in map(Path, folders):
+        if not folder.exists():
+            raise MaskkitError(f"{folder}: run folder not found (give run folders, or the folder that holds them)")
+        below = runs_below(folder) if folder.is_dir() else []
+        if not below:
+            skipped.append(str(folder))
+        elif folder.is_dir() and below != [folder]:  # a parent: its own stray folders are skipped too
+            skipped += [str(c) for c in sorted(folder.iterdir()) if c.is_dir() and not runs_below(c, 1)]
+        found += [run for run in below if run not in found]
+    if skipped and found:
+        console.print(f"runs: skipped {len(skipped)} without config.json (not run folders): {examples(skipped)}",
+                      markup=False, highlight=False)
     if not found:
-        raise MaskkitError(f"{root}: holds no run folders (no */config.json); train one with maskkit train")
+        raise MaskkitError(f"{examples([str(f) for f in folders])}: holds no run folders (no config.json one or two "
+                           "levels down); train one with maskkit train")
     return found
 
 
@@ -60,9 +85,8 @@ def loss_name(options: dict) -> str:
     return "+".join(parts)
 
 
-def summarize(run_dir: Path) -> dict:
+def summarize(run_dir: Path, config: dict) -> dict:
     """One row: the run's options and its best epoch's metrics (empty when no epoch finished)."""
-    config = read_config(run_dir)
     options = config.get("options", {})
     row = {
         "name": run_dir.name, "backbone": config["backbone"], "heads": config.get("heads"),
@@ -75,117 +99,181 @@ def summarize(run_dir: Path) -> dict:
     best = best_row(metrics)
     if best is not None:
         row["epochs"] = f"{len(metrics)}/{options.get('epochs', '?')}"
-        row.update({"best_epoch": int(best["epoch"]),
-                    **{k: round(float(best[k]), 4) for k in ("val_f1", "f1_mask", "f1_gender", "f1_age")}})
+        row["best_epoch"] = int(best["epoch"])
+        row.update({k: None if pd.isna(best[k]) else round(float(best[k]), 4)
+                    for k in ("val_f1", "f1_mask", "f1_gender", "f1_age")})
     return row
 
 
-def recipe_key(run_dir: Path) -> str:
-    """What a run learns apart from its fold: options, seed and the manifest's hash, as canonical JSON."""
-    config = read_config(run_dir)
-    options = {k: v for k, v in config.get("options", {}).items() if k not in RUNTIME_OPTIONS}
+def recipe_key(config: dict) -> str:
+    """What a run learns apart from its fold: every option (absent ones at their defaults, so a run
+    of an older maskkit keeps its recipe) but NOT_RECIPE, and the manifest's hash, as canonical JSON."""
+    options = {**TrainOptions().to_dict(), **config.get("options", {})}
+    options = {k: v for k, v in options.items() if k not in NOT_RECIPE}
     return json.dumps({"options": options, "manifest_sha256": config.get("manifest_sha256")}, sort_keys=True)
 
 
-def recipe_name(names: Sequence[str], key: str) -> str:
-    """The runs' common name without its fold suffix (effb2-f0 -> effb2), and a short hash of the recipe."""
-    stems = [re.sub(r"[-_.]?(f|fold)\d+$", "", n) or n for n in names]
-    return f"{stems[0]}#{hashlib.sha1(key.encode()).hexdigest()[:6]}"
+def recipe_id(key: str) -> str:
+    """`BACKBONE#6hex`: the backbone and a short hash of the recipe key (no run name, no fold)."""
+    return f"{json.loads(key)['options'].get('backbone')}#{hashlib.sha1(key.encode()).hexdigest()[:6]}"
+
+
+def fold_runs(run_dirs: Sequence[Path]) -> list[tuple[Path, object]]:
+    """(run, fold) of the runs with out-of-fold predictions: the first run of each fold with a
+    val_preds.csv (`--fold all` runs have none: noted once)."""
+    chosen, folds, full_data = [], set(), []
+    for run_dir in run_dirs:
+        fold = read_config(run_dir).get("fold")
+        if fold == ALL_FOLDS:
+            full_data.append(str(run_dir))
+        elif (run_dir / VAL_PREDS).is_file() and fold not in folds:
+            chosen.append((run_dir, fold))
+            folds.add(fold)
+    if full_data:
+        console.print(f"{examples(full_data)}: trained with --fold all (no validation, no out-of-fold predictions); "
+                      "the recipe's oof_f1 comes from its fold runs", markup=False, highlight=False)
+    return chosen
 
 
 def pooled_predictions(run_dirs: Sequence[Path]) -> tuple[pd.DataFrame, list]:
-    """The runs' val_preds.csv as one table (the first run of a repeated fold wins) and the folds pooled."""
+    """The runs' val_preds.csv as one table (OOF_COLUMNS; the first run of a repeated fold wins)
+    and the folds pooled."""
+    fix = "val_preds.csv of maskkit train has columns ImageID,ans,p0..p17,person,label"
     frames, folds = [], []
-    for run_dir in run_dirs:
+    for run_dir, fold in fold_runs(run_dirs):
         path = run_dir / VAL_PREDS
-        fold = read_config(run_dir).get("fold")
-        if fold == ALL_FOLDS:
-            console.print(f"{run_dir}: trained with --fold all (no validation, no out-of-fold predictions); "
-                          "its recipe's oof_f1 comes from the recipe's fold runs", markup=False, highlight=False)
-            continue
-        if not path.is_file() or fold in folds:
-            continue
-        frame, _ = read_predictions(path, probabilities=False,
-                                    fix="val_preds.csv of maskkit train has columns ImageID,ans,p0..p17,person,label")
+        frame, probs = read_predictions(path, fix=fix)
         if "label" not in frame:
-            raise MaskkitError(f"{path}: no label column (val_preds.csv of maskkit train has "
-                               "columns ImageID,ans,p0..p17,person,label)")
-        frames.append(frame[["ImageID", "ans", "label"]])
+            raise MaskkitError(f"{path}: no label column ({fix})")
+        frame = pd.concat([frame[["ImageID", "ans"]], pd.DataFrame(probs, columns=PROB_COLUMNS, index=frame.index),
+                           frame.reindex(columns=["person", "label"])], axis=1).assign(fold=fold)
+        frames.append(frame)
         folds.append(fold)
     if not frames:
-        return pd.DataFrame(columns=["ImageID", "ans", "label"]), folds
+        return pd.DataFrame(columns=list(OOF_COLUMNS)), folds
     pooled = pd.concat(frames, ignore_index=True).drop_duplicates("ImageID")
-    bad = ~pooled["ans"].between(0, NUM_CLASSES - 1) | ~pooled["label"].between(0, NUM_CLASSES - 1)
-    if bad.any():
-        raise MaskkitError(f"{examples_of(run_dirs)}: val_preds.csv rows with a class outside 0..17 "
+    label = pd.to_numeric(pooled["label"], errors="coerce")
+    if not label.between(0, NUM_CLASSES - 1).all():
+        raise MaskkitError(f"{examples([str(p) for p in run_dirs])}: val_preds.csv rows with a label outside 0..17 "
                            "(re-run maskkit train on these folds)")
-    return pooled, folds
+    return pooled.assign(label=label.astype(int)), folds
 
 
-def examples_of(run_dirs: Sequence[Path]) -> str:
-    return ", ".join(str(p) for p in run_dirs[:3]) + (f" (+{len(run_dirs) - 3} more)" if len(run_dirs) > 3 else "")
-
-
-def recipes_table(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per recipe of a runs table: the pooled out-of-fold scores, best first."""
-    rows = []
+def recipes_table(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """One row per recipe of a runs table (pooled out-of-fold scores, best first), and each
+    recipe's pooled predictions by recipe id."""
+    rows, pooled_by_recipe = [], {}
     for key, group in table.groupby("recipe_key", sort=False):
-        run_dirs = [Path(p) for p in group["path"]]
-        pooled, folds = pooled_predictions(run_dirs)
-        first = group.iloc[0]
+        pooled, folds = pooled_predictions([Path(p) for p in group["path"]])
+        first, options = group.iloc[0], json.loads(key)["options"]
+        pooled_by_recipe[first["recipe"]] = pooled
         row = {"recipe": first["recipe"], "runs": len(group), "folds": ",".join(str(f) for f in sorted(folds, key=str)),
-               "oof_images": len(pooled), **{k: first[k] for k in ("backbone", "heads", "loss", "lr", "input_size")},
-               "epochs": json.loads(key)["options"].get("epochs"), "seed": json.loads(key)["options"].get("seed")}
+               "fold_runs": len(folds), "oof_images": len(pooled),
+               **{k: first[k] for k in ("backbone", "heads", "loss", "lr", "input_size")},
+               "epochs": options.get("epochs"), "seed": options.get("seed")}
         if len(pooled):
             row.update({f"oof_{k}": round(v, 4) for k, v in scores(pooled["label"], pooled["ans"]).items()})
             row["oof_f1"] = row.pop("oof_macro_f1")
         rows.append(row)
-    recipes = pd.DataFrame(rows).reindex(columns=list(RECIPE_COLUMNS))
-    return recipes.sort_values("oof_f1", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
+    recipes = pd.DataFrame(rows).reindex(columns=[*RECIPE_COLUMNS, "fold_runs"])
+    recipes = recipes.sort_values("oof_f1", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
+    return recipes, pooled_by_recipe
 
 
 def runs_table(folders: Sequence[str | Path] | None = None, with_recipes: bool = False):
     """The table of runs, best val macro F1 first (runs without a finished epoch last).
 
-    with_recipes: also return the recipes table (pooled out-of-fold scores per recipe).
-    """
-    paths = [Path(f) for f in folders] if folders else find_runs()
-    for path in paths:
-        if not path.is_dir():
-            raise MaskkitError(f"{path}: run folder not found")
-    table = pd.DataFrame([summarize(p) for p in paths])
-    table["recipe_key"] = [recipe_key(p) for p in paths]
-    for key, group in table.groupby("recipe_key", sort=False):
-        table.loc[group.index, "recipe"] = recipe_name(group["name"].tolist(), key)
-    recipes = recipes_table(table)
+    with_recipes: also return the recipes table and each recipe's pooled predictions."""
+    paths = find_runs(folders or ["runs"])
+    configs = [read_config(p) for p in paths]
+    table = pd.DataFrame([summarize(p, c) for p, c in zip(paths, configs)])
+    table["recipe_key"] = [recipe_key(c) for c in configs]
+    table["recipe"] = table["recipe_key"].map(recipe_id)
+    recipes, pooled = recipes_table(table)
     by_recipe = recipes.set_index("recipe")
-    for column, source in (("recipe_folds", "folds"), ("oof_images", "oof_images"), ("oof_f1", "oof_f1"),
+    for column, source in (("recipe_folds", "fold_runs"), ("oof_images", "oof_images"), ("oof_f1", "oof_f1"),
                            ("oof_f1_mask", "oof_f1_mask"), ("oof_f1_gender", "oof_f1_gender"),
                            ("oof_f1_age", "oof_f1_age")):
         table[column] = table["recipe"].map(by_recipe[source])
     table = table.reindex(columns=list(COLUMNS))
+    for column in INTEGERS:  # integers stay integers when a cell is empty (2, not 2.0)
+        table[column] = pd.to_numeric(table[column], errors="coerce").round().astype("Int64")
     table = table.sort_values("val_f1", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
-    return (table, recipes) if with_recipes else table
+    recipes = recipes.drop(columns="fold_runs").astype({"oof_images": "Int64", "runs": "Int64"})
+    return (table, recipes, pooled) if with_recipes else table
 
 
-def run(folders: Sequence[str | Path] | None = None) -> pd.DataFrame:
-    """Print the table: rich on a terminal (stderr), CSV on stdout when piped."""
-    table, recipes = runs_table(folders, with_recipes=True)
+def parse_columns(text: str | None) -> list[str] | None:
+    """`--columns a,b,c` as column names of the runs table (None: the default)."""
+    if text is None:
+        return None
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    unknown = [c for c in names if c not in COLUMNS]
+    if unknown or not names:
+        raise MaskkitError(f"--columns {text!r}: unknown column(s) {', '.join(unknown) or '(none given)'}; "
+                           f"choose from {','.join(COLUMNS)}")
+    return names
+
+
+def choose_recipe(recipes: pd.DataFrame, recipe: str | None, why: str) -> str:
+    """The recipe id `--recipe` names (the id or its hash after '#'); the only one when absent."""
+    ids = recipes["recipe"].tolist()
+    if recipe is None:
+        if len(ids) > 1:
+            raise MaskkitError(f"{why}: the runs hold {len(ids)} recipes ({examples(ids)}); choose one with "
+                               "--recipe ID, or name only that recipe's run folders")
+        return ids[0]
+    matches = [r for r in ids if recipe in (r, r.split("#")[-1])]
+    if not matches:
+        raise MaskkitError(f"--recipe {recipe}: not a recipe of these runs ({examples(ids)})")
+    return matches[0]
+
+
+def cell(value: object) -> str:
+    return "" if pd.isna(value) else str(value)
+
+
+def print_tables(table: pd.DataFrame, recipes: pd.DataFrame, columns: Sequence[str]) -> None:
+    """The rich tables on stderr: runs (the name never cut) and recipes."""
+    shown = Table(title=f"{len(table)} runs, best val macro F1 first", title_justify="left")
+    for column in columns:
+        wide = column in ("name", "recipe", "path")
+        shown.add_column(column, justify="left" if column in LEFT else "right", no_wrap=not wide,
+                         overflow="fold", min_width=min(max(table[column].map(cell).map(len).max(), len(column)), 24)
+                         if wide else None)
+    for _, row in table.iterrows():
+        shown.add_row(*(cell(row[c]) for c in columns))
+    console.print(shown)
+    pooled = Table(title=f"{len(recipes)} recipes, best pooled out-of-fold macro F1 first", title_justify="left")
+    for column in RECIPE_SHOWN:
+        pooled.add_column(column, justify="left" if column in LEFT else "right",
+                          no_wrap=column == "recipe", overflow="fold")
+    for _, row in recipes.iterrows():
+        pooled.add_row(*(cell(row[c]) for c in RECIPE_SHOWN))
+    console.print(pooled)
+
+
+def run(folders: Sequence[str | Path] | None = None, columns: str | None = None, oof_out: Path | None = None,
+        recipe: str | None = None) -> pd.DataFrame:
+    """Print the table (rich on a terminal, on stderr; CSV on stdout when piped) and, with
+    `oof_out`, write the pooled out-of-fold predictions of one recipe."""
+    chosen = parse_columns(columns)
+    table, recipes, pooled = runs_table(folders, with_recipes=True)
+    if recipe is not None:
+        wanted = choose_recipe(recipes, recipe, "--recipe")
+        table, recipes = table[table["recipe"] == wanted], recipes[recipes["recipe"] == wanted]
+    if oof_out is not None:
+        wanted = choose_recipe(recipes, recipe, f"--oof-out {oof_out}")
+        frame = pooled[wanted]
+        if not len(frame):
+            raise MaskkitError(f"--oof-out {oof_out}: recipe {wanted} has no fold run with val_preds.csv "
+                               "(--fold all runs have no out-of-fold predictions)")
+        write_csv(frame.reindex(columns=list(OOF_COLUMNS)), oof_out, inputs=Inputs.of(table["path"].tolist()))
+        console.print(f"{oof_out}: {len(frame)} out-of-fold predictions of {wanted}", markup=False, highlight=False)
+        if str(oof_out) == "-":  # stdout carries the predictions, not the table
+            return table
     if sys.stdout.isatty():
-        shown = Table(title=f"{len(table)} runs, best val macro F1 first", title_justify="left")
-        columns = [c for c in COLUMNS if c != "path" and not c.startswith(("oof_", "recipe_"))]
-        for column in columns:
-            shown.add_column(column, justify="right" if column not in ("name", "backbone", "heads", "aug", "loss") else "left")
-        for _, row in table.iterrows():
-            shown.add_row(*("" if pd.isna(row[c]) else str(row[c]) for c in columns))
-        console.print(shown)
-        pooled = Table(title=f"{len(recipes)} recipes, best pooled out-of-fold macro F1 first", title_justify="left")
-        shown_columns = RECIPE_COLUMNS[:9]
-        for column in shown_columns:
-            pooled.add_column(column, justify="left" if column in ("recipe", "folds") else "right")
-        for _, row in recipes.iterrows():
-            pooled.add_row(*("" if pd.isna(row[c]) else str(row[c]) for c in shown_columns))
-        console.print(pooled)
+        print_tables(table, recipes, chosen or list(SHOWN))
     else:
-        write_csv(table)
+        write_csv(table[chosen] if chosen else table)
     return table

@@ -4,18 +4,22 @@ Both files have columns ImageID,ans (others are ignored): a submission from `pre
 truth such as synth's or realfaces' eval/truth.csv. Every truth image must be answered exactly once.
 stdout (or -o) gets one CSV row: submission,images,macro_f1,accuracy,f1_mask,f1_gender,f1_age;
 stderr a table of those plus each class's F1; --confusion draws the 18x18 confusion matrix (PNG).
+`--no-header` leaves the header out, to append rows to one file (`>> scores.csv`). A truth whose
+every `ans` is 0 is most likely an unlabelled info.csv: the score is printed with a warning.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import sys
+
 import numpy as np
 import pandas as pd
 from rich.table import Table
 
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import console, examples, write_csv
+from maskkit.contract.files import Inputs, console, examples, write_csv
 from maskkit.contract.labels import NUM_CLASSES, class_name
 from maskkit.contract.predictions import read_predictions
 from maskkit.engine.metrics import SCORE_NAMES, per_class_f1, scores
@@ -64,20 +68,35 @@ def print_table(row: dict, true: np.ndarray, pred: np.ndarray) -> None:
 
 
 def run(submission: Path, truth: Path, out: Path | None = None, confusion: Path | None = None,
-        quiet: bool = False) -> dict:
-    """Score SUBMISSION against TRUTH; write the one-row CSV to stdout or `out`; return the row."""
+        quiet: bool = False, header: bool = True) -> dict:
+    """Score SUBMISSION against TRUTH; write the one-row CSV to stdout or `out` (stdout only
+    without its `header`); return the row."""
     submission, truth = Path(submission), Path(truth)
+    inputs = Inputs.of(submission, truth)
+    inputs.check(out, header=list(COLUMNS))
     if confusion is not None and Path(confusion).suffix.lower() != ".png":
         raise MaskkitError(f"--confusion {confusion}: the picture is a PNG; name a file ending in .png")
+    if not header and out is not None and str(out) != "-":
+        raise MaskkitError(f"--no-header -o {out}: --no-header appends rows on stdout (>> scores.csv); "
+                           "drop one of them")
     answers = read_answers(submission, "submission")
     truth_table = read_answers(truth, "truth")
     if truth_table.empty:
         raise MaskkitError(f"{truth}: no rows; a truth CSV lists ImageID,ans for every eval image")
+    if len(truth_table) > 1 and (truth_table["ans"] == 0).all():
+        console.print(f"warning: {truth}: every ans is 0, so it is most likely an unlabelled info.csv and this "
+                      "score means nothing; score against a truth CSV (e.g. DATA/eval/truth.csv of maskkit synth)",
+                      markup=False, highlight=False)
     true, pred = matched(answers, truth_table, submission, truth)
     row = {"submission": str(submission), "images": len(true), **{k: round(v, 6) for k, v in scores(true, pred).items()}}
     if confusion is not None:
         draw_confusion(true, pred, Path(confusion), f"{submission.name} against {truth.name}")
     if not quiet:
         print_table(row, true, pred)
-    write_csv(pd.DataFrame([row], columns=list(COLUMNS)), out)
+    frame = pd.DataFrame([row], columns=list(COLUMNS))
+    if header:
+        write_csv(frame, out, inputs=inputs)
+    else:
+        frame.to_csv(sys.stdout, index=False, header=False, lineterminator="\n")
+        sys.stdout.flush()
     return row

@@ -35,6 +35,9 @@ from maskkit.engine.devices import resolve_device
 from maskkit.engine.segmentation import Job, Settings, Style, Summary, segment_images
 
 
+MIN_SHORT_SIDE, MAX_SHORT_SIDE = 16, 4096  # --short-side: 4096 is 8x the model's training resolution
+
+
 @dataclass(frozen=True)
 class Layout:
     """What to do with IN's files: images to segment and other files to copy (relative paths)."""
@@ -70,6 +73,9 @@ def scan(root: Path) -> Layout:
                 continue
             path = here / name
             rel = path.relative_to(root)
+            if path.is_symlink() and not path.exists():  # a loop (ln -s x x) or a link to nothing
+                raise MaskkitError(f"{path}: a symbolic link that leads nowhere (it loops or its target is gone); "
+                                   "remove it or point it at a file, then re-run")
             inside = image_dirs is None or any(d == here or d in here.parents for d in image_dirs)
             if is_image(path) and inside:
                 images.append(rel)
@@ -216,6 +222,9 @@ def run(
     """
     src, out = Path(src), Path(out)
     masks = Path(masks) if masks is not None else None
+    if not MIN_SHORT_SIDE <= size <= MAX_SHORT_SIDE:
+        raise MaskkitError(f"--short-side {size}: use {MIN_SHORT_SIDE}..{MAX_SHORT_SIDE} pixels (DeepLabV3 was "
+                           "trained at 520)")
     layout = check_request(src, out, masks, threshold)
     torch_device = resolve_device(device)
     settings = Settings(batch_size, size, workers, amp, progress, on_device, jpeg_on_device)

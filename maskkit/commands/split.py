@@ -1,7 +1,11 @@
-"""`maskkit split`: person-grouped, stratified folds written as the manifest CSV (docs/formats.md)."""
+"""`maskkit split`: person-grouped, stratified folds written as the manifest CSV (docs/formats.md).
+
+`--fixes` may be repeated: the fixes CSVs apply in the order given (a later file sees, and may
+correct, what an earlier one changed; its `old` values are checked against that)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +14,12 @@ from rich.table import Table
 
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import Inputs, console
-from maskkit.contract.fixes import apply_fixes, read_fixes
+from maskkit.contract.fixes import KNOWN, apply_fixes, read_fixes
 from maskkit.contract.labels import NUM_CLASSES, class_name
 from maskkit.contract.layout import load_train
 from maskkit.contract.manifest import MANIFEST_COLUMNS, write_manifest
 from maskkit.data.folds import make_manifest
-from maskkit.options import SEED
+from maskkit.options import SEED, SEED_RANGE
 
 
 def fold_table(manifest: pd.DataFrame) -> Table:
@@ -35,16 +39,20 @@ def fold_table(manifest: pd.DataFrame) -> Table:
     return table
 
 
-def run(data: Path, folds: int = 5, seed: int = SEED, fixes: str | None = None, out: Path | None = None) -> pd.DataFrame:
-    """Read DATA/train, apply fixes, split into folds, write the manifest (stdout or `out`)."""
+def run(data: Path, folds: int = 5, seed: int = SEED, fixes: str | Sequence[str] | None = None,
+        out: Path | None = None) -> pd.DataFrame:
+    """Read DATA/train, apply each fixes CSV in order, split into folds, write the manifest (stdout or `out`)."""
     if folds < 2:
         raise MaskkitError(f"--folds {folds}: need at least 2 folds")
-    inputs = Inputs.of(data, None if fixes in (None, "known") else fixes)
+    if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise MaskkitError(f"--seed {seed}: use {SEED_RANGE[0]}..{SEED_RANGE[1]}")
+    fixes = [fixes] if isinstance(fixes, (str, Path)) else list(fixes or [])
+    inputs = Inputs.of(data, [f for f in fixes if str(f) != KNOWN])
     inputs.check(out, header=MANIFEST_COLUMNS)
-    fix_table = read_fixes(fixes) if fixes else None
+    fix_tables = [(str(f), read_fixes(f)) for f in fixes]  # every file checked before any is applied
     images = load_train(data)
-    if fix_table is not None:
-        images = apply_fixes(images, fix_table, source=str(fixes))
+    for source, fix_table in fix_tables:
+        images = apply_fixes(images, fix_table, source=source)
     manifest = make_manifest(images, folds, seed, source=str(data))
     console.print(fold_table(manifest))
     sizes = manifest.groupby("fold")["person"].nunique().to_numpy()

@@ -11,14 +11,22 @@ Options that model the competition's traps: `--noise` injects label errors (list
 `train/injected_errors.csv`, fixes-CSV format, mask targets are `images/<folder>/<file>` relative
 to DATA/train), `--shortcut` ties the background to the person's group in train only, `--with-masks`
 writes the true person mask of each image under `OUT/masks/` (mirroring OUT's tree).
+
+Over 400 lines: the work folder's life (drawn beside OUT, renamed in, removed on Ctrl-C, SIGTERM or,
+for a killed run's, by the next synth) belongs with the drawing it protects.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -42,6 +50,8 @@ DATASET_ENTRIES = {"train", "eval", "masks"}
 # Lists every file synth wrote (size and relative path): --overwrite replaces only such a folder.
 MARKER = ".maskkit-synth"
 MAX_SIDE = 4096  # pixels per image side; 10x the real data, and still ~50 MB of drawing layers per image
+MAX_PERSONS = 100_000  # per split: 700,000 images, 100x the real data's persons (hours of drawing)
+TEMP_NAME = re.compile(r"^\..+\.synth-(tmp|old)(?P<pid>\d+)$")  # a synth's work folders beside OUT
 
 
 # --- people -------------------------------------------------------------------------------------
@@ -212,6 +222,9 @@ def _not_written_by_synth(out: Path) -> str | None:
 def _validate(persons: int, eval_persons: int, size: tuple[int, int], seed: int, noise: float, shortcut: float) -> None:
     if persons < 1 or eval_persons < 0:
         raise MaskkitError(f"--persons {persons} / --eval-persons {eval_persons}: need at least 1 train person and 0 or more eval persons")
+    if max(persons, eval_persons) > MAX_PERSONS:
+        raise MaskkitError(f"--persons {persons} / --eval-persons {eval_persons}: at most {MAX_PERSONS} each "
+                           "(the real data has 2,700 train persons)")
     if min(size) < 16:
         raise MaskkitError(f"--size {size[0]}x{size[1]}: too small to draw a face (use at least 16x16, e.g. 64x80)")
     if max(size) > MAX_SIDE:
@@ -240,9 +253,10 @@ def run(out: str | Path, persons: int = 60, eval_persons: int = 20, size: tuple[
     where = out.resolve()  # also gives OUT = "." a name for the temporary folder beside it
     with write_errors(where):
         where.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_temps(where.parent)
     tmp = where.with_name(f".{where.name}.synth-tmp{os.getpid()}")
     try:
-        with write_errors(where):
+        with write_errors(where), terminate_as_interrupt():
             if tmp.exists():
                 shutil.rmtree(tmp)
             summary = _draw_dataset(tmp, persons, eval_persons, size, seed, noise, shortcut, masks, progress)
@@ -258,6 +272,44 @@ def run(out: str | Path, persons: int = 60, eval_persons: int = 20, size: tuple[
         f"{', masks' if masks else ''} in {summary['seconds']:.1f}s"
     )
     return summary
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_dead_temps(parent: Path) -> None:
+    """Remove the work folders (`.OUT.synth-tmpPID`, `.OUT.synth-oldPID`) of synth runs whose process
+    is gone (kill -9 leaves them); a live process's are its own."""
+    if not parent.is_dir():
+        return
+    for entry in parent.iterdir():
+        match = TEMP_NAME.match(entry.name)
+        if match and entry.is_dir() and not entry.is_symlink() and not _alive(int(match["pid"])):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (kill PID) stops the drawing like Ctrl-C: the temporary folder is removed, exit 130."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _replace(tmp: Path, out: Path) -> None:

@@ -25,9 +25,7 @@ the resume they guard.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import platform
-import shutil
 import sys
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
@@ -50,6 +48,8 @@ from maskkit.contract.files import Inputs, WriteError, atomic_path, console, exa
 from maskkit.contract.layout import load_train
 from maskkit.contract.paths import run_name
 from maskkit.contract.manifest import check_images_exist, file_sha256, read_manifest
+from maskkit.data.fingerprints import strange_images
+from maskkit.contract.streams import is_stream, read_input
 from maskkit.data.folds import make_manifest
 from maskkit.data.loader import image_size
 from maskkit.data.presets import parse_crop, resolve_crop
@@ -58,12 +58,13 @@ from maskkit.engine.devices import resolve_device, use_threads
 from maskkit.engine.distributed import Distributed, env_rank
 from maskkit.engine.models import model_defaults, resolve_backbone
 from maskkit.engine.runtime import deterministic
+from maskkit.engine.tracking import logger_module
 from maskkit.engine.trainer import Interrupted, Trainer
-from maskkit.options import SEED, TrainOptions
+from maskkit.options import MACHINE_OPTIONS, SEED, TrainOptions
 
 AUTO_FOLDS, AUTO_SPLIT_SEED = 5, SEED  # the split made on the fly from a dataset folder
 # Options that may differ when resuming (they change where and how fast, not what is learned).
-RUNTIME_OPTIONS = ("device", "workers", "cache", "threads", "wandb")
+RUNTIME_OPTIONS = MACHINE_OPTIONS
 
 
 # --- the data ----------------------------------------------------------------------------------
@@ -73,14 +74,15 @@ def manifest_from_folder(data: str | Path) -> pd.DataFrame:
     return make_manifest(load_train(data), AUTO_FOLDS, AUTO_SPLIT_SEED, source=str(data))
 
 
-def load_source(source: str | Path) -> tuple[pd.DataFrame, bool]:
-    """(manifest, made_here): a manifest CSV as given, or the on-the-fly split of a dataset folder."""
-    source = Path(source)
-    if source.is_dir():
-        return manifest_from_folder(source), True
-    if not source.exists():
+def load_source(source: str | Path) -> tuple[pd.DataFrame, bytes | None]:
+    """(manifest, its bytes): a manifest CSV (`-` or another stream included) read once, or the
+    on-the-fly split of a dataset folder (bytes None)."""
+    if Path(source).is_dir():
+        return manifest_from_folder(source), None
+    if not is_stream(source) and not Path(source).exists():
         raise MaskkitError(f"{source}: not found (give a manifest CSV from maskkit split, or DATA/train)")
-    return read_manifest(source), False
+    data = read_input(source)
+    return read_manifest(source, data=data), data
 
 
 # --- the run folder's config ---------------------------------------------------------------------
@@ -137,27 +139,6 @@ def build_config(options: TrainOptions, manifest_path: Path, source: str, manife
 
 # --- entry point -------------------------------------------------------------------------------
 
-def check_wandb(project: str | None):
-    """The wandb module when `--wandb` asks for it (None without); imported here because it is optional."""
-    if not project:
-        return None
-    try:
-        import wandb  # optional: installed only by those who log with --wandb
-    except ImportError:
-        raise MaskkitError(f"--wandb {project}: wandb is not installed (pip install wandb, or drop --wandb)") from None
-    return wandb
-
-
-def _start_wandb(trainer: Trainer, config: dict) -> None:
-    wandb = check_wandb(trainer.options.wandb)
-    if wandb is None:
-        return
-    run_dir = trainer.run_dir
-    trainer.keeper.wandb = wandb.init(project=trainer.options.wandb, name=run_dir.name, config=config,
-                                      id=hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16],
-                                      resume="allow")
-
-
 def _check_new_run(source: str | Path, options: TrainOptions, manifest: pd.DataFrame) -> None:
     folds = sorted(manifest["fold"].unique())
     if not options.all_folds and options.fold not in folds:
@@ -169,23 +150,38 @@ def _check_new_run(source: str | Path, options: TrainOptions, manifest: pd.DataF
     if n_train < options.batch_size:
         raise MaskkitError(f"--batch-size {options.batch_size}: larger than the {n_train} training images; use a smaller one")
     check_images_exist(manifest, str(source))
+    _warn_strange_images(source, manifest)
+
+
+def _warn_strange_images(source: str | Path, manifest: pd.DataFrame) -> None:
+    """One line when training images are tiny, oddly shaped or not the format their name says."""
+    strange = strange_images(manifest["path"])
+    if strange:
+        path, kind = strange[0]
+        console.print(f"warning: {len(strange)} strange training image(s) in {source}, first {path} ({kind}); "
+                      "they are used as they are: maskkit audit lists them all", markup=False, highlight=False)
 
 
 def _new_run(source: str | Path, options: TrainOptions, out: Path, name: str | None, overwrite: bool):
     """Check everything, then write the run folder's manifest.csv and config.json."""
     options.check()
-    check_wandb(options.wandb)
+    logger_module(options)
     resolve_device(options.device)
-    manifest, made_here = load_source(source)
+    manifest, data = load_source(source)
+    made_here = data is None
     _check_new_run(source, options, manifest)
     run_dir = runfolder.prepare_run_dir(Path(out), name or options.run_name, overwrite)
-    if made_here:
-        write_csv(manifest, run_dir / runfolder.MANIFEST)
-    else:  # byte for byte, so its sha256 names the user's file
-        with atomic_path(run_dir / runfolder.MANIFEST) as tmp:
-            shutil.copyfile(source, tmp)
-    config = build_config(options, run_dir / runfolder.MANIFEST, str(source), manifest)
-    runfolder.write_json(runfolder.stored_config(config), run_dir / runfolder.CONFIG)
+    try:  # the folder holds no run files now: what fails from here leaves none
+        if made_here:
+            write_csv(manifest, run_dir / runfolder.MANIFEST)
+        else:  # byte for byte, so its sha256 names the user's file
+            with atomic_path(run_dir / runfolder.MANIFEST) as tmp:
+                tmp.write_bytes(data)
+        config = build_config(options, run_dir / runfolder.MANIFEST, str(source), manifest)
+        runfolder.write_json(runfolder.stored_config(config), run_dir / runfolder.CONFIG)
+    except BaseException:
+        runfolder.remove_run(run_dir)
+        raise
     if made_here:
         console.print(f"split {source} into {AUTO_FOLDS} person folds (seed {AUTO_SPLIT_SEED}): "
                       f"{run_dir / runfolder.MANIFEST}")
@@ -224,13 +220,17 @@ def resume_options(run_dir: Path, options: TrainOptions | None, given: Iterable[
     """
     runfolder.require(run_dir, runfolder.LAST)
     config = runfolder.read_config(run_dir)
-    saved = TrainOptions.from_dict(runfolder.saved_options(config), str(run_dir / runfolder.CONFIG))
+    # Ranges after the merge: a config.json from a larger machine may hold more --workers than this one has.
+    saved = TrainOptions.from_dict(runfolder.saved_options(config), str(run_dir / runfolder.CONFIG), ranges=False)
     extended = False
     if options is not None:
         names = [f.name for f in dataclasses.fields(TrainOptions)] if given is None else list(given)
         extended = _merge_resumed(run_dir, saved, options, names, given is None)
-    saved.check()
-    check_wandb(saved.wandb)
+    try:
+        saved.check()
+    except MaskkitError as exc:
+        raise MaskkitError(f"{run_dir / runfolder.CONFIG}: {exc}") from None
+    logger_module(saved)
     manifest_path = run_dir / runfolder.MANIFEST
     manifest = read_manifest(manifest_path)
     if file_sha256(manifest_path) != config["manifest_sha256"]:
@@ -304,6 +304,7 @@ def run(
     stop: Callable[[int, int], bool] | None = None,
     show_progress: bool | None = None,
     given: Iterable[str] | None = None,
+    on_epoch: Callable[[int, dict], bool] | None = None,
 ) -> Path:
     """Train one fold and write the run folder OUT/NAME (OUT: runs when None); returns its path.
 
@@ -311,7 +312,8 @@ def run(
     options the user set, None meaning all of `options`); a `source`, `out` or `name` given with it
     must name that run's manifest and folder (None: not given). `stop(epoch, step)` is asked after every
     step and every epoch (0-based epoch); True stops like Ctrl-C: last.pt is written and
-    `Interrupted` (a KeyboardInterrupt) is raised. `show_progress`: the progress bar (None: on a terminal).
+    `Interrupted` (a KeyboardInterrupt) is raised; `on_epoch(epochs_done, validation metrics)` after each
+    validated epoch likewise (engine.trainer.Trainer.fit). `show_progress`: the progress bar (None: on a terminal).
 
     Under torchrun (engine.distributed) every process trains its share; rank 0 alone checks the
     inputs, writes the run folder and prints, and the others take its run folder and config.
@@ -337,14 +339,21 @@ def run(
             check_resume_target(run_dir, out, name)  # after the options: a changed option is named first
             check_resume_source(run_dir, source, config)
         dist = Distributed.from_env(options.device)
-        if resume is None:
-            run_dir, config, manifest = dist.from_main(lambda: _new_run(source, options, run_dir.parent, run_dir.name, overwrite))
+        created = False  # by this call: only then may a failure remove the run's files
         try:
+            if resume is None:
+                run_dir, config, manifest = dist.from_main(
+                    lambda: _new_run(source, options, run_dir.parent, run_dir.name, overwrite))
+                created = True
             with deterministic(dist.device(resolve_device(options.device))):
                 trainer = _make_trainer(run_dir, options, config, manifest, resume is not None, show_progress, dist)
                 if _ready_to_train(trainer, config, resume is not None, extended):
-                    _train(trainer, config, stop)
+                    _train(trainer, config, stop, on_epoch)
             return run_dir
+        except Exception:  # not Ctrl-C: its last.pt resumes even within the first epoch
+            if created and dist.main and not (run_dir / runfolder.METRICS).is_file():
+                runfolder.remove_run(run_dir)  # failed before an epoch was saved: leave no half run
+            raise
         finally:
             dist.close()
 
@@ -386,11 +395,10 @@ def _ready_to_train(trainer: Trainer, config: dict, resumed: bool, extended: boo
     return True
 
 
-def _train(trainer: Trainer, config: dict, stop: Callable[[int, int], bool] | None) -> None:
+def _train(trainer: Trainer, config: dict, stop: Callable[[int, int], bool] | None,
+           on_epoch: Callable[[int, dict], bool] | None = None) -> None:
     """Fit the run, saying what it trains on before and what came out after."""
     run_dir, options, dist = trainer.run_dir, trainer.options, trainer.dist
-    if dist.main:
-        _start_wandb(trainer, config)
     processes = f", {dist.world_size} processes (DDP)" if dist.enabled else ""
     validation = ("every person (--fold all: no validation, best.pt = the final weights), " if options.all_folds else
                   f"validating on fold {options.fold} ({len(trainer.data.val_set)} images of "
@@ -400,13 +408,10 @@ def _train(trainer: Trainer, config: dict, stop: Callable[[int, int], bool] | No
                   f"input {options.img_size[1]}x{options.img_size[0]} (WxH), crop {tuple(config['crop'])} (HxW "
                   f"fractions), {trainer.device}{processes}: {run_dir}")
     try:
-        state = trainer.fit(stop)
+        state = trainer.fit(stop, on_epoch)
     except Interrupted:
         _say(trainer, f"stopped; last.pt written: resume with: maskkit train --resume {run_dir}")
         raise
-    finally:
-        if trainer.keeper.wandb is not None:
-            trainer.keeper.wandb.finish()
     if options.all_folds:
         _say(trainer, f"trained {state.epoch} epochs on every person (best.pt = the final weights); "
                       f"next: maskkit predict {run_dir} DATA/eval -o preds.csv")

@@ -26,11 +26,11 @@ def parse_weights(text: str | None, count: int) -> np.ndarray:
     try:
         weights = np.array([float(v) for v in text.split(",")])
     except ValueError:
-        raise MaskkitError(f"--weights {text!r}: expected comma-separated numbers like 2,1,1") from None
+        raise MaskkitError(f"--file-weights {text!r}: expected comma-separated numbers like 2,1,1") from None
     if len(weights) != count:
-        raise MaskkitError(f"--weights {text!r}: {len(weights)} weights for {count} input files (give one per file)")
+        raise MaskkitError(f"--file-weights {text!r}: {len(weights)} weights for {count} input files (give one per file)")
     if not np.all(np.isfinite(weights)) or np.any(weights <= 0):
-        raise MaskkitError(f"--weights {text!r}: weights must be positive numbers")
+        raise MaskkitError(f"--file-weights {text!r}: weights must be positive numbers")
     return weights
 
 

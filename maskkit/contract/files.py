@@ -1,9 +1,14 @@
 """File helpers shared by every subcommand: atomic writes, CSV in and out, the stderr console.
 
 Writing safely: `Inputs` (what one command call reads) checks every output target first, so an
-output never lands on an input or on a file of another kind; `atomic_path` (and `write_csv`,
-`write_bytes` on top of it) writes to a temporary name, renames, and turns a failed write into a
-one-line `WriteError`; `folder_lock` keeps a second run out of an output folder.
+output never lands on an input or on a file of another kind, and an output folder holds no link
+that leads out of it; `atomic_path` (and `write_csv`, `write_bytes` on top of it) writes to a
+temporary name, renames, and turns a failed write into a one-line `WriteError`; a target that is a
+stream (a pipe, /dev/null, /dev/stdout: contract/streams.py) is written straight through instead.
+`folder_lock` keeps a second run out of an output folder.
+
+Over 400 lines because the write rule is one piece: the checks, the writers and the lock share the
+error mapping and the temporary-name scheme, and splitting them would spread the rule over modules.
 """
 
 from __future__ import annotations
@@ -11,9 +16,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import io
 import os
 import re
-import sys
+import shutil
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +29,14 @@ import pandas as pd
 from rich.console import Console
 
 from maskkit.contract.errors import MaskkitError, RunFailure
+from maskkit.contract.streams import (STDIN, QuietStderr, StdoutGone, check_streams_once, data_stdout, is_stream,
+                                      read_input, require_stdout)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
-# Everything that is not data goes to stderr, so stdout stays a clean CSV stream.
-console = Console(stderr=True, highlight=False, soft_wrap=True)
+# Everything that is not data goes to stderr, so stdout stays a clean CSV stream; a closed or
+# broken stderr (`2>&1 | head -1`) loses the messages, never the job.
+console = Console(file=QuietStderr(), highlight=False, soft_wrap=True)
 
 
 def is_hidden(name: str) -> bool:
@@ -81,11 +91,25 @@ def write_error(path: str | Path, exc: OSError) -> WriteError | None:
     if known is None:
         return None
     bad_path, advice = known
-    named = Path(str(exc.filename)) if exc.filename else None
-    # The file the OS names, unless it is one of our hidden temporary names: then the target.
-    where = named if named is not None and not any(part.startswith(".") for part in named.parts) else path
+    where = _named_output(path, exc)
     message = f"{where}: cannot write: {advice} ({os.strerror(exc.errno)})"
     return WriteError(message, MaskkitError.exit_code if bad_path else RunFailure.exit_code)
+
+
+def _named_output(path: str | Path, exc: OSError) -> Path:
+    """The file to name in a write error: the one the OS names when it is `path`, lies inside it or
+    is a folder above it (not one of our hidden temporary names), else `path`. shutil.copyfile puts
+    its *source* on the error, and a message must name the output, not the input."""
+    target = Path(os.path.abspath(path))
+    for name in (exc.filename, exc.filename2):
+        if not isinstance(name, (str, bytes, os.PathLike)) or not name:
+            continue
+        named = Path(os.fsdecode(name))
+        absolute = Path(os.path.abspath(named))
+        related = absolute == target or target in absolute.parents or absolute in target.parents
+        if related and not named.name.startswith("."):
+            return named
+    return Path(path)
 
 
 @contextlib.contextmanager
@@ -98,8 +122,8 @@ def write_errors(path: str | Path) -> Iterator[None]:
         if error is None:
             raise
         raise error from None
-    except RuntimeError as exc:  # torch.save on a full disk: "PytorchStreamWriter failed writing file"
-        if "PytorchStreamWriter" not in str(exc) and "file write failed" not in str(exc):
+    except RuntimeError as exc:  # torch.save on a full disk: "PytorchStreamWriter failed writing file", "basic_ios::clear"
+        if not any(sign in str(exc) for sign in ("PytorchStreamWriter", "file write failed", "basic_ios::clear")):
             raise
         raise WriteError(f"{path}: cannot write: the write failed (disk full?); free some space", 1) from None
 
@@ -109,9 +133,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
     Ctrl-C or an error leaves no half-written file under the final name; a write that fails
-    (read-only, full disk, a folder in the way) becomes a one-line WriteError.
+    (read-only, full disk, a folder in the way) becomes a one-line WriteError. A stream target
+    (contract/streams.is_stream: a pipe, /dev/null, /dev/stdout) is never renamed over: the block
+    writes a private temporary file, which is then appended to the stream (`into_stream`).
     """
     path = Path(path)
+    if is_stream(path):
+        with into_stream(path) as tmp:
+            yield tmp
+        return
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
     try:
         with write_errors(path):
@@ -124,20 +154,60 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
                 tmp.unlink()
 
 
+@contextlib.contextmanager
+def into_stream(path: Path) -> Iterator[Path]:
+    """Yield a private temporary file; when the block succeeds, append its bytes to the stream `path`
+    (opened for appending: never read, truncated or renamed), so a failed command writes nothing
+    into a pipe. A reader that went away is StdoutGone (a quiet exit); the rest are WriteErrors."""
+    handle, name = tempfile.mkstemp(prefix=".maskkit-", suffix=path.suffix)
+    os.close(handle)
+    tmp = Path(name)
+    try:
+        with write_errors(path):
+            yield tmp
+            with open(tmp, "rb") as source, open(path, "ab") as stream:
+                shutil.copyfileobj(source, stream)
+    except OSError as exc:
+        if exc.errno == errno.EPIPE:
+            raise StdoutGone() from None
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_stdout(write) -> None:
+    """Call `write(stream)` on stdout for data: closed -> one line, exit 2; full (/dev/full) -> one
+    line, exit 1; its reader gone (`| head`) -> StdoutGone, a quiet exit 141."""
+    with write_errors("standard output"), data_stdout() as stream:
+        write(stream)
+
+
 def write_csv(df: pd.DataFrame, out: str | Path | None = None, float_format: str | None = None,
               inputs: Inputs | None = None) -> None:
-    """Write a table to `out` atomically, or to stdout when `out` is None or '-'.
+    """Write a table to `out` atomically (a stream straight through), or to stdout when `out` is
+    None or '-'.
 
-    With `inputs`, `out` is first checked against them (see Inputs.check).
+    With `inputs`, `out` is first checked against them (see Inputs.check). The temporary files a
+    killed writer of the same target left are removed first (`remove_dead_temps`).
     """
-    if out is None or str(out) == "-":
-        df.to_csv(sys.stdout, index=False, float_format=float_format, lineterminator="\n")
-        sys.stdout.flush()
+    if out is None or str(out) == STDIN:
+        write_stdout(lambda stream: df.to_csv(stream, index=False, float_format=float_format, lineterminator="\n"))
         return
     if inputs is not None:
         inputs.check(out, header=[str(c) for c in df.columns])
+    remove_dead_temps(out)
     with atomic_path(out) as tmp:
         df.to_csv(tmp, index=False, float_format=float_format, lineterminator="\n")
+
+
+def write_text(text: str, out: str | Path | None = None) -> None:
+    """Write text to `out` like write_csv (atomically, a stream straight through), or to stdout."""
+    if out is None or str(out) == STDIN:
+        write_stdout(lambda stream: stream.write(text))
+        return
+    remove_dead_temps(out)
+    with atomic_path(out) as tmp:
+        tmp.write_text(text)
 
 
 def write_bytes(path: str | Path, data: bytes, inputs: Inputs | None = None, magic: bytes | None = None) -> None:
@@ -149,6 +219,38 @@ def write_bytes(path: str | Path, data: bytes, inputs: Inputs | None = None, mag
         inputs.check(path, magic=magic if magic is not None else data[:4])
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def _process_alive(pid: int) -> bool:
+    if not 0 < pid < 2**22:  # above Linux's largest pid_max: no such process
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_dead_temps(target: str | Path) -> int:
+    """Delete `.<name>.tmp<pid><suffix>` files beside `target` whose process is gone (a writer
+    killed with kill -9 while writing it); a live process's temporary file is left alone."""
+    target = Path(target)
+    if is_stream(target):
+        return 0
+    prefix = f".{target.name}.tmp"
+    pattern = re.compile(r"(\d+)" + re.escape(target.suffix))
+    removed = 0
+    with contextlib.suppress(OSError):
+        with os.scandir(target.parent) as entries:
+            for entry in entries:
+                found = entry.name.startswith(prefix) and pattern.fullmatch(entry.name[len(prefix):])
+                if found and int(found[1]) != os.getpid() and not _process_alive(int(found[1])):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+                        removed += 1
+    return removed
 
 
 def remove_stale_temps(folder: str | Path, recursive: bool = False) -> int:
@@ -207,14 +309,18 @@ class Inputs:
 
     @classmethod
     def of(cls, *paths: str | Path | Iterable[str | Path] | None) -> Inputs:
-        """Inputs from paths (None, '-' and missing paths are skipped; lists are flattened)."""
-        flat: list[Path] = []
+        """Inputs from paths (None, '-' and missing paths are skipped; lists are flattened).
+
+        A stream named twice (`-` twice, `-` and /dev/stdin) is refused here: it can be read once."""
+        given: list[str | Path] = []
         for item in paths:
             if item is None:
                 continue
             if isinstance(item, (str, Path)):
                 item = [item]
-            flat.extend(Path(p) for p in item if p is not None and str(p) != "-")
+            given.extend(p for p in item if p is not None)
+        check_streams_once(given)
+        flat = [Path(p) for p in given if str(p) != STDIN]
         files = tuple(p for p in flat if p.is_file())
         folders = tuple(p for p in flat if p.is_dir())
         return cls(files, folders)
@@ -242,12 +348,17 @@ class Inputs:
         An existing file is replaced only when it is of the kind written: a CSV whose header line is
         `header`, or a file starting with `magic` (e.g. PNG's signature).
         """
-        if target is None or str(target) == "-":
+        if target is None:  # not given: the caller writes elsewhere, or to stdout (checked when written)
+            return
+        if str(target) == STDIN:
+            require_stdout()
             return
         target = Path(target)
         clash = self._clash(target)
         if clash:
             raise MaskkitError(f"{target}: {what} {clash}; maskkit never writes over its inputs, choose another path")
+        if is_stream(target):  # a pipe, /dev/null, /dev/stdout: written straight through, never read
+            return
         blocker = _below_a_file(target)
         if blocker is not None:
             raise MaskkitError(f"{target}: {what} lies below {blocker}, which is a file; choose another path")
@@ -286,7 +397,34 @@ class Inputs:
         blocker = _below_a_file(folder)
         if blocker is not None:
             raise MaskkitError(f"{folder}: {what} lies below {blocker}, which is a file; choose another path")
+        escape = link_out_of(folder)
+        if escape is not None:
+            link, leads = escape
+            raise MaskkitError(f"{link}: a symbolic link inside the {what} {folder} that leads out of it ({leads}); "
+                               f"maskkit writes only inside {folder}: remove the link or choose another folder")
         return folder
+
+
+def link_out_of(folder: Path) -> tuple[Path, str] | None:
+    """The first symbolic link inside `folder` (at any depth, links not followed) that leads out of
+    it, and where to; writing through it would write outside the folder. None when there is none."""
+    if not folder.is_dir():
+        return None
+    root = folder.resolve()
+    pending = [str(folder)]
+    while pending:
+        with contextlib.suppress(OSError), os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if entry.is_symlink():
+                    try:
+                        leads = Path(entry.path).resolve()
+                    except (OSError, RuntimeError):  # a loop of links
+                        return Path(entry.path), "a loop of links"
+                    if leads != root and root not in leads.parents:
+                        return Path(entry.path), str(leads)
+                elif entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+    return None
 
 
 def files_in(folder: str | Path) -> list[Path]:
@@ -343,14 +481,24 @@ def folder_lock(folder: str | Path, command: str) -> Iterator[Path]:
                 made.rmdir()
 
 
-def read_csv(path: str | Path, required: Sequence[str] = (), fix: str = "", **kwargs) -> pd.DataFrame:
-    """Read a CSV, turning a missing file, bad CSV or missing columns into a one-line MaskkitError."""
+def read_csv(path: str | Path, required: Sequence[str] = (), fix: str = "", data: bytes | None = None,
+             **kwargs) -> pd.DataFrame:
+    """Read a CSV, turning a missing file, bad CSV or missing columns into a one-line MaskkitError.
+
+    `-` is standard input and any other stream (a pipe, /dev/stdin, `<(...)`) is read once, into
+    memory (streams.read_input); `data` gives bytes already read from `path` (named in messages).
+    """
     path = Path(path)
     hint = f" ({fix})" if fix else ""
-    if not path.is_file():
+    if data is None and is_stream(path):
+        data = read_input(path)
+    if data is not None and not data.strip():
+        came = "nothing came on standard input" if str(path) == STDIN else "the stream was empty"
+        raise MaskkitError(f"{path}: no CSV: {came}{hint}")
+    if data is None and not path.is_file():
         raise MaskkitError(f"{path}: file not found{hint}")
     try:
-        df = pd.read_csv(path, **kwargs)
+        df = pd.read_csv(io.BytesIO(data) if data is not None else path, **kwargs)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MaskkitError(f"{path}: not a readable CSV: {reason}{hint}") from None

@@ -1,8 +1,10 @@
 """The fixes CSV (docs/formats.md, "Fixes CSV"): label corrections that `audit` suggests and `split --fixes` applies.
 
-`target` is a person id (for gender and age) or an image (for mask): an image is named by its path
-or by `<person or folder>/<file name or stem>`, matched on its last two path parts. Applying fixes
-changes the table only, never the image files.
+`target` is a person id or a whole person folder name (for gender and age), or an image (for
+mask): an image is named by its path or by `<person or folder>/<file name or stem>`, matched on
+its last two path parts. The shipped known fixes (`known`) name whole folders of the real data
+(`000020_female_Asian_50`: id, gender, race, age), so a dataset that only shares an id (a drawn
+one) is left alone. Applying fixes changes the table only, never the image files.
 """
 
 from __future__ import annotations
@@ -14,12 +16,11 @@ import pandas as pd
 
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import console, examples, read_csv
-from maskkit.contract.labels import GENDERS, MASKS, label_of
+from maskkit.contract.labels import AGE_RANGE, GENDERS, MASKS, label_of
 from maskkit.contract.paths import check_no_parent
 
 FIXES_COLUMNS = ("target", "column", "old", "new", "reason")
 FIXABLE = ("gender", "age", "mask")
-AGE_RANGE = (0, 120)  # plausible ages in years
 KNOWN = "known"
 
 

@@ -23,6 +23,7 @@ IMAGE_STEMS = {
 
 YOUNG_BELOW = 30
 OLD_FROM = 60
+AGE_RANGE = (0, 120)  # possible ages in years: train.csv and fixes refuse others
 
 
 def age_group(age, old_from: int = OLD_FROM):

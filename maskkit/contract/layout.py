@@ -18,7 +18,7 @@ import pandas as pd
 
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import console, examples, is_hidden, is_image, read_csv
-from maskkit.contract.labels import GENDERS, IMAGE_STEMS, label_of
+from maskkit.contract.labels import AGE_RANGE, GENDERS, IMAGE_STEMS, label_of
 from maskkit.contract.paths import as_text, inside
 
 TRAIN_COLUMNS = ("id", "gender", "race", "age", "path")
@@ -38,6 +38,7 @@ MISSING_FOLDER = "train.csv rows whose folder is missing (skipped)"
 UNREADABLE_NAME = "listed folders whose name is not <id>_<gender>_<race>_<age> (train.csv used)"
 DISAGREEING = "folder names disagreeing with train.csv (train.csv used)"
 FRACTIONAL_AGE = "ages not a whole number of years (rounded down)"
+IMPOSSIBLE_AGE = f"ages outside {AGE_RANGE[0]}..{AGE_RANGE[1]} years (split and train refuse them)"
 IMPLAUSIBLE_AGE = f"ages outside {PLAUSIBLE_AGES[0]}..{PLAUSIBLE_AGES[1]} years (kept)"
 UNLISTED_UNREADABLE = "folders not in train.csv with an unreadable name (skipped)"
 UNLISTED = "folders not in train.csv (labels read from the folder name)"
@@ -126,6 +127,10 @@ def _read_table(csv_path: Path, quirks: Quirks) -> pd.DataFrame:
     table["line"] = table.index + 2
     table["age_text"] = table["age"].str.strip()
     table["age_value"] = pd.to_numeric(table["age_text"], errors="coerce")
+    for row in table[table["age_value"].notna() & ~table["age_value"].between(*AGE_RANGE)].itertuples():
+        quirks.add(IMPOSSIBLE_AGE, csv_path, example=f"line {row.line} ({row.age_text})", person=row.id,
+                   column="age", given=row.age_text)
+    table.loc[table["age_value"].abs() == float("inf"), "age_value"] = float("nan")  # unreadable: skipped
     bad_gender, bad_age = ~table["gender"].isin(GENDERS), table["age_value"].isna()
     for row in table[bad_gender | bad_age].itertuples():
         parsed = parse_folder_name(row.path)
@@ -287,6 +292,11 @@ def load_train(path: str | Path, report: bool = True) -> pd.DataFrame:
     images, quirks = read_train(path)
     if report:
         quirks.report()
+    impossible = [q for q in quirks.found if q.kind == IMPOSSIBLE_AGE]
+    if impossible:  # audit lists them (read_train); a model must not learn from them
+        raise MaskkitError(f"{impossible[0].path} {impossible[0].example}: not an age in {AGE_RANGE[0]}.."
+                           f"{AGE_RANGE[1]} years ({len(impossible)} such row(s)); correct them in a copy of train.csv "
+                           "(maskkit audit lists every one)")
     return images
 
 

@@ -53,10 +53,11 @@ def check_manifest_rows(manifest: pd.DataFrame, source: str) -> None:
                                f"({examples(mixed)}); a person has one {column}: correct the rows ({MAKE_ONE})")
 
 
-def read_manifest(path: str | Path) -> pd.DataFrame:
-    """Read and check a manifest CSV: columns, values, rows (`check_manifest_rows`), no path with
-    `..` (contract.paths) and no person in two folds (leakage guard)."""
-    manifest = read_csv(path, MANIFEST_COLUMNS, fix=MAKE_ONE, dtype={"path": str, "person": str})
+def read_manifest(path: str | Path, data: bytes | None = None) -> pd.DataFrame:
+    """Read and check a manifest CSV (`data`: its bytes, already read from a stream): columns,
+    values, rows (`check_manifest_rows`), no path with `..` (contract.paths) and no person in two
+    folds (leakage guard)."""
+    manifest = read_csv(path, MANIFEST_COLUMNS, fix=MAKE_ONE, data=data, dtype={"path": str, "person": str})
     if manifest.empty:
         raise MaskkitError(f"{path}: the manifest has no rows ({MAKE_ONE})")
     for column in ("age", "fold", "label"):

@@ -14,7 +14,7 @@ import pandas as pd
 
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import Inputs, examples, read_csv, write_csv
-from maskkit.contract.labels import NUM_CLASSES
+from maskkit.contract.labels import AGE_GROUPS, GENDERS, MASKS, NUM_CLASSES, decode
 
 PROB_COLUMNS = [f"p{i}" for i in range(NUM_CLASSES)]
 DECIMALS = 6  # probabilities as written; `ans` is the argmax of the written values
@@ -22,6 +22,12 @@ PREDICTION_FIX = "a prediction CSV has columns ImageID,ans,p0..p17 as `maskkit p
 PREDICTION_HEADER = ["ImageID", "ans", *PROB_COLUMNS]
 # p0..p17 are written rounded to DECIMALS places; a row that sums elsewhere is not a probability vector.
 PROB_SUM_TOLERANCE = 1e-3
+NAME_COLUMNS = ["mask", "gender", "age"]  # `predict --names`: the words of `ans`, for people who look
+
+
+def prediction_header(names: bool = False) -> list[str]:
+    """The header `prediction_frame` writes (with `names`: mask,gender,age after ans)."""
+    return ["ImageID", "ans", *(NAME_COLUMNS if names else []), *PROB_COLUMNS]
 
 
 def bad_probability_rows(probs: np.ndarray) -> np.ndarray:
@@ -32,11 +38,16 @@ def bad_probability_rows(probs: np.ndarray) -> np.ndarray:
     return ~finite | (np.nan_to_num(probs) < 0).any(axis=1) | ~(np.abs(sums - 1) <= PROB_SUM_TOLERANCE)
 
 
-def prediction_frame(image_ids: Sequence[str], probs: np.ndarray) -> pd.DataFrame:
-    """ImageID, ans, p0..p17 from (N, 18) probabilities (rounded to DECIMALS places)."""
+def prediction_frame(image_ids: Sequence[str], probs: np.ndarray, names: bool = False) -> pd.DataFrame:
+    """ImageID, ans, p0..p17 from (N, 18) probabilities (rounded to DECIMALS places); with `names`
+    also mask, gender, age: the words of `ans` (wear/male/<30...) after it."""
     probs = np.round(np.asarray(probs, dtype=np.float64), DECIMALS)
     frame = pd.DataFrame(probs, columns=PROB_COLUMNS)
-    frame.insert(0, "ans", probs.argmax(1).astype(int))
+    ans = probs.argmax(1).astype(int)
+    if names:
+        for column, words, index in zip(reversed(NAME_COLUMNS), (AGE_GROUPS, GENDERS, MASKS), reversed(decode(ans))):
+            frame.insert(0, column, np.asarray(words, dtype=object)[index])
+    frame.insert(0, "ans", ans)
     frame.insert(0, "ImageID", list(image_ids))
     return frame
 

@@ -3,23 +3,26 @@
 A recipe is a YAML mapping of `maskkit train` options by their field names (`backbone`, `heads`,
 `lr`, `input_size: 256x320` as WIDTHxHEIGHT...), as `--print-config` writes it. A run's
 config.json is a recipe too: its "options" are read (so `--config runs/X/config.json --fold 1`
-trains the same recipe on another fold). Options given on the command line win over the file:
+trains the same recipe on another fold), without the machine settings (options.MACHINE_OPTIONS:
+device, workers, threads, cache, wandb, logger), which describe the machine the run trained on, not
+what it learns. A YAML written by hand may set them, and `name` and `runs_dir` too (a note says so).
+Options given on the command line win over the file:
 `train_options` merges TrainOptions' defaults < the recipe file < the command-line flags.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import yaml
 
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import atomic_path
-from maskkit.options import TrainOptions, parse_fold, parse_width_height
+from maskkit.contract.files import console, write_text
+from maskkit.options import MACHINE_OPTIONS, TrainOptions, parse_fold, parse_width_height
 
+PLACES = ("name", "runs_dir")  # where a run goes: train's --name and --runs-dir, not options
 FIX = "a recipe is a YAML mapping of train options, as `maskkit train --print-config` writes it"
 
 
@@ -37,8 +40,10 @@ def as_fields(values: Mapping[str, object], size_source: str) -> dict:
     return fields
 
 
-def read_recipe(path: str | Path) -> dict:
-    """The option values of a recipe file (YAML) or a run's config.json, as TrainOptions fields."""
+def read_recipe(path: str | Path, places: bool = False) -> dict:
+    """The option values of a recipe file (YAML) or a run's config.json, as TrainOptions fields: a
+    config.json without its machine settings; a YAML's machine settings kept (with a note).
+    `places`: return the YAML's `name` and `runs_dir` instead (never a config.json's)."""
     path = Path(path)
     if not path.is_file():
         raise MaskkitError(f"{path}: recipe not found ({FIX})")
@@ -48,11 +53,19 @@ def read_recipe(path: str | Path) -> dict:
     except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MaskkitError(f"{path}: not a readable recipe ({reason[:120]}); {FIX}") from None
-    if isinstance(data, Mapping) and isinstance(data.get("options"), Mapping):  # a run's config.json
-        data = data["options"]
+    run_config = isinstance(data, Mapping) and isinstance(data.get("options"), Mapping)
+    if run_config:
+        data = {k: v for k, v in data["options"].items() if k not in MACHINE_OPTIONS}
     if not isinstance(data, Mapping):
         raise MaskkitError(f"{path}: not a mapping of options; {FIX}")
-    return as_fields(data, f"{path}: input_size")
+    fields = as_fields(data, f"{path}: input_size")
+    if places:
+        return {} if run_config else {k: fields[k] for k in PLACES if k in fields}
+    machine = [k for k in (*MACHINE_OPTIONS, *PLACES) if k in fields]
+    if machine:
+        console.print(f"{path}: sets {', '.join(machine)} (machine settings and the run's place, which a run's "
+                      "config.json does not pass on); flags given here win", markup=False, highlight=False)
+    return {k: v for k, v in fields.items() if k not in PLACES}
 
 
 def train_options(flags: Mapping[str, object], given: Iterable[str],
@@ -65,10 +78,23 @@ def train_options(flags: Mapping[str, object], given: Iterable[str],
     from_file = read_recipe(recipe) if recipe is not None else {}
     typed = as_fields({name: flags[name] for name in given}, "--input-size")
     typed = {name: value for name, value in typed.items() if name in TrainOptions.field_names()}
+    if typed.get("wandb") and "logger" not in typed:  # --wandb PROJECT alone: log to that project
+        typed["logger"] = "wandb"
     if "fold" in typed:
         typed["fold"] = parse_fold(typed["fold"])  # its error names --fold, not the recipe
-    options = TrainOptions.from_dict({**from_file, **typed}, str(recipe or "options"))
+    if recipe is not None:  # the file's values alone first, so that an error names the file
+        TrainOptions.from_dict(from_file, str(recipe))
+    options = TrainOptions.from_dict({**from_file, **typed}, "options", ranges=False)  # train checks them
     return options, set(from_file) | set(typed)
+
+
+def run_place(flags: Mapping[str, object], given: Iterable[str], recipe: str | Path | None) -> tuple[Path, str | None]:
+    """(runs_dir, name) of a new run: the command line's, else a hand-written recipe's, else the defaults."""
+    from_file = read_recipe(recipe, places=True) if recipe is not None else {}
+    given = set(given)
+    runs_dir = flags["runs_dir"] if "runs_dir" in given or "runs_dir" not in from_file else from_file["runs_dir"]
+    name = flags["name"] if "name" in given or "name" not in from_file else from_file["name"]
+    return Path(str(runs_dir)), None if name is None else str(name)
 
 
 def recipe_text(options: Mapping) -> str:
@@ -81,10 +107,4 @@ def recipe_text(options: Mapping) -> str:
 
 def write_recipe(options: Mapping, out: str | Path | None = None) -> None:
     """The recipe to stdout (None or '-') or atomically to a file."""
-    text = recipe_text(options)
-    if out is None or str(out) == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return
-    with atomic_path(out) as tmp:
-        tmp.write_text(text)
+    write_text(recipe_text(options), out)

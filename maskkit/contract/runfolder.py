@@ -19,6 +19,7 @@ import pandas as pd
 
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import atomic_path, examples, read_csv, write_csv
+from maskkit.options import INPUT_SIDE_RANGE
 
 CONFIG, MANIFEST, METRICS, BEST, LAST, VAL_PREDS = (
     "config.json", "manifest.csv", "metrics.csv", "best.pt", "last.pt", "val_preds.csv")
@@ -85,7 +86,7 @@ def read_config(run_dir: str | Path) -> dict:
     missing = [k for k in ("backbone", "img_size") if k not in view]
     if missing:
         raise MaskkitError(f"{path}: missing {', '.join(missing)} (re-create the run with maskkit train)")
-    view["img_size"] = [int(v) for v in view["img_size"]]
+    check_geometry(view, path)
     check_normalisation(view, path)
     return view
 
@@ -105,6 +106,20 @@ def check_normalisation(view: Mapping, path: Path) -> None:
             rule = "three finite numbers above 0" if key == "std" else "three finite numbers"
             raise MaskkitError(f"{path}: {key} {json.dumps(values)} must be {rule} (the backbone's "
                                "normalisation, e.g. [0.229, 0.224, 0.225]); restore config.json or re-train the run")
+
+
+def check_geometry(view: dict, path: Path) -> None:
+    """config.json's img_size (H, W: whole numbers in INPUT_SIDE_RANGE) and crop (two fractions in
+    (0, 1]), as train would have written them; one line naming the field otherwise."""
+    low, high = INPUT_SIDE_RANGE
+    size, crop = view["img_size"], view.get("crop", [1.0, 1.0])
+    if not (isinstance(size, list) and len(size) == 2 and all(type(v) is int and low <= v <= high for v in size)):
+        raise MaskkitError(f"{path}: img_size {size!r} is not two whole numbers in {low}..{high} (height, width); "
+                           "restore the file or re-create the run with maskkit train")
+    if not (isinstance(crop, list) and len(crop) == 2
+            and all(type(v) in (int, float) and 0 < v <= 1 for v in crop)):
+        raise MaskkitError(f"{path}: crop {crop!r} is not two fractions in (0, 1] (height, width); "
+                           "restore the file or re-create the run with maskkit train")
 
 
 def saved_options(config: Mapping) -> dict:

@@ -1,21 +1,57 @@
 """Fingerprints of image files for `maskkit audit`'s file checks: size, damage (zero-byte, truncated,
-undecodable), SHA-1, a 64-bit dHash computed with OpenCV and a small grayscale thumbnail
+undecodable), strangeness (tiny, odd aspect, a format its extension does not name: PIL reads the
+header only), SHA-1, a 64-bit dHash computed with OpenCV and a small grayscale thumbnail
 (cv2.img_hash is not part of opencv-python-headless), and the near-duplicates they reveal."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
+from PIL import Image, UnidentifiedImageError
 
 THUMB_SIZE = (24, 32)  # width, height
 FLAT_STD = 3.0  # images this uniform have meaningless hashes
-SCAN_COLUMNS = ["path", "folder", "size", "problem", "sha1", "dhash", "thumb"]
+SCAN_COLUMNS = ["path", "folder", "size", "problem", "strange", "sha1", "dhash", "thumb"]
+MIN_SIDE = 16  # pixels: smaller images carry no face (the smallest model input)
+MAX_ASPECT = 4.0  # longer side / shorter side: portraits are 4:3, face crops 1:1
+# The format each image extension promises (PIL's names).
+EXTENSION_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
+TINY, ODD_ASPECT, WRONG_FORMAT = "tiny image", "odd aspect", "wrong format"
+
+
+def strangeness(name: str, header: io.BufferedIOBase | str | Path) -> str | None:
+    """'tiny image: 1x1 pixels', 'odd aspect: 2000x3 pixels', 'wrong format: GIF data named .jpg',
+    or None, from the image header (PIL reads no pixels); an unreadable header is left to the decoder."""
+    try:
+        with Image.open(header) as im:
+            kind, (width, height) = im.format, im.size
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        return None
+    promised = EXTENSION_FORMATS.get(Path(name).suffix.lower())
+    if promised is not None and kind != promised:
+        return f"{WRONG_FORMAT}: {kind} data named {Path(name).suffix}"
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        return f"{ODD_ASPECT}: {width}x{height} pixels"
+    if min(width, height) < MIN_SIDE:
+        return f"{TINY}: {width}x{height} pixels"
+    return None
+
+
+def strange_images(paths: Iterable[str]) -> list[tuple[str, str]]:
+    """(path, strangeness) of each strange image among `paths` (headers only)."""
+    found = []
+    for path in paths:
+        kind = strangeness(path, path)
+        if kind is not None:
+            found.append((path, kind))
+    return found
 
 
 def _dhash(gray: np.ndarray) -> int:
@@ -50,9 +86,10 @@ def scan_file(path: Path) -> dict:
     """Size, problem, SHA-1, dHash and thumbnail of one image file."""
     data = path.read_bytes()
     result = {"path": str(path), "folder": path.parent.name, "size": len(data), "problem": file_problem(data),
-              "sha1": hashlib.sha1(data).hexdigest(), "dhash": None, "thumb": None}
+              "strange": None, "sha1": hashlib.sha1(data).hexdigest(), "dhash": None, "thumb": None}
     if result["problem"] == "zero-byte file":
         return result
+    result["strange"] = strangeness(path.name, io.BytesIO(data))
     flag = cv2.IMREAD_REDUCED_GRAYSCALE_2 if len(data) > 100_000 else cv2.IMREAD_GRAYSCALE
     gray = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
     if gray is None or gray.size == 0:

@@ -132,7 +132,7 @@ def build_training_model(options: TrainOptions, img_size: Sequence[int], device:
                          resumed: bool) -> torch.nn.Module:
     """The model on `device`, initialised from `--seed` (or `--weights`/pretrained, except when
     resuming: last.pt then has the weights)."""
-    model = build_model(options.backbone, heads=options.heads, age_regression=options.age_regression,
+    model = build_model(options.backbone, heads=options.heads, age_head=options.age_head, old_age=options.old_age,
                         pretrained=options.pretrained and not resumed, weights=None if resumed else options.weights,
                         img_size=tuple(img_size), dropout=options.dropout).to(device)
     if device.type == "cuda":

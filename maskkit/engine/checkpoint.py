@@ -1,5 +1,5 @@
 """The run folder while training (docs/formats.md, "Run folder"): `RunKeeper` records each finished
-epoch in one call, the job timm's CheckpointSaver does: the best-epoch decision, the metrics row,
+epoch in one call, the job timm's CheckpointSaver does: the best-epoch decision, the metrics row (also to the tracker),
 best.pt and val_preds.csv when the epoch improved, last.pt, the plots and the progress line. Every
 file goes to a temporary name and is renamed (contract.files.atomic_path).
 
@@ -100,7 +100,7 @@ class RunKeeper:
                  val_rows: pd.DataFrame, val_set: ImageDataset | None) -> None:
         self.run_dir, self.writes, self.epochs, self.patience = run_dir, writes, epochs, patience
         self.val_rows, self.val_set = val_rows, val_set
-        self.wandb = None  # a wandb run: every metrics row is logged to it too
+        self.tracker = None  # an engine.tracking.Tracker (rank 0, while fitting): every row is logged to it too
 
     def save_last(self, checkpoint: dict) -> None:
         if self.writes:
@@ -119,9 +119,11 @@ class RunKeeper:
         if improved:
             self._save_best(state.epoch, best_model, validation)
         runfolder.append_metrics(self.run_dir, row)
-        if self.wandb is not None:
-            self.wandb.log(row, step=int(row["epoch"]))
-        console.print(epoch_line(row, result, self.epochs, improved), markup=False, highlight=False)
+        if self.tracker is not None:
+            self.tracker.epoch(state.global_step, row)
+        # without validation every epoch is "the best" for best.pt, but none is marked as one
+        console.print(epoch_line(row, result, self.epochs, improved and validation is not None),
+                      markup=False, highlight=False)
         if state.finished and state.epoch < self.epochs:
             console.print(f"early stop: no better val macro F1 for {self.patience} epochs")
         self.save_last(checkpoint())

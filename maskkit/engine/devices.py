@@ -7,11 +7,10 @@ import os
 import torch
 
 from maskkit.contract.errors import MaskkitError
+from maskkit.options import check_workers_threads, cpu_cores
 
 
-def cpu_count() -> int:
-    """The cores this process may run on (its affinity mask), not all the machine's."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+cpu_count = cpu_cores  # the cores this process may run on (its affinity mask), not all the machine's
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -69,8 +68,7 @@ def use_threads(threads: int | None = None) -> int:
     spin waiting for cores another process holds); the CLI also sets OMP_WAIT_POLICY=PASSIVE before
     torch is imported. DataLoader workers run one torch thread each (PyTorch sets it in workers).
     """
-    if threads is not None and threads < 1:
-        raise MaskkitError(f"--threads {threads}: must be >= 1")
+    check_workers_threads(threads=threads)
     count = threads or free_cores()
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)

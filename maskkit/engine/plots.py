@@ -13,29 +13,45 @@ from maskkit.data.images import write_figure
 
 
 def plot_run(run_dir: Path) -> None:
-    """curves.png (losses and F1 per epoch) and confusion.png (best epoch, rows = true class)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
+    """curves.png and, when the run validates, confusion.png (best epoch, rows = true class)."""
     metrics_path, preds_path = run_dir / METRICS, run_dir / VAL_PREDS
     if metrics_path.is_file():
-        metrics = pd.read_csv(metrics_path)
-        fig = Figure(figsize=(10, 4), layout="constrained")
-        FigureCanvasAgg(fig)
-        loss_ax, f1_ax = fig.subplots(1, 2)
-        for column in ("train_loss", "val_loss"):
-            loss_ax.plot(metrics["epoch"], metrics[column], marker="o", label=column)
-        loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
-        loss_ax.legend()
-        for column in ("val_f1", "f1_mask", "f1_gender", "f1_age"):
-            f1_ax.plot(metrics["epoch"], metrics[column], marker="o", label=column)
-        f1_ax.set(xlabel="epoch", ylabel="macro F1", title="validation", ylim=(0, 1))
-        f1_ax.legend()
-        write_figure(run_dir / CURVES, fig)
+        draw_curves(pd.read_csv(metrics_path), run_dir / CURVES)
     if preds_path.is_file():
         preds = pd.read_csv(preds_path)
         draw_confusion(preds["label"], preds["ans"], run_dir / CONFUSION,
                        f"{run_dir.name}: best epoch, validation fold")
+
+
+def draw_curves(metrics: pd.DataFrame, path: Path) -> None:
+    """Losses and the learning rate per epoch, and the validation F1s with the best epoch marked;
+    a run without validation (`--fold all`) gets no validation panel and no best epoch."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    validated = metrics["val_f1"].notna().any()
+    fig = Figure(figsize=(10 if validated else 5.5, 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2 if validated else 1, squeeze=False)[0]
+    loss_ax = axes[0]
+    for column in ("train_loss", "val_loss") if validated else ("train_loss",):
+        loss_ax.plot(metrics["epoch"], metrics[column], marker="o", label=column)
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="loss and learning rate")
+    lr_ax = loss_ax.twinx()
+    lr_ax.plot(metrics["epoch"], metrics["lr"], color="gray", linestyle="--", label="lr (right)")
+    lr_ax.set_ylabel("learning rate")
+    lines = loss_ax.get_legend_handles_labels()[0] + lr_ax.get_legend_handles_labels()[0]
+    loss_ax.legend(lines, [line.get_label() for line in lines])
+    if validated:
+        f1_ax = axes[1]
+        for column in ("val_f1", "f1_mask", "f1_gender", "f1_age"):
+            f1_ax.plot(metrics["epoch"], metrics[column], marker="o", label=column)
+        best = metrics.loc[metrics["val_f1"].idxmax()]  # the first of equal ones, as training selects
+        f1_ax.axvline(best["epoch"], color="black", linestyle=":",
+                      label=f"best epoch {int(best['epoch'])} ({best['val_f1']:.3f})")
+        f1_ax.set(xlabel="epoch", ylabel="macro F1", title="validation", ylim=(0, 1))
+        f1_ax.legend()
+    write_figure(path, fig)
 
 
 def draw_confusion(true, pred, path: Path, title: str) -> None:

@@ -22,8 +22,9 @@ from maskkit.engine.devices import autocast_dtype, resolve_device
 from maskkit.engine.distributed import Distributed
 from maskkit.engine.loop import EpochState, NonFiniteLoss, TrainingState, evaluate, train_one_epoch
 from maskkit.engine.loss import MaskLoss
-from maskkit.engine.progress import progress_bar
+from maskkit.engine.progress import RunClock, progress_bar
 from maskkit.engine.runtime import seed_everything, sigint_sets_flag
+from maskkit.engine.tracking import Tracker
 from maskkit.options import TrainOptions
 
 
@@ -37,7 +38,7 @@ class Trainer:
 
     def __init__(self, run_dir: Path, manifest: pd.DataFrame, options: TrainOptions, config: dict,
                  show_progress: bool | None = None, resumed: bool = False, dist: Distributed | None = None) -> None:
-        self.run_dir, self.options = run_dir, options
+        self.run_dir, self.options, self.config = run_dir, options, config
         self.dist = dist or Distributed()
         self.device = self.dist.device(resolve_device(options.device))
         self.amp_dtype = autocast_dtype(self.device, options.precision)
@@ -56,6 +57,7 @@ class Trainer:
         self.state = TrainingState()
         self.keeper = RunKeeper(run_dir, self.dist.main, options.epochs, options.patience,
                                 self.data.val_rows, self.data.val_set)
+        self.clock: RunClock | None = None  # the whole run's ETA, set by fit
 
     def eval_model(self) -> torch.nn.Module:
         return self.opt.ema.module if self.opt.ema is not None else self.model
@@ -109,7 +111,9 @@ class Trainer:
         self.data.sampler.skip = current.step * self.options.batch_size
         bar = progress_bar(f"epoch {epoch + 1}/{self.options.epochs}", steps,
                            fields="loss {loss:.3f}  {rate:.0f} img/s  data wait {wait:.0%}", completed=current.step,
-                           show=self.show_bar, loss=float("nan"), rate=0.0, wait=0.0)
+                           show=self.show_bar, every_steps=max(1, steps // 10), clock=self.clock,
+                           clock_offset=epoch * steps, on_advance=self.log_step(epoch),
+                           loss=float("nan"), rate=0.0, wait=0.0)
         sync_every = 1 if self.device.type == "cpu" else 25
 
         def stopping(step: int) -> bool:
@@ -133,6 +137,19 @@ class Trainer:
                 + (" or use --precision fp32" if self.amp_dtype is not None else "")
             ) from None
 
+    def log_step(self, epoch: int) -> Callable[[int, dict], None] | None:
+        """The progress bar's per-step hook: the step's loss, learning rate and speed to the tracker
+        (on the steps the loop measured them)."""
+        tracker = self.keeper.tracker
+        if tracker is None:
+            return None
+
+        def log(done: int, fields: dict) -> None:
+            if "loss" in fields:
+                tracker.step(self.state.global_step, epoch + 1, {
+                    "loss": fields["loss"], "lr": self.opt.optimizer.param_groups[0]["lr"], "img_s": fields["rate"]})
+        return log
+
     def validate(self) -> Validation | None:
         """The validation fold's metrics, class probabilities and rows; None with `--fold all`."""
         if self.data.val_loader is None:
@@ -151,14 +168,36 @@ class Trainer:
 
     # -- the loop --
 
-    def fit(self, stop: Callable[[int, int], bool] | None = None) -> TrainingState:
-        """Train up to options.epochs (or an early stop); `Interrupted` once last.pt is written when stopped."""
+    def fit(self, stop: Callable[[int, int], bool] | None = None,
+            on_epoch: Callable[[int, dict], bool] | None = None) -> TrainingState:
+        """Train up to options.epochs (or an early stop); `Interrupted` once last.pt is written when
+        stopped. The tracker (rank 0) logs every step and epoch, and is closed however fit ends.
+
+        `on_epoch(epochs_done, validation metrics)` is called once each validated epoch is recorded
+        (tune reports it to its pruner); True stops the run there like `stop`."""
+        steps = self.data.steps_per_epoch
+        self.clock = RunClock(self.state.epoch * steps + self.state.current.step, self.options.epochs * steps)
+        if self.dist.main:
+            self.keeper.tracker = Tracker(self.run_dir, self.options, self.config, self.state.global_step)
+        try:
+            return self._fit(stop, on_epoch)
+        finally:
+            if self.keeper.tracker is not None:
+                self.keeper.tracker.close()
+                self.keeper.tracker = None
+
+    def _fit(self, stop: Callable[[int, int], bool] | None,
+             on_epoch: Callable[[int, dict], bool] | None) -> TrainingState:
         with sigint_sets_flag(self):
             while self.state.epoch < self.options.epochs and not self.state.finished:
                 if not self.train_epoch(self.state.epoch, stop):  # stopped mid-epoch: last.pt holds the step reached
                     self.keeper.save_last(self.checkpoint())
                     raise Interrupted()
-                self.keeper.record(self.state, self.epoch_result(), self.eval_model(), self.checkpoint)
+                result = self.epoch_result()
+                self.keeper.record(self.state, result, self.eval_model(), self.checkpoint)
+                if (on_epoch is not None and result.validation is not None and not self.state.finished
+                        and on_epoch(self.state.epoch, result.validation.metrics)):
+                    raise Interrupted()  # last.pt of this epoch is written
                 self.stop_requested = self.dist.any(self.stop_requested, self.device)
                 if self.stop_requested and not self.state.finished:  # Ctrl-C during validation
                     raise Interrupted()

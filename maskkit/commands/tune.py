@@ -1,0 +1,356 @@
+"""`maskkit tune`: a recipe search on Optuna (docs/formats.md, "Study folder").
+
+A study is "this recipe, with these parts free": the fixed options come from train's flags or
+`--config`, the free ones from a search space (contract.searchspace). Every trial trains ordinary
+run folders under RUNS_DIR/tune-NAME/ (trial-NNNN, or trial-NNNN-fK with `--objective oof`), so
+`runs`, `predict`, `vote` and `audit` work on them. Objectives: `fold`, the best val macro F1 of
+one fold, reported per epoch to the pruner; `oof`, the pooled out-of-fold macro F1 of `--folds K`
+fold runs (the score `maskkit runs` shows), reported after each fold.
+
+Workers: any number of `maskkit tune` processes on one study (the default storage is an SQLite
+file in the study folder; `--storage URL` any database Optuna takes, for many machines). Optuna's
+heartbeat marks the trial of a killed worker failed and queues its parameters again. Each worker
+takes a new trial only while the finished (complete or pruned) plus running trials are fewer than
+`--trials`, counting and taking under a file lock of the study folder, so the workers of one
+machine end with exactly `--trials` finished trials (workers on several machines share no lock and
+may, rarely, start one more each). Ctrl-C or kill -9 lose only the running trial (failed; its run
+folder is left as it was and never reused: trial numbers are never given twice); running the same
+command again continues the study.
+
+The training function is passed in by cli.py (`train=commands.train.run`, `pooled=commands.runs
+.pooled_predictions`): a command module does not import another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import pandas as pd
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from maskkit.contract import runfolder
+from maskkit.contract.errors import MaskkitError, RunFailure
+from maskkit.contract.files import atomic_path, console, write_csv
+from maskkit.contract.manifest import read_manifest
+from maskkit.contract.recipe import as_fields, write_recipe
+from maskkit.contract.searchspace import DEFAULT_SPACE, read_search_space, suggest
+from maskkit.engine.metrics import scores
+from maskkit.engine.trainer import Interrupted
+from maskkit.options import TrainOptions
+
+OBJECTIVES = ("fold", "oof")
+PRUNERS = ("median", "hyperband", "none")
+STUDY_DB, LOCK, TRIALS_CSV = "study.db", ".tune.lock", "trials.csv"
+HISTORY_PNG, IMPORTANCE_PNG = "history.png", "importance.png"
+RUNTIME_OPTIONS = ("device", "workers", "cache", "threads", "wandb")  # may differ between workers
+HEARTBEAT_S, GRACE_S = 20, 60  # a trial whose worker sent no heartbeat for GRACE_S is failed
+WAIT_S = 2.0  # a worker with nothing left to start polls the running trials this often
+MAX_FAILURES = 3  # trials in a row failing (NaN loss...) stop a worker
+
+
+@dataclass(frozen=True)
+class Study:
+    """Where a study lives and what it optimises."""
+
+    name: str
+    runs_dir: Path = Path("runs")
+    storage: str | None = None  # None: the SQLite file of the study folder
+    objective: str = "fold"
+    folds: int = 5  # --objective oof
+    trials: int = 20
+    pruner: str = "median"
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.runs_dir) / f"tune-{self.name}"
+
+    @property
+    def url(self) -> str:
+        return self.storage or f"sqlite:///{(self.folder / STUDY_DB).resolve()}"
+
+
+@contextlib.contextmanager
+def study_lock(folder: Path) -> Iterator[Callable[[], None]]:
+    """Hold the study folder's lock (blocking: the workers of a machine take turns); yields `release`,
+    which lets go early (a trial releases it once Optuna has given it its number)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        held = [True]
+
+        def release() -> None:
+            if held[0]:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                held[0] = False
+
+        try:
+            yield release
+        finally:
+            release()
+
+
+def open_storage(study: Study) -> optuna.storages.RDBStorage:
+    """The study's database with Optuna's heartbeat; a failed (stale) trial is queued once again."""
+    url = study.url
+    engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(1))
+    except Exception as exc:  # sqlalchemy raises many types for a bad URL or an unreachable server
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MaskkitError(f"--storage {url}: cannot open the study database ({reason[:150]})") from None
+
+
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna's own log lines and its "experimental" warnings (heartbeat, plots) off: tune prints its own."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        yield
+
+
+def make_pruner(kind: str, max_resource: int) -> optuna.pruners.BasePruner:
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1)
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(max_resource, 1), reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def identity(fixed: TrainOptions, space: dict, study: Study) -> dict:
+    """What makes a study the same study: the fixed recipe (without runtime options), the space, the objective."""
+    recipe = {k: v for k, v in fixed.to_dict().items() if k not in RUNTIME_OPTIONS}
+    return {"recipe": recipe, "space": {k: d.to_dict() for k, d in space.items()}, "objective": study.objective,
+            "folds": study.folds if study.objective == "oof" else None}
+
+
+def check_same_study(optuna_study: optuna.Study, wanted: dict, study: Study) -> None:
+    """A new study records its identity; a continued one must match it (one line naming the differences)."""
+    saved = optuna_study.user_attrs.get("identity")
+    if saved is None:
+        if any(study.folder.glob("trial-*")):
+            raise MaskkitError(f"{study.folder}: holds trial run folders of an earlier study but {study.url} has no "
+                               f"study {study.name!r}; remove the folder or choose another --study")
+        optuna_study.set_user_attr("identity", json.loads(json.dumps(wanted)))
+        return
+    wanted = json.loads(json.dumps(wanted))  # tuples as lists, as stored
+    differ = [f"{part}.{key}" for part in ("recipe", "space") for key in sorted(set(saved[part]) | set(wanted[part]))
+              if saved[part].get(key) != wanted[part].get(key)]
+    differ += [part for part in ("objective", "folds") if saved[part] != wanted[part]]
+    if differ:
+        raise MaskkitError(f"study {study.name!r} in {study.url} was started with other settings ({', '.join(differ[:6])} "
+                           "differ); re-run it with the same options and search space, or choose another --study")
+
+
+def count(optuna_study: optuna.Study, *states: TrialState) -> int:
+    return len(optuna_study.get_trials(deepcopy=False, states=states))
+
+
+def trial_options(fixed: TrainOptions, values: dict) -> TrainOptions:
+    return dataclasses.replace(fixed, **as_fields(values, "input_size"))
+
+
+@dataclass
+class TrialRunner:
+    """Runs one trial's training: `train` is commands.train.run, `pooled` commands.runs.pooled_predictions."""
+
+    manifest: Path
+    study: Study
+    train: Callable[..., Path]
+    pooled: Callable | None
+    folds: tuple = ()
+
+    def _fit(self, trial: optuna.Trial, options: TrainOptions, name: str, step_offset: int = 0,
+             prune_epochs: bool = True) -> Path:
+        """Train one run folder; a pruned epoch raises optuna.TrialPruned (its run folder stays as trained)."""
+        pruned = []
+
+        def on_epoch(epoch: int, metrics: dict) -> bool:
+            if not prune_epochs:
+                return False
+            trial.report(float(metrics["val_f1"]), step_offset + epoch)
+            if trial.should_prune():
+                pruned.append(epoch)
+                return True
+            return False
+
+        try:
+            return self.train(self.manifest, options, out=self.study.folder, name=name, show_progress=False,
+                              on_epoch=on_epoch)
+        except Interrupted:
+            if pruned:
+                raise optuna.TrialPruned(f"pruned after epoch {pruned[0]}") from None
+            raise
+
+    def fold(self, trial: optuna.Trial, options: TrainOptions) -> float:
+        name = f"trial-{trial.number:04d}"
+        trial.set_user_attr("runs", [str(self.study.folder / name)])
+        run_dir = self._fit(trial, options, name)
+        return float(runfolder.read_metrics(run_dir)["val_f1"].max())
+
+    def oof(self, trial: optuna.Trial, options: TrainOptions) -> float:
+        names = [f"trial-{trial.number:04d}-f{fold}" for fold in self.folds]
+        trial.set_user_attr("runs", [str(self.study.folder / n) for n in names])
+        run_dirs, value = [], 0.0
+        for step, (fold, name) in enumerate(zip(self.folds, names), start=1):
+            run_dirs.append(self._fit(trial, dataclasses.replace(options, fold=fold), name, prune_epochs=False))
+            pooled, _ = self.pooled(run_dirs)
+            value = scores(pooled["label"], pooled["ans"])["macro_f1"]
+            trial.report(value, step)
+            if step < len(self.folds) and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after {step} fold(s): pooled OOF macro F1 {value:.4f}")
+        return value
+
+
+def most_epochs(fixed: TrainOptions, space: dict) -> int:
+    """The longest trial's epochs (Hyperband's largest resource)."""
+    if "epochs" not in space:
+        return fixed.epochs
+    return int(max(space["epochs"].values()))
+
+
+def oof_folds(manifest: Path, k: int) -> tuple:
+    folds = sorted(read_manifest(manifest)["fold"].unique())
+    if not 2 <= k <= len(folds):
+        raise MaskkitError(f"--folds {k}: {manifest} has {len(folds)} folds; use 2..{len(folds)}")
+    return tuple(int(f) for f in folds[:k])
+
+
+def run(manifest: str | Path, study: Study, fixed: TrainOptions, space_path: str | Path | None = None,
+        train: Callable[..., Path] | None = None, pooled: Callable | None = None) -> optuna.Study:
+    """Work on the study until it holds `study.trials` finished trials (see the module docstring)."""
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise MaskkitError(f"{manifest}: manifest not found (give the manifest CSV from maskkit split)")
+    fixed.check()
+    if fixed.all_folds:
+        raise MaskkitError("--fold all: a trial needs a validation fold to be scored; give --fold K, or --objective oof")
+    space = read_search_space(space_path or DEFAULT_SPACE, fixed)
+    folds = oof_folds(manifest, study.folds) if study.objective == "oof" else ()
+    trainer = TrialRunner(manifest, study, train, pooled, folds)
+    with quiet_optuna():
+        return _work(study, fixed, space, trainer)
+
+
+def _work(study: Study, fixed: TrainOptions, space: dict, trainer: TrialRunner) -> optuna.Study:
+    """Open (or create) the study, then take trials until it holds enough."""
+    with study_lock(study.folder):  # one worker at a time creates the database and the study
+        storage = open_storage(study)
+        optuna_study = optuna.create_study(
+            study_name=study.name, storage=storage, direction="maximize", load_if_exists=True,
+            sampler=optuna.samplers.TPESampler(constant_liar=True),
+            pruner=make_pruner(study.pruner, len(trainer.folds) or most_epochs(fixed, space)))
+        check_same_study(optuna_study, identity(fixed, space, study), study)
+    failures = 0
+    while failures < MAX_FAILURES:
+        with study_lock(study.folder) as release:
+            optuna.storages.fail_stale_trials(optuna_study)
+            finished = count(optuna_study, TrialState.COMPLETE, TrialState.PRUNED)
+            if finished >= study.trials:
+                break
+            if finished + count(optuna_study, TrialState.RUNNING) >= study.trials:
+                release()
+                time.sleep(WAIT_S)  # the last trials run elsewhere: wait in case one of them fails
+                continue
+            mine = []  # this worker's trial number
+            optuna_study.optimize(lambda trial: _objective(trial, trainer, fixed, space, release, mine),
+                                  n_trials=1, catch=(RunFailure,))
+        failed = bool(mine) and optuna_study.get_trials(deepcopy=False)[mine[0]].state == TrialState.FAIL
+        failures = failures + 1 if failed else 0
+    if failures >= MAX_FAILURES:
+        raise RunFailure(f"study {study.name!r}: {failures} trials in a row failed (see the lines above); "
+                         "narrow the search space (a lower lr range) and re-run")
+    finished = count(optuna_study, TrialState.COMPLETE, TrialState.PRUNED)
+    console.print(f"study {study.name!r}: {finished} finished trials ({count(optuna_study, TrialState.COMPLETE)} "
+                  f"complete) in {study.url}; next: maskkit tune --study {study.name} --best > best.yaml",
+                  markup=False, highlight=False)
+    return optuna_study
+
+
+def _objective(trial: optuna.Trial, trainer: TrialRunner, fixed: TrainOptions, space: dict,
+               release: Callable[[], None], mine: list) -> float:
+    release()  # the trial has its number: other workers may take theirs
+    mine.append(trial.number)
+    options = trial_options(fixed, suggest(trial, space))
+    trial.set_user_attr("recipe", json.loads(json.dumps(options.to_dict())))
+    console.print(f"trial {trial.number}: {trial.params}", markup=False, highlight=False)
+    value = trainer.oof(trial, options) if trainer.study.objective == "oof" else trainer.fold(trial, options)
+    console.print(f"trial {trial.number}: {trainer.study.objective} macro F1 {value:.4f}", markup=False, highlight=False)
+    return value
+
+
+# --- the results ---------------------------------------------------------------------------------
+
+def load(study: Study) -> optuna.Study:
+    if study.storage is None and not (study.folder / STUDY_DB).is_file():
+        raise MaskkitError(f"{study.folder / STUDY_DB}: no study {study.name!r} here (start it with "
+                           f"maskkit tune MANIFEST --study {study.name}, or give its --storage/--runs-dir)")
+    try:
+        return optuna.load_study(study_name=study.name, storage=open_storage(study))
+    except KeyError:
+        raise MaskkitError(f"{study.url}: has no study {study.name!r}") from None
+
+
+def trials_table(optuna_study: optuna.Study) -> pd.DataFrame:
+    """One row per trial: number, state, value, duration, the parameters and its run folders."""
+    table = optuna_study.trials_dataframe(attrs=("number", "state", "value", "duration", "params"))
+    table["runs"] = [";".join(t.user_attrs.get("runs", [])) for t in optuna_study.get_trials(deepcopy=False)]
+    return table
+
+
+def save_plot(draw: Callable, optuna_study: optuna.Study, path: Path) -> None:
+    """An Optuna matplotlib figure to `path` (PNG, atomically); a one-line note when it cannot be drawn."""
+    import matplotlib  # here: only --best draws
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    try:
+        axes = draw(optuna_study)
+    except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+        console.print(f"{path}: not drawn ({str(exc).splitlines()[0][:120]})", markup=False, highlight=False)
+        return
+    figure = axes.figure
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    pyplot.close(figure)
+
+
+def best(study: Study, out: str | Path | None = None) -> dict:
+    """Print (or write to `out`) the best trial's recipe as YAML for `train --config`; write trials.csv,
+    history.png and importance.png into the study folder. Returns the recipe."""
+    with quiet_optuna():
+        return _best(study, out)
+
+
+def _best(study: Study, out: str | Path | None) -> dict:
+    from optuna.visualization import matplotlib as plots  # heavy: only for --best
+
+    optuna_study = load(study)
+    if count(optuna_study, TrialState.COMPLETE) == 0:
+        raise MaskkitError(f"study {study.name!r}: no complete trial yet (run maskkit tune MANIFEST --study "
+                           f"{study.name} first)")
+    top = optuna_study.best_trial
+    objective = optuna_study.user_attrs.get("identity", {}).get("objective", "fold")
+    study.folder.mkdir(parents=True, exist_ok=True)
+    write_csv(trials_table(optuna_study), study.folder / TRIALS_CSV)
+    save_plot(plots.plot_optimization_history, optuna_study, study.folder / HISTORY_PNG)
+    save_plot(plots.plot_param_importances, optuna_study, study.folder / IMPORTANCE_PNG)
+    recipe = dict(top.user_attrs["recipe"])
+    recipe["img_size"] = tuple(recipe["img_size"])
+    console.print(f"best trial {top.number}: {objective} macro F1 {top.value:.4f} ({', '.join(top.user_attrs['runs'])}); "
+                  f"{study.folder / TRIALS_CSV}", markup=False, highlight=False)
+    write_recipe(recipe, out)
+    return recipe

@@ -1,0 +1,68 @@
+"""`maskkit export RUN model.onnx`: a self-checked ONNX model that `predict` runs like the run folder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers import one_thread
+from maskkit.contract.predictions import PROB_COLUMNS
+
+pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+
+@pytest.mark.parametrize("which", ["single_run", "multi_run"])
+def test_exported_model_predicts_the_same_ans_as_its_run_folder(which, request, drawn, tmp_path, cli):
+    run = request.getfixturevalue(which)
+    model = tmp_path / "m.onnx"
+    with one_thread():
+        exported = cli("export", run, model, "--check-images", sorted((drawn / "eval" / "images").iterdir())[0])
+        from_onnx = cli("predict", model, drawn / "eval", "--device", "cpu", "-o", tmp_path / "onnx.csv")
+        from_run = cli("predict", run, drawn / "eval", "--device", "cpu", "-o", tmp_path / "run.csv")
+    assert exported.exit_code == 0, exported.stderr
+    assert from_onnx.exit_code == 0 and from_run.exit_code == 0, from_onnx.stderr + from_run.stderr
+    onnx_preds, run_preds = (pd.read_csv(tmp_path / f"{n}.csv", dtype={"ImageID": str}) for n in ("onnx", "run"))
+    assert onnx_preds["ImageID"].tolist() == run_preds["ImageID"].tolist()
+    assert (onnx_preds["ans"] == run_preds["ans"]).all()
+    np.testing.assert_allclose(onnx_preds[PROB_COLUMNS], run_preds[PROB_COLUMNS], atol=1e-4)
+    sidecar = json.loads((tmp_path / "m.onnx.json").read_text())
+    config = json.loads((run / "config.json").read_text())
+    assert sidecar["input"] == {"name": "images", "dtype": "uint8", "layout": "NCHW", "channels": "RGB",
+                                "range": [0, 255], "height": config["options"]["img_size"][0],
+                                "width": config["options"]["img_size"][1]}
+    assert sidecar["crop"] == config["crop"] and len(sidecar["output"]["classes"]) == 18
+    assert sidecar["check"]["images"] == 9 and sidecar["check"]["max_abs_difference"] <= 1e-4
+    metadata = {p.key: p.value for p in onnx.load(str(model)).metadata_props}
+    assert {k: v for k, v in sidecar.items() if k != "check"} == json.loads(metadata["maskkit"])
+    batch = onnx.load(str(model)).graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch.dim_param == "batch"
+
+
+def test_an_export_that_disagrees_with_torch_leaves_nothing_and_exits_1(multi_run, tmp_path, cli, monkeypatch):
+    from maskkit.engine import export as engine_export
+    from maskkit.commands import export as command_export
+
+    real = engine_export.OnnxModel.probs
+    monkeypatch.setattr(engine_export.OnnxModel, "probs", lambda self, images: real(self, images) + 1e-3)
+    assert command_export.OnnxModel is engine_export.OnnxModel
+    with one_thread():
+        result = cli("export", multi_run, tmp_path / "m.onnx")
+    assert result.exit_code == 1, result.stderr
+    assert "differ" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_refuses_other_files_and_predict_refuses_foreign_onnx(multi_run, drawn, tmp_path, cli):
+    notes = tmp_path / "notes.onnx"
+    notes.write_text("my notes")
+    for args, expected in (((multi_run, notes), "exists and is not"), ((multi_run, tmp_path / "m.pt"), "*.onnx"),
+                           ((tmp_path / "nowhere", tmp_path / "m.onnx"), "not found")):
+        result = cli("export", *args)
+        assert result.exit_code == 2 and expected in result.stderr, result.stderr
+    assert notes.read_text() == "my notes"
+    result = cli("predict", notes, drawn / "eval", "--device", "cpu")
+    assert result.exit_code == 2 and "not a readable ONNX model" in result.stderr, result.stderr
