@@ -381,3 +381,18 @@ def test_weight_decay_spares_norms_and_biases(single):
     model = build_model("test_resnet", heads="single")
     flat = sum(1 for p in model.parameters() if p.ndim <= 1)
     assert decay == {0.0: flat, FAST.get("weight_decay", 0.01): sum(1 for _ in model.parameters()) - flat}
+
+
+def test_a_new_run_refused_for_a_taken_name_leaves_the_unfinished_run_there(cli, manifest_path, tmp_path):
+    """A run stopped in its first epoch (last.pt, no metrics.csv yet) is resumable: `train` again
+    under its name without --overwrite is refused and must not clean it away as a failed start."""
+    run_dir = tmp_path / "early"
+    run_dir.mkdir()
+    planted = {"config.json": b'{"format": 2}', "last.pt": b"resumable", "manifest.csv": b"path\n"}
+    for name, data in planted.items():
+        (run_dir / name).write_bytes(data)
+    with one_thread():
+        result = cli("train", manifest_path, "--backbone", "test_resnet", "--no-pretrained", "--input-size", "40x48",
+                     "--epochs", "1", "--workers", "0", "--device", "cpu", "--runs-dir", tmp_path, "--name", "early")
+    assert result.exit_code == 2 and "already exists" in result.stderr, result.stderr
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == planted
