@@ -25,7 +25,7 @@ CROP_MODES = ("auto", "full", "competition")  # or two fractions "H,W"
 ALL_FOLDS = "all"  # train --fold all: every person trains, no validation
 HEADS = ("single", "multi")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-CACHE_MODES = ("auto", "ram", "none")
+CACHE_MODES = ("auto", "ram", "disk", "none")  # data/cache.py: one shared cache file per machine
 # A few of timm's optimizers and schedulers (the library call accepts any timm optimizer name).
 OPTIMIZERS = ("adamw", "adam", "nadamw", "sgd", "lamb", "lion", "adabelief", "rmsproptf")
 SCHEDULERS = ("cosine", "tanh", "poly", "step", "constant")
@@ -164,7 +164,7 @@ class TrainOptions:
             (self.heads in HEADS, f"--heads {self.heads!r}: use single or multi"),
             (self.aug in AUGMENTATIONS, f"--aug {self.aug!r}: use none, basic or strong"),
             (self.precision in PRECISIONS, f"--precision {self.precision!r}: use {', '.join(PRECISIONS)}"),
-            (self.cache in CACHE_MODES, f"--cache {self.cache!r}: use auto, ram or none"),
+            (self.cache in CACHE_MODES, f"--cache {self.cache!r}: use auto, ram, disk or none"),
             (self.opt in OPTIMIZERS or self.opt in _timm_optimizers(), f"--opt {self.opt!r}: use {', '.join(OPTIMIZERS)}"),
             (self.sched in SCHEDULERS, f"--sched {self.sched!r}: use {', '.join(SCHEDULERS)}"),
             (self.epochs >= 1, f"--epochs {self.epochs}: need at least 1"),

@@ -145,6 +145,7 @@ def build_cache(
     size_hw: Sequence[int],
     threads: int | None = None,
     show_progress: bool | None = None,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode every image once at `size_hw` into one (N, H, W, 3) uint8 array (threads; cv2 frees the GIL).
 
@@ -153,10 +154,11 @@ def build_cache(
     MAX_BAD_FRACTION of all and more than MAX_CONSECUTIVE_BAD) raise RunFailure naming them.
     Build it in the main process before the DataLoader starts its workers, so they share it.
     `show_progress`: the progress bar (None: for 500 images or more, on a terminal or every 30 s).
+    `out`: fill this (N, H, W, 3) uint8 array (e.g. a memory-mapped file, data/cache.py) instead of a new one.
     """
     n = len(paths)
     height, width = int(size_hw[0]), int(size_hw[1])
-    cache = np.zeros((n, height, width, 3), dtype=np.uint8)
+    cache = np.zeros((n, height, width, 3), dtype=np.uint8) if out is None else out
     valid = np.ones(n, dtype=bool)
 
     def fill(i: int) -> bool:
@@ -164,6 +166,7 @@ def build_cache(
             cache[i] = decode_image(paths[i], (height, width))
             return True
         except UnreadableImage:
+            cache[i] = 0  # a reused buffer may hold anything
             return False
 
     threads = threads or min(32, os.cpu_count() or 1)
@@ -192,7 +195,8 @@ class ImageDataset(Dataset):
     """Images (from the RAM cache, or decoded on the fly) with their targets, transformed.
 
     Item: (image tensor (3, H, W) float, {target name: tensor}, index), where index is the row of
-    `paths` actually returned. Keys: an int index, or (index, item_seed) from `SeededSampler`.
+    `paths` actually returned; the targets also hold "draw", the item's seed (two draws of one
+    image under `--balanced` have different ones: the GPU batch augmentation seeds from it). Keys: an int index, or (index, item_seed) from `SeededSampler`.
     An unreadable image (a False in `valid`, or a failed decode) is replaced by the next readable
     one with a warning; more than MAX_CONSECUTIVE_BAD in a row raise RunFailure. With
     `on_error="raise"` (prediction) it raises UnreadableImage instead. Rows with valid False are
@@ -272,6 +276,7 @@ class ImageDataset(Dataset):
         self.transform.set_random_state(np.random.default_rng(item_seed), random.Random(item_seed))
         tensor = self.transform(image=img)["image"]
         targets = {name: torch.as_tensor(values[row]) for name, values in self.targets.items()}
+        targets["draw"] = torch.tensor(item_seed, dtype=torch.int64)  # this draw's seed (GPU augmentation)
         return tensor, targets, row
 
 

@@ -1,4 +1,4 @@
-"""Building a training run from its TrainOptions: the data (datasets, RAM caches, sampler, loaders)
+"""Building a training run from its TrainOptions: the data (datasets, shared image caches, sampler, loaders)
 and the optimisation (model, optimiser, schedule, EMA). `maskkit train`'s Trainer runs what these
 build; nothing here trains or writes the run folder."""
 
@@ -15,9 +15,9 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import console
 from maskkit.data.gpu_augment import BatchAugment
-from maskkit.data.loader import ImageDataset, build_cache, cache_bytes, cache_fits, make_loader
+from maskkit.data.cache import resolve_mode, shared_cache
+from maskkit.data.loader import ImageDataset, make_loader
 from maskkit.data.presets import build_transform, eval_transform, work_size
 from maskkit.data.sampling import ResumableSampler, ShardSampler, balanced_weights, targets_of
 from maskkit.engine.devices import default_workers
@@ -64,15 +64,14 @@ class TrainData:
 
 
 def build_caches(options: TrainOptions, config: dict, train_rows: pd.DataFrame, val_rows: pd.DataFrame) -> tuple:
-    """RAM caches (images, valid) of the training and validation images at the working size (or NO_CACHE)."""
+    """Shared caches (images, valid) of the training and validation images at the working size (or
+    NO_CACHE): memory-mapped files every process on the machine maps, built once (data/cache.py)."""
     size = work_size(config["img_size"], tuple(config["crop"]))
-    mode, n = options.cache, len(train_rows) + len(val_rows)
-    if mode == "none" or (mode == "auto" and not cache_fits(n, size)):
-        if mode == "auto":
-            console.print(f"RAM cache off: {cache_bytes(n, size) / 2**30:.1f} GiB would not fit half the free memory")
+    mode = resolve_mode(options.cache, len(train_rows) + len(val_rows), size)
+    if mode == "none":
         return NO_CACHE, NO_CACHE
-    val_cache = build_cache(val_rows["path"].tolist(), size) if len(val_rows) else NO_CACHE
-    return build_cache(train_rows["path"].tolist(), size), val_cache
+    val_cache = shared_cache(val_rows["path"].tolist(), size, mode) if len(val_rows) else NO_CACHE
+    return shared_cache(train_rows["path"].tolist(), size, mode), val_cache
 
 
 def build_datasets(options: TrainOptions, config: dict, train_rows: pd.DataFrame, val_rows: pd.DataFrame,
