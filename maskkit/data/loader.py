@@ -200,7 +200,8 @@ class ImageDataset(Dataset):
     An unreadable image (a False in `valid`, or a failed decode) is replaced by the next readable
     one with a warning; more than MAX_CONSECUTIVE_BAD in a row raise RunFailure. With
     `on_error="raise"` (prediction) it raises UnreadableImage instead. Rows with valid False are
-    left out of the dataset entirely (len counts only valid rows).
+    left out of the dataset entirely (len counts only valid rows). `cache_rows[i]`: the cache's row
+    of `paths[i]` (default: the same row), so a fold's datasets read one cache of the whole manifest.
     All state is per instance; the transform is copied, so instances never share it.
     """
 
@@ -215,6 +216,7 @@ class ImageDataset(Dataset):
         crop: Sequence[float] = DEFAULT_CROP,
         seed: int = 0,
         on_error: str = "skip",
+        cache_rows: Sequence[int] | None = None,
     ) -> None:
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise', not {on_error!r}")
@@ -223,8 +225,11 @@ class ImageDataset(Dataset):
         for name, values in self.targets.items():
             if len(values) != len(self.paths):
                 raise ValueError(f"target {name!r} has {len(values)} values for {len(self.paths)} images")
-        if cache is not None and len(cache) != len(self.paths):
-            raise ValueError(f"cache has {len(cache)} images for {len(self.paths)} paths")
+        self.cache_rows = np.arange(len(self.paths)) if cache_rows is None else np.asarray(cache_rows, dtype=np.int64)
+        if len(self.cache_rows) != len(self.paths):
+            raise ValueError(f"{len(self.cache_rows)} cache rows for {len(self.paths)} paths")
+        if cache is not None and len(self.paths) and not 0 <= self.cache_rows.min() <= self.cache_rows.max() < len(cache):
+            raise ValueError(f"cache has {len(cache)} images, fewer than its rows for {len(self.paths)} paths need")
         self.img_size = (int(img_size[0]), int(img_size[1]))
         self.work_size = tuple(cache.shape[1:3]) if cache is not None else work_size(img_size, crop)
         self.transform = copy.deepcopy(transform)
@@ -241,7 +246,7 @@ class ImageDataset(Dataset):
     def image(self, row: int) -> np.ndarray:
         """RGB uint8 image at the working size for row `row` of `paths` (UnreadableImage if it fails)."""
         if self.cache is not None:
-            return self.cache[row]
+            return self.cache[self.cache_rows[row]]
         path = self.paths[row]
         if path not in self._sizes:  # header read once per image (per worker)
             try:
