@@ -132,13 +132,20 @@ def reopen_seconds(mode: str, manifest: Path, size: str, env: dict, work: Path) 
 
 def draw(work: Path, persons: int) -> Path:
     from maskkit.commands import synth
+    from maskkit.contract.errors import MaskkitError
     from maskkit.contract.layout import load_train
-    from maskkit.contract.manifest import write_manifest
+    from maskkit.contract.manifest import MANIFEST_COLUMNS, write_manifest
     from maskkit.data.folds import make_manifest
 
     synth.run(work / "data", persons=persons, eval_persons=0, size=(128, 128), seed=0, progress=False)
+    images = load_train(work / "data" / "train", report=False)
+    try:
+        folds = make_manifest(images, 4, 42)
+    except MaskkitError:  # too few persons per stratum for 4 folds (a tiny dry run): dealt round-robin
+        order = {person: i % 4 for i, person in enumerate(sorted(images["person"].unique()))}
+        folds = images.assign(fold=images["person"].map(order))[list(MANIFEST_COLUMNS)].reset_index(drop=True)
     manifest = work / "folds.csv"
-    write_manifest(make_manifest(load_train(work / "data" / "train", report=False), 4, 42), manifest)
+    write_manifest(folds, manifest)
     return manifest
 
 
