@@ -187,6 +187,8 @@ def shared_cache(paths: Sequence[str | Path], size_hw: Sequence[int], mode: str 
     read-only), built first by whichever process gets there first. `mode`: ram or disk."""
     folder = Path(folder) if folder is not None else cache_folder(mode)
     shape = (len(paths), int(size_hw[0]), int(size_hw[1]), 3)
+    if not len(paths):  # nothing to share (and an empty file cannot be mapped)
+        return np.zeros(shape, dtype=np.uint8), np.ones(0, dtype=bool)
     key = cache_key(paths, size_hw)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -205,8 +207,6 @@ def shared_cache(paths: Sequence[str | Path], size_hw: Sequence[int], mode: str 
         raise CacheFolderError(f"image cache {folder / key}.u8 could not be written whole; use --cache none")
     valid = np.ones(len(paths), dtype=bool)
     valid[header["invalid"]] = False
-    if not len(paths):
-        return np.zeros(shape, dtype=np.uint8), valid
     return np.memmap(folder / f"{key}.u8", dtype=np.uint8, mode="r", shape=shape), valid
 
 
