@@ -207,7 +207,8 @@ def shared_cache(paths: Sequence[str | Path], size_hw: Sequence[int], mode: str 
         raise CacheFolderError(f"image cache {folder / key}.u8 could not be written whole; use --cache none")
     valid = np.ones(len(paths), dtype=bool)
     valid[header["invalid"]] = False
-    return np.memmap(folder / f"{key}.u8", dtype=np.uint8, mode="r", shape=shape), valid
+    # a plain ndarray view of the mapping: np.memmap's per-slice bookkeeping slows every image read
+    return np.asarray(np.memmap(folder / f"{key}.u8", dtype=np.uint8, mode="r", shape=shape)), valid
 
 
 __all__ = ["FORMAT_VERSION", "SHARED_MODES", "CacheFolderError", "cache_folder", "cache_key", "ram_fits",
