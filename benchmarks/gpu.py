@@ -257,6 +257,7 @@ def augment_on_workers(trainer, config: dict) -> None:
 
     trainer.data.train_set.transform = build_transform("basic", tuple(config["img_size"]), config["mean"], config["std"],
                                                   tuple(config["crop"]), normalize=False)
+    trainer.data.train_set.gather = False  # per-image transforms again
     trainer.data.train_on_device = dataclasses.replace(trainer.data.train_on_device, augment=None)
     trainer.data.augment_on_device = False
 

@@ -108,6 +108,14 @@ def main() -> None:
                 dataset = ImageDataset(paths, None, size, transform, cache=mapped)
                 out[f"maskkit shared cache (mapped), aug {aug}, uint8"] = (
                     make_loader(dataset, BATCH, shuffle=True), args.epochs, lambda x: normalize_batch(x, MEAN, STD))
+            # the loader alone (what a GPU server's workers do; normalisation then runs on the device):
+            # per-image crop + collation against whole batches cut from the shared cache at once (gather)
+            for gather in (False, True):
+                dataset = ImageDataset(paths, None, size, build_transform("none", size, MEAN, STD, normalize=False),
+                                       cache=mapped, gather=gather)
+                name = "gathered batches" if gather else "per image"
+                out[f"maskkit shared cache, uint8, loader only, {name}"] = (
+                    make_loader(dataset, BATCH, shuffle=True), args.epochs, None)
             # the basic recipe on the uint8 batch (maskkit.data.gpu_augment: meant for the GPU, timed here on the CPU)
             dataset = ImageDataset(paths, None, size, build_transform("none", size, MEAN, STD, normalize=False), cache=cache)
             augment = BatchAugment(MEAN, STD)

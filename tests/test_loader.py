@@ -170,3 +170,26 @@ def test_data_wait_counts_the_time_spent_waiting():
     wait = DataWait()
     assert list(wait.iterate(slow())) == [0, 1, 2]
     assert wait.batches == 3 and wait.seconds >= 0.06
+
+
+def test_gathered_batches_equal_the_per_image_transform_and_collation(images):
+    """With `gather` (the GPU paths: eval geometry, uint8), a batch cut from the cache in one
+    indexing has the pixels, targets, draw seeds and rows of per-image transforms + collation."""
+    from maskkit.data.sampling import ResumableSampler
+
+    work = work_size(IMG)
+    cache, valid = build_cache(images, work)
+    valid[2] = False  # rows left out, as unreadable images are
+    transform = eval_transform(IMG, MEAN, STD, normalize=False)
+    per_image, gathered = (ImageDataset(images, {"label": np.arange(len(images))}, IMG, transform, cache=cache,
+                                        valid=valid, gather=gather) for gather in (False, True))
+    batches = []
+    for dataset in (per_image, gathered):
+        loader = make_loader(dataset, 4, shuffle=True, sampler=ResumableSampler(len(dataset), seed=1))
+        set_epoch(loader, 3)
+        batches.append(list(loader))
+    assert len(batches[0]) == len(batches[1]) == 3
+    for (x0, t0, r0), (x1, t1, r1) in zip(*batches):
+        assert x1.dtype == torch.uint8 and torch.equal(x0, x1) and torch.equal(r0, r1)
+        assert t0.keys() == t1.keys() and all(torch.equal(t0[k], t1[k]) for k in t0)
+    assert 2 not in torch.cat([r for _, _, r in batches[1]]).tolist()

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from maskkit.contract.errors import MaskkitError, RunFailure
 from maskkit.contract.files import console, examples
@@ -202,6 +202,9 @@ class ImageDataset(Dataset):
     `on_error="raise"` (prediction) it raises UnreadableImage instead. Rows with valid False are
     left out of the dataset entirely (len counts only valid rows). `cache_rows[i]`: the cache's row
     of `paths[i]` (default: the same row), so a fold's datasets read one cache of the whole manifest.
+    `gather` (with a cache, for a transform that is the eval geometry with `normalize=False`, i.e.
+    what the GPU paths use): `__getitems__` cuts a whole batch's centre crops from the cache in one
+    indexing (uint8, channels-last memory) instead of one transform call and one collation per image.
     All state is per instance; the transform is copied, so instances never share it.
     """
 
@@ -217,6 +220,7 @@ class ImageDataset(Dataset):
         seed: int = 0,
         on_error: str = "skip",
         cache_rows: Sequence[int] | None = None,
+        gather: bool = False,
     ) -> None:
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise', not {on_error!r}")
@@ -239,6 +243,7 @@ class ImageDataset(Dataset):
         self.on_error = on_error
         self._warned: set[str] = set()
         self._sizes: dict[str, tuple[int, int]] = {}
+        self.gather = bool(gather) and cache is not None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -273,16 +278,44 @@ class ImageDataset(Dataset):
                     _check_bad(bad, len(self.rows), len(bad))
         raise RunFailure(f"no readable image among {len(self.rows)} ({examples(bad)}): check the data folder")
 
-    def __getitem__(self, key: int | tuple[int, int]):
+    def _seeded(self, key: int | tuple[int, int]) -> tuple[int, int]:
+        """(position, item seed) of a key: the sampler's seed, or one drawn from (seed, position)."""
         position, item_seed = key if isinstance(key, tuple) else (key, None)
         if item_seed is None:
             item_seed = int(np.random.SeedSequence([self.seed, int(position)]).generate_state(1)[0])
-        row, img = self._readable(int(position))
+        return int(position), int(item_seed)
+
+    def __getitems__(self, keys: Sequence[int | tuple[int, int]]) -> list:
+        """A batch (DataLoader calls this): gathered from the cache in one go with `gather`, else per item."""
+        if not self.gather:
+            return [self[key] for key in keys]
+        positions, seeds = zip(*(self._seeded(key) for key in keys))
+        rows = self.rows[np.asarray(positions) % len(self.rows)]
+        (height, width), (work_h, work_w) = self.img_size, self.work_size
+        top, left = (work_h - height) // 2, (work_w - width) // 2  # albumentations' CenterCrop
+        crops = self.cache[self.cache_rows[rows], top:top + height, left:left + width]  # one copy
+        images = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2)
+        targets = {name: torch.as_tensor(values[rows]) for name, values in self.targets.items()}
+        targets["draw"] = torch.tensor(seeds, dtype=torch.int64)
+        return GatheredBatch([images, targets, torch.as_tensor(rows, dtype=torch.int64)])
+
+    def __getitem__(self, key: int | tuple[int, int]):
+        position, item_seed = self._seeded(key)
+        row, img = self._readable(position)
         self.transform.set_random_state(np.random.default_rng(item_seed), random.Random(item_seed))
         tensor = self.transform(image=img)["image"]
         targets = {name: torch.as_tensor(values[row]) for name, values in self.targets.items()}
         targets["draw"] = torch.tensor(item_seed, dtype=torch.int64)  # this draw's seed (GPU augmentation)
         return tensor, targets, row
+
+
+class GatheredBatch(list):
+    """[images, targets, rows] that `ImageDataset.__getitems__` assembled itself: `collate` passes it on."""
+
+
+def collate(samples: list) -> list:
+    """torch's default collation, except for a batch the dataset already gathered."""
+    return list(samples) if isinstance(samples, GatheredBatch) else default_collate(samples)
 
 
 class SeededSampler(Sampler):
@@ -354,6 +387,7 @@ def make_loader(
         pin_memory=torch.device(device).type == "cuda",
         drop_last=drop_last,
         generator=generator,
+        collate_fn=collate,
         **extra,
     )
 
@@ -393,6 +427,6 @@ class DataWait:
 
 __all__ = [
     "UnreadableImage", "image_size", "reduction_factor", "decode_image", "cache_bytes", "cache_fits",
-    "default_cache_budget", "build_cache", "ImageDataset", "SeededSampler", "make_loader", "set_epoch",
-    "worker_init", "DataWait",
+    "default_cache_budget", "build_cache", "ImageDataset", "GatheredBatch", "collate", "SeededSampler",
+    "make_loader", "set_epoch", "worker_init", "DataWait",
 ]

@@ -82,15 +82,17 @@ def build_datasets(options: TrainOptions, config: dict, manifest: pd.DataFrame, 
     train_rows, val_rows = manifest.iloc[train_at].reset_index(drop=True), manifest.iloc[val_at].reset_index(drop=True)
     train_transform = build_transform("none" if augment_on_device else options.aug, img_size, mean, std, crop,
                                       normalize=not normalize_on_device)
+    # uint8 crops with nothing random on the host: whole batches are cut from the cache at once
+    gather_train = normalize_on_device and (augment_on_device or options.aug == "none")
     train_set = ImageDataset(train_rows["path"], targets_of(train_rows, options.old_age), img_size, train_transform,
                              cache=images, valid=None if valid is None else valid[train_at], crop=crop,
-                             seed=options.seed, cache_rows=train_at)
+                             seed=options.seed, cache_rows=train_at, gather=gather_train)
     if options.all_folds:
         return train_set, None
     val_set = ImageDataset(val_rows["path"], targets_of(val_rows, options.old_age), img_size,
                            eval_transform(img_size, mean, std, crop, normalize=not normalize_on_device),
                            cache=images, valid=None if valid is None else valid[val_at], crop=crop,
-                           seed=options.seed, cache_rows=val_at)
+                           seed=options.seed, cache_rows=val_at, gather=normalize_on_device)
     return train_set, val_set
 
 
