@@ -118,6 +118,8 @@ def test_modes_resolve_to_a_folder_that_fits(monkeypatch, tmp_path):
     assert shared.resolve_mode("none", 10, WORK) == "none"
     assert shared.resolve_mode("auto", 10, WORK) == "disk"
     assert shared.resolve_mode("ram", 10, WORK) == "ram"
+    assert shared.ram_fits(1000, (100, 100), budget_bytes=30_000_000)
+    assert not shared.ram_fits(1001, (100, 100), budget_bytes=30_000_000)
     monkeypatch.setattr(shared, "available_memory", lambda: 1000)
     assert shared.resolve_mode("ram", 10, WORK) == "disk"  # too big for half the free memory: on disk instead
     assert shared.cache_folder("disk") == tmp_path / "disk"

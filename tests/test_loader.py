@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from maskkit.contract.errors import MaskkitError, RunFailure
-from maskkit.data.loader import ImageDataset, build_cache, cache_fits, decode_image, make_loader, reduction_factor, set_epoch
+from maskkit.data.loader import ImageDataset, build_cache, decode_image, make_loader, reduction_factor, set_epoch
 from maskkit.data.presets import build_transform, eval_transform, normalize_batch, work_size
 
 IMG = (48, 36)  # model input (H, W) for the tests
@@ -150,11 +150,6 @@ def test_augmentation_is_reproducible_from_the_seed(images):
     assert any(not torch.equal(by_row[0][r], by_row[1][r]) for r in range(len(images)))  # ...and draws
     other = _epoch(loader(8), 1)
     assert not all(torch.equal(a[0], b[0]) for a, b in zip(epoch1, other))  # each seed too
-
-
-def test_cache_fits_a_budget():
-    assert cache_fits(1000, (100, 100), budget_bytes=30_000_000)
-    assert not cache_fits(1001, (100, 100), budget_bytes=30_000_000)
 
 
 def test_data_wait_counts_the_time_spent_waiting():

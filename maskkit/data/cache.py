@@ -36,10 +36,30 @@ import numpy as np
 
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import console
-from maskkit.data.loader import available_memory, build_cache, cache_bytes
+from maskkit.data.loader import build_cache
 
 FORMAT_VERSION = 1
 SHARED_MODES = ("ram", "disk")
+
+
+def cache_bytes(n_images: int, size_hw: Sequence[int]) -> int:
+    """Bytes a uint8 RGB cache of `n_images` at `size_hw` takes."""
+    return int(n_images) * int(size_hw[0]) * int(size_hw[1]) * 3
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (Linux: MemAvailable), 0 when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 class CacheFolderError(MaskkitError):
@@ -211,5 +231,5 @@ def shared_cache(paths: Sequence[str | Path], size_hw: Sequence[int], mode: str 
     return np.asarray(np.memmap(folder / f"{key}.u8", dtype=np.uint8, mode="r", shape=shape)), valid
 
 
-__all__ = ["FORMAT_VERSION", "SHARED_MODES", "CacheFolderError", "cache_folder", "cache_key", "ram_fits",
+__all__ = ["FORMAT_VERSION", "SHARED_MODES", "cache_bytes", "available_memory", "CacheFolderError", "cache_folder", "cache_key", "ram_fits",
            "disk_fits", "resolve_mode", "prune", "shared_cache"]

@@ -1,10 +1,11 @@
-"""The fast loader: OpenCV decoding at reduced size, a shared uint8 RAM cache, seeded augmentation.
+"""The fast loader: OpenCV decoding at reduced size, a shared uint8 cache, seeded augmentation.
 
 Pipeline of one image: `decode_image` reads it straight at the *working size* (a little larger
 than the model's input, see `work_size`), using libjpeg's reduced decoding (1/2, 1/4, 1/8) when
 the working size allows, then INTER_AREA resizing. `build_cache` does that once for every image,
-in threads, into one contiguous (N, H, W, 3) uint8 array that DataLoader workers share through
-fork (copy-on-write, never written), so later epochs only augment. The transforms
+in threads, into one contiguous (N, H, W, 3) uint8 array (for `train`, a file that every process
+on the machine maps: data/cache.py) that DataLoader workers share through fork (never written),
+so later epochs only augment. The transforms
 (`maskkit.data.presets`) crop the working image to the model's input (`img_size`) and normalise.
 
 Reproducibility: the `SeededSampler` draws the order of an epoch from (seed, epoch) and hands each
@@ -94,39 +95,7 @@ def decode_image(path: str | Path, size_hw: Sequence[int], image_wh: Sequence[in
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-# --- the RAM cache ---------------------------------------------------------------------------
-
-def cache_bytes(n_images: int, size_hw: Sequence[int]) -> int:
-    """Bytes a uint8 RGB cache of `n_images` at `size_hw` takes."""
-    return int(n_images) * int(size_hw[0]) * int(size_hw[1]) * 3
-
-
-def available_memory() -> int:
-    """Bytes of memory available now (Linux: MemAvailable), 0 when unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 0
-
-
-def default_cache_budget() -> int:
-    """Half of the memory available now: the default budget for `--cache ram`."""
-    return available_memory() // 2
-
-
-def cache_fits(n_images: int, size_hw: Sequence[int], budget_bytes: int | None = None) -> bool:
-    """Whether a cache of `n_images` at `size_hw` fits `budget_bytes` (default: half the free memory)."""
-    budget = default_cache_budget() if budget_bytes is None else budget_bytes
-    return cache_bytes(n_images, size_hw) <= budget
-
-
+# --- the cache (shared between processes by data/cache.py) ------------------------------------
 def _check_bad(bad: list[str], total: int, consecutive: int) -> None:
     """RunFailure when unreadable images are too many (in a row, or in all)."""
     if consecutive > MAX_CONSECUTIVE_BAD or len(bad) > max(MAX_CONSECUTIVE_BAD, MAX_BAD_FRACTION * total):
@@ -166,7 +135,7 @@ def build_cache(
             cache[i] = decode_image(paths[i], (height, width))
             return True
         except UnreadableImage:
-            cache[i] = 0  # a reused buffer may hold anything
+            cache[i] = 0  # `out` may hold anything
             return False
 
     threads = threads or min(32, os.cpu_count() or 1)
@@ -426,7 +395,6 @@ class DataWait:
 
 
 __all__ = [
-    "UnreadableImage", "image_size", "reduction_factor", "decode_image", "cache_bytes", "cache_fits",
-    "default_cache_budget", "build_cache", "ImageDataset", "GatheredBatch", "collate", "SeededSampler",
+    "UnreadableImage", "image_size", "reduction_factor", "decode_image", "build_cache", "ImageDataset", "GatheredBatch", "collate", "SeededSampler",
     "make_loader", "set_epoch", "worker_init", "DataWait",
 ]
