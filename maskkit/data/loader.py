@@ -96,6 +96,7 @@ def decode_image(path: str | Path, size_hw: Sequence[int], image_wh: Sequence[in
 
 
 # --- the cache (shared between processes by data/cache.py) ------------------------------------
+
 def _check_bad(bad: list[str], total: int, consecutive: int) -> None:
     """RunFailure when unreadable images are too many (in a row, or in all)."""
     if consecutive > MAX_CONSECUTIVE_BAD or len(bad) > max(MAX_CONSECUTIVE_BAD, MAX_BAD_FRACTION * total):
@@ -171,9 +172,8 @@ class ImageDataset(Dataset):
     `on_error="raise"` (prediction) it raises UnreadableImage instead. Rows with valid False are
     left out of the dataset entirely (len counts only valid rows). `cache_rows[i]`: the cache's row
     of `paths[i]` (default: the same row), so a fold's datasets read one cache of the whole manifest.
-    `gather` (with a cache, for a transform that is the eval geometry with `normalize=False`, i.e.
-    what the GPU paths use): `__getitems__` cuts a whole batch's centre crops from the cache in one
-    indexing (uint8, channels-last memory) instead of one transform call and one collation per image.
+    `gather` (with a cache and the eval geometry with `normalize=False`, the GPU paths): batches are
+    cut from the cache in one indexing (uint8, channels-last) instead of per-image transforms.
     All state is per instance; the transform is copied, so instances never share it.
     """
 
