@@ -147,3 +147,20 @@ def test_training_with_the_shared_cache_equals_training_without_one(manifest_pat
         assert metrics[mode]["val_f1"].tolist() == metrics["none"]["val_f1"].tolist()
         assert all(torch.equal(states[mode][k], states["none"][k]) for k in states["none"])
     assert list(Path(os.environ["MASKKIT_RAM_CACHE_DIR"]).glob("*.u8"))  # the ram run did use the shared folder
+
+
+def test_auto_falls_back_to_a_private_cache_when_the_folder_cannot_be_written(manifest_path, tmp_path, monkeypatch, capsys):
+    from maskkit.contract.manifest import read_manifest
+    from maskkit.engine import build
+    from maskkit.options import TrainOptions
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setenv("MASKKIT_CACHE_DIR", str(blocker / "caches"))
+    manifest = read_manifest(manifest_path).head(6)
+    config = {"img_size": (48, 40), "crop": (1.0, 1.0)}
+    images, valid = build.build_cache_of_manifest(TrainOptions(cache="auto"), config, manifest)
+    assert images.shape == (6, 48, 40, 3) and images.flags.writeable and valid.all()  # private, in memory
+    assert "MASKKIT_CACHE_DIR" in capsys.readouterr().err
+    with pytest.raises(shared.CacheFolderError):  # asked for explicitly: the one-line error
+        build.build_cache_of_manifest(TrainOptions(cache="disk"), config, manifest)

@@ -16,9 +16,10 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 
 from maskkit.contract.errors import MaskkitError
+from maskkit.contract.files import console
+from maskkit.data.cache import CacheFolderError, available_memory, cache_bytes, resolve_mode, shared_cache
 from maskkit.data.gpu_augment import BatchAugment
-from maskkit.data.cache import resolve_mode, shared_cache
-from maskkit.data.loader import ImageDataset, make_loader
+from maskkit.data.loader import ImageDataset, build_cache, make_loader
 from maskkit.data.presets import build_transform, eval_transform, work_size
 from maskkit.data.sampling import ResumableSampler, ShardSampler, balanced_weights, targets_of
 from maskkit.engine.devices import default_workers
@@ -69,8 +70,17 @@ def build_cache_of_manifest(options: TrainOptions, config: dict, manifest: pd.Da
     file that every process on the machine maps (DDP ranks, and every fold of this manifest run at
     once), built once by whichever comes first (data/cache.py)."""
     size = work_size(config["img_size"], tuple(config["crop"]))
-    mode = resolve_mode(options.cache, len(manifest), size)
-    return NO_CACHE if mode == "none" else shared_cache(manifest["path"].tolist(), size, mode)
+    mode, paths = resolve_mode(options.cache, len(manifest), size), manifest["path"].tolist()
+    if mode == "none":
+        return NO_CACHE
+    try:
+        return shared_cache(paths, size, mode)
+    except CacheFolderError as exc:
+        if options.cache != "auto":
+            raise
+        fits = cache_bytes(len(paths), size) <= available_memory() // 2  # as before the shared cache
+        console.print(f"[yellow]warning:[/] {exc}: {'a private RAM cache' if fits else 'no cache'} instead")
+        return build_cache(paths, size) if fits else NO_CACHE
 
 
 def build_datasets(options: TrainOptions, config: dict, manifest: pd.DataFrame, trains: pd.Series,
