@@ -1,35 +1,42 @@
-"""Everything issue 11 measures on one GPU, in one run of a few minutes (the CPU parts without one).
+"""Everything issues 11 and 20 measure on one GPU, in one run under 5 minutes (the CPU parts without one).
 
 Draws its own data (`maskkit synth`, 384x512 JPEGs) in a temporary folder and prints one table:
 
   train  synthetic      step rate (img/s) of maskkit's own training step (`engine.trainer.Trainer.train_epoch`) fed
                         one batch already on the device, over and over: the model's ceiling
-  train  loader-fed     the same trainer fed by its real loader (second epoch), with --cache ram and
-                        --cache none; `x synthetic` = loader-fed / synthetic (goal >= 0.9), `wait` =
-                        share of the epoch spent waiting for a batch (goal < 5 %)
-                        (`--aug basic`: on CUDA the loader ships uint8 crops and flips, noise,
+  train  loader-fed     the same trainer fed by its real loader (second epoch), with --cache disk (the
+                        shared cache, what auto picks) and --cache none; `x synthetic` = loader-fed /
+                        synthetic (goal >= 0.9), `wait` = share of the epoch spent waiting for a batch
+                        (goal < 5 %) (`--aug basic`: on CUDA the loader ships uint8 crops and flips, noise,
                         brightness/contrast and normalisation run on the batch, data/gpu_augment.py)
   train  cpu-aug        the same with the augmentation on the loader's workers (albumentations), as
                         before issue 11 (the trainer's train transform swapped back; CUDA only)
-  first epoch           its parts: cache build, model build, rest of the set-up, warm-up excess of
-                        epoch 1 over epoch 2 (worker start, cudnn autotuning of the training shapes),
-                        excess of the first validation over the second (new validation shapes: none
-                        now, validation runs at the training batch size, its last batch padded);
-                        `projected` = those for a real-size set (cache of 18,900 images,
+  first epoch           its parts: cache build (each variant builds its own, in a fresh cache folder),
+                        model build, rest of the set-up, warm-up excess of epoch 1 over epoch 2 (worker
+                        start, cudnn autotuning of the training shapes), excess of the first validation
+                        over the second; `projected` = those for a real-size set (cache of 18,900 images,
                         the rest fixed) as a share of one epoch of 15,000 images (goal <= 10 %)
-  predict               img/s of `predict_probs` over all drawn images, cold decoding (as `maskkit predict`)
+  ddp                   `torchrun --nproc_per_node 1 -m maskkit train` (DistributedDataParallel, world size
+                        1: nccl on CUDA, gloo on the CPU) vs `python -m maskkit train`, same options and
+                        seed: epoch-3 img/s, their ratio, and the two train-loss curves (goal: the same
+                        within noise)
+  balanced              `--balanced` draws with replacement: duplicate draws of one image in an epoch,
+                        and how many of them got the same GPU augmentation as another draw of the image
+                        (goal 0; seeding per image, as before issue 20, gives all of them)
+  cache (CPU)           benchmarks/cache.py's rows: two processes (torchrun ranks, and two fold runs) with
+                        private caches vs the shared --cache disk file: the cache pages' PSS, build time
   segment               `maskkit segment` img/s vs the forward pass alone (same pre-resized batches,
                         no I/O; goal >= 0.9x), the device pipeline (default on CUDA), with nvjpeg
                         encoding, and the host pipeline; DeepLabV3-ResNet50 with RANDOM weights
                         (person bias raised so every image is composited) at 520, batch 32
-  ddp                   `torchrun --nproc_per_node 1 -m maskkit train` (DistributedDataParallel,
-                        world size 1) vs `python -m maskkit train`, same options, epoch-2 img/s
+  predict               img/s of `predict_probs` over all drawn images, cold decoding (as `maskkit predict`)
 
 Each section that fails prints its one-line reason and the others still run; a section that would
-start after --budget seconds (default 170) is skipped with a note, so the script ends in under
-4 minutes on one GPU. Run from the repository root:
+start after --budget seconds (default 220) is skipped with a note, so the script ends in under
+5 minutes on one GPU (issue 20's rows come first). Without CUDA it runs the same on the CPU
+(`--quick` for a dry run: tiny sizes, one torch thread). Run from the repository root:
 
-    python benchmarks/gpu.py --out gpu_results.json           # one GPU, under 4 minutes
+    python benchmarks/gpu.py --out gpu_results.json           # one GPU, under 5 minutes
     python benchmarks/gpu.py --quick --out /tmp/gpu.json      # CPU dry run: tiny sizes, one thread
 """
 
@@ -38,6 +45,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -49,6 +57,7 @@ import time
 import traceback
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +74,7 @@ from maskkit.contract.layout import load_train  # noqa: E402
 from maskkit.contract.manifest import MANIFEST_COLUMNS  # noqa: E402
 
 REAL_TRAIN_IMAGES, REAL_ALL_IMAGES = 15_000, 18_900
+SECTIONS = ["train", "ddp", "balanced", "cache", "segment", "predict"]
 
 
 class Results:
@@ -111,7 +121,7 @@ def synchronize(device: torch.device) -> None:
 # --- train --------------------------------------------------------------------------------------
 
 class Timer:
-    """Wraps a module function to sum its wall time (e.g. build_cache, build_model inside engine.build)."""
+    """Wraps a module function to sum its wall time (e.g. build_cache_of_manifest, build_model in engine.build)."""
 
     def __init__(self, module, name: str) -> None:
         self.module, self.name, self.original, self.seconds = module, name, getattr(module, name, None), 0.0
@@ -180,9 +190,11 @@ def train_config(results: Results, label: str, work: Path, manifest, manifest_pa
                                device=str(device), seed=0)
         run_dir = work / f"{label}-{cache}-{variant}"
         run_dir.mkdir()
+        fresh_cache_folders(run_dir / "caches")  # each variant pays its own cache build
         config = build_config(options, manifest_path, str(manifest_path), manifest)
         start = time.perf_counter()
-        with Timer(build_module, "build_cache") as cache_timer, Timer(build_module, "build_model") as model_timer:
+        with Timer(build_module, "build_cache_of_manifest") as cache_timer, \
+                Timer(build_module, "build_model") as model_timer:
             trainer = Trainer(run_dir, manifest, options, config, show_progress=False)
         synchronize(device)
         setup = time.perf_counter() - start
@@ -217,6 +229,11 @@ def train_config(results: Results, label: str, work: Path, manifest, manifest_pa
             torch.cuda.empty_cache()
 
 
+def fresh_cache_folders(folder: Path) -> None:
+    """Point --cache disk and --cache ram (data/cache.py) at empty folders under `folder`."""
+    os.environ["MASKKIT_CACHE_DIR"], os.environ["MASKKIT_RAM_CACHE_DIR"] = str(folder / "disk"), str(folder / "ram")
+
+
 def synthetic(trainer, device: torch.device, steps: int) -> float:
     """img/s of the training step fed one real batch, already on the device, `steps` times."""
     images, targets, rows = next(iter(trainer.data.train_loader))
@@ -240,6 +257,7 @@ def augment_on_workers(trainer, config: dict) -> None:
 
     trainer.data.train_set.transform = build_transform("basic", tuple(config["img_size"]), config["mean"], config["std"],
                                                   tuple(config["crop"]), normalize=False)
+    trainer.data.train_set.gather = False  # per-image transforms again
     trainer.data.train_on_device = dataclasses.replace(trainer.data.train_on_device, augment=None)
     trainer.data.augment_on_device = False
 
@@ -341,17 +359,19 @@ def ddp_rates(results: Results, work: Path, manifest_path: Path, device: torch.d
               timeout: float) -> None:
     import pandas as pd
 
-    size, batch = ("64x64", 8) if quick else ("128x128", 64)
+    size, batch, epochs = ("64x64", 8, 2) if quick else ("128x128", 64, 3)
     common = ["train", str(manifest_path), "--backbone", "lite0", "--no-pretrained", "--input-size", size,
-              "--batch-size", str(batch), "--epochs", "2", "--device", str(device), "--runs-dir", str(work / "ddp_runs")]
+              "--batch-size", str(batch), "--epochs", str(epochs), "--device", str(device), "--seed", "0",
+              "--runs-dir", str(work / "ddp_runs")]
     if quick:
         common += ["--threads", "1", "--workers", "0"]
+    backend = "nccl" if device.type == "cuda" else "gloo"
     commands = {
         "plain": [sys.executable, "-m", "maskkit", *common, "--name", "plain"],
-        "torchrun world size 1": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
-                                  "-m", "maskkit", *common, "--name", "ddp1"],
+        f"torchrun world size 1 ({backend})": [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                               "--nproc_per_node", "1", "-m", "maskkit", *common, "--name", "ddp1"],
     }
-    rates = {}
+    rates, losses = {}, {}
     for name, command in commands.items():
         start = time.perf_counter()
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=max(30.0, timeout / 2),
@@ -360,17 +380,86 @@ def ddp_rates(results: Results, work: Path, manifest_path: Path, device: torch.d
         run = work / "ddp_runs" / ("plain" if name == "plain" else "ddp1")
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         metrics = pd.read_csv(run / "metrics.csv") if (run / "metrics.csv").is_file() else None
-        if metrics is None or len(metrics) < 2:  # a failure after both epochs (e.g. no matplotlib for the plots) still times them
+        if metrics is None or len(metrics) < epochs:  # a failure after the epochs (e.g. the plots) still times them
             results.add("ddp", name, "failed", "", f"exit {done.returncode}: {tail[:160]}")
             continue
         config = json.loads((run / "config.json").read_text())
         seen = config["train_images"] // batch * batch  # full batches only
         rates[name] = seen / float(metrics["seconds"].iloc[-1])
-        status = "" if done.returncode == 0 else f"; exit {done.returncode} after both epochs: {tail[:100]}"
-        results.add("ddp", f"{name}, epoch 2", rates[name], "img/s",
-                    f"whole command {time.perf_counter() - start:.0f} s, val F1 {metrics['val_f1'].iloc[-1]:.3f}{status}")
+        losses[name] = metrics["train_loss"].to_numpy()
+        status = "" if done.returncode == 0 else f"; exit {done.returncode} after the epochs: {tail[:100]}"
+        results.add("ddp", f"{name}, epoch {epochs}", rates[name], "img/s",
+                    f"whole command {time.perf_counter() - start:.0f} s, val F1 {metrics['val_f1'].iloc[-1]:.3f}, "
+                    f"train loss {' '.join(f'{v:.4f}' for v in losses[name])}{status}")
     if len(rates) == 2:
-        results.add("ddp", "world size 1 / plain", rates["torchrun world size 1"] / rates["plain"], "x")
+        plain, ddp = (np.asarray(losses[k]) for k in commands)
+        rate_plain, rate_ddp = (rates[k] for k in commands)
+        results.add("ddp", "world size 1 / plain", rate_ddp / rate_plain, "x")
+        worst = float(np.max(np.abs(ddp - plain) / np.maximum(np.abs(plain), 1e-12)))
+        results.add("ddp", "train loss, largest relative difference per epoch", worst * 100, "%",
+                    "same seed and order: within noise (cudnn/AMP nondeterminism) is a few %, 0 on the CPU")
+
+
+# --- balanced -----------------------------------------------------------------------------------
+
+def balanced_duplicates(results: Results, manifest, device: torch.device, quick: bool) -> None:
+    """Duplicate draws of one epoch of `--balanced` sampling and whether their GPU augmentations differ."""
+    from maskkit.data.gpu_augment import BatchAugment, augment_batch, image_seeds
+    from maskkit.data.loader import ImageDataset, make_loader, set_epoch
+    from maskkit.data.presets import build_transform
+    from maskkit.data.sampling import ResumableSampler, balanced_weights, targets_of
+    from maskkit.engine.devices import default_workers
+
+    size, batch = ((64, 48), 8) if quick else ((256, 192), 64)
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    targets = targets_of(manifest, 60)
+    dataset = ImageDataset(manifest["path"], targets, size, build_transform("none", size, mean, std, normalize=False))
+    sampler = ResumableSampler(len(dataset), seed=0, weights=balanced_weights(targets["label"]))
+    loader = make_loader(dataset, batch, shuffle=True, workers=0 if quick else default_workers(device),
+                         device=device, sampler=sampler)
+    set_epoch(loader, 0)
+    aug = BatchAugment(mean, std)
+    outputs = {"per draw (now)": {}, "per image (before)": {}}  # row -> [(seed, hash of the augmented image)]
+    for images, batch_targets, rows in loader:
+        images = images.to(device)
+        for name, keys in (("per draw (now)", batch_targets["draw"]), ("per image (before)", rows)):
+            seeds = image_seeds(0, 0, keys)
+            for row, seed, image in zip(rows.tolist(), seeds, augment_batch(images, seeds, aug)):
+                outputs[name].setdefault(row, []).append((seed, hash(image.cpu().numpy().tobytes())))
+    drawn = outputs["per draw (now)"]
+    results.add("balanced", "duplicate draws of an image in one epoch", sum(len(v) - 1 for v in drawn.values()), "",
+                f"{len(dataset)} draws of {len(drawn)} distinct images")
+    for name, seen in outputs.items():
+        shared_seed = sum(len(v) - len({seed for seed, _ in v}) for v in seen.values())
+        same = sum(len(v) - len({h for _, h in v}) for v in seen.values())
+        results.add("balanced", f"duplicates sharing another draw's seed, {name}", shared_seed, "",
+                    f"{same} with the same augmented pixels" + (
+                        " (by chance: both unflipped and untouched, p ~ 0.2 each)" if name.startswith("per draw") else ""))
+
+
+# --- cache (CPU) --------------------------------------------------------------------------------
+
+def cache_rows(results: Results, work: Path, quick: bool) -> None:
+    """benchmarks/cache.py's scenarios: private caches vs the shared --cache disk file, two processes."""
+    spec = importlib.util.spec_from_file_location("cache_benchmark", ROOT / "benchmarks" / "cache.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    folder = work / "cache_bench"
+    folder.mkdir()
+    size = "64x64" if quick else "128x128"
+    manifest = bench.draw(folder, 12 if quick else 60)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": "1", "MASKKIT_CACHE_DIR": str(folder / "disk")}
+    scenarios = ["torchrun"] if quick else ["torchrun", "two folds"]
+    for scenario in scenarios:
+        for mode in ("private", "disk"):
+            lines = bench.launch(scenario, mode, manifest, size, env, folder)
+            kind = bench.KIND[mode]
+            pss = sum(line["pss_after"].get(kind, 0) - line["pss_before"].get(kind, 0) for line in lines) / 2**20
+            results.add("cache (CPU)", f"{scenario}, {'private (before)' if mode == 'private' else 'shared --cache disk'}",
+                        pss, "MiB", f"cache {lines[0]['bytes'] / 2**20:.1f} MiB; build {max(x['seconds'] for x in lines):.2f} s "
+                        f"wall, decode CPU {sum(x['cpu'] for x in lines):.2f} s in both processes ({kind})")
+        shutil.rmtree(folder / "disk", ignore_errors=True)
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -382,9 +471,9 @@ def main() -> None:
     parser.add_argument("--persons", type=int, default=None, help="drawn persons, 7 images each (default 120; quick 6)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (quick: 1)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["train", "predict", "segment", "ddp"])
-    parser.add_argument("--budget", type=float, default=170.0,
-                        help="seconds after which no new section starts (default 170: the whole run stays under 4 minutes)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=SECTIONS)
+    parser.add_argument("--budget", type=float, default=220.0,
+                        help="seconds after which no new section starts (default 220: the whole run stays under 5 minutes)")
     args = parser.parse_args()
     from maskkit.engine.devices import resolve_device
 
@@ -437,18 +526,25 @@ def main() -> None:
             if "train" in args.skip or not within_budget(f"train {label}"):
                 return
             with section(results, f"train {label}"):
-                caches = ["ram"] if args.quick else ["ram", "none"]
+                caches = ["disk"] if args.quick else ["disk", "none"]
                 train_config(results, label.replace(" ", "_"), work, manifest, manifest_path, backbone,
                              img_size, batch, device, caches, synthetic_steps=4 if args.quick else 20,
                              deadline=started + args.budget, compare_cudnn=backbone == "effb2" and device.type == "cuda")
 
-        # The new code paths first (batch augmentation, DDP), then what earlier runs measured.
+        # Issue 20's rows first (loader-fed effb2, DDP, balanced, lite0's first epoch, the cache),
+        # then what earlier runs measured.
         train_section(*configs[0])
         if "ddp" not in args.skip and within_budget("ddp"):
             with section(results, "ddp"):
                 ddp_rates(results, work, manifest_path, device, args.quick,
-                          timeout=max(60.0, args.budget + 50 - (time.perf_counter() - started)))
+                          timeout=max(60.0, args.budget + 60 - (time.perf_counter() - started)))
+        if "balanced" not in args.skip and within_budget("balanced"):
+            with section(results, "balanced"):
+                balanced_duplicates(results, manifest, device, args.quick)
         train_section(*configs[1])
+        if "cache" not in args.skip and within_budget("cache (CPU)"):
+            with section(results, "cache (CPU)"):
+                cache_rows(results, work, args.quick)
         if "segment" not in args.skip and within_budget("segment"):
             with section(results, "segment"):
                 segment_rates(results, work, src, device, args.quick)

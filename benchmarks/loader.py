@@ -23,6 +23,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+from maskkit.data.cache import shared_cache
 from maskkit.data.loader import ImageDataset, build_cache, make_loader, reduction_factor
 from maskkit.data.presets import build_transform, normalize_batch, work_size
 from maskkit.commands import synth
@@ -86,6 +87,7 @@ def main() -> None:
         start = time.process_time()
         cache, _ = build_cache(paths, work, threads=1, show_progress=False)
         build_rate = len(paths) / (time.process_time() - start)
+        mapped, _ = shared_cache(paths, work, folder=Path(tmp) / "caches", threads=1, show_progress=False)
         def loaders() -> dict[str, tuple[DataLoader, int]]:
             """name -> (loader, passes, per-batch work); cold datasets are new each round, so every pass is a first epoch."""
             out = {"baseline (PIL + torchvision)": (DataLoader(BaselineDataset(paths, size), batch_size=BATCH), args.epochs, None)}
@@ -100,6 +102,20 @@ def main() -> None:
                 dataset = ImageDataset(paths, None, size, transform, cache=cache)
                 out[f"maskkit cached, aug {aug}, uint8"] = (make_loader(dataset, BATCH, shuffle=True), args.epochs,
                                                            lambda x: normalize_batch(x, MEAN, STD))
+            # the shared cache (data/cache.py: a memory-mapped file, what train maps now) against the private array
+            for aug in ("none", "basic"):
+                transform = build_transform(aug, size, MEAN, STD, normalize=False)
+                dataset = ImageDataset(paths, None, size, transform, cache=mapped)
+                out[f"maskkit shared cache (mapped), aug {aug}, uint8"] = (
+                    make_loader(dataset, BATCH, shuffle=True), args.epochs, lambda x: normalize_batch(x, MEAN, STD))
+            # the loader alone (what a GPU server's workers do; normalisation then runs on the device):
+            # per-image crop + collation against whole batches cut from the shared cache at once (gather)
+            for gather in (False, True):
+                dataset = ImageDataset(paths, None, size, build_transform("none", size, MEAN, STD, normalize=False),
+                                       cache=mapped, gather=gather)
+                name = "gathered batches" if gather else "per image"
+                out[f"maskkit shared cache, uint8, loader only, {name}"] = (
+                    make_loader(dataset, BATCH, shuffle=True), args.epochs, None)
             # the basic recipe on the uint8 batch (maskkit.data.gpu_augment: meant for the GPU, timed here on the CPU)
             dataset = ImageDataset(paths, None, size, build_transform("none", size, MEAN, STD, normalize=False), cache=cache)
             augment = BatchAugment(MEAN, STD)

@@ -56,7 +56,8 @@ Fold = Annotated[str, typer.Option("--fold", "-f", rich_help_panel=DATA, help="V
                                    "train. all: every person trains, no validation, a fixed --epochs (the full-data "
                                    "model; best.pt = the final weights).")]
 Cache = Annotated[Literal[vocab.CACHE_MODES], typer.Option(
-    "--cache", rich_help_panel=DATA, help="ram: decode every image once into memory; none; auto: ram when it fits.")]
+    "--cache", rich_help_panel=DATA, help="Decode every image once into one file that every process on the machine maps (DDP ranks, "
+    "concurrent folds): ram (/dev/shm), disk (~/.cache/maskkit, $MASKKIT_CACHE_DIR); none; auto: disk when it fits.")]
 Backbone = Annotated[str, typer.Option("--backbone", "-b", rich_help_panel=MODEL, help=f"{', '.join(vocab.BACKBONES)} (lite0-2: "
                                        "offline ImageNet weights), or any timm model name.")]
 Multi = Annotated[bool, typer.Option("--multi/--single", rich_help_panel=MODEL,

@@ -29,7 +29,7 @@ HEADS = ("single", "multi")
 AGE_LOSSES = ("mse", "dldl")  # the age branch: regression of the years, or a distribution over 0..100 (DLDL-v2)
 AGE_HEADS = ("none", *AGE_LOSSES)  # what the model carries: TrainOptions.age_head
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-CACHE_MODES = ("auto", "ram", "none")
+CACHE_MODES = ("auto", "ram", "disk", "none")  # data/cache.py: one shared cache file per machine
 LOGGERS = ("csv", "tensorboard", "wandb")  # train --logger: where scalars go besides metrics.csv
 # Machine settings: where and how fast a run trains, not what it learns. No part of a recipe (a
 # run's config.json given to --config does not pass them on; `runs` ignores them in the recipe id),
@@ -213,7 +213,7 @@ class TrainOptions:
             (self.heads in HEADS, f"--heads {self.heads!r}: use single or multi"),
             (self.aug in AUGMENTATIONS, f"--aug {self.aug!r}: use none, basic or strong"),
             (self.precision in PRECISIONS, f"--precision {self.precision!r}: use {', '.join(PRECISIONS)}"),
-            (self.cache in CACHE_MODES, f"--cache {self.cache!r}: use auto, ram or none"),
+            (self.cache in CACHE_MODES, f"--cache {self.cache!r}: use auto, ram, disk or none"),
             (self.logger in LOGGERS, f"--logger {self.logger!r}: use {', '.join(LOGGERS)}"),
             (self.wandb is None or self.logger == "wandb",
              f"--wandb {self.wandb}: names the project of --logger wandb (drop it, or use --logger wandb)"),

@@ -13,6 +13,22 @@ from helpers import FAST, FOLDS, one_thread
 from maskkit.cli import app
 
 
+@pytest.fixture(scope="session", autouse=True)
+def image_cache_folders(tmp_path_factory):
+    """The shared image caches (data/cache.py) of this session, its subprocesses included, in a temp folder."""
+    import os
+
+    root = tmp_path_factory.mktemp("image_caches")
+    saved = {name: os.environ.get(name) for name in ("MASKKIT_CACHE_DIR", "MASKKIT_RAM_CACHE_DIR")}
+    os.environ["MASKKIT_CACHE_DIR"], os.environ["MASKKIT_RAM_CACHE_DIR"] = str(root / "disk"), str(root / "ram")
+    yield root
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(scope="session")
 def drawn(tmp_path_factory) -> Path:
     """A small drawn dataset in the competition layout (read-only: copy it before breaking it)."""

@@ -165,3 +165,35 @@ def test_trainer_augments_uint8_batches_on_the_device_when_the_device_side_says_
     assert np.isfinite(metrics["train_loss"]).all() and metrics["train_loss"].iloc[-1] < metrics["train_loss"].iloc[0]
     states = [torch.load(run / LAST, map_location="cpu", weights_only=False)["model"] for run in runs]
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_balanced_duplicates_of_one_image_are_augmented_independently():
+    """--balanced draws with replacement: two draws of one image carry their own seeds (targets
+    "draw"), so the batch augmentation treats them as two images, and a fixed seed repeats them."""
+    from maskkit.data.loader import ImageDataset, make_loader, set_epoch
+    from maskkit.data.presets import build_transform
+    from maskkit.data.sampling import ResumableSampler
+
+    cache = batch(4).permute(0, 2, 3, 1).contiguous().numpy()  # 4 uint8 images (H, W, 3)
+    dataset = ImageDataset([f"img{i}.jpg" for i in range(4)], {"label": np.arange(4)}, (24, 20),
+                           build_transform("none", (24, 20), MEAN, STD, normalize=False), cache=cache, crop=(1.0, 1.0))
+    weights = np.array([0.97, 0.01, 0.01, 0.01])  # almost every draw is image 0
+    aug = ga.BatchAugment(MEAN, STD, p_noise=0.5)
+
+    def augmented_epoch():
+        sampler = ResumableSampler(len(dataset), seed=3, weights=weights)
+        loader = make_loader(dataset, 4, shuffle=True, sampler=sampler)
+        set_epoch(loader, 1)
+        images, targets, rows = next(iter(loader))
+        return ga.augment_batch(images, ga.image_seeds(3, 1, targets["draw"]), aug), targets["draw"], rows
+
+    x, draws, rows = augmented_epoch()
+    duplicates = [i for i in range(len(rows)) if rows[i] == 0]
+    assert len(duplicates) >= 3  # the same image drawn several times in one batch
+    assert len({int(draws[i]) for i in duplicates}) == len(duplicates)  # one seed per draw
+    assert len({x[i].numpy().tobytes() for i in duplicates}) == len(duplicates)  # each its own augmentation
+    same_rows = ga.augment_batch(torch.stack([torch.from_numpy(cache[0]).permute(2, 0, 1)] * 2),
+                                 ga.image_seeds(3, 1, [0, 0]), aug)
+    assert torch.equal(same_rows[0], same_rows[1])  # what seeding by row did: identical duplicates
+    again, _, _ = augmented_epoch()
+    assert torch.equal(again, x)  # reproducible from the seed

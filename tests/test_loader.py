@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from maskkit.contract.errors import MaskkitError, RunFailure
-from maskkit.data.loader import ImageDataset, build_cache, cache_fits, decode_image, make_loader, reduction_factor, set_epoch
+from maskkit.data.loader import ImageDataset, build_cache, decode_image, make_loader, reduction_factor, set_epoch
 from maskkit.data.presets import build_transform, eval_transform, normalize_batch, work_size
 
 IMG = (48, 36)  # model input (H, W) for the tests
@@ -152,11 +152,6 @@ def test_augmentation_is_reproducible_from_the_seed(images):
     assert not all(torch.equal(a[0], b[0]) for a, b in zip(epoch1, other))  # each seed too
 
 
-def test_cache_fits_a_budget():
-    assert cache_fits(1000, (100, 100), budget_bytes=30_000_000)
-    assert not cache_fits(1001, (100, 100), budget_bytes=30_000_000)
-
-
 def test_data_wait_counts_the_time_spent_waiting():
     import time
 
@@ -170,3 +165,26 @@ def test_data_wait_counts_the_time_spent_waiting():
     wait = DataWait()
     assert list(wait.iterate(slow())) == [0, 1, 2]
     assert wait.batches == 3 and wait.seconds >= 0.06
+
+
+def test_gathered_batches_equal_the_per_image_transform_and_collation(images):
+    """With `gather` (the GPU paths: eval geometry, uint8), a batch cut from the cache in one
+    indexing has the pixels, targets, draw seeds and rows of per-image transforms + collation."""
+    from maskkit.data.sampling import ResumableSampler
+
+    work = work_size(IMG)
+    cache, valid = build_cache(images, work)
+    valid[2] = False  # rows left out, as unreadable images are
+    transform = eval_transform(IMG, MEAN, STD, normalize=False)
+    per_image, gathered = (ImageDataset(images, {"label": np.arange(len(images))}, IMG, transform, cache=cache,
+                                        valid=valid, gather=gather) for gather in (False, True))
+    batches = []
+    for dataset in (per_image, gathered):
+        loader = make_loader(dataset, 4, shuffle=True, sampler=ResumableSampler(len(dataset), seed=1))
+        set_epoch(loader, 3)
+        batches.append(list(loader))
+    assert len(batches[0]) == len(batches[1]) == 3
+    for (x0, t0, r0), (x1, t1, r1) in zip(*batches):
+        assert x1.dtype == torch.uint8 and torch.equal(x0, x1) and torch.equal(r0, r1)
+        assert t0.keys() == t1.keys() and all(torch.equal(t0[k], t1[k]) for k in t0)
+    assert 2 not in torch.cat([r for _, _, r in batches[1]]).tolist()

@@ -6,11 +6,12 @@ Normalize: most of a cached epoch's CPU time) runs here on the whole batch:
 
     images, targets, rows = batch                                   # uint8 (B, 3, H, W)
     images = images.to(device, non_blocking=True)
-    x = augment_batch(images, image_seeds(seed, epoch, rows), BatchAugment(mean, std))
+    x = augment_batch(images, image_seeds(seed, epoch, targets["draw"]), BatchAugment(mean, std))
 
-Per-image seeds: every random choice of an image comes from its seed (drawn from the run's seed,
-the epoch and the image's row), so an image's augmentation does not depend on the batch it lands
-in, on the workers or on the device's kernels, and a fixed seed gives identical tensors on the CPU.
+Per-draw seeds: every random choice of an image comes from its seed (drawn from the run's seed,
+the epoch and the draw's own seed from the sampler, so `--balanced` duplicates of one image
+differ), so an image's augmentation does not depend on the batch it lands in, on the workers or
+on the device's kernels, and a fixed seed gives identical tensors on the CPU.
 
 Why plain tensor ops and not torchvision.transforms.v2 objects: a v2 transform called on a batch
 draws ONE set of parameters for the whole batch (every image flipped or none), and seeding it per
@@ -57,7 +58,9 @@ class BatchAugment:
 
 
 def image_seeds(seed: int, epoch: int, rows: Sequence[int] | torch.Tensor) -> list[int]:
-    """One seed per image from (run seed, epoch, the image's row in the dataset)."""
+    """One seed per image from (run seed, epoch, `rows`): pass the draws' seeds (the loader's
+    targets["draw"]) so two draws of one image (`--balanced`) get two augmentations; dataset rows
+    give every draw of a row the same one."""
     rows = rows.tolist() if isinstance(rows, torch.Tensor) else list(rows)
     return [int(np.random.SeedSequence([int(seed), int(epoch), int(row)]).generate_state(1, np.uint64)[0] >> 1)
             for row in rows]

@@ -1,10 +1,11 @@
-"""The fast loader: OpenCV decoding at reduced size, a shared uint8 RAM cache, seeded augmentation.
+"""The fast loader: OpenCV decoding at reduced size, a shared uint8 cache, seeded augmentation.
 
 Pipeline of one image: `decode_image` reads it straight at the *working size* (a little larger
 than the model's input, see `work_size`), using libjpeg's reduced decoding (1/2, 1/4, 1/8) when
 the working size allows, then INTER_AREA resizing. `build_cache` does that once for every image,
-in threads, into one contiguous (N, H, W, 3) uint8 array that DataLoader workers share through
-fork (copy-on-write, never written), so later epochs only augment. The transforms
+in threads, into one contiguous (N, H, W, 3) uint8 array (for `train`, a file that every process
+on the machine maps: data/cache.py) that DataLoader workers share through fork (never written),
+so later epochs only augment. The transforms
 (`maskkit.data.presets`) crop the working image to the model's input (`img_size`) and normalise.
 
 Reproducibility: the `SeededSampler` draws the order of an epoch from (seed, epoch) and hands each
@@ -30,7 +31,7 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from maskkit.contract.errors import MaskkitError, RunFailure
 from maskkit.contract.files import console, examples
@@ -95,38 +96,7 @@ def decode_image(path: str | Path, size_hw: Sequence[int], image_wh: Sequence[in
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-# --- the RAM cache ---------------------------------------------------------------------------
-
-def cache_bytes(n_images: int, size_hw: Sequence[int]) -> int:
-    """Bytes a uint8 RGB cache of `n_images` at `size_hw` takes."""
-    return int(n_images) * int(size_hw[0]) * int(size_hw[1]) * 3
-
-
-def available_memory() -> int:
-    """Bytes of memory available now (Linux: MemAvailable), 0 when unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 0
-
-
-def default_cache_budget() -> int:
-    """Half of the memory available now: the default budget for `--cache ram`."""
-    return available_memory() // 2
-
-
-def cache_fits(n_images: int, size_hw: Sequence[int], budget_bytes: int | None = None) -> bool:
-    """Whether a cache of `n_images` at `size_hw` fits `budget_bytes` (default: half the free memory)."""
-    budget = default_cache_budget() if budget_bytes is None else budget_bytes
-    return cache_bytes(n_images, size_hw) <= budget
-
+# --- the cache (shared between processes by data/cache.py) ------------------------------------
 
 def _check_bad(bad: list[str], total: int, consecutive: int) -> None:
     """RunFailure when unreadable images are too many (in a row, or in all)."""
@@ -146,6 +116,7 @@ def build_cache(
     size_hw: Sequence[int],
     threads: int | None = None,
     show_progress: bool | None = None,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode every image once at `size_hw` into one (N, H, W, 3) uint8 array (threads; cv2 frees the GIL).
 
@@ -154,10 +125,11 @@ def build_cache(
     MAX_BAD_FRACTION of all and more than MAX_CONSECUTIVE_BAD) raise RunFailure naming them.
     Build it in the main process before the DataLoader starts its workers, so they share it.
     `show_progress`: the progress bar (None: for 500 images or more, on a terminal or every 30 s).
+    `out`: fill this (N, H, W, 3) uint8 array (e.g. a memory-mapped file, data/cache.py) instead of a new one.
     """
     n = len(paths)
     height, width = int(size_hw[0]), int(size_hw[1])
-    cache = np.zeros((n, height, width, 3), dtype=np.uint8)
+    cache = np.zeros((n, height, width, 3), dtype=np.uint8) if out is None else out
     valid = np.ones(n, dtype=bool)
 
     def fill(i: int) -> bool:
@@ -165,6 +137,7 @@ def build_cache(
             cache[i] = decode_image(paths[i], (height, width))
             return True
         except UnreadableImage:
+            cache[i] = 0  # `out` may hold anything
             return False
 
     threads = threads or min(32, os.cpu_count() or 1)
@@ -193,11 +166,15 @@ class ImageDataset(Dataset):
     """Images (from the RAM cache, or decoded on the fly) with their targets, transformed.
 
     Item: (image tensor (3, H, W) float, {target name: tensor}, index), where index is the row of
-    `paths` actually returned. Keys: an int index, or (index, item_seed) from `SeededSampler`.
+    `paths` actually returned; the targets also hold "draw", the item's seed (two draws of one
+    image under `--balanced` have different ones: the GPU batch augmentation seeds from it). Keys: an int index, or (index, item_seed) from `SeededSampler`.
     An unreadable image (a False in `valid`, or a failed decode) is replaced by the next readable
     one with a warning; more than MAX_CONSECUTIVE_BAD in a row raise RunFailure. With
     `on_error="raise"` (prediction) it raises UnreadableImage instead. Rows with valid False are
-    left out of the dataset entirely (len counts only valid rows).
+    left out of the dataset entirely (len counts only valid rows). `cache_rows[i]`: the cache's row
+    of `paths[i]` (default: the same row), so a fold's datasets read one cache of the whole manifest.
+    `gather` (with a cache and the eval geometry with `normalize=False`, the GPU paths): batches are
+    cut from the cache in one indexing (uint8, channels-last) instead of per-image transforms.
     All state is per instance; the transform is copied, so instances never share it.
     """
 
@@ -212,6 +189,8 @@ class ImageDataset(Dataset):
         crop: Sequence[float] = DEFAULT_CROP,
         seed: int = 0,
         on_error: str = "skip",
+        cache_rows: Sequence[int] | None = None,
+        gather: bool = False,
     ) -> None:
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise', not {on_error!r}")
@@ -220,8 +199,11 @@ class ImageDataset(Dataset):
         for name, values in self.targets.items():
             if len(values) != len(self.paths):
                 raise ValueError(f"target {name!r} has {len(values)} values for {len(self.paths)} images")
-        if cache is not None and len(cache) != len(self.paths):
-            raise ValueError(f"cache has {len(cache)} images for {len(self.paths)} paths")
+        self.cache_rows = np.arange(len(self.paths)) if cache_rows is None else np.asarray(cache_rows, dtype=np.int64)
+        if len(self.cache_rows) != len(self.paths):
+            raise ValueError(f"{len(self.cache_rows)} cache rows for {len(self.paths)} paths")
+        if cache is not None and len(self.paths) and not 0 <= self.cache_rows.min() <= self.cache_rows.max() < len(cache):
+            raise ValueError(f"cache has {len(cache)} images, fewer than its rows for {len(self.paths)} paths need")
         self.img_size = (int(img_size[0]), int(img_size[1]))
         self.work_size = tuple(cache.shape[1:3]) if cache is not None else work_size(img_size, crop)
         self.transform = copy.deepcopy(transform)
@@ -231,6 +213,7 @@ class ImageDataset(Dataset):
         self.on_error = on_error
         self._warned: set[str] = set()
         self._sizes: dict[str, tuple[int, int]] = {}
+        self.gather = bool(gather) and cache is not None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -238,7 +221,7 @@ class ImageDataset(Dataset):
     def image(self, row: int) -> np.ndarray:
         """RGB uint8 image at the working size for row `row` of `paths` (UnreadableImage if it fails)."""
         if self.cache is not None:
-            return self.cache[row]
+            return self.cache[self.cache_rows[row]]
         path = self.paths[row]
         if path not in self._sizes:  # header read once per image (per worker)
             try:
@@ -265,15 +248,44 @@ class ImageDataset(Dataset):
                     _check_bad(bad, len(self.rows), len(bad))
         raise RunFailure(f"no readable image among {len(self.rows)} ({examples(bad)}): check the data folder")
 
-    def __getitem__(self, key: int | tuple[int, int]):
+    def _seeded(self, key: int | tuple[int, int]) -> tuple[int, int]:
+        """(position, item seed) of a key: the sampler's seed, or one drawn from (seed, position)."""
         position, item_seed = key if isinstance(key, tuple) else (key, None)
         if item_seed is None:
             item_seed = int(np.random.SeedSequence([self.seed, int(position)]).generate_state(1)[0])
-        row, img = self._readable(int(position))
+        return int(position), int(item_seed)
+
+    def __getitems__(self, keys: Sequence[int | tuple[int, int]]) -> list:
+        """A batch (DataLoader calls this): gathered from the cache in one go with `gather`, else per item."""
+        if not self.gather:
+            return [self[key] for key in keys]
+        positions, seeds = zip(*(self._seeded(key) for key in keys))
+        rows = self.rows[np.asarray(positions) % len(self.rows)]
+        (height, width), (work_h, work_w) = self.img_size, self.work_size
+        top, left = (work_h - height) // 2, (work_w - width) // 2  # albumentations' CenterCrop
+        crops = self.cache[self.cache_rows[rows], top:top + height, left:left + width]  # one copy
+        images = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2)
+        targets = {name: torch.as_tensor(values[rows]) for name, values in self.targets.items()}
+        targets["draw"] = torch.tensor(seeds, dtype=torch.int64)
+        return GatheredBatch([images, targets, torch.as_tensor(rows, dtype=torch.int64)])
+
+    def __getitem__(self, key: int | tuple[int, int]):
+        position, item_seed = self._seeded(key)
+        row, img = self._readable(position)
         self.transform.set_random_state(np.random.default_rng(item_seed), random.Random(item_seed))
         tensor = self.transform(image=img)["image"]
         targets = {name: torch.as_tensor(values[row]) for name, values in self.targets.items()}
+        targets["draw"] = torch.tensor(item_seed, dtype=torch.int64)  # this draw's seed (GPU augmentation)
         return tensor, targets, row
+
+
+class GatheredBatch(list):
+    """[images, targets, rows] that `ImageDataset.__getitems__` assembled itself: `collate` passes it on."""
+
+
+def collate(samples: list) -> list:
+    """torch's default collation, except for a batch the dataset already gathered."""
+    return list(samples) if isinstance(samples, GatheredBatch) else default_collate(samples)
 
 
 class SeededSampler(Sampler):
@@ -345,6 +357,7 @@ def make_loader(
         pin_memory=torch.device(device).type == "cuda",
         drop_last=drop_last,
         generator=generator,
+        collate_fn=collate,
         **extra,
     )
 
@@ -383,7 +396,6 @@ class DataWait:
 
 
 __all__ = [
-    "UnreadableImage", "image_size", "reduction_factor", "decode_image", "cache_bytes", "cache_fits",
-    "default_cache_budget", "build_cache", "ImageDataset", "SeededSampler", "make_loader", "set_epoch",
-    "worker_init", "DataWait",
+    "UnreadableImage", "image_size", "reduction_factor", "decode_image", "build_cache", "ImageDataset", "GatheredBatch", "collate", "SeededSampler",
+    "make_loader", "set_epoch", "worker_init", "DataWait",
 ]

@@ -1,4 +1,4 @@
-"""Building a training run from its TrainOptions: the data (datasets, RAM caches, sampler, loaders)
+"""Building a training run from its TrainOptions: the data (datasets, shared image caches, sampler, loaders)
 and the optimisation (model, optimiser, schedule, EMA). `maskkit train`'s Trainer runs what these
 build; nothing here trains or writes the run folder."""
 
@@ -8,6 +8,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 from timm.optim import create_optimizer_v2
@@ -16,8 +17,9 @@ from timm.utils import ModelEmaV3
 
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import console
+from maskkit.data.cache import CacheFolderError, available_memory, cache_bytes, resolve_mode, shared_cache
 from maskkit.data.gpu_augment import BatchAugment
-from maskkit.data.loader import ImageDataset, build_cache, cache_bytes, cache_fits, make_loader
+from maskkit.data.loader import ImageDataset, build_cache, make_loader
 from maskkit.data.presets import build_transform, eval_transform, work_size
 from maskkit.data.sampling import ResumableSampler, ShardSampler, balanced_weights, targets_of
 from maskkit.engine.devices import default_workers
@@ -63,32 +65,44 @@ class TrainData:
     augment_on_device: bool
 
 
-def build_caches(options: TrainOptions, config: dict, train_rows: pd.DataFrame, val_rows: pd.DataFrame) -> tuple:
-    """RAM caches (images, valid) of the training and validation images at the working size (or NO_CACHE)."""
+def build_cache_of_manifest(options: TrainOptions, config: dict, manifest: pd.DataFrame) -> tuple:
+    """(images, valid) of every manifest row at the working size, or NO_CACHE: one memory-mapped
+    file that every process on the machine maps (DDP ranks, and every fold of this manifest run at
+    once), built once by whichever comes first (data/cache.py)."""
     size = work_size(config["img_size"], tuple(config["crop"]))
-    mode, n = options.cache, len(train_rows) + len(val_rows)
-    if mode == "none" or (mode == "auto" and not cache_fits(n, size)):
-        if mode == "auto":
-            console.print(f"RAM cache off: {cache_bytes(n, size) / 2**30:.1f} GiB would not fit half the free memory")
-        return NO_CACHE, NO_CACHE
-    val_cache = build_cache(val_rows["path"].tolist(), size) if len(val_rows) else NO_CACHE
-    return build_cache(train_rows["path"].tolist(), size), val_cache
+    mode, paths = resolve_mode(options.cache, len(manifest), size), manifest["path"].tolist()
+    if mode == "none":
+        return NO_CACHE
+    try:
+        return shared_cache(paths, size, mode)
+    except CacheFolderError as exc:
+        if options.cache != "auto":
+            raise
+        fits = cache_bytes(len(paths), size) <= available_memory() // 2  # as before the shared cache
+        console.print(f"[yellow]warning:[/] {exc}: {'a private RAM cache' if fits else 'no cache'} instead")
+        return build_cache(paths, size) if fits else NO_CACHE
 
 
-def build_datasets(options: TrainOptions, config: dict, train_rows: pd.DataFrame, val_rows: pd.DataFrame,
+def build_datasets(options: TrainOptions, config: dict, manifest: pd.DataFrame, trains: pd.Series,
                    normalize_on_device: bool, augment_on_device: bool) -> tuple[ImageDataset, ImageDataset | None]:
-    """(training set, validation set or None with `--fold all`)."""
+    """(training set, validation set or None with `--fold all`), both reading the manifest's cache."""
     img_size, mean, std, crop = tuple(config["img_size"]), config["mean"], config["std"], tuple(config["crop"])
-    (train_cache, train_valid), (val_cache, val_valid) = build_caches(options, config, train_rows, val_rows)
+    images, valid = build_cache_of_manifest(options, config, manifest)
+    train_at, val_at = np.flatnonzero(trains.to_numpy()), np.flatnonzero(~trains.to_numpy())
+    train_rows, val_rows = manifest.iloc[train_at].reset_index(drop=True), manifest.iloc[val_at].reset_index(drop=True)
     train_transform = build_transform("none" if augment_on_device else options.aug, img_size, mean, std, crop,
                                       normalize=not normalize_on_device)
+    # uint8 crops with nothing random on the host: whole batches are cut from the cache at once
+    gather_train = normalize_on_device and (augment_on_device or options.aug == "none")
     train_set = ImageDataset(train_rows["path"], targets_of(train_rows, options.old_age), img_size, train_transform,
-                             cache=train_cache, valid=train_valid, crop=crop, seed=options.seed)
+                             cache=images, valid=None if valid is None else valid[train_at], crop=crop,
+                             seed=options.seed, cache_rows=train_at, gather=gather_train)
     if options.all_folds:
         return train_set, None
     val_set = ImageDataset(val_rows["path"], targets_of(val_rows, options.old_age), img_size,
                            eval_transform(img_size, mean, std, crop, normalize=not normalize_on_device),
-                           cache=val_cache, valid=val_valid, crop=crop, seed=options.seed)
+                           cache=images, valid=None if valid is None else valid[val_at], crop=crop,
+                           seed=options.seed, cache_rows=val_at, gather=normalize_on_device)
     return train_set, val_set
 
 
@@ -103,7 +117,7 @@ def build_data(manifest: pd.DataFrame, options: TrainOptions, config: dict, devi
                          pad_to=options.batch_size if device.type == "cuda" else None)
     train_on_device = dataclasses.replace(
         on_device, augment=BatchAugment(tuple(mean), tuple(std)) if augment_on_device else None, seed=options.seed)
-    train_set, val_set = build_datasets(options, config, train_rows, val_rows, normalize_on_device, augment_on_device)
+    train_set, val_set = build_datasets(options, config, manifest, trains, normalize_on_device, augment_on_device)
     world = dist.world_size
     if len(train_set) < options.batch_size * world:
         raise MaskkitError(f"--batch-size {options.batch_size}: x {world} processes is more than the "

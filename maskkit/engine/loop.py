@@ -52,7 +52,8 @@ class OnDevice:
         return images
 
     def train_images(self, images: torch.Tensor, rows: torch.Tensor, epoch: int) -> torch.Tensor:
-        """A training batch on the device: `images` with the batch augmentation when there is one."""
+        """A training batch on the device: `images` with the batch augmentation when there is one,
+        seeded per image by `rows` (the loader's per-draw seeds, targets["draw"], or dataset rows)."""
         if self.augment is None:
             return self.images(images)
         images = augment_batch(images.to(self.device, non_blocking=True), image_seeds(self.seed, epoch, rows),
@@ -166,7 +167,8 @@ def train_one_epoch(model: torch.nn.Module, loader, loss_fn, opt: Optimisation, 
 
     try:
         for images, targets, rows in wait.iterate(loader):
-            images, targets = on_device.train_images(images, rows, progress.epoch), on_device.targets(targets)
+            draws = targets.pop("draw", rows)  # per draw, not per image: --balanced duplicates differ
+            images, targets = on_device.train_images(images, draws, progress.epoch), on_device.targets(targets)
             loss = train_step(model, images, targets, loss_fn, opt, on_device)
             progress.global_step += 1
             opt.scheduler.step_update(progress.global_step)
