@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import console, write_errors
+from maskkit.contract.files import console, process_alive, write_errors
 from maskkit.contract.labels import GENDERS, IMAGE_STEMS, label_of
 from maskkit.data.drawing import MASK_COLOURS, STEMS, Person, background, draw_person
 from maskkit.data.images import write_image
@@ -274,16 +274,6 @@ def run(out: str | Path, persons: int = 60, eval_persons: int = 20, size: tuple[
     return summary
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def remove_dead_temps(parent: Path) -> None:
     """Remove the work folders (`.OUT.synth-tmpPID`, `.OUT.synth-oldPID`) of synth runs whose process
     is gone (kill -9 leaves them); a live process's are its own."""
@@ -291,7 +281,7 @@ def remove_dead_temps(parent: Path) -> None:
         return
     for entry in parent.iterdir():
         match = TEMP_NAME.match(entry.name)
-        if match and entry.is_dir() and not entry.is_symlink() and not _alive(int(match["pid"])):
+        if match and entry.is_dir() and not entry.is_symlink() and not process_alive(int(match["pid"])):
             shutil.rmtree(entry, ignore_errors=True)
 
 

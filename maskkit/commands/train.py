@@ -294,6 +294,15 @@ def holding_run_folder(run_dir: Path):
                              f"maskkit train --resume {run_dir}") from None
 
 
+def _new_run_dir(source: str | Path | None, options: TrainOptions | None, out: str | Path | None,
+                 name: str | None) -> Path:
+    """OUT/NAME of a new run (OUT: runs; NAME: one folder name), checked against the inputs."""
+    options = options or TrainOptions()
+    run_dir = Path(out if out is not None else "runs") / run_name(name or options.run_name)
+    Inputs.of(source if source is not None else "data/train", options.weights).check_folder(run_dir, "run folder")
+    return run_dir
+
+
 def run(
     source: str | Path | None = "data/train",
     options: TrainOptions | None = None,
@@ -323,15 +332,11 @@ def run(
     this process), cleared of a killed run's temporary files, and a failed write says how many
     epochs finished and how to resume.
     """
-    if resume is not None:
-        run_dir = Path(resume)
-        if not run_dir.is_dir():
-            raise MaskkitError(f"{run_dir}: run folder not found (give a run folder written by maskkit train)")
-    else:
-        source = source if source is not None else "data/train"
-        options = options or TrainOptions()
-        run_dir = Path(out if out is not None else "runs") / run_name(name or options.run_name)
-        Inputs.of(source, options.weights).check_folder(run_dir, "run folder")
+    run_dir = Path(resume) if resume is not None else _new_run_dir(source, options, out, name)
+    if resume is None:
+        source, options = source if source is not None else "data/train", options or TrainOptions()
+    elif not run_dir.is_dir():
+        raise MaskkitError(f"{run_dir}: run folder not found (give a run folder written by maskkit train)")
     with holding_run_folder(run_dir):
         extended = False
         if resume is not None:

@@ -221,7 +221,8 @@ def write_bytes(path: str | Path, data: bytes, inputs: Inputs | None = None, mag
         tmp.write_bytes(data)
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True while process `pid` runs on this machine (a writer's temporary file or folder is then its own)."""
     if not 0 < pid < 2**22:  # above Linux's largest pid_max: no such process
         return False
     try:
@@ -246,7 +247,7 @@ def remove_dead_temps(target: str | Path) -> int:
         with os.scandir(target.parent) as entries:
             for entry in entries:
                 found = entry.name.startswith(prefix) and pattern.fullmatch(entry.name[len(prefix):])
-                if found and int(found[1]) != os.getpid() and not _process_alive(int(found[1])):
+                if found and int(found[1]) != os.getpid() and not process_alive(int(found[1])):
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
                         removed += 1
