@@ -179,7 +179,6 @@ def tune(
     Example: maskkit tune folds.csv --study s1 --trials 40 --backbone lite0 --epochs 4 --multi --device cuda
     Then: maskkit tune --study s1 --best > best.yaml && maskkit train folds.csv --config best.yaml
     """
-    from maskkit.commands import runs as runs_module
     from maskkit.commands import train as train_module
     from maskkit.commands import tune as tune_module
     from maskkit.contract.recipe import train_options
@@ -201,8 +200,7 @@ def tune(
                                "and places its trials)" if refused[0] != "source" else
                                f"{train_ctx.params['source']}: one MANIFEST only, before the train options")
         fixed, _ = train_options(train_ctx.params, typed, train_ctx.params["config"])
-        tune_module.run(manifest, settings, fixed, space, train=train_module.run,
-                        pooled=runs_module.pooled_predictions)
+        tune_module.run(manifest, settings, fixed, space, train=train_module.run)
 
 
 @app.command()

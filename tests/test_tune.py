@@ -105,7 +105,7 @@ def test_oof_objective_pools_the_folds_and_a_changed_study_is_refused(manifest_p
     assert result.exit_code == 0, result.output
     folder = tmp_path / "runs" / "tune-oof"
     assert sorted(p.name for p in folder.glob("trial-*")) == ["trial-0000-f0", "trial-0000-f1"]
-    from maskkit.commands.runs import pooled_predictions
+    from maskkit.contract.oof import pooled_predictions
     from maskkit.engine.metrics import scores
 
     pooled, folds = pooled_predictions(sorted(folder.glob("trial-*")))
@@ -120,7 +120,7 @@ def test_a_killed_worker_loses_nothing_and_its_run_folder_is_not_reused(manifest
     with a new run folder, and re-running the command ends with the asked number of trials."""
     import time
 
-    from maskkit.commands import runs, train, tune
+    from maskkit.commands import train, tune
     from maskkit.options import TrainOptions
 
     space, out = tmp_path / "space.yaml", tmp_path / "runs"
@@ -140,8 +140,7 @@ def test_a_killed_worker_loses_nothing_and_its_run_folder_is_not_reused(manifest
     fixed = TrainOptions(backbone="test_resnet", pretrained=False, img_size=(48, 40), batch_size=16, aug="none",
                          workers=0, device="cpu", cache="ram", threads=1, warmup=0.5, heads="multi", age_weight=0.5,
                          epochs=3)  # TRAIN_FLAGS: the same study
-    study = tune.run(manifest_path, tune.Study("two", out, trials=2), fixed, space, train=train.run,
-                     pooled=runs.pooled_predictions)
+    study = tune.run(manifest_path, tune.Study("two", out, trials=2), fixed, space, train=train.run)
     states = {t.number: t.state.name for t in study.trials}
     assert states == {0: "FAIL", 1: "COMPLETE", 2: "COMPLETE"}, states
     assert study.trials[1].params == study.trials[0].params  # the killed trial ran again

@@ -21,11 +21,10 @@ from rich.table import Table
 
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import Inputs, console, examples, write_csv
-from maskkit.contract.labels import NUM_CLASSES
-from maskkit.contract.predictions import PROB_COLUMNS, read_predictions
-from maskkit.contract.runfolder import CONFIG, VAL_PREDS, best_row, read_config, read_metrics
+from maskkit.contract.oof import OOF_COLUMNS, pooled_predictions
+from maskkit.contract.runfolder import CONFIG, best_row, read_config, read_metrics
 from maskkit.engine.metrics import scores
-from maskkit.options import ALL_FOLDS, MACHINE_OPTIONS, TrainOptions
+from maskkit.options import MACHINE_OPTIONS, TrainOptions
 
 COLUMNS = ("name", "backbone", "heads", "age_weight", "old_age", "input_size", "aug", "loss", "lr", "batch_size",
            "epochs", "fold", "best_epoch", "val_f1", "f1_mask", "f1_gender", "f1_age",
@@ -36,7 +35,6 @@ RECIPE_COLUMNS = ("recipe", "runs", "folds", "oof_images", "oof_f1", "oof_accura
                   "oof_f1_age", "backbone", "heads", "loss", "lr", "epochs", "input_size", "seed")
 RECIPE_SHOWN = ("recipe", "runs", "folds", "oof_images", "oof_f1")
 NOT_RECIPE = ("fold", *MACHINE_OPTIONS)  # what a run may change without changing its recipe
-OOF_COLUMNS = ("ImageID", "ans", *PROB_COLUMNS, "person", "label", "fold")
 LEFT = ("name", "backbone", "heads", "aug", "loss", "recipe", "path", "folds", "input_size")
 
 
@@ -116,47 +114,6 @@ def recipe_key(config: dict) -> str:
 def recipe_id(key: str) -> str:
     """`BACKBONE#6hex`: the backbone and a short hash of the recipe key (no run name, no fold)."""
     return f"{json.loads(key)['options'].get('backbone')}#{hashlib.sha1(key.encode()).hexdigest()[:6]}"
-
-
-def fold_runs(run_dirs: Sequence[Path]) -> list[tuple[Path, object]]:
-    """(run, fold) of the runs with out-of-fold predictions: the first run of each fold with a
-    val_preds.csv (`--fold all` runs have none: noted once)."""
-    chosen, folds, full_data = [], set(), []
-    for run_dir in run_dirs:
-        fold = read_config(run_dir).get("fold")
-        if fold == ALL_FOLDS:
-            full_data.append(str(run_dir))
-        elif (run_dir / VAL_PREDS).is_file() and fold not in folds:
-            chosen.append((run_dir, fold))
-            folds.add(fold)
-    if full_data:
-        console.print(f"{examples(full_data)}: trained with --fold all (no validation, no out-of-fold predictions); "
-                      "the recipe's oof_f1 comes from its fold runs", markup=False, highlight=False)
-    return chosen
-
-
-def pooled_predictions(run_dirs: Sequence[Path]) -> tuple[pd.DataFrame, list]:
-    """The runs' val_preds.csv as one table (OOF_COLUMNS; the first run of a repeated fold wins)
-    and the folds pooled."""
-    fix = "val_preds.csv of maskkit train has columns ImageID,ans,p0..p17,person,label"
-    frames, folds = [], []
-    for run_dir, fold in fold_runs(run_dirs):
-        path = run_dir / VAL_PREDS
-        frame, probs = read_predictions(path, fix=fix)
-        if "label" not in frame:
-            raise MaskkitError(f"{path}: no label column ({fix})")
-        frame = pd.concat([frame[["ImageID", "ans"]], pd.DataFrame(probs, columns=PROB_COLUMNS, index=frame.index),
-                           frame.reindex(columns=["person", "label"])], axis=1).assign(fold=fold)
-        frames.append(frame)
-        folds.append(fold)
-    if not frames:
-        return pd.DataFrame(columns=list(OOF_COLUMNS)), folds
-    pooled = pd.concat(frames, ignore_index=True).drop_duplicates("ImageID")
-    label = pd.to_numeric(pooled["label"], errors="coerce")
-    if not label.between(0, NUM_CLASSES - 1).all():
-        raise MaskkitError(f"{examples([str(p) for p in run_dirs])}: val_preds.csv rows with a label outside 0..17 "
-                           "(re-run maskkit train on these folds)")
-    return pooled.assign(label=label.astype(int)), folds
 
 
 def recipes_table(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:

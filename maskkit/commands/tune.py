@@ -17,8 +17,8 @@ may, rarely, start one more each). Ctrl-C or kill -9 lose only the running trial
 folder is left as it was and never reused: trial numbers are never given twice); running the same
 command again continues the study.
 
-The training function is passed in by cli.py (`train=commands.train.run`, `pooled=commands.runs
-.pooled_predictions`): a command module does not import another.
+The training function is passed in by cli.py (`train=commands.train.run`): a command module does
+not import another.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from maskkit.contract import runfolder
 from maskkit.contract.errors import MaskkitError, RunFailure
 from maskkit.contract.files import atomic_path, console, write_csv
 from maskkit.contract.manifest import read_manifest
+from maskkit.contract.oof import pooled_predictions
 from maskkit.contract.recipe import as_fields, write_recipe
 from maskkit.contract.searchspace import DEFAULT_SPACE, read_search_space, suggest
 from maskkit.engine.metrics import scores
@@ -163,12 +164,11 @@ def trial_options(fixed: TrainOptions, values: dict) -> TrainOptions:
 
 @dataclass
 class TrialRunner:
-    """Runs one trial's training: `train` is commands.train.run, `pooled` commands.runs.pooled_predictions."""
+    """Runs one trial's training: `train` is commands.train.run."""
 
     manifest: Path
     study: Study
     train: Callable[..., Path]
-    pooled: Callable | None
     folds: tuple = ()
 
     def _fit(self, trial: optuna.Trial, options: TrainOptions, name: str, step_offset: int = 0,
@@ -205,7 +205,7 @@ class TrialRunner:
         run_dirs, value = [], 0.0
         for step, (fold, name) in enumerate(zip(self.folds, names), start=1):
             run_dirs.append(self._fit(trial, dataclasses.replace(options, fold=fold), name, prune_epochs=False))
-            pooled, _ = self.pooled(run_dirs)
+            pooled, _ = pooled_predictions(run_dirs)
             value = scores(pooled["label"], pooled["ans"])["macro_f1"]
             trial.report(value, step)
             if step < len(self.folds) and trial.should_prune():
@@ -228,7 +228,7 @@ def oof_folds(manifest: Path, k: int) -> tuple:
 
 
 def run(manifest: str | Path, study: Study, fixed: TrainOptions, space_path: str | Path | None = None,
-        train: Callable[..., Path] | None = None, pooled: Callable | None = None) -> optuna.Study:
+        train: Callable[..., Path] | None = None) -> optuna.Study:
     """Work on the study until it holds `study.trials` finished trials (see the module docstring)."""
     manifest = Path(manifest)
     if not manifest.is_file():
@@ -238,7 +238,7 @@ def run(manifest: str | Path, study: Study, fixed: TrainOptions, space_path: str
         raise MaskkitError("--fold all: a trial needs a validation fold to be scored; give --fold K, or --objective oof")
     space = read_search_space(space_path or DEFAULT_SPACE, fixed)
     folds = oof_folds(manifest, study.folds) if study.objective == "oof" else ()
-    trainer = TrialRunner(manifest, study, train, pooled, folds)
+    trainer = TrialRunner(manifest, study, train, folds)
     with quiet_optuna():
         return _work(study, fixed, space, trainer)
 
