@@ -137,7 +137,7 @@ def draw(work: Path, persons: int) -> Path:
     from maskkit.contract.manifest import MANIFEST_COLUMNS, write_manifest
     from maskkit.data.folds import make_manifest
 
-    synth.run(work / "data", persons=persons, eval_persons=0, size=(128, 128), seed=0, progress=False)
+    synth.run(work / "data", persons=persons, eval_persons=0, size=(128, 128), seed=0, show_progress=False)
     images = load_train(work / "data" / "train", report=False)
     try:
         folds = make_manifest(images, 4, 42)

@@ -299,10 +299,10 @@ def predict_rate(results: Results, paths: list[str], device: torch.device, quick
                            on_error="raise")
     loader = make_loader(dataset, 64, shuffle=False, workers=default_workers(device), device=device)
     moving = OnDevice(device, autocast_dtype(device), (mean, std) if on_device else None)
-    predict_probs(model, [next(iter(loader))], 64, moving, "none", progress=False)  # warm-up: workers, cudnn
+    predict_probs(model, [next(iter(loader))], 64, moving, "none", show_progress=False)  # warm-up: workers, cudnn
     synchronize(device)
     start = time.perf_counter()
-    predict_probs(model, loader, len(paths), moving, "none", progress=False)
+    predict_probs(model, loader, len(paths), moving, "none", show_progress=False)
     synchronize(device)
     results.add("predict", f"{backbone} {img_size[0]}x{img_size[1]} batch 64, cold decode", len(paths) / (time.perf_counter() - start),
                 "img/s", f"{len(paths)} images, {default_workers(device)} workers")
@@ -347,7 +347,7 @@ def segment_rates(results: Results, work: Path, src: Path, device: torch.device,
         best = 0.0
         for _ in range(1 if not quick else 1):
             summary = segment.run(src, out, model=model, weights=weights, batch_size=batch, device=str(device),
-                                  size=size, overwrite=True, progress=False, **extra)
+                                  size=size, overwrite=True, show_progress=False, **extra)
             best = max(best, summary.done / summary.seconds)
         results.add("segment", name, best, "img/s", f"{best / forward:.2f}x forward (goal >= 0.9x)")
         shutil.rmtree(out, ignore_errors=True)
@@ -503,7 +503,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        synth.run(work / "data", persons=persons, eval_persons=0, size=(384, 512), seed=0, progress=False)
+        synth.run(work / "data", persons=persons, eval_persons=0, size=(384, 512), seed=0, show_progress=False)
         src = work / "data" / "train"
         try:
             manifest = make_manifest(load_train(src, report=False), 4, 42)

@@ -78,7 +78,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         synth.run(Path(tmp) / "data", persons=max(1, args.images // 7), eval_persons=0, size=(384, 512), seed=0,
-                   progress=False)
+                   show_progress=False)
         paths = sorted((Path(tmp) / "data" / "train" / "images").rglob("*.jpg"))
         work = work_size(size)
         print(f"{len(paths)} JPEGs 384x512 -> {size[0]}x{size[1]} (working size {work[0]}x{work[1]}, "

@@ -99,7 +99,7 @@ class Result:
 def draw_dataset(root: Path, persons: int, eval_persons: int, size_wh: tuple[int, int], seed: int) -> Path:
     """A drawn dataset in the competition layout (eval/truth.csv holds the true classes)."""
     synth.run(root, persons=persons, eval_persons=eval_persons, size=size_wh, seed=seed, overwrite=True,
-               progress=False)
+               show_progress=False)
     return root
 
 

@@ -104,7 +104,7 @@ def main() -> None:
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        synth.run(tmp / "data", persons=max(1, args.images // 7), eval_persons=0, size=(384, 512), seed=0, progress=False)
+        synth.run(tmp / "data", persons=max(1, args.images // 7), eval_persons=0, size=(384, 512), seed=0, show_progress=False)
         src = tmp / "data" / "train"
         weights = tmp / "weights.pt"
         make_weights(args.model, weights)
@@ -127,7 +127,7 @@ def main() -> None:
             try:
                 summary = segment.run(src, tmp / "out", model=args.model, weights=weights, batch_size=args.batch_size,
                                       device=args.device, size=args.size, workers=args.workers, overwrite=True,
-                                      progress=False)
+                                      show_progress=False)
             finally:
                 segmentation.person_scores = timed.original
             assert summary.done == count, summary

@@ -93,7 +93,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        synth.run(root / "data", persons=args.persons, eval_persons=0, size=(384, 512), seed=0, progress=False)
+        synth.run(root / "data", persons=args.persons, eval_persons=0, size=(384, 512), seed=0, show_progress=False)
         manifest = make_manifest(load_train(root / "data" / "train", report=False), 4, 42)
         manifest_path = root / "manifest.csv"
         write_csv(manifest, manifest_path)

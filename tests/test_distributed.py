@@ -82,5 +82,5 @@ def test_two_processes_train_one_run_written_once_and_resume(manifest_path, tmp_
     dataset = ImageDataset(paths, None, size, eval_transform(size, config["mean"], config["std"], crop),
                            cache=cache, crop=crop)
     probs = predict_probs(model, make_loader(dataset, 16, shuffle=False), len(dataset),
-                          OnDevice(torch.device("cpu")), progress=False)
+                          OnDevice(torch.device("cpu")), show_progress=False)
     assert np.allclose(probs, preds[list(PROB_COLUMNS)].to_numpy(), atol=1e-4)

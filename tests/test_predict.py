@@ -87,8 +87,8 @@ def test_flip_tta_averages_an_image_and_its_mirror(multi_run):
     batch = torch.cat([images, images.flip(3)])
     loader = [(batch, {}, torch.arange(6))]
     with one_thread():
-        flip = predict_probs(model, loader, 6, OnDevice(torch.device("cpu")), tta="flip", progress=False)
-        none = predict_probs(model, loader, 6, OnDevice(torch.device("cpu")), tta="none", progress=False)
+        flip = predict_probs(model, loader, 6, OnDevice(torch.device("cpu")), tta="flip", show_progress=False)
+        none = predict_probs(model, loader, 6, OnDevice(torch.device("cpu")), tta="none", show_progress=False)
     np.testing.assert_allclose(flip.sum(1), 1, atol=1e-6)
     np.testing.assert_allclose(flip[:3], flip[3:], atol=1e-6)
     np.testing.assert_allclose(flip, (none + none[[3, 4, 5, 0, 1, 2]]) / 2, atol=1e-6)

@@ -57,7 +57,7 @@ def digest(root: Path) -> dict[str, str]:
 def data(tmp_path_factory) -> Path:
     """A drawn dataset with true masks, plus the real data's quirks: a .png image and `._` files."""
     root = tmp_path_factory.mktemp("seg") / "data"
-    synth.run(root, persons=4, eval_persons=2, size=(64, 80), seed=1, masks=True, progress=False)
+    synth.run(root, persons=4, eval_persons=2, size=(64, 80), seed=1, masks=True, show_progress=False)
     folder = sorted((root / "train" / "images").iterdir())[0]
     cv2.imwrite(str(folder / "mask2.png"), cv2.imread(str(folder / "mask2.jpg")))
     (folder / "mask2.jpg").unlink()
@@ -427,7 +427,7 @@ def test_device_pipeline_writes_what_the_cpu_pipeline_writes_and_resumes(data, w
     _, out_cpu, masks_cpu, _ = segmented
     out, masks = tmp_path / "out", tmp_path / "masks"
     summary = segment.run(data, out, model="mobilenet", weights=weights, masks=masks, size=SIZE, batch_size=4,
-                          workers=1, device="cpu", on_device=True, progress=False)
+                          workers=1, device="cpu", on_device=True, show_progress=False)
     table, expected = report(out), report(out_cpu)
     assert table["path"].tolist() == expected["path"].tolist()
     assert summary.done == (table["status"] == "done").sum() > 0
@@ -446,7 +446,7 @@ def test_device_pipeline_writes_what_the_cpu_pipeline_writes_and_resumes(data, w
     assert (out / "train" / "train.csv").read_bytes() == (data / "train" / "train.csv").read_bytes()
 
     encoded = segment.run(data / "train", tmp_path / "jpeg", model="mobilenet", weights=weights, size=SIZE,
-                          batch_size=4, workers=0, device="cpu", on_device=True, jpeg_on_device=True, progress=False)
+                          batch_size=4, workers=0, device="cpu", on_device=True, jpeg_on_device=True, show_progress=False)
     assert encoded.done > 0
     for rel in report(tmp_path / "jpeg").query("status == 'done'")["path"]:  # torchvision's encoder, not OpenCV's
         mine, theirs = cv2.imread(str(tmp_path / "jpeg" / rel)).astype(int), cv2.imread(str(out / "train" / rel)).astype(int)
@@ -454,6 +454,6 @@ def test_device_pipeline_writes_what_the_cpu_pipeline_writes_and_resumes(data, w
 
     before = tree(out)
     again = segment.run(data, out, model="mobilenet", weights=weights, masks=masks, size=SIZE, batch_size=4,
-                        workers=0, device="cpu", on_device=True, progress=False)
+                        workers=0, device="cpu", on_device=True, show_progress=False)
     assert again.skipped == len(table) and again.done == 0
     assert tree(out) == before

@@ -174,13 +174,13 @@ class GeometryViews(Dataset):
 
 
 def ensemble_probs(members: Sequence[Member], paths: Sequence[str], tta: str, batch_size: int,
-                   workers: int, device: torch.device, progress: bool | None = None) -> np.ndarray:
+                   workers: int, device: torch.device, show_progress: bool | None = None) -> np.ndarray:
     """(n, 18): the mean over `members` of their probabilities, in one pass over `paths`."""
     geometries = list(dict.fromkeys((m.img_size, m.crop) for m in members))
     view_of = [geometries.index((m.img_size, m.crop)) for m in members]
     loader = make_loader(GeometryViews(paths, geometries), batch_size, shuffle=False, workers=workers, device=device)
     total = np.zeros((len(paths), NUM_CLASSES), dtype=np.float64)
-    with progress_bar("predicting", len(paths), show=progress) as bar:
+    with progress_bar("predicting", len(paths), show=show_progress) as bar:
         iterator = iter(loader)
         while (batch := next_batch(iterator)) is not None:
             views, _, rows = batch
@@ -193,7 +193,7 @@ def ensemble_probs(members: Sequence[Member], paths: Sequence[str], tta: str, ba
 
 def run(models: str | Path | Sequence[str | Path], data: str | Path | Sequence[str | Path] = (), tta: str = "none",
         out: str | Path | None = None, batch_size: int = 64, device: str = "auto", workers: int | None = None,
-        progress: bool | None = None, names: bool = False, stdin=None) -> pd.DataFrame:
+        show_progress: bool | None = None, names: bool = False, stdin=None) -> pd.DataFrame:
     """Predict the images `data` names (default DATA/eval) with the mean of `models`; write the CSV.
 
     `models` may also hold the image arguments after the models (the command line passes one list).
@@ -209,7 +209,7 @@ def run(models: str | Path | Sequence[str | Path], data: str | Path | Sequence[s
     members = [onnx_member(m, torch_device) if m.lower().endswith(".onnx") else torch_member(m, torch_device)
                for m in models]
     workers = default_workers(torch_device) if workers is None else workers
-    probs = ensemble_probs(members, images["path"].tolist(), tta, batch_size, workers, torch_device, progress)
+    probs = ensemble_probs(members, images["path"].tolist(), tta, batch_size, workers, torch_device, show_progress)
     check_probabilities(", ".join(models), probs, images["ImageID"])
     frame = prediction_frame(images["ImageID"].tolist(), probs, names=names)
     write_predictions(frame, out, inputs=inputs)

@@ -209,7 +209,7 @@ def run(
     workers: int | None = None,
     overwrite: bool = False,
     amp: bool = True,
-    progress: bool = True,
+    show_progress: bool = True,
     on_device: bool | None = None,
     jpeg_on_device: bool | None = None,
 ) -> Summary:
@@ -227,7 +227,7 @@ def run(
                            "trained at 520)")
     layout = check_request(src, out, masks, threshold)
     torch_device = resolve_device(device)
-    settings = Settings(batch_size, size, workers, amp, progress, on_device, jpeg_on_device)
+    settings = Settings(batch_size, size, workers, amp, show_progress, on_device, jpeg_on_device)
     with folder_lock(out, "segment"):  # one run per OUT: two would delete each other's temporary files
         net = prepare(load_deeplab(model, weights), torch_device)
         records = prepare_out(src, out, layout, masks, overwrite)

@@ -240,7 +240,7 @@ def _validate(persons: int, eval_persons: int, size: tuple[int, int], seed: int,
 
 def run(out: str | Path, persons: int = 60, eval_persons: int = 20, size: tuple[int, int] = (384, 512),
         seed: int = 0, noise: float = 0.0, shortcut: float = 0.0, masks: bool = False,
-        overwrite: bool = False, progress: bool | None = None) -> dict:
+        overwrite: bool = False, show_progress: bool | None = None) -> dict:
     """Draw a dataset into OUT (competition layout); returns a summary dict.
 
     Written into a temporary folder beside OUT and renamed at the end, so an interrupted run leaves
@@ -259,7 +259,7 @@ def run(out: str | Path, persons: int = 60, eval_persons: int = 20, size: tuple[
         with write_errors(where), terminate_as_interrupt():
             if tmp.exists():
                 shutil.rmtree(tmp)
-            summary = _draw_dataset(tmp, persons, eval_persons, size, seed, noise, shortcut, masks, progress)
+            summary = _draw_dataset(tmp, persons, eval_persons, size, seed, noise, shortcut, masks, show_progress)
             _write_marker(tmp)
             _replace(tmp, where)
     finally:
@@ -319,14 +319,14 @@ def _replace(tmp: Path, out: Path) -> None:
 
 
 def _draw_dataset(root: Path, persons: int, eval_persons: int, size: tuple[int, int], seed: int, noise: float,
-                  shortcut: float, masks: bool, progress: bool | None) -> dict:
+                  shortcut: float, masks: bool, show_progress: bool | None) -> dict:
     """Draw every image (and mask) under root, write the CSVs, and return the summary."""
     train_people = _people(persons, seed, TRAIN, shortcut, first_number=1)
     eval_people = _people(eval_persons, seed, EVAL, shortcut, first_number=persons + 1)
     flipped, swapped = _noisy_persons(persons, noise, seed)
     (root / "train" / "images").mkdir(parents=True)
     (root / "eval" / "images").mkdir(parents=True)
-    show = progress if progress is not None else (persons + eval_persons) * 7 * size[0] * size[1] > 5_000_000
+    show = show_progress if show_progress is not None else (persons + eval_persons) * 7 * size[0] * size[1] > 5_000_000
     rows, injected, truth = [], [], []
     with progress_bar("synth", persons + eval_persons, show=None if show else False) as bar:
         for i, p in enumerate(train_people):

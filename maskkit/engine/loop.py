@@ -142,14 +142,14 @@ def train_step(model: torch.nn.Module, images: torch.Tensor, targets: dict[str, 
 
 
 def train_one_epoch(model: torch.nn.Module, loader, loss_fn, opt: Optimisation, on_device: OnDevice,
-                    progress: TrainingState, stop: Callable[[int], bool], bar: ProgressBar | None = None,
+                    state: TrainingState, stop: Callable[[int], bool], bar: ProgressBar | None = None,
                     check_every: int = 1, steps: int | None = None) -> bool:
-    """Train over `loader` from `progress.current`'s step; False when `stop(step)` asked to stop.
+    """Train over `loader` from `state.current`'s step; False when `stop(step)` asked to stop.
 
-    Updates `progress` (global step, the epoch's counters) as it goes, so a stop at any step can be
+    Updates `state` (global step, the epoch's counters) as it goes, so a stop at any step can be
     saved and resumed exactly. Raises NonFiniteLoss when the running loss stops being finite.
     """
-    current = progress.current
+    current = state.current
     model.train()
     wait = DataWait()
     loss_sum = torch.zeros((), dtype=torch.float64, device=on_device.device)
@@ -168,12 +168,12 @@ def train_one_epoch(model: torch.nn.Module, loader, loss_fn, opt: Optimisation, 
     try:
         for images, targets, rows in wait.iterate(loader):
             draws = targets.pop("draw", rows)  # per draw, not per image: --balanced duplicates differ
-            images, targets = on_device.train_images(images, draws, progress.epoch), on_device.targets(targets)
+            images, targets = on_device.train_images(images, draws, state.epoch), on_device.targets(targets)
             loss = train_step(model, images, targets, loss_fn, opt, on_device)
-            progress.global_step += 1
-            opt.scheduler.step_update(progress.global_step)
+            state.global_step += 1
+            opt.scheduler.step_update(state.global_step)
             if opt.ema is not None:
-                opt.ema.update(unwrap(model), step=progress.global_step)
+                opt.ema.update(unwrap(model), step=state.global_step)
             loss_sum += loss.detach().double() * len(images)
             current.step += 1
             current.seen += len(images)
@@ -272,9 +272,9 @@ def infer(model: torch.nn.Module, loader, on_device: OnDevice, tta: str = "none"
 
 
 def predict_probs(model: torch.nn.Module, loader, n: int, on_device: OnDevice, tta: str = "none",
-                  progress: bool | None = None) -> np.ndarray:
+                  show_progress: bool | None = None) -> np.ndarray:
     """(n, 18) class probabilities for the loader's images, each row placed by the dataset's index."""
-    with progress_bar("predicting", n, show=progress) as bar:
+    with progress_bar("predicting", n, show=show_progress) as bar:
         result = infer(model, loader, on_device, tta=tta, bar=bar)
     probs = np.zeros((n, NUM_CLASSES), dtype=np.float64)
     probs[result.rows] = result.probs

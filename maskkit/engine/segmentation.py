@@ -73,7 +73,7 @@ class Settings:
     size: int = 520  # working resolution: the shorter side
     workers: int | None = None  # decoding processes; default up to 4
     amp: bool = True
-    progress: bool = True
+    show_progress: bool = True
     on_device: bool | None = None  # the device pipeline; default: on CUDA
     jpeg_on_device: bool | None = None  # nvjpeg for JPEG outputs there; default: on CUDA
 
@@ -316,7 +316,7 @@ def segment_images(net: nn.Module, device: torch.device, jobs: Sequence[Job], wa
     cores = cpu_count()
     with contextlib.ExitStack() as stack:
         stack.enter_context(serial_opencv())
-        bar = stack.enter_context(progress_bar("segment", len(wanted), show=None if settings.progress else False))
+        bar = stack.enter_context(progress_bar("segment", len(wanted), show=None if settings.show_progress else False))
         results = Results(jobs, records, journal, summary, bar, limit=2 * settings.batch_size)
         args = (net, device, jobs, wanted, style, settings, results)
         if on_device:
