@@ -136,7 +136,7 @@ def test_a_killed_worker_loses_nothing_and_its_run_folder_is_not_reused(manifest
     assert started.exists() and (not metrics.exists() or len(pd.read_csv(metrics)) < 3)  # killed mid-trial
 
     monkeypatch.setattr(tune, "GRACE_S", 1)  # the killed worker's last heartbeat is older than this
-    time.sleep(1.5)
+    time.sleep(3)  # > GRACE_S + 1: SQLite's clock for the stale check has whole seconds only
     fixed = TrainOptions(backbone="test_resnet", pretrained=False, img_size=(48, 40), batch_size=16, aug="none",
                          workers=0, device="cpu", cache="ram", threads=1, warmup=0.5, heads="multi", age_weight=0.5,
                          epochs=3)  # TRAIN_FLAGS: the same study
