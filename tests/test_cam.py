@@ -17,7 +17,7 @@ from maskkit.engine import gradcam
 from maskkit.contract.labels import GENDERS, MASKS, NUM_CLASSES, decode
 from maskkit.data.loader import decode_image
 from maskkit.data.presets import eval_transform, work_size
-from maskkit.engine.models import build_model, class_probs, task_probs
+from maskkit.engine.models import build_model, class_probs, head_task_probs
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
 
@@ -261,7 +261,7 @@ def test_head_scores_are_the_models_heads_or_their_marginals():
     assert torch.allclose(gradcam.head_logits(multi, "class").exp(), class_probs(multi), atol=1e-6)
     single = {"class": torch.randn(5, NUM_CLASSES)}
     assert torch.equal(gradcam.head_logits(single, "class"), single["class"])
-    marginals = task_probs(single)
+    marginals = head_task_probs(single)
     for head in ("mask", "gender", "age"):
         assert torch.allclose(gradcam.head_logits(single, head).exp(), marginals[head], atol=1e-6)
 
@@ -284,7 +284,7 @@ def test_every_head_of_a_multi_output_model_can_be_the_target(tmp_path, cli, dra
     x = transform(image=decode_image(first, work_size(config["img_size"])))["image"][None]
     with torch.no_grad():
         outputs = model(x)
-    expected = {"class": class_probs(outputs)[0], **{k: v[0] for k, v in task_probs(outputs).items()}}
+    expected = {"class": class_probs(outputs)[0], **{k: v[0] for k, v in head_task_probs(outputs).items()}}
     for row in table[table["image"] == first].itertuples():
         assert row.target_prob == pytest.approx(float(expected[row.head][1]), rel=1e-4)
         assert row.pred == int(expected[row.head].argmax())

@@ -9,7 +9,7 @@ import torch
 
 from helpers import FAST, one_thread
 from maskkit.engine.loss import MaskLoss, dldl_loss, year_distribution
-from maskkit.engine.models import age_to_target, build_model, class_probs, task_probs
+from maskkit.engine.models import age_to_target, build_model, class_probs, head_task_probs
 from maskkit.options import TrainOptions
 
 
@@ -19,7 +19,7 @@ def test_dldl_group_probabilities_sum_to_one(heads):
     model = build_model("test_resnet", heads=heads, age_head="dldl", old_age=58).eval()
     with torch.no_grad():
         out = model(torch.randn(5, 3, 48, 40) * 3)
-    groups = task_probs(out)["age"]
+    groups = head_task_probs(out)["age"]
     torch.testing.assert_close(groups.sum(1), torch.ones(5))
     torch.testing.assert_close(class_probs(out).sum(1), torch.ones(5))
     if heads == "multi":  # the group probabilities are the distribution's mass: < 30, 30..57, >= 58

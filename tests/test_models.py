@@ -20,7 +20,7 @@ from maskkit.engine.models import (
     map_lite_keys,
     model_defaults,
     resolve_backbone,
-    task_probs,
+    head_task_probs,
 )
 
 # ImageNet classes a photo of a Chinese palace can honestly be called.
@@ -143,8 +143,8 @@ def test_task_probs_marginalise_a_single_head():
     outputs = _random_outputs()
     joint = class_probs(outputs)
     # an 18-way head predicting exactly that joint distribution has the same per-task marginals
-    single = task_probs({"class": joint.log()})
-    for task, values in task_probs(outputs).items():
+    single = head_task_probs({"class": joint.log()})
+    for task, values in head_task_probs(outputs).items():
         assert torch.allclose(single[task], values, atol=1e-6)
         assert torch.allclose(values.sum(1), torch.ones(5))
     assert torch.allclose(class_probs({"class": joint.log()}), joint, atol=1e-6)

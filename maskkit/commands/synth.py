@@ -253,7 +253,7 @@ def run(out: str | Path, persons: int = 60, eval_persons: int = 20, size: tuple[
     where = out.resolve()  # also gives OUT = "." a name for the temporary folder beside it
     with write_errors(where):
         where.parent.mkdir(parents=True, exist_ok=True)
-    remove_dead_temps(where.parent)
+    remove_dead_work_folders(where.parent)
     tmp = where.with_name(f".{where.name}.synth-tmp{os.getpid()}")
     try:
         with write_errors(where), terminate_as_interrupt():
@@ -274,7 +274,7 @@ def run(out: str | Path, persons: int = 60, eval_persons: int = 20, size: tuple[
     return summary
 
 
-def remove_dead_temps(parent: Path) -> None:
+def remove_dead_work_folders(parent: Path) -> None:
     """Remove the work folders (`.OUT.synth-tmpPID`, `.OUT.synth-oldPID`) of synth runs whose process
     is gone (kill -9 leaves them); a live process's are its own."""
     if not parent.is_dir():

@@ -22,7 +22,7 @@ from maskkit.data.presets import normalize_batch
 from maskkit.engine.distributed import Distributed, unwrap
 from maskkit.engine.loss import cutmix
 from maskkit.engine.metrics import scores
-from maskkit.engine.models import class_probs, task_probs
+from maskkit.engine.models import class_probs, head_task_probs
 from maskkit.engine.progress import ProgressBar, progress_bar
 
 
@@ -258,7 +258,7 @@ def infer(model: torch.nn.Module, loader, on_device: OnDevice, tta: str = "none"
         if loss_fn is not None:
             loss_sum += float(loss_fn(views[0], on_device.targets(targets))) * n
         probs.append((sum(class_probs(out) for out in views) / len(views)).cpu().numpy())
-        per_view = [task_probs(out) for out in views]
+        per_view = [head_task_probs(out) for out in views]
         for task in TASKS:
             tasks[task].append((sum(p[task] for p in per_view) / len(views)).cpu().numpy())
         rows.append(index.numpy())

@@ -120,7 +120,7 @@ def class_probs(outputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return joint.reshape(joint.shape[0], NUM_CLASSES)
 
 
-def task_probs(outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def head_task_probs(outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Per-task probabilities {"mask": (B,3), "gender": (B,2), "age": (B,3)}.
 
     Multi heads: each head's softmax. Single head: the 18-way softmax marginalised.
