@@ -10,6 +10,12 @@ errors of the source; one id a line, or a CSV with a `person` column). Images ar
 the audit reads DATA in place, and nothing here writes outside --work.
 
   python benchmarks/realfaces_audit.py /work/realfaces/noisy --oof runs/lite0-f{0,1,2,3,4} [--confirmed ids.txt]
+  python benchmarks/realfaces_audit.py DATA --oof runs/lite0-f{0,1,2,3,4} --flip --proxy --work W --csv table.csv
+
+--flip replaces each run folder's val_preds.csv by the same images predicted with flip TTA
+(`maskkit predict RUN - --tta flip`, the paths on stdin). Besides the cut-off rows, the table has a
+review-budget row: the top 2x-expected suggestions, where expected is the sum of P(label wrong) that
+audit's summary line reports.
 
 Without trained runs, --proxy builds two stand-in prediction sets on the CPU (about 2 minutes each
 on one core): benchmarks/audit.py's frozen ImageNet Lite0 features at 128x128 + logistic regression,
@@ -90,14 +96,30 @@ def proxy_oof(train: Path, out: Path) -> list[Path]:
     return files
 
 
+def flipped_oof(run: Path, work: Path, threads: int) -> Path:
+    """The run's out-of-fold predictions again with flip TTA: its val_preds.csv images through
+    `maskkit predict RUN - --tta flip` (a user's pipeline); cached under WORK/flip."""
+    out = work / "flip" / f"{run.resolve().parent.parent.name}-{run.name}.csv"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        paths = pd.read_csv(run / "val_preds.csv", usecols=["ImageID"])["ImageID"]
+        subprocess.run([sys.executable, "-m", "maskkit", "predict", str(run), "-", "--tta", "flip", "--device", "cpu",
+                        "--threads", str(threads), "-o", str(out)], input="\n".join(paths) + "\n", text=True, check=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path, help="realfaces folder built with --noise (holds train/ and injected_errors.csv)")
     parser.add_argument("--oof", type=Path, nargs="+", default=[], help="val_preds.csv files or run folders")
     parser.add_argument("--proxy", action="store_true", help="also build and use two stand-in prediction sets "
                         "(frozen Lite0 features + logistic regression; cached under WORK/proxy-oof)")
+    parser.add_argument("--flip", action="store_true", help="run folders in --oof: predict their validation "
+                        "images again with flip TTA and use those predictions (cached under WORK/flip)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of --flip's predict")
     parser.add_argument("--confirmed", type=Path, help="person ids confirmed as real source errors (count as hits)")
     parser.add_argument("--cutoffs", type=float, nargs="+", default=list(CUTOFFS))
+    parser.add_argument("--csv", type=Path, help="also write the table here")
     parser.add_argument("--work", type=Path, help="keep the audit's outputs here (default: a temporary folder)")
     args = parser.parse_args()
 
@@ -105,6 +127,8 @@ def main() -> None:
     confirmed = read_confirmed(args.confirmed)
     work = args.work or Path(tempfile.mkdtemp(prefix="realfaces-audit-"))
     work.mkdir(parents=True, exist_ok=True)
+    if args.flip:
+        args.oof = [flipped_oof(path, work, args.threads) if path.is_dir() else path for path in args.oof]
     if args.proxy:
         args.oof = [*args.oof, *proxy_oof(args.data / "train", work / "proxy-oof")]
     if not args.oof:
@@ -123,8 +147,16 @@ def main() -> None:
           f"{len(confirmed)} confirmed source errors; {len(args.oof)} --oof inputs")
     table = pd.DataFrame([rates(found, injected, confirmed, cut) for cut in sorted(set(args.cutoffs) | {MIN_SCORE})])
     table["default"] = table["cut"].eq(MIN_SCORE).map({True: "<-", False: ""})
+    expected = found["score"].sum()  # what audit's summary line says: the sum of P(label wrong)
+    budget = max(1, round(2 * expected))
+    review = rates(found.sort_values("score", ascending=False).head(budget), injected, confirmed, 0.0)
+    table = pd.concat([table, pd.DataFrame([review | {"cut": f"top {budget}", "default": "2x expected"}])],
+                      ignore_index=True)
+    print(f"audit expects {expected:.1f} wrong labels (sum of P(label wrong)); the top {budget} = twice that")
     print("gender / mask: injected found/injected (+confirmed source errors found) of suggested")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    if args.csv:
+        table.to_csv(args.csv, index=False)
     top = found.sort_values("score", ascending=False).head(40)
     truth = set(zip(injected["person"], injected["column"]))
     unconfirmed = [f"{p} {c} {s:.2f}" for p, c, s in zip(top["person"], top["column"], top["score"])

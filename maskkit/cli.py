@@ -304,13 +304,16 @@ def audit(
     data: Path = typer.Argument(..., help="DATA/train (or DATA) of the competition layout."),
     oof: Optional[List[Path]] = typer.Option(
         None, "--oof", help="Run folder (reads RUN/val_preds.csv) or val_preds CSV; repeat once per fold, "
-        "and add other models' or seeds' folds as well: a label is suspect when they agree."),
+        "and add other models' or seeds' folds as well: their evidence is pooled into P(label wrong)."),
     manifest: Optional[Path] = typer.Option(
         None, "--manifest", help="Judge this manifest's labels (e.g. after split --fixes) instead of train.csv's."),
     fixes_out: Optional[Path] = typer.Option(
         None, "--fixes-out", help="Write the gender and mask-swap suggestions as a fixes CSV for `split --fixes` (needs --oof)."),
     sheet: Optional[Path] = typer.Option(None, "--sheet", help="Draw a contact sheet of the top suspects (PNG)."),
-    top: int = typer.Option(30, "--top", min=1, help="Suspects on the contact sheet."),
+    top: Optional[int] = typer.Option(
+        None, "--top", min=1, help="A review budget: list (and write with --fixes-out, draw with --sheet) the N "
+        "likeliest label errors, whatever their P(label wrong), instead of those from --min-score on. The summary "
+        "line says how many errors the evidence expects."),
     min_score: Optional[float] = typer.Option(
         None, "--min-score",
         help="List gender and mask suspects from this P(label wrong) on, 0..1 (default 0.4, measured in "
@@ -320,6 +323,7 @@ def audit(
     """Rank suspect files and labels: structural checks, plus label checks from out-of-fold predictions.
 
     Example: maskkit audit data/train --oof runs/f0 --oof runs/f1 --oof runs/f2 --fixes-out fixes.csv --sheet audit.png
+    Review budget: maskkit audit data/train --oof runs/f0 ... --oof runs/f4 --top 40 --sheet audit.png
     """
     from maskkit.commands import audit as audit_module
 

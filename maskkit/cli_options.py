@@ -69,7 +69,7 @@ BackboneWeights = Annotated[Optional[Path], typer.Option(
 InputSize = Annotated[str, typer.Option("--input-size", rich_help_panel=MODEL, help="Model input WIDTHxHEIGHT.")]
 Dropout = Annotated[float, typer.Option("--dropout", rich_help_panel=MODEL, help="Dropout before the heads.")]
 AgeWeight = Annotated[float, typer.Option("--age-weight", rich_help_panel=LOSS, help="> 0 adds the age branch of "
-                                          "--age-loss (learnt from the years) with this loss weight, e.g. 0.1.")]
+                                          "--age-loss (learnt from the years) with this loss weight; 0 turns it off.")]
 OldAge = Annotated[int, typer.Option("--old-age", rich_help_panel=LOSS, help="Train with age >= N as the oldest "
                                      "group (e.g. 58); validation always scores the true groups (60).")]
 LabelSmoothing = Annotated[float, typer.Option("--label-smoothing", rich_help_panel=LOSS,

@@ -136,8 +136,8 @@ class TrainOptions:
     """Every option of a training run; saved once in config.json["options"] and restored by --resume."""
 
     backbone: str = "effb2"
-    heads: str = "single"  # single (18-way) or multi (mask, gender, age)
-    age_weight: float = 0.0  # > 0: the age branch (`age_loss`) with this loss weight; 0: none
+    heads: str = "multi"  # multi (mask, gender, age: better on real faces, benchmarks/README.md) or single (18-way)
+    age_weight: float = 0.1  # > 0: the age branch (`age_loss`) with this loss weight; 0: none
     age_loss: str = "mse"  # mse: regression of normalised years; dldl: distribution over years 0..100
     age_sigma: float = 3.0  # dldl: standard deviation (years) of the Gaussian around the labelled age
     old_age: int = 60  # training targets: age >= old_age is the oldest group (validation: 60)

@@ -261,6 +261,46 @@ def test_injected_errors_found_with_honest_out_of_fold_predictions(noisy, cli):
     assert wrong_after <= 0.5 * wrong_before, (wrong_before, wrong_after)
 
 
+def count_errors(suspects: pd.DataFrame) -> int:
+    """Label errors among suspect rows: a swap's two rows (images of one person, one score) are one."""
+    labelled = suspects[suspects["p_wrong"] != ""]
+    owner = [Path(t).parent.name if c == "mask" else t for t, c in zip(labelled["target"], labelled["column"])]
+    return len(labelled.assign(owner=owner).drop_duplicates(["owner", "column", "score"]))
+
+
+def test_top_is_a_review_budget_and_the_summary_says_how_many_errors_to_expect(noisy, tmp_path, cli):
+    """--top N: the N likeliest label errors whatever their P(label wrong); the summary's expected count is
+    the sum of P(label wrong) over every person's gender and likeliest swap, close to the errors put in."""
+    root, oof, _ = noisy
+    train = root / "data" / "train"
+    args = [a for path in oof for a in ("--oof", path)]
+    every = tmp_path / "every.csv"
+    result = cli("audit", train, *args, "--min-score", "0", "--fixes-out", every)
+    candidates = pd.read_csv(every, dtype={"target": str})
+    gender = candidates[candidates["column"] == "gender"]
+    swaps = candidates[candidates["column"] == "mask"]
+    expected = gender["score"].sum() + swaps["score"].sum() / 2  # a swap is two rows, one error
+    line = [x for x in result.stderr.splitlines() if "expects about" in x]
+    assert line and f"about {expected:.1f} wrong labels" in line[0], result.stderr
+    injected = pd.read_csv(train / "injected_errors.csv", dtype=str)
+    assert 0.5 * len(injected) <= expected <= 2 * len(injected), (expected, len(injected))
+
+    cut = suspects_of(cli("audit", train, *args))
+    n = count_errors(cut) + 5  # five past the default cut-off
+    top_fixes = tmp_path / "top.csv"
+    result = cli("audit", train, *args, "--top", n, "--fixes-out", top_fixes, "--sheet", tmp_path / "s.png")
+    got = suspects_of(result)
+    errors = got[got["p_wrong"] != ""]
+    assert count_errors(errors) == n
+    assert (errors["p_wrong"].astype(float) < 0.4).any()  # below the default cut-off, as asked
+    assert (errors["p_wrong"].astype(float).diff().dropna() <= 0).all()
+    written = pd.read_csv(top_fixes, dtype={"target": str})
+    assert set(written["target"]) <= set(errors["target"])
+    assert len(written) > len(pd.read_csv(every).query("score >= 0.4"))  # more than the cut-off writes
+    assert f"contact sheet of {min(n, len(got))} suspects" in result.stderr
+    one_line_error(cli("audit", train, *args, "--top", 5, "--min-score", "0.5"), "--top", "--min-score")
+
+
 def wrong_labels(table: pd.DataFrame, injected: pd.DataFrame) -> int:
     """Images whose gender or mask still holds an injected (wrong) value."""
     bad_gender = {r.target: r.old for r in injected[injected["column"] == "gender"].itertuples()}

@@ -57,6 +57,7 @@ FIX = {"fix": True}  # marks the label suspects that --fixes-out writes
 MIN_SCORE = 0.4  # gender and mask suspects listed (and written by --fixes-out) from this P(label wrong) on
 AGE_MIN_SCORE = 0.9  # age is the weakest task: a person's age group needs stronger evidence
 IMAGE_MIN_SCORE = 0.9  # a single image's mask, when no swap explains it
+SHEET_TILES = 30  # suspects on the contact sheet, unless --top says how many
 HASH_BITS = 8  # dHash candidates: at most this many of 64 bits differ
 THUMB_CORRELATION = 0.98  # confirmed near-duplicate: grayscale thumbnails correlate at least this much
 
@@ -288,7 +289,8 @@ def join_oof(images: pd.DataFrame, sets: Sequence[pd.DataFrame], source: str) ->
         found = pos >= 0
         probs[k, found] = oof[PROB_COLUMNS].to_numpy()[pos[found]]
     if len(sets) > 1:
-        console.print(f"audit: {len(sets)} prediction sets (models); a label is suspect when they agree")
+        console.print(f"audit: {len(sets)} prediction sets (models), pooled into P(label wrong); column models "
+                      "counts the sets that find a label wrong on their own")
     return images[covered].reset_index(drop=True), probs
 
 
@@ -371,23 +373,38 @@ def lone_mask_suspects(evidence: Evidence, idx: np.ndarray, skip: set[int], min_
     return rows
 
 
-def label_suspects(images: pd.DataFrame, probs: np.ndarray, min_score: float = MIN_SCORE,
+def label_suspects(images: pd.DataFrame, probs: np.ndarray, min_score: float = MIN_SCORE, top: int | None = None,
                    age_min_score: float = AGE_MIN_SCORE, image_min_score: float = IMAGE_MIN_SCORE) -> pd.DataFrame:
     """Gender, age group and mask swaps per person, then lone odd masks per image; ranked by score.
 
     probs: (sets, n, 18) out-of-fold probabilities, NaN where a set does not predict an image
-    (an (n, 18) array is one set). The `fix` column marks the rows that --fixes-out writes.
+    (an (n, 18) array is one set). The `fix` column marks the rows that --fixes-out writes. Suspects
+    are kept from `min_score` on or, with `top`, the `top` likeliest label errors whatever their
+    score (a swap's two rows are one error). attrs["expected"]: the sum of P(label wrong) over every
+    person's gender and likeliest swap, the number of such errors the evidence expects.
     """
     probs = np.asarray(probs, float)
     evidence = Evidence(images, probs[None] if probs.ndim == 2 else probs)
+    floor = 0.0 if top is not None else min_score
     rows = []
     for person, idx in evidence.persons.items():
-        rows += gender_suspects(evidence, person, idx, min_score)
-        rows += age_suspects(evidence, person, idx, max(min_score, age_min_score))
-        swap_rows, pair = swap_suspects(evidence, idx, min_score)
-        rows += swap_rows
-        rows += lone_mask_suspects(evidence, idx, pair, max(min_score, image_min_score))
-    return rank(frame(rows, extra=("fix",)))
+        case = {"case": person}
+        rows += [row | case for row in gender_suspects(evidence, person, idx, 0.0)]
+        rows += [row | case for row in age_suspects(evidence, person, idx, max(floor, age_min_score))]
+        swap_rows, pair = swap_suspects(evidence, idx, 0.0)
+        rows += [row | case for row in swap_rows]
+        rows += [row | {"case": row["target"]} for row in lone_mask_suspects(evidence, idx, pair,
+                                                                             max(floor, image_min_score))]
+    every = rank(frame(rows, extra=("fix",)).assign(case=[f"{r['case']}/{r['column']}" for r in rows]))
+    fixable = every[every["fix"]].drop_duplicates("case")
+    expected = {column: float(fixable.loc[fixable["column"] == column, "score"].sum()) for column in ("gender", "mask")}
+    if top is None:
+        kept = every[every["score"] >= min_score]
+    else:
+        kept = every[every["case"].isin(every["case"].drop_duplicates().head(top))]
+    kept = kept.drop(columns="case").reset_index(drop=True)
+    kept.attrs["expected"] = expected
+    return kept
 
 
 def rank(suspects: pd.DataFrame) -> pd.DataFrame:
@@ -486,11 +503,22 @@ def judged_table(images: pd.DataFrame, manifest: Path | None) -> pd.DataFrame:
     return table
 
 
+def expected_line(labels: pd.DataFrame) -> str | None:
+    """How many gender and mask errors the evidence expects, and how far down a review should go."""
+    expected = labels.attrs.get("expected")
+    if expected is None:
+        return None
+    total = sum(expected.values())
+    budget = max(1, round(2 * total))
+    return (f"audit: the out-of-fold evidence expects about {total:.1f} wrong labels (the sum of P(label wrong): "
+            f"gender {expected['gender']:.1f}, mask swaps {expected['mask']:.1f}); to review twice that: --top {budget}")
+
+
 def write_outputs(suspects: pd.DataFrame, labels: pd.DataFrame, judged: pd.DataFrame, inputs: Inputs,
-                  data: Path, fixes_out: Path | None, sheet: Path | None, top: int) -> None:
+                  data: Path, fixes_out: Path | None, sheet: Path | None, top: int | None) -> None:
     """The contact sheet and the fixes CSV, when asked for, and the summary on stderr."""
     if sheet is not None:
-        drawn = draw_sheet(suspects, judged, sheet, top=top, inputs=inputs)
+        drawn = draw_sheet(suspects, judged, sheet, top=top or SHEET_TILES, inputs=inputs)
         console.print(f"audit: contact sheet of {drawn} suspects written to {sheet}")
     if fixes_out is not None:
         fixes = fixes_table(labels)
@@ -498,12 +526,22 @@ def write_outputs(suspects: pd.DataFrame, labels: pd.DataFrame, judged: pd.DataF
         console.print(f"audit: {len(fixes)} label suggestions written to {fixes_out} "
                       f"(review them, then: maskkit split {data} --fixes {fixes_out})")
     console.print(summary(suspects) if len(suspects) else "audit: no suspects")
+    line = expected_line(labels)
+    if line:
+        console.print(line)
 
 
 def run(data: Path, oof: Sequence[Path] = (), manifest: Path | None = None, fixes_out: Path | None = None,
         sheet: Path | None = None, out: Path | None = None, min_score: float | None = None,
-        top: int = 30) -> pd.DataFrame:
-    """`maskkit audit`: suspects CSV to stdout or `out`; optional fixes CSV and contact sheet."""
+        top: int | None = None) -> pd.DataFrame:
+    """`maskkit audit`: suspects CSV to stdout or `out`; optional fixes CSV and contact sheet.
+
+    Label suspects from `min_score` on, or with `top` the `top` likeliest label errors (a review budget).
+    """
+    if top is not None and min_score is not None:
+        raise MaskkitError(f"--top {top} and --min-score {min_score} both choose the label suspects; give one")
+    if top is not None and top < 1:
+        raise MaskkitError(f"--top {top}: must be at least 1")
     min_score = MIN_SCORE if min_score is None else min_score
     if not 0 <= min_score <= 1:
         raise MaskkitError(f"--min-score {min_score}: must be between 0 and 1")
@@ -521,7 +559,7 @@ def run(data: Path, oof: Sequence[Path] = (), manifest: Path | None = None, fixe
     labels = frame([])
     if oof:
         covered, probs = join_oof(judged, read_oof(oof), ", ".join(map(str, oof)))
-        labels = label_suspects(covered, probs, min_score=min_score)
+        labels = label_suspects(covered, probs, min_score=min_score, top=top)
     structural = structural_suspects(images, quirks.found, root / "images")
     parts = [p for p in (structural, labels.drop(columns="fix", errors="ignore")) if len(p)]
     suspects = rank(pd.concat(parts, ignore_index=True)) if parts else frame([])
