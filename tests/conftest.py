@@ -86,7 +86,7 @@ def _trained(tmp_path_factory, manifest_path: Path, name: str, **options) -> Pat
 @pytest.fixture(scope="session")
 def single_run(tmp_path_factory, manifest_path) -> Path:
     """A trained run: 18-way head, no age regression, class-balanced sampling."""
-    return _trained(tmp_path_factory, manifest_path, "single", heads="single", epochs=10, balanced=True)
+    return _trained(tmp_path_factory, manifest_path, "single", heads="single", age_weight=0.0, epochs=10, balanced=True)
 
 
 @pytest.fixture(scope="session")
