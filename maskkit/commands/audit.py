@@ -374,37 +374,37 @@ def lone_mask_suspects(evidence: Evidence, idx: np.ndarray, skip: set[int], min_
 
 
 def label_suspects(images: pd.DataFrame, probs: np.ndarray, min_score: float = MIN_SCORE, top: int | None = None,
-                   age_min_score: float = AGE_MIN_SCORE, image_min_score: float = IMAGE_MIN_SCORE) -> pd.DataFrame:
+                   age_min_score: float = AGE_MIN_SCORE,
+                   image_min_score: float = IMAGE_MIN_SCORE) -> tuple[pd.DataFrame, dict[str, float]]:
     """Gender, age group and mask swaps per person, then lone odd masks per image; ranked by score.
 
     probs: (sets, n, 18) out-of-fold probabilities, NaN where a set does not predict an image
     (an (n, 18) array is one set). The `fix` column marks the rows that --fixes-out writes. Suspects
     are kept from `min_score` on or, with `top`, the `top` likeliest label errors whatever their
-    score (a swap's two rows are one error). attrs["expected"]: the sum of P(label wrong) over every
-    person's gender and likeliest swap, the number of such errors the evidence expects.
+    score (a swap's two rows are one error). Also returns, per column (gender, mask), the sum of
+    P(label wrong) over every person's gender and likeliest swap: the errors the evidence expects.
     """
     probs = np.asarray(probs, float)
     evidence = Evidence(images, probs[None] if probs.ndim == 2 else probs)
     floor = 0.0 if top is not None else min_score
-    rows = []
+    rows, cases = [], []  # cases: one per error (a swap's two rows share the person's)
     for person, idx in evidence.persons.items():
-        case = {"case": person}
-        rows += [row | case for row in gender_suspects(evidence, person, idx, 0.0)]
-        rows += [row | case for row in age_suspects(evidence, person, idx, max(floor, age_min_score))]
         swap_rows, pair = swap_suspects(evidence, idx, 0.0)
-        rows += [row | case for row in swap_rows]
-        rows += [row | {"case": row["target"]} for row in lone_mask_suspects(evidence, idx, pair,
-                                                                             max(floor, image_min_score))]
-    every = rank(frame(rows, extra=("fix",)).assign(case=[f"{r['case']}/{r['column']}" for r in rows]))
+        for row in [*gender_suspects(evidence, person, idx, 0.0),
+                    *age_suspects(evidence, person, idx, max(floor, age_min_score)), *swap_rows]:
+            rows.append(row)
+            cases.append(f"{person}/{row['column']}")
+        for row in lone_mask_suspects(evidence, idx, pair, max(floor, image_min_score)):
+            rows.append(row)
+            cases.append(row["target"])
+    every = rank(frame(rows, extra=("fix",)).assign(case=cases))
     fixable = every[every["fix"]].drop_duplicates("case")
     expected = {column: float(fixable.loc[fixable["column"] == column, "score"].sum()) for column in ("gender", "mask")}
     if top is None:
         kept = every[every["score"] >= min_score]
     else:
         kept = every[every["case"].isin(every["case"].drop_duplicates().head(top))]
-    kept = kept.drop(columns="case").reset_index(drop=True)
-    kept.attrs["expected"] = expected
-    return kept
+    return kept.drop(columns="case").reset_index(drop=True), expected
 
 
 def rank(suspects: pd.DataFrame) -> pd.DataFrame:
@@ -503,11 +503,8 @@ def judged_table(images: pd.DataFrame, manifest: Path | None) -> pd.DataFrame:
     return table
 
 
-def expected_line(labels: pd.DataFrame) -> str | None:
+def expected_line(expected: dict[str, float]) -> str:
     """How many gender and mask errors the evidence expects, and how far down a review should go."""
-    expected = labels.attrs.get("expected")
-    if expected is None:
-        return None
     total = sum(expected.values())
     budget = max(1, round(2 * total))
     return (f"audit: the out-of-fold evidence expects about {total:.1f} wrong labels (the sum of P(label wrong): "
@@ -515,8 +512,10 @@ def expected_line(labels: pd.DataFrame) -> str | None:
 
 
 def write_outputs(suspects: pd.DataFrame, labels: pd.DataFrame, judged: pd.DataFrame, inputs: Inputs,
-                  data: Path, fixes_out: Path | None, sheet: Path | None, top: int | None) -> None:
-    """The contact sheet and the fixes CSV, when asked for, and the summary on stderr."""
+                  data: Path, fixes_out: Path | None, sheet: Path | None, top: int | None,
+                  expected: dict[str, float] | None) -> None:
+    """The contact sheet and the fixes CSV, when asked for, and the summary on stderr (with the
+    errors the evidence expects, when there are label checks)."""
     if sheet is not None:
         drawn = draw_sheet(suspects, judged, sheet, top=top or SHEET_TILES, inputs=inputs)
         console.print(f"audit: contact sheet of {drawn} suspects written to {sheet}")
@@ -526,9 +525,8 @@ def write_outputs(suspects: pd.DataFrame, labels: pd.DataFrame, judged: pd.DataF
         console.print(f"audit: {len(fixes)} label suggestions written to {fixes_out} "
                       f"(review them, then: maskkit split {data} --fixes {fixes_out})")
     console.print(summary(suspects) if len(suspects) else "audit: no suspects")
-    line = expected_line(labels)
-    if line:
-        console.print(line)
+    if expected is not None:
+        console.print(expected_line(expected))
 
 
 def run(data: Path, oof: Sequence[Path] = (), manifest: Path | None = None, fixes_out: Path | None = None,
@@ -556,13 +554,13 @@ def run(data: Path, oof: Sequence[Path] = (), manifest: Path | None = None, fixe
     images, quirks = layout.read_train(root)
     quirks.report()
     judged = judged_table(images, manifest)
-    labels = frame([])
+    labels, expected = frame([]), None
     if oof:
         covered, probs = join_oof(judged, read_oof(oof), ", ".join(map(str, oof)))
-        labels = label_suspects(covered, probs, min_score=min_score, top=top)
+        labels, expected = label_suspects(covered, probs, min_score=min_score, top=top)
     structural = structural_suspects(images, quirks.found, root / "images")
     parts = [p for p in (structural, labels.drop(columns="fix", errors="ignore")) if len(p)]
     suspects = rank(pd.concat(parts, ignore_index=True)) if parts else frame([])
-    write_outputs(suspects, labels, judged, inputs, data, fixes_out, sheet, top)
+    write_outputs(suspects, labels, judged, inputs, data, fixes_out, sheet, top, expected)
     write_csv(suspects, out, inputs=inputs)
     return suspects
