@@ -3,8 +3,8 @@ eval set, soft vote, score against DATA/eval/truth.csv, and append one row to a 
 --full also the full-data model of the recipe (`train --fold all`: every person, no validation).
 
 DATA is a realfaces folder (../shared/realfaces/build.py: DATA/train, DATA/eval with truth.csv). The
-recipe is the base options (lite0 offline weights, --multi --age-weight 0.1) plus whatever follows
-`--`, passed to `maskkit train` unchanged (later options win). Everything goes under WORK/NAME/
+recipe is the base options (lite0 offline weights, --multi --age-weight 0.1), or a --recipe YAML, plus
+whatever follows `--`, passed to `maskkit train` unchanged (later options win). Everything goes under WORK/NAME/
 (manifest.csv, runs/fK and runs/all, preds/*.csv, submission.csv, scores.csv); a re-run resumes: finished runs
 and predictions are kept, an interrupted run continues from its last.pt. Several recipes may run at
 once (on one GPU or several): each writes only its own WORK/NAME, and the results CSV is appended
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import io
+import json
 import os
 import subprocess
 import sys
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--only", help="train only these folds, e.g. 0,1 (vote and pool over them)")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--input-size", default="128x128", help="model input WIDTHxHEIGHT")
+    parser.add_argument("--recipe", type=Path, help="a recipe YAML (`maskkit tune --best`, `train --print-config`): "
+                        "replaces the base options, --epochs and --input-size")
     parser.add_argument("--full", action="store_true", help="also train the full-data model (--fold all) and score it")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (train and predict)")
     parser.add_argument("--split-seed", type=int, default=42, help="seed of `maskkit split` (same folds for every recipe)")
@@ -109,7 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
                 env=env, log=log)
 
     folds = [int(f) for f in args.only.split(",")] if args.only else list(range(args.folds))
-    options = [*BASE_OPTIONS, "--epochs", args.epochs, "--input-size", args.input_size, "--device", args.device, *extra]
+    recipe = ["--config", args.recipe] if args.recipe else [*BASE_OPTIONS, "--epochs", args.epochs, "--input-size", args.input_size]
+    options = [*recipe, "--device", args.device, *extra]
     train_seconds, preds, rows = 0.0, [], []
 
     def train_and_score(fold: int | str) -> Path:
@@ -149,8 +153,10 @@ def main(argv: list[str] | None = None) -> dict:
               "recipes); oof_f1 is the first recipe's", file=sys.stderr)
     folds_f1 = scores.loc[scores["model"].isin([f"f{f}" for f in folds]), "macro_f1"]
     full = scores[scores["model"] == "all"]
-    row = {"name": args.name, "data": str(args.data), "folds": ",".join(map(str, folds)), "epochs": args.epochs,
-           "img_size": args.input_size, "device": args.device, "options": " ".join(map(str, extra)),
+    trained = json.loads((home / "runs" / f"f{folds[0]}" / "config.json").read_text())["options"]
+    row = {"name": args.name, "data": str(args.data), "folds": ",".join(map(str, folds)), "epochs": trained["epochs"],
+           "img_size": "x".join(map(str, trained["img_size"])), "device": args.device,
+           "options": " ".join(map(str, [*(recipe if args.recipe else []), *extra])),
            **{k: round(float(pooled[k]), 4) for k in ("oof_f1", "oof_f1_mask", "oof_f1_gender", "oof_f1_age")},
            "fold_f1_mean": round(float(folds_f1.mean()), 4), "fold_f1_min": round(float(folds_f1.min()), 4),
            "fold_f1_max": round(float(folds_f1.max()), 4),

@@ -5,6 +5,7 @@ rate), and the fixes round trip through `maskkit split --fixes` and `audit --man
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 from io import StringIO
 from pathlib import Path
@@ -298,6 +299,10 @@ def test_top_is_a_review_budget_and_the_summary_says_how_many_errors_to_expect(n
     assert set(written["target"]) <= set(errors["target"])
     assert len(written) > len(pd.read_csv(every).query("score >= 0.4"))  # more than the cut-off writes
     assert f"contact sheet of {min(n, len(got))} suspects" in result.stderr
+    swap_rows = got["reason"].str.endswith("look swapped").sum()
+    assert swap_rows >= 2
+    counted = [line for line in result.stderr.splitlines() if "pairs of images look swapped" in line]
+    assert len(counted) == 1 and re.search(r"\d+", counted[0]).group() == str(swap_rows // 2), result.stderr
     one_line_error(cli("audit", train, *args, "--top", 5, "--min-score", "0.5"), "--top", "--min-score")
 
 

@@ -477,16 +477,21 @@ def draw_sheet(suspects: pd.DataFrame, images: pd.DataFrame, path: Path, top: in
     return drawn
 
 
+SWAPPED = "pairs of images look swapped (two rows each)"
+
+
 def summary(suspects: pd.DataFrame) -> Table:
+    """Suspects counted by column and reason; a swap's two rows count once."""
     table = Table(title="audit: suspects by reason", title_justify="left")
     table.add_column("count", justify="right")
     table.add_column("column")
     table.add_column("reason")
     kinds = (suspects["reason"].str.replace(r"\(.*\)", "", regex=True)
+             .str.replace(r"^\S+ and \S+ look swapped$", SWAPPED, regex=True)
              .str.replace(r"(?<![<>=-])\b\d+(/\d+)?\s+(of \d+\s+)?", "", regex=True).str.strip())
     reasons = suspects.assign(kind=kinds)
     for (column, kind), group in reasons.groupby(["column", "kind"], sort=False):
-        table.add_row(str(len(group)), column, kind)
+        table.add_row(str(len(group) // 2 if kind == SWAPPED else len(group)), column, kind)
     return table
 
 
