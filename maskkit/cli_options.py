@@ -177,7 +177,7 @@ Objective = Annotated[Literal["fold", "oof"], typer.Option(
 TuneFolds = Annotated[int, typer.Option("--folds", "-k", min=2, help="--objective oof: the first K folds of the manifest.")]
 Trials = Annotated[int, typer.Option("--trials", min=1, help="Finished (complete or pruned) trials the study "
                                      "should hold, counted over all its workers.")]
-Pruner = Annotated[Literal["median", "hyperband", "none"], typer.Option("--pruner", help="Optuna's pruner.")]
+Pruner = Annotated[Literal["median", "hyperband", "none"], typer.Option("--pruner", help="Optuna's pruner; a fold trial is first judged after its LR warmup.")]
 Storage = Annotated[Optional[str], typer.Option("--storage", help="Study database URL (e.g. postgresql://user:pw@host/db "
                                                 "for workers on many machines); default: sqlite in the study folder.")]
 Best = Annotated[bool, typer.Option("--best", help="Print the best trial's recipe (YAML for train --config) and write "

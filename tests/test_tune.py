@@ -189,3 +189,31 @@ def test_the_shipped_space_covers_the_issue_and_every_draw_is_a_valid_recipe():
         options = trial_options(TrainOptions(), suggest(study.ask(), space))
         options.check()
         assert options.img_size in {(128, 128), (160, 160), (192, 192)} and 3 <= options.epochs <= 8
+
+
+@pytest.mark.parametrize("warmup, first", [(1.0, 2), (0.0, 1), (2.5, 4)])
+def test_a_fold_trial_is_first_judged_after_its_lr_warmup(warmup, first):
+    """--pruner median: an epoch inside the LR warmup (where every recipe scores low) never prunes a
+    trial; the first epoch past it does. With --objective oof the first fold may prune."""
+    from maskkit.commands.tune import make_pruner
+    from maskkit.options import TrainOptions
+
+    def study_with_four_good_trials(pruner):
+        study = optuna.create_study(direction="maximize", pruner=pruner)
+        for _ in range(4):
+            trial = study.ask()
+            for step in range(1, 6):
+                trial.report(0.6, step)
+            study.tell(trial, 0.6)
+        return study
+
+    fixed = TrainOptions(warmup=warmup, epochs=5)
+    trial = study_with_four_good_trials(make_pruner("median", fixed, {})).ask()
+    for step in range(1, first):
+        trial.report(0.1, step)
+        assert not trial.should_prune(), step
+    trial.report(0.1, first)
+    assert trial.should_prune()
+    oof = study_with_four_good_trials(make_pruner("median", fixed, {}, folds=(0, 1, 2))).ask()
+    oof.report(0.1, 1)
+    assert oof.should_prune()

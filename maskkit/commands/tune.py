@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -121,11 +122,16 @@ def quiet_optuna() -> Iterator[None]:
         yield
 
 
-def make_pruner(kind: str, max_resource: int) -> optuna.pruners.BasePruner:
+def make_pruner(kind: str, fixed: TrainOptions, space: dict, folds: tuple = ()) -> optuna.pruners.BasePruner:
+    """Optuna's pruner. A fold trial is judged first after its first epoch past the LR warmup: during
+    the warmup every recipe scores low, and the median of those epochs pruned the eventual best."""
+    steps = len(folds) or most_epochs(fixed, space)
+    warmup = max(space["warmup"].values()) if "warmup" in space else fixed.warmup
+    first = 1 if folds else max(1, min(steps, math.ceil(warmup) + 1))
     if kind == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=first)
     if kind == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(max_resource, 1), reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=first, max_resource=max(steps, first), reduction_factor=3)
     return optuna.pruners.NopPruner()
 
 
@@ -250,7 +256,7 @@ def _work(study: Study, fixed: TrainOptions, space: dict, trainer: TrialRunner) 
         optuna_study = optuna.create_study(
             study_name=study.name, storage=storage, direction="maximize", load_if_exists=True,
             sampler=optuna.samplers.TPESampler(constant_liar=True),
-            pruner=make_pruner(study.pruner, len(trainer.folds) or most_epochs(fixed, space)))
+            pruner=make_pruner(study.pruner, fixed, space, trainer.folds))
         check_same_study(optuna_study, identity(fixed, space, study), study)
     failures = 0
     while failures < MAX_FAILURES:
