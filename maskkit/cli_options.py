@@ -76,7 +76,7 @@ LabelSmoothing = Annotated[float, typer.Option("--label-smoothing", rich_help_pa
                                                help="Cross-entropy label smoothing (0 = off).")]
 Focal = Annotated[float, typer.Option("--focal", rich_help_panel=LOSS,
                                       help="Focal-loss gamma (0 = plain cross-entropy), e.g. 2.")]
-Balanced = Annotated[bool, typer.Option("--balanced", rich_help_panel=LOSS,
+Balanced = Annotated[bool, typer.Option("--balanced/--no-balanced", rich_help_panel=LOSS,
                                         help="Class-balanced sampling (with replacement).")]
 Aug = Annotated[Literal[vocab.AUGMENTATIONS], typer.Option(
     "--aug", rich_help_panel=AUG, help="none, basic (crop, brightness/contrast, noise, flip) or strong.")]
@@ -94,7 +94,7 @@ Scheduler = Annotated[Literal[vocab.SCHEDULERS], typer.Option(
 LearningRate = Annotated[float, typer.Option("--lr", rich_help_panel=OPTIM, help="Peak learning rate.")]
 WeightDecay = Annotated[float, typer.Option("--weight-decay", rich_help_panel=OPTIM, help="Weight decay.")]
 Warmup = Annotated[float, typer.Option("--warmup", rich_help_panel=OPTIM, help="Epochs of linear learning-rate warmup.")]
-Ema = Annotated[bool, typer.Option("--ema", rich_help_panel=OPTIM,
+Ema = Annotated[bool, typer.Option("--ema/--no-ema", rich_help_panel=OPTIM,
                                    help="Keep an exponential moving average of the weights; validate and save it.")]
 EmaDecay = Annotated[float, typer.Option("--ema-decay", rich_help_panel=OPTIM, help="EMA decay.")]
 Patience = Annotated[int, typer.Option("--patience", rich_help_panel=OPTIM,

@@ -396,3 +396,13 @@ def test_a_new_run_refused_for_a_taken_name_leaves_the_unfinished_run_there(cli,
                      "--epochs", "1", "--workers", "0", "--device", "cpu", "--runs-dir", tmp_path, "--name", "early")
     assert result.exit_code == 2 and "already exists" in result.stderr, result.stderr
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == planted
+
+
+def test_the_studys_recipe_is_the_default_and_each_on_switch_has_its_off(cli, manifest_path):
+    """train's defaults are the real-faces study's best recipe (EMA, balanced sampling, DLDL age at 0.3,
+    benchmarks/README.md); --no-ema, --no-balanced and --age-weight 0 give the plain recipe back."""
+    default = recipe_of(cli("train", manifest_path, "--print-config"))
+    assert (default["ema"], default["balanced"], default["age_loss"], default["age_weight"], default["opt"]) == \
+        (True, True, "dldl", 0.3, "nadamw")
+    plain = recipe_of(cli("train", manifest_path, "--no-ema", "--no-balanced", "--age-weight", "0", "--print-config"))
+    assert (plain["ema"], plain["balanced"], plain["age_weight"]) == (False, False, 0.0)
