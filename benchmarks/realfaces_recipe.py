@@ -14,8 +14,8 @@ under a file lock. Never commit DATA or anything under WORK: they hold or derive
       --input-size 128x128 --device cuda --full -- --lr 2e-3
 
 Results row (one per call): name, data, folds, epochs, img_size, device, options (the train
-options after the base ones), oof_f1 / oof_f1_mask / oof_f1_gender / oof_f1_age (pooled out-of-fold
-predictions of the fold runs, from `maskkit runs`), fold_f1_mean / fold_f1_min / fold_f1_max (eval
+options after the base ones, or --config RECIPE and those after it), oof_f1 / oof_f1_mask /
+oof_f1_gender / oof_f1_age (pooled out-of-fold predictions of the fold runs, from `maskkit runs`), fold_f1_mean / fold_f1_min / fold_f1_max (eval
 macro F1 of each fold model), vote_f1 / vote_f1_mask / vote_f1_gender / vote_f1_age (eval score of
 the soft vote), full_f1 / full_f1_gender / full_f1_age (eval score of the full-data model, with
 --full), train_s (seconds training, all runs), finished (UTC time).
@@ -112,8 +112,9 @@ def main(argv: list[str] | None = None) -> dict:
                 env=env, log=log)
 
     folds = [int(f) for f in args.only.split(",")] if args.only else list(range(args.folds))
-    recipe = ["--config", args.recipe] if args.recipe else [*BASE_OPTIONS, "--epochs", args.epochs, "--input-size", args.input_size]
-    options = [*recipe, "--device", args.device, *extra]
+    base = [*BASE_OPTIONS, "--epochs", args.epochs, "--input-size", args.input_size]
+    recipe = ["--config", args.recipe] if args.recipe else []
+    options = [*(recipe or base), "--device", args.device, *extra]
     train_seconds, preds, rows = 0.0, [], []
 
     def train_and_score(fold: int | str) -> Path:
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
     trained = json.loads((home / "runs" / f"f{folds[0]}" / "config.json").read_text())["options"]
     row = {"name": args.name, "data": str(args.data), "folds": ",".join(map(str, folds)), "epochs": trained["epochs"],
            "img_size": "x".join(map(str, trained["img_size"])), "device": args.device,
-           "options": " ".join(map(str, [*(recipe if args.recipe else []), *extra])),
+           "options": " ".join(map(str, [*recipe, *extra])),
            **{k: round(float(pooled[k]), 4) for k in ("oof_f1", "oof_f1_mask", "oof_f1_gender", "oof_f1_age")},
            "fold_f1_mean": round(float(folds_f1.mean()), 4), "fold_f1_min": round(float(folds_f1.min()), 4),
            "fold_f1_max": round(float(folds_f1.max()), 4),

@@ -66,9 +66,9 @@ class DemoStepFailed(MaskkitError):
 
 
 def train_args(plan: DemoPlan) -> tuple[str, list[object]]:
-    """(backbone, options of `maskkit train`): lite0 with its offline ImageNet weights (multi heads +
-    age regression, the team's recipe); without the weights package, a small network from scratch
-    with more epochs."""
+    """(backbone, options of `maskkit train`): lite0 with its offline ImageNet weights. The options
+    are multi heads, the age branch at the team's weight of 0.1 and basic aug; train's defaults do the
+    rest. Without the weights package, a small network from scratch with more epochs."""
     height, width = plan.img_size
     common = ["--multi", "--age-weight", 0.1, "--input-size", f"{width}x{height}", "--batch-size", plan.batch_size,
               "--warmup", 0.5, "--aug", "basic", "--seed", SEED]

@@ -123,8 +123,9 @@ def quiet_optuna() -> Iterator[None]:
 
 
 def make_pruner(kind: str, fixed: TrainOptions, space: dict, folds: tuple = ()) -> optuna.pruners.BasePruner:
-    """Optuna's pruner. A fold trial is judged first after its first epoch past the LR warmup: during
-    the warmup every recipe scores low, and the median of those epochs pruned the eventual best."""
+    """Optuna's pruner. A fold trial is first judged after its first epoch past the LR warmup. During
+    the warmup every recipe scores low, and on real faces the median of those epochs pruned recipes
+    that score as well as the best."""
     steps = len(folds) or most_epochs(fixed, space)
     warmup = max(space["warmup"].values()) if "warmup" in space else fixed.warmup
     first = 1 if folds else max(1, min(steps, math.ceil(warmup) + 1))
