@@ -11,6 +11,9 @@ import torch
 FAST = dict(backbone="test_resnet", pretrained=False, img_size=(48, 40), batch_size=16, lr=5e-3, aug="none",
             label_smoothing=0.0, workers=0, warmup=0.5, device="cpu", cache="ram", threads=1, opt="adamw",
             weight_decay=0.01, dropout=0.0, balanced=False, cutmix=0.0, ema=False, age_weight=0.1, age_loss="mse")
+# FAST's recipe part as train flags, for the tests that train through the command line.
+FAST_RECIPE_FLAGS = ["--opt", "adamw", "--weight-decay", "0.01", "--dropout", "0", "--no-balanced", "--cutmix", "0",
+                     "--no-ema"]
 FOLDS = 4  # the shared drawn dataset has too few old men for 5 folds
 
 

@@ -12,13 +12,15 @@ import pandas as pd
 import pytest
 import torch
 
+from helpers import FAST_RECIPE_FLAGS
+
 optuna = pytest.importorskip("optuna")
 
 REPO = Path(__file__).resolve().parent.parent
 # Tiny trials: the tests' tiny ResNet from scratch on the drawn 48x64 images, one epoch.
 TRAIN_FLAGS = ["--backbone", "test_resnet", "--no-pretrained", "--input-size", "40x48", "--batch-size", "16",
                "--aug", "none", "--workers", "0", "--device", "cpu", "--cache", "ram", "--threads", "1",
-               "--warmup", "0.5", "--multi", "--age-weight", "0.5"]
+               "--warmup", "0.5", "--multi", "--age-weight", "0.5", *FAST_RECIPE_FLAGS]
 SPACE = """\
 lr: {low: 1.0e-3, high: 1.0e-2, log: true}
 label_smoothing: [0.0, 0.1]
@@ -139,7 +141,8 @@ def test_a_killed_worker_loses_nothing_and_its_run_folder_is_not_reused(manifest
     time.sleep(3)  # > GRACE_S + 1: SQLite's clock for the stale check has whole seconds only
     fixed = TrainOptions(backbone="test_resnet", pretrained=False, img_size=(48, 40), batch_size=16, aug="none",
                          workers=0, device="cpu", cache="ram", threads=1, warmup=0.5, heads="multi", age_weight=0.5,
-                         epochs=3)  # TRAIN_FLAGS: the same study
+                         epochs=3, opt="adamw", weight_decay=0.01, dropout=0.0, balanced=False, cutmix=0.0,
+                         ema=False)  # TRAIN_FLAGS: the same study
     study = tune.run(manifest_path, tune.Study("two", out, trials=2), fixed, space, train=train.run)
     states = {t.number: t.state.name for t in study.trials}
     assert states == {0: "FAIL", 1: "COMPLETE", 2: "COMPLETE"}, states
