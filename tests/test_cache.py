@@ -164,3 +164,107 @@ def test_auto_falls_back_to_a_private_cache_when_the_folder_cannot_be_written(ma
     assert "MASKKIT_CACHE_DIR" in capsys.readouterr().err
     with pytest.raises(shared.CacheFolderError):  # asked for explicitly: the one-line error
         build.build_cache_of_manifest(TrainOptions(cache="disk"), config, manifest)
+
+
+# --- nothing another user wrote is trusted (a shared GPU server: /dev/shm, a team's cache folder) ---
+
+def test_cache_files_are_owner_only(images, tmp_path):
+    folder = tmp_path / "caches"
+    shared.shared_cache(images, WORK, folder=folder)
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert {oct(p.stat().st_mode & 0o777) for p in folder.iterdir()} == {oct(0o600)}
+
+
+def test_a_folder_others_can_write_is_refused(images, tmp_path):
+    folder = tmp_path / "shm"
+    folder.mkdir()
+    folder.chmod(0o1777)  # what anyone can pre-create as /dev/shm/maskkit
+    with pytest.raises(shared.CacheFolderError, match="writable by other users"):
+        shared.shared_cache(images, WORK, folder=folder)
+    assert not list(folder.iterdir())
+    if os.geteuid() == 0:  # only root can give a folder away
+        folder.chmod(0o700)
+        os.chown(folder, 65534, 65534)
+        with pytest.raises(shared.CacheFolderError, match="owned by another user"):
+            shared.shared_cache(images, WORK, folder=folder)
+
+
+def test_auto_trains_on_a_private_cache_beside_a_folder_others_can_write(manifest_path, tmp_path, monkeypatch, capsys):
+    from maskkit.contract.manifest import read_manifest
+    from maskkit.engine import build
+    from maskkit.options import TrainOptions
+
+    folder = tmp_path / "shared"
+    folder.mkdir(mode=0o777)
+    folder.chmod(0o777)
+    monkeypatch.setenv("MASKKIT_CACHE_DIR", str(folder))
+    config = {"img_size": (48, 40), "crop": (1.0, 1.0)}
+    images, valid = build.build_cache_of_manifest(TrainOptions(cache="auto"), config, read_manifest(manifest_path).head(4))
+    assert images.flags.writeable and valid.all() and not list(folder.iterdir())
+    assert "writable by other users" in capsys.readouterr().err
+
+
+def test_links_planted_at_the_lock_are_refused_and_never_written_through(images, tmp_path):
+    folder, victim = tmp_path / "caches", tmp_path / "victim.txt"
+    folder.mkdir(mode=0o700)
+    victim.write_text("keep me")
+    key = shared.cache_key(images, WORK)
+    for plant in (os.symlink, os.link):
+        lock = folder / f"{key}.lock"
+        lock.unlink(missing_ok=True)
+        plant(victim, lock)
+        with pytest.raises(shared.CacheFolderError, match="lock"):
+            shared.shared_cache(images, WORK, folder=folder)
+        assert victim.read_text() == "keep me" and not list(folder.glob("*.u8"))
+
+
+def test_links_at_the_cache_files_are_not_mapped(images, tmp_path, builds):
+    folder, elsewhere = tmp_path / "caches", tmp_path / "elsewhere"
+    shared.shared_cache(images, WORK, folder=folder)
+    key = shared.cache_key(images, WORK)
+    elsewhere.mkdir()
+    for suffix in (".u8", ".json"):  # the files moved away and linked back: not this user's plain files
+        (folder / f"{key}{suffix}").rename(elsewhere / f"{key}{suffix}")
+        os.symlink(elsewhere / f"{key}{suffix}", folder / f"{key}{suffix}")
+    cache, _ = shared.shared_cache(images, WORK, folder=folder)
+    assert build_count(builds) == 2 and not (folder / f"{key}.u8").is_symlink()
+    assert np.array_equal(cache, build_cache(images, WORK)[0])
+
+
+def test_damaged_pixels_and_edited_headers_are_rebuilt(images, tmp_path, builds):
+    folder = tmp_path / "caches"
+    shared.shared_cache(images, WORK, folder=folder)
+    key = shared.cache_key(images, WORK)
+    pixels = folder / f"{key}.u8"
+    pixels.write_bytes(bytes(255 - b for b in pixels.read_bytes()))  # every byte inverted, same size
+    cache, valid = shared.shared_cache(images, WORK, folder=folder)
+    assert build_count(builds) == 2 and np.array_equal(cache, build_cache(images, WORK)[0])
+    header_path = folder / f"{key}.json"
+    header = json.loads(header_path.read_text())
+    header_path.write_text(json.dumps({**header, "invalid": list(range(len(images) // 2))}))
+    _, valid = shared.shared_cache(images, WORK, folder=folder)
+    assert build_count(builds) == 3 and valid.all()
+
+
+def test_an_image_edited_with_its_size_and_mtime_kept_gives_a_new_cache(images, tmp_path):
+    folder = tmp_path / "caches"
+    shared.shared_cache(images, WORK, folder=folder)
+    before = shared.cache_key(images, WORK)
+    info = images[2].stat()
+    data = bytearray(images[2].read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    images[2].write_bytes(bytes(data))
+    os.utime(images[2], ns=(info.st_atime_ns, info.st_mtime_ns))
+    assert images[2].stat().st_size == info.st_size and shared.cache_key(images, WORK) != before
+
+
+def test_a_killed_builders_temporary_is_removed(images, tmp_path):
+    folder = tmp_path / "caches"
+    folder.mkdir(mode=0o700)
+    key = shared.cache_key(images, WORK)
+    dead = folder / f".{key}.u8.tmp{2**22 + 5}.x1y2"  # no such pid: its builder died (kill -9)
+    alive = folder / f".{key}.u8.tmp{os.getpid()}.x1y2"
+    dead.write_bytes(b"\0" * 1000)
+    alive.write_bytes(b"\0" * 10)
+    shared.shared_cache(images, WORK, folder=folder)
+    assert not dead.exists() and alive.exists()
