@@ -267,3 +267,44 @@ def test_messages_to_a_broken_stderr_are_dropped_not_raised(monkeypatch):
     say("maskkit x: error: nobody reads this either")
     monkeypatch.setattr("sys.stderr", None)
     console.print("stderr closed")
+
+
+# --- no write follows a link someone planted (a shared server) -----------------------------------
+
+def test_atomic_writes_never_follow_a_link_at_a_guessable_temporary_name(tmp_path):
+    import os
+
+    from maskkit.contract.files import write_csv
+
+    victim, out = tmp_path / "victim.txt", tmp_path / "out.csv"
+    victim.write_text("keep me")
+    for pid in range(os.getpid() - 2, os.getpid() + 3):  # every name the older scheme would have used
+        os.symlink(victim, tmp_path / f".out.csv.tmp{pid}.csv")
+    write_csv(pd.DataFrame({"a": [1]}), out)
+    assert victim.read_text() == "keep me" and out.read_text() == "a\n1\n"
+    assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # not mkstemp's private 0600
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@pytest.mark.parametrize("plant", ["symlink", "link"])
+def test_a_linked_lock_file_is_refused_and_its_target_untouched(plant, tmp_path):
+    import os
+
+    from maskkit.contract.files import LOCK_FILE, folder_lock
+
+    victim, folder = tmp_path / "victim.txt", tmp_path / "run"
+    victim.write_text("keep me")
+    folder.mkdir()
+    getattr(os, plant)(victim, folder / LOCK_FILE)
+    with pytest.raises(MaskkitError) as excinfo:
+        with folder_lock(folder, "train"):
+            pass
+    one_line(excinfo, str(folder / LOCK_FILE), "remove it")
+    assert victim.read_text() == "keep me"

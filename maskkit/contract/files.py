@@ -20,6 +20,7 @@ import io
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -62,8 +63,9 @@ WRITE_ERRORS = {
     errno.EFBIG: (False, "file too large for this file system or limit"),
     errno.EIO: (False, "input/output error of the device"),
 }
-# Leftovers of atomic_path in a killed process: ".<name>.tmp<pid><suffix>".
-STALE_TEMP = re.compile(r"^\..+\.tmp\d+(\.[^.]*)?$")
+# Leftovers of atomic_path in a killed process: ".<name>.tmp<pid>.<random><suffix>" (the older
+# ".<name>.tmp<pid><suffix>" too).
+STALE_TEMP = re.compile(r"^\..+\.tmp\d+(\.[a-z0-9_]{8})?(\.[^.]*)?$")
 LOCK_FILE = ".maskkit.lock"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -142,16 +144,39 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with into_stream(path) as tmp:
             yield tmp
         return
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
+    tmp = None
     try:
         with write_errors(path):
             path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = private_temp(path)
             yield tmp
             os.replace(tmp, path)
     finally:
         with contextlib.suppress(OSError):
-            if tmp.is_file():
+            if tmp is not None and tmp.is_file():
                 tmp.unlink()
+
+
+def private_temp(path: Path) -> Path:
+    """A new empty file beside `path`, ".<name>.tmp<pid>.<random><suffix>": created O_EXCL (mkstemp), so
+    no link planted at a guessable name is ever written through; its mode is what the umask gives a
+    new file (mkstemp's 0600 would make every output private)."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp{os.getpid()}.", suffix=path.suffix)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+    finally:
+        os.close(fd)
+    return Path(name)
+
+
+def current_umask() -> int:
+    """The process's umask, read without setting it (os.umask would change it for every thread a moment)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/self/status") as status:
+            return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -235,13 +260,13 @@ def process_alive(pid: int) -> bool:
 
 
 def remove_dead_temps(target: str | Path) -> int:
-    """Delete `.<name>.tmp<pid><suffix>` files beside `target` whose process is gone (a writer
+    """Delete `.<name>.tmp<pid>.<random><suffix>` files beside `target` whose process is gone (a writer
     killed with kill -9 while writing it); a live process's temporary file is left alone."""
     target = Path(target)
     if is_stream(target):
         return 0
     prefix = f".{target.name}.tmp"
-    pattern = re.compile(r"(\d+)" + re.escape(target.suffix))
+    pattern = re.compile(r"(\d+)(\.[a-z0-9_]{8})?" + re.escape(target.suffix))
     removed = 0
     with contextlib.suppress(OSError):
         with os.scandir(target.parent) as entries:
@@ -436,6 +461,24 @@ def files_in(folder: str | Path) -> list[Path]:
 
 # --- one run at a time per output folder -------------------------------------------------------
 
+def open_lock(lock_path: Path, mode: int = 0o644) -> int:
+    """Open (or create) a lock file, never through a link: a symbolic link or a hard-linked file planted
+    at its name is refused with one line, so the pid written into it reaches no one else's file."""
+    try:
+        with write_errors(lock_path):
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, mode)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise MaskkitError(f"{lock_path}: is a symbolic link, not maskkit's lock; remove it, then re-run") from None
+    info = os.fstat(fd)
+    if info.st_nlink != 1 or not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise MaskkitError(f"{lock_path}: is linked to another file (a hard link), not maskkit's lock; remove it, "
+                           "then re-run")
+    return fd
+
+
 @contextlib.contextmanager
 def folder_lock(folder: str | Path, command: str) -> Iterator[Path]:
     """Hold an exclusive lock on an output folder (created if needed) for one run of `command`.
@@ -450,8 +493,7 @@ def folder_lock(folder: str | Path, command: str) -> Iterator[Path]:
     with write_errors(folder):
         folder.mkdir(parents=True, exist_ok=True)
     while True:
-        with write_errors(lock_path):
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_lock(lock_path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

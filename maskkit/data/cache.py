@@ -29,7 +29,6 @@ images are gone (their first path no longer exists) are removed when a new cache
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import json
@@ -45,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import console, process_alive
+from maskkit.contract.files import console, open_lock, process_alive
 from maskkit.data.loader import build_cache
 from maskkit.options import cpu_cores
 
@@ -178,19 +177,13 @@ def resolve_mode(mode: str, n_images: int, size_hw: Sequence[int]) -> str:
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """Hold `path` (fcntl, exclusive; blocks while another process builds this cache); a link or a file
-    of someone else's there is refused, never followed."""
+    """Hold `path` (fcntl, exclusive; blocks while another process builds this cache); a link planted
+    there is refused (contract/files.open_lock), never followed."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:  # a symbolic link at the lock's name
-            raise CacheFolderError(f"image cache lock {path}: is a link; remove it, or use --cache none") from None
-        raise
+        fd = open_lock(path, 0o600)
+    except MaskkitError as exc:
+        raise CacheFolderError(f"image cache: {exc} (or use --cache none)") from None
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid != os.geteuid():
-            raise CacheFolderError(f"image cache lock {path}: not a file of this user's alone (a hard link?); "
-                                   "remove it, or use --cache none")
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
