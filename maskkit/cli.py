@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ import typer  # noqa: E402
 
 from maskkit import __version__  # noqa: E402
 from maskkit import cli_options as o  # noqa: E402
-from maskkit.contract.errors import MaskkitError  # noqa: E402
+from maskkit.contract.errors import MaskkitError, Terminated  # noqa: E402
 from maskkit.contract.streams import StdoutGone, guard_descriptors, say, settle_streams  # noqa: E402
 from maskkit.options import SEED, TrainOptions, parse_width_height  # noqa: E402
 
@@ -52,9 +53,9 @@ def reported(command: str, threads: Optional[int] | bool = False) -> Iterator[No
     except MaskkitError as exc:
         say(f"maskkit {command}: error: {exc}")
         raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        say(f"maskkit {command}: interrupted")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:
+        say(f"maskkit {command}: interrupted" + (" (SIGTERM)" if isinstance(exc, Terminated) else ""))
+        raise typer.Exit(Terminated.exit_code if isinstance(exc, Terminated) else 130) from None
 
 
 def version_callback(value: bool) -> None:
@@ -415,12 +416,17 @@ def main() -> None:
     """The `maskkit` entry point: a bad option value is one line and exit 2, not a usage box; a
     reader of stdout that went away (`| head`) ends the command quietly with exit 141."""
     guard_descriptors()
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         code = _invoke()
     except StdoutGone:
         code = StdoutGone.exit_code
     settle_streams()
     sys.exit(code)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 def _invoke() -> int:

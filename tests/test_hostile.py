@@ -843,7 +843,7 @@ def test_issue17_recipe_values_of_the_right_type_are_taken(cli, world):
 
 def test_issue17_synth_cleans_up_after_sigterm_and_after_kill_9(tmp_path):
     """A killed synth's work folder is removed by the next synth beside it (a live process's is
-    kept); SIGTERM stops a synth like Ctrl-C: exit 130 and no work folder."""
+    kept); SIGTERM stops a synth like Ctrl-C: exit 143 (a terminated process) and no work folder."""
     dead, live = tmp_path / ".old.synth-tmp999999999", tmp_path / f".mine.synth-tmp{os.getpid()}"
     for folder in (dead, live):
         (folder / "train").mkdir(parents=True)
@@ -858,8 +858,8 @@ def test_issue17_synth_cleans_up_after_sigterm_and_after_kill_9(tmp_path):
     assert not dead.exists() and live.exists()
     job.send_signal(signal.SIGTERM)
     _, err = job.communicate(timeout=120)
-    assert job.returncode == 130, err
-    assert "interrupted" in err and "Traceback" not in err
+    assert job.returncode == 143, err
+    assert "interrupted (SIGTERM)" in err and "Traceback" not in err
     assert not work.exists() and not (tmp_path / "d").exists()
 
 

@@ -134,3 +134,23 @@ def test_split_fixes_and_audit_manifest_read_from_pipes(world):
     codes = [int(line[3:]) for line in result.stdout.splitlines() if line.startswith("rc=")]
     assert codes == [0, 0] and "same" in result.stdout, result.stderr
     assert (world / "s.csv").read_text().startswith("target,column,")
+
+
+@pytest.mark.parametrize("command", ["vote - {a}", "score - {truth}", "split {d}/train --folds 2 -o {out}"])
+def test_sigterm_is_one_line_exit_143_and_leaves_no_temporary(world, tmp_path, command):
+    """kill PID (SIGTERM) stops any command as Ctrl-C does: one line, exit 143, no temporary file left
+    (here while each waits on a stdin that never ends, or writes to a FIFO nobody reads)."""
+    import signal
+    import time
+
+    fifo = tmp_path / "fifo.csv"
+    os.mkfifo(fifo)
+    words = shlex.split(command.format(a=world / "a.csv", truth=world / "truth.csv", d=world / "d", out=fifo))
+    job = subprocess.Popen([sys.executable, "-m", "maskkit", *words], cwd=tmp_path, stdin=subprocess.PIPE,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)  # past the imports: waiting on stdin or on the FIFO's reader
+    job.send_signal(signal.SIGTERM)
+    _, err = job.communicate(timeout=60)
+    assert job.returncode == 143, err
+    assert err.strip().splitlines()[-1].endswith("interrupted (SIGTERM)") and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.csv"]

@@ -266,8 +266,9 @@ def test_bad_inputs_give_one_line_and_exit_2(case, cli, tmp_path, manifest_path,
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["taken"]  # nothing written
 
 
-def test_ctrl_c_writes_last_pt_exits_130_and_resume_finishes(tmp_path, manifest_path, cli):
-    """A real SIGINT to `maskkit train` in a subprocess, then `--resume`."""
+@pytest.mark.parametrize("stop, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_writes_last_pt_and_resume_finishes(stop, code, tmp_path, manifest_path, cli):
+    """A real SIGINT (Ctrl-C) or SIGTERM (kill, a scheduler) to `maskkit train` in a subprocess, then `--resume`."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     args = [sys.executable, "-m", "maskkit", "train", str(manifest_path), "--backbone", "test_resnet",
             "--no-pretrained", "--input-size", "40x48", "--epochs", "3", "--batch-size", "16", "--workers", "0",
@@ -277,11 +278,12 @@ def test_ctrl_c_writes_last_pt_exits_130_and_resume_finishes(tmp_path, manifest_
     for line in process.stderr:  # interrupt right after the first finished epoch
         lines.append(line)
         if line.startswith("epoch 1/3"):
-            process.send_signal(signal.SIGINT)
+            process.send_signal(stop)
             break
     process.wait(timeout=120)
     rest = process.stderr.read()  # the same buffered reader the loop used
-    assert process.returncode == 130, "".join(lines) + rest
+    assert process.returncode == code, "".join(lines) + rest
+    assert not (tmp_path / "ctrlc" / ".maskkit.lock").exists()
     assert "resume with: maskkit train --resume" in rest
     last = _weights(tmp_path / "ctrlc" / "last.pt")
     assert last["progress"]["epoch"] == 1 and last["progress"]["current"]["step"] < 19  # mid epoch 2

@@ -22,11 +22,7 @@ import hashlib
 import os
 import re
 import shutil
-import signal
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -256,7 +252,7 @@ def run(out: str | Path, persons: int = 60, eval_persons: int = 20, size: tuple[
     remove_dead_work_folders(where.parent)
     tmp = where.with_name(f".{where.name}.synth-tmp{os.getpid()}")
     try:
-        with write_errors(where), terminate_as_interrupt():
+        with write_errors(where):
             if tmp.exists():
                 shutil.rmtree(tmp)
             summary = _draw_dataset(tmp, persons, eval_persons, size, seed, noise, shortcut, masks, show_progress)
@@ -283,23 +279,6 @@ def remove_dead_work_folders(parent: Path) -> None:
         match = TEMP_NAME.match(entry.name)
         if match and entry.is_dir() and not entry.is_symlink() and not process_alive(int(match["pid"])):
             shutil.rmtree(entry, ignore_errors=True)
-
-
-@contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (kill PID) stops the drawing like Ctrl-C: the temporary folder is removed, exit 130."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    before = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, before)
 
 
 def _replace(tmp: Path, out: Path) -> None:

@@ -11,3 +11,10 @@ class RunFailure(MaskkitError):
     """A failure while running (not the user's input): exit code 1."""
 
     exit_code = 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, a scheduler's stop, torchrun ending its workers): handled as Ctrl-C is (temporaries
+    removed, locks released, "interrupted"), with the exit code 143 of a terminated process."""
+
+    exit_code = 143

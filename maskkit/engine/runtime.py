@@ -1,4 +1,4 @@
-"""Run control around a training loop: seeding, Ctrl-C that stops after the step, CPU determinism."""
+"""Run control around a training loop: seeding, Ctrl-C or SIGTERM that stops after the step, CPU determinism."""
 
 from __future__ import annotations
 
@@ -21,27 +21,32 @@ def seed_everything(seed: int) -> None:
 
 
 @contextmanager
-def sigint_sets_flag(trainer):
-    """First Ctrl-C: finish the current step, write last.pt, exit 130. A second one stops at once."""
+def stop_signals_set_flag(trainer):
+    """First Ctrl-C or SIGTERM: finish the current step, write last.pt, exit 130 (SIGTERM: 143). A second
+    one stops at once."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     main_pid = os.getpid()
+    stops = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.getsignal(signum) for signum in stops}
 
     def handler(signum, frame):
         if os.getpid() != main_pid:  # a forked loader worker: keep serving batches until told to stop
             return
-        trainer.stop_requested = True
+        trainer.stop_requested, trainer.stop_signal = True, signum
         console.print("stopping after this step to write last.pt (Ctrl-C again to stop at once)")
-        signal.signal(signal.SIGINT, previous)
+        for each in stops:
+            signal.signal(each, previous[each])
 
-    previous = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, handler)
+    for signum in stops:
+        signal.signal(signum, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum in stops:
+            signal.signal(signum, previous[signum])
 
 
 @contextmanager

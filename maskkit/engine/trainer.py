@@ -8,6 +8,7 @@ the same weights as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pandas as pd
 import torch
 
 from maskkit.contract import runfolder
-from maskkit.contract.errors import MaskkitError, RunFailure
+from maskkit.contract.errors import MaskkitError, RunFailure, Terminated
 from maskkit.engine.build import build_data, build_optimisation, build_training_model, make_scheduler
 from maskkit.engine.checkpoint import EpochResult, RunKeeper, Validation, restore_rng, rng_states
 from maskkit.engine.devices import autocast_dtype, resolve_device
@@ -23,13 +24,17 @@ from maskkit.engine.distributed import Distributed
 from maskkit.engine.loop import EpochState, NonFiniteLoss, TrainingState, evaluate, train_one_epoch
 from maskkit.engine.loss import MaskLoss
 from maskkit.engine.progress import RunClock, progress_bar
-from maskkit.engine.runtime import seed_everything, sigint_sets_flag
+from maskkit.engine.runtime import seed_everything, stop_signals_set_flag
 from maskkit.engine.tracking import Tracker
 from maskkit.options import TrainOptions
 
 
 class Interrupted(KeyboardInterrupt):
     """Training stopped on request (Ctrl-C or a `stop` callback) after writing last.pt."""
+
+
+class TerminatedRun(Interrupted, Terminated):
+    """Training stopped by SIGTERM after writing last.pt (exit 143)."""
 
 
 class Trainer:
@@ -44,6 +49,7 @@ class Trainer:
         self.amp_dtype = autocast_dtype(self.device, options.precision)
         self.show_bar = show_progress if self.dist.main else False
         self.stop_requested = False
+        self.stop_signal: int | None = None  # the signal that asked to stop (runtime.stop_signals_set_flag)
         seed_everything(options.seed)
         if self.device.type == "cuda":
             # Autotuning pays off because every batch has one shape: training drops the short last
@@ -188,11 +194,11 @@ class Trainer:
 
     def _fit(self, stop: Callable[[int, int], bool] | None,
              on_epoch: Callable[[int, dict], bool] | None) -> TrainingState:
-        with sigint_sets_flag(self):
+        with stop_signals_set_flag(self):
             while self.state.epoch < self.options.epochs and not self.state.finished:
                 if not self.train_epoch(self.state.epoch, stop):  # stopped mid-epoch: last.pt holds the step reached
                     self.keeper.save_last(self.checkpoint())
-                    raise Interrupted()
+                    raise self.interruption()
                 result = self.epoch_result()
                 self.keeper.record(self.state, result, self.eval_model(), self.checkpoint)
                 if (on_epoch is not None and result.validation is not None and not self.state.finished
@@ -200,5 +206,8 @@ class Trainer:
                     raise Interrupted()  # last.pt of this epoch is written
                 self.stop_requested = self.dist.any(self.stop_requested, self.device)
                 if self.stop_requested and not self.state.finished:  # Ctrl-C during validation
-                    raise Interrupted()
+                    raise self.interruption()
         return self.state
+
+    def interruption(self) -> Interrupted:
+        return TerminatedRun() if self.stop_signal == signal.SIGTERM else Interrupted()
