@@ -129,6 +129,9 @@ CONFIG_BREAKS = {
     "no backbone": ('{"format": 2, "options": {"heads": "multi"}}', "missing backbone"),
     "format 1": ('{"backbone": "resnet18", "img_size": [64, 48], "options": {"backbone": "resnet18"}}',
                  "config format 1 is not the format 2"),
+    # options of the wrong type (a hostile or hand-edited config.json): one line naming the key
+    **{f"{key} {value}": (json.dumps({"format": 2, "options": {**OPTIONS, key: value}}), f"{key}: {value!r}")
+       for key, value in [("age_weight", "x"), ("age_weight", [1]), ("dropout", "x"), ("old_age", "x"), ("backbone", 5)]},
 }
 
 

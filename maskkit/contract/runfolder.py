@@ -19,7 +19,7 @@ import pandas as pd
 
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import atomic_path, examples, read_csv, write_csv
-from maskkit.options import INPUT_SIDE_RANGE
+from maskkit.options import INPUT_SIDE_RANGE, TrainOptions
 
 CONFIG, MANIFEST, METRICS, BEST, LAST, VAL_PREDS = (
     "config.json", "manifest.csv", "metrics.csv", "best.pt", "last.pt", "val_preds.csv")
@@ -82,6 +82,7 @@ def read_config(run_dir: str | Path) -> dict:
     if raw.get("format") != CONFIG_FORMAT:
         raise MaskkitError(f"{path}: config format {raw.get('format', 1)} is not the format {CONFIG_FORMAT} this "
                            "maskkit reads; re-create the run with maskkit train")
+    TrainOptions.from_dict(raw["options"], source=f"{path}: options", ranges=False)  # each value of its type
     view = config_view(raw)
     missing = [k for k in ("backbone", "img_size") if k not in view]
     if missing:
