@@ -311,3 +311,30 @@ def test_a_linked_lock_file_is_refused_and_its_target_untouched(plant, tmp_path)
             pass
     one_line(excinfo, str(folder / LOCK_FILE), "remove it")
     assert victim.read_text() == "keep me"
+
+
+def test_a_checkpoint_write_on_a_full_device_is_one_write_error():
+    import torch
+
+    from maskkit.contract.files import WriteError, write_errors
+
+    with pytest.raises(WriteError) as excinfo:  # /dev/full: torch's first write fails inside its zip writer
+        with write_errors("runs/x/last.pt"):
+            torch.save({"w": torch.zeros(100_000)}, "/dev/full")
+    one_line(excinfo, "runs/x/last.pt", "disk full")
+    assert excinfo.value.exit_code == 1
+
+
+@pytest.mark.parametrize("image_id, expected", [("a\0b.jpg", "NUL byte"), ("loop.jpg", "loops")])
+def test_an_info_csv_image_id_that_no_file_can_be_is_one_line(image_id, expected, tmp_path):
+    import os
+
+    from maskkit.contract.layout import load_eval
+
+    images = tmp_path / "eval" / "images"
+    images.mkdir(parents=True)
+    os.symlink("loop.jpg", images / "loop.jpg")  # a link to itself
+    (tmp_path / "eval" / "info.csv").write_bytes(f"ImageID,ans\n{image_id},0\n".encode())
+    with pytest.raises(MaskkitError) as excinfo:
+        load_eval(tmp_path / "eval")
+    one_line(excinfo, "info.csv", "line 2", expected)

@@ -124,8 +124,10 @@ def write_errors(path: str | Path) -> Iterator[None]:
         if error is None:
             raise
         raise error from None
-    except RuntimeError as exc:  # torch.save on a full disk: "PytorchStreamWriter failed writing file", "basic_ios::clear"
-        if not any(sign in str(exc) for sign in ("PytorchStreamWriter", "file write failed", "basic_ios::clear")):
+    except RuntimeError as exc:  # torch.save on a full disk: "PytorchStreamWriter failed writing file",
+        # "basic_ios::clear", or at the first write "[enforce fail at inline_container.cc] unexpected pos"
+        signs = ("PytorchStreamWriter", "file write failed", "basic_ios::clear", "inline_container")
+        if not any(sign in str(exc) for sign in signs):
             raise
         raise WriteError(f"{path}: cannot write: the write failed (disk full?); free some space", 1) from None
 

@@ -34,10 +34,16 @@ def inside(root: str | Path, value: object, source: str | Path, line: int, colum
     """`root / value` for a CSV cell naming a file under `root`: relative, without `..`, and (symlinks
     followed) resolving inside `root`; else a one-line MaskkitError naming `source` and `line`."""
     text = str(value)
+    if "\0" in text:
+        raise bad_path_cell(source, line, column, value, "holds a NUL byte, which no file name can")
     if is_absolute_text(text) or has_parent_part(text):
         raise bad_path_cell(source, line, column, value, f"must be a path relative to {root} (not absolute, no '..')")
     path = Path(root) / PurePosixPath(text.replace("\\", "/"))
-    if not path.resolve().is_relative_to(Path(root).resolve()):
+    try:
+        resolved = path.resolve()
+    except (RuntimeError, OSError):  # a symbolic link loop (RuntimeError before Python 3.13)
+        raise bad_path_cell(source, line, column, value, "is a symbolic link that loops") from None
+    if not resolved.is_relative_to(Path(root).resolve()):
         raise bad_path_cell(source, line, column, value, f"leads outside {root} through a symbolic link")
     return path
 
