@@ -88,7 +88,7 @@ def synth(
     shortcut: float = typer.Option(0.0, "--shortcut", help="0..1: chance that a train person's background is chosen "
                                    "by gender x age group (eval backgrounds stay random)."),
     with_masks: bool = typer.Option(False, "--with-masks", help="Also write each image's true person mask under OUT/masks/."),
-    overwrite: o.Overwrite = False,
+    overwrite: o.SynthOverwrite = False,
 ) -> None:
     """Draw a synthetic dataset in the competition layout (faces with masks, gender and age).
 
@@ -137,7 +137,7 @@ def train(
     patience: o.Patience = D.patience, precision: o.Precision = D.precision, config: o.Recipe = None,
     print_config: o.PrintConfig = False, seed: o.Seed = D.seed, device: o.Device = D.device,
     threads: o.Threads = D.threads, runs_dir: o.RunsDir = Path("runs"), name: o.RunName = None,
-    overwrite: o.Overwrite = False, resume: o.Resume = None, logger: o.Logger = D.logger, wandb: o.Wandb = D.wandb,
+    overwrite: o.TrainOverwrite = False, resume: o.Resume = None, logger: o.Logger = D.logger, wandb: o.Wandb = D.wandb,
 ) -> None:
     """Train one fold into runs/NAME/ (config, metrics, best.pt, last.pt, val_preds.csv, plots).
 
@@ -171,7 +171,7 @@ def tune(
                                              "Any `maskkit train` option after it fixes that option for every trial."),
     study: o.Study = None, space: o.SearchSpace = None, objective: o.Objective = "fold", folds: o.TuneFolds = 5,
     trials: o.Trials = 20, pruner: o.Pruner = "median", storage: o.Storage = None,
-    runs_dir: o.RunsDir = Path("runs"), best: o.Best = False, out: o.Out = None,
+    runs_dir: o.RunsDir = Path("runs"), best: o.Best = False, out: o.TuneOut = None,
 ) -> None:
     """Search train's options on Optuna: every trial a run folder under RUNS_DIR/tune-STUDY/; re-run to continue.
 
@@ -245,15 +245,17 @@ def runs(
     folders: Optional[List[Path]] = typer.Argument(
         None, help="Run folders, or folders that hold them one or two levels down (runs/, "
         "runs/tune-NAME/); default: runs/. Folders without config.json are skipped with a note."),
-    columns: Optional[str] = typer.Option(
-        None, "--columns", help="Columns to show, e.g. name,backbone,val_f1,recipe (the terminal's default: "
-        "name,fold,epochs,best_epoch,val_f1,oof_f1; piped CSV: every column)."),
+    columns: o.RunsColumns = None,
     oof_out: Optional[Path] = typer.Option(
         None, "--oof-out", help="Write the recipe's pooled out-of-fold predictions here (ImageID,ans,p0..p17,"
         "person,label,fold), for stacking and vote weights; several recipes need --recipe."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="Only this recipe (its id, e.g. effb2#d8d18c, or the hash)."),
 ) -> None:
-    """Compare runs: best epoch, val macro F1 and the pooled out-of-fold F1 of each recipe (its fold runs).
+    """Compare runs: status, best epoch, val macro F1 and the pooled out-of-fold F1 of each recipe (its fold runs).
+
+    Runs rank finished first (status: done, running, unfinished), then by val macro F1.
+
+    Recipes rank finished first, then by oof_folds (a 1-fold "OOF" is one fold's validation), then by oof_f1.
 
     Example: maskkit runs runs > runs.csv; maskkit runs runs --recipe effb2#d8d18c --oof-out oof.csv
     """
