@@ -142,10 +142,9 @@ def train(
     """Train one fold into runs/NAME/ (config, metrics, best.pt, last.pt, val_preds.csv, plots).
 
     --fold all trains the full-data model: every person, --epochs fixed, no validation.
-    Example: maskkit train folds.csv --fold 0 --backbone effb2 --multi --age-weight 0.1 --epochs 12
+    Example: maskkit train folds.csv --fold 0   (the defaults: effb2, multi heads + DLDL age, strong aug, EMA)
     """
-    from maskkit.commands import train as train_module
-    from maskkit.contract.recipe import run_place, train_options, write_recipe
+    from maskkit.contract.recipe import check_new_run, run_place, train_options, write_recipe
 
     with reported("train"):  # threads: set by train from its options (a resumed run may keep its own)
         typed = {name for name in ctx.params if ctx.get_parameter_source(name).name == "COMMANDLINE"}
@@ -155,6 +154,10 @@ def train(
             write_recipe(options.to_dict())
             return
         runs_dir, name = run_place(ctx.params, typed, config)
+        if resume is None:
+            check_new_run(source, options)  # before torch and timm: a typo costs no 5 s of imports
+        from maskkit.commands import train as train_module
+
         if resume is not None:  # what is not typed is not compared with the resumed run
             source, runs_dir = (value if key in typed else None for key, value in (("source", source), ("runs_dir", runs_dir)))
         train_module.run(source, options, out=runs_dir, name=name, overwrite=overwrite, resume=resume,

@@ -115,7 +115,7 @@ def resolve_backbone(name: str) -> str:
 
     timm_name = BACKBONES.get(name, name)
     if not timm.is_model(timm_name):
-        near = difflib.get_close_matches(name, [*BACKBONES, *timm.list_models()], 3, 0.7)
+        near = difflib.get_close_matches(name, list(dict.fromkeys([*BACKBONES, *timm.list_models()])), 3, 0.7)
         hint = f"did you mean {' or '.join(near)}? " if near else ""
         raise MaskkitError(
             f"unknown backbone {name!r}: {hint}use one of {', '.join(BACKBONES)} or a timm model name"
