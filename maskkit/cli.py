@@ -89,7 +89,7 @@ def synth(
     shortcut: float = typer.Option(0.0, "--shortcut", help="0..1: chance that a train person's background is chosen "
                                    "by gender x age group (eval backgrounds stay random)."),
     with_masks: bool = typer.Option(False, "--with-masks", help="Also write each image's true person mask under OUT/masks/."),
-    overwrite: o.Overwrite = False,
+    overwrite: o.SynthOverwrite = False,
 ) -> None:
     """Draw a synthetic dataset in the competition layout (faces with masks, gender and age).
 
@@ -138,15 +138,14 @@ def train(
     patience: o.Patience = D.patience, precision: o.Precision = D.precision, config: o.Recipe = None,
     print_config: o.PrintConfig = False, seed: o.Seed = D.seed, device: o.Device = D.device,
     threads: o.Threads = D.threads, runs_dir: o.RunsDir = Path("runs"), name: o.RunName = None,
-    overwrite: o.Overwrite = False, resume: o.Resume = None, logger: o.Logger = D.logger, wandb: o.Wandb = D.wandb,
+    overwrite: o.TrainOverwrite = False, resume: o.Resume = None, logger: o.Logger = D.logger, wandb: o.Wandb = D.wandb,
 ) -> None:
     """Train one fold into runs/NAME/ (config, metrics, best.pt, last.pt, val_preds.csv, plots).
 
     --fold all trains the full-data model: every person, --epochs fixed, no validation.
-    Example: maskkit train folds.csv --fold 0 --backbone effb2 --multi --age-weight 0.1 --epochs 12
+    Example: maskkit train folds.csv --fold 0   (the defaults: effb2, multi heads + DLDL age, strong aug, EMA)
     """
-    from maskkit.commands import train as train_module
-    from maskkit.contract.recipe import run_place, train_options, write_recipe
+    from maskkit.contract.recipe import check_new_run, run_place, train_options, write_recipe
 
     with reported("train"):  # threads: set by train from its options (a resumed run may keep its own)
         typed = {name for name in ctx.params if ctx.get_parameter_source(name).name == "COMMANDLINE"}
@@ -156,6 +155,10 @@ def train(
             write_recipe(options.to_dict())
             return
         runs_dir, name = run_place(ctx.params, typed, config)
+        if resume is None:
+            check_new_run(source, options)  # before torch and timm: a typo costs no 5 s of imports
+        from maskkit.commands import train as train_module
+
         if resume is not None:  # what is not typed is not compared with the resumed run
             source, runs_dir = (value if key in typed else None for key, value in (("source", source), ("runs_dir", runs_dir)))
         train_module.run(source, options, out=runs_dir, name=name, overwrite=overwrite, resume=resume,
@@ -172,7 +175,7 @@ def tune(
                                              "Any `maskkit train` option after it fixes that option for every trial."),
     study: o.Study = None, space: o.SearchSpace = None, objective: o.Objective = "fold", folds: o.TuneFolds = 5,
     trials: o.Trials = 20, pruner: o.Pruner = "median", storage: o.Storage = None,
-    runs_dir: o.RunsDir = Path("runs"), best: o.Best = False, out: o.Out = None,
+    runs_dir: o.RunsDir = Path("runs"), best: o.Best = False, out: o.TuneOut = None,
 ) -> None:
     """Search train's options on Optuna: every trial a run folder under RUNS_DIR/tune-STUDY/; re-run to continue.
 
@@ -246,15 +249,17 @@ def runs(
     folders: Optional[List[Path]] = typer.Argument(
         None, help="Run folders, or folders that hold them one or two levels down (runs/, "
         "runs/tune-NAME/); default: runs/. Folders without config.json are skipped with a note."),
-    columns: Optional[str] = typer.Option(
-        None, "--columns", help="Columns to show, e.g. name,backbone,val_f1,recipe (the terminal's default: "
-        "name,fold,epochs,best_epoch,val_f1,oof_f1; piped CSV: every column)."),
+    columns: o.RunsColumns = None,
     oof_out: Optional[Path] = typer.Option(
         None, "--oof-out", help="Write the recipe's pooled out-of-fold predictions here (ImageID,ans,p0..p17,"
         "person,label,fold), for stacking and vote weights; several recipes need --recipe."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="Only this recipe (its id, e.g. effb2#d8d18c, or the hash)."),
 ) -> None:
-    """Compare runs: best epoch, val macro F1 and the pooled out-of-fold F1 of each recipe (its fold runs).
+    """Compare runs: status, best epoch, val macro F1 and the pooled out-of-fold F1 of each recipe (its fold runs).
+
+    Runs rank finished first (status: done, running, unfinished), then by val macro F1.
+
+    Recipes rank finished first, then by oof_folds (a 1-fold "OOF" is one fold's validation), then by oof_f1.
 
     Example: maskkit runs runs > runs.csv; maskkit runs runs --recipe effb2#d8d18c --oof-out oof.csv
     """

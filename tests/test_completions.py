@@ -45,6 +45,10 @@ if __name__ == "__main__":  # regenerate completions/
     ("maskkit train --sched co", {"cosine", "constant"}),
     ("maskkit segment in out --fill g", {"gray"}),
     ("maskkit cam run img --head mask,ge", {"mask,gender"}),
+    ("maskkit train --backbone lit", {"lite0", "lite1", "lite2"}),  # the aliases
+    ("maskkit train --backbone conv", {"convnext_tiny"}),  # a few timm names beside them
+    ("maskkit train --crop c", {"competition"}),
+    ("maskkit runs --columns name,oof_f1_", {"name,oof_f1_mask", "name,oof_f1_gender", "name,oof_f1_age"}),
 ])
 def test_choice_options_complete_their_values(words, expected):
     import os

@@ -92,13 +92,13 @@ def test_fold_runs_of_one_recipe_pool_their_out_of_fold_predictions(cli, runs_di
     assert table.loc["m-f0", "recipe"].startswith("test_resnet#")  # the backbone, not a run name
     pooled = pd.concat([preds, other])
     assert table.loc["m-f1", "oof_images"] == len(pooled)
-    assert table.loc["m-f1", "recipe_folds"] == 2
+    assert table.loc["m-f1", "oof_folds"] == 2
     assert table.loc["m-f1", "oof_f1"] == pytest.approx(
         f1_score(pooled["label"], pooled["ans"], average="macro"), abs=1e-4)
     assert table.loc["m-f1", "oof_f1_gender"] == pytest.approx(
         f1_score(pooled["label"] // 3 % 2, pooled["ans"] // 3 % 2, average="macro"), abs=1e-4)
     seed7 = table.loc["m-seed7-f1"]
-    assert seed7["oof_images"] == len(other) and seed7["recipe_folds"] == 1
+    assert seed7["oof_images"] == len(other) and seed7["oof_folds"] == 1
     assert seed7["oof_f1"] == pytest.approx(f1_score(other["label"], other["ans"], average="macro"), abs=1e-4)
 
 
@@ -133,7 +133,7 @@ def test_parent_folder_fold_all_runs_and_oof_out(cli, runs_dir, tmp_path):
     recipe = table.loc["m-f0", "recipe"]
     assert table.loc["m-f1", "recipe"] == table.loc["m-all", "recipe"] == recipe  # fold, threads, cache: same recipe
     assert table.loc["trial-0", "recipe"] != recipe
-    assert table.loc["m-all", "recipe_folds"] == 2 and table.loc["trial-0", "recipe_folds"] == 1
+    assert table.loc["m-all", "oof_folds"] == 2 and table.loc["trial-0", "oof_folds"] == 1
     alone = pd.read_csv(StringIO(cli("runs", root / "m-f0", root / "m-f1").stdout))
     assert set(alone["recipe"]) == {recipe}  # a --fold all run joining changes no id
 
@@ -180,3 +180,103 @@ def test_terminal_table_keeps_names_whole_and_columns_choose(runs_dir, tmp_path,
     assert len(table) == 2
     with pytest.raises(runs.MaskkitError, match="--columns 'name,bogus'"):
         runs.run([root], columns="name,bogus")
+
+
+def with_metrics(run, val_f1: list[float], epochs: int, **option_changes) -> None:
+    """Rewrite a copied run's metrics.csv to `val_f1` per epoch and its config to ask `epochs` epochs."""
+    import json
+
+    metrics = pd.read_csv(run / "metrics.csv").iloc[[0] * len(val_f1)].reset_index(drop=True)
+    metrics = metrics.assign(epoch=range(1, len(val_f1) + 1), val_f1=val_f1)
+    metrics.to_csv(run / "metrics.csv", index=False)
+    config = json.loads((run / "config.json").read_text())
+    config["options"].update(epochs=epochs, **option_changes)
+    (run / "config.json").write_text(json.dumps(config))
+
+
+def test_unfinished_runs_are_marked_and_rank_after_finished_ones(cli, runs_dir, tmp_path):
+    from maskkit.contract.files import folder_lock
+
+    root = tmp_path / "runs"
+    preds = pd.read_csv(runs_dir / "multi" / "val_preds.csv", dtype={"ImageID": str})
+    shutil.copytree(runs_dir / "multi", root / "done")
+    with_metrics(root / "done", [0.2, 0.3, 0.4], 3)
+    fold_copy(runs_dir / "multi", root / "killed", 0, preds.assign(ans=preds["label"]), lr=0.09)  # perfect OOF
+    with_metrics(root / "killed", [0.8, 0.9, 0.95], 6)  # a tune trial killed after 3 of 6 epochs
+    fold_copy(runs_dir / "multi", root / "patient", 0, preds, lr=0.08)
+    with_metrics(root / "patient", [0.1, 0.35, 0.3, 0.2], 6, patience=2)  # stopped by --patience: done
+    fold_copy(runs_dir / "multi", root / "busy", 0, preds, lr=0.07)
+    with_metrics(root / "busy", [0.99], 6)
+
+    from maskkit.commands import runs
+
+    with folder_lock(root / "busy", "train"):  # a run training now
+        result = cli("runs", root)
+        _, recipes, _ = runs.runs_table([root], with_recipes=True)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(StringIO(result.stdout))
+    assert table[["name", "status"]].values.tolist() == [
+        ["done", "done"], ["patient", "done"], ["busy", "running"], ["killed", "unfinished"]]
+    assert table.set_index("name").loc["killed", "epochs"] == "3/6"
+    assert "busy,unfinished," in cli("runs", root).stdout  # its lock released: no longer running
+    killed = table.set_index("name").loc["killed", "recipe"]
+    assert recipes["status"].tolist() == ["done", "done", "running", "unfinished"]
+    assert recipes["recipe"].iloc[-1] == killed
+    assert recipes.set_index("recipe").loc[killed, "oof_f1"] == 1.0  # the best score, ranked last
+
+
+def test_a_recipe_pooling_more_folds_outranks_a_one_fold_oof(cli, runs_dir, tmp_path):
+    multi = runs_dir / "multi"
+    preds = pd.read_csv(multi / "val_preds.csv", dtype={"ImageID": str})
+    other = preds.assign(ImageID="other/" + preds["ImageID"])
+    root = tmp_path / "runs"
+    shutil.copytree(multi, root / "m-f0")
+    fold_copy(multi, root / "m-f1", 1, other)
+    fold_copy(multi, root / "lucky-f0", 0, preds.assign(ans=preds["label"]), seed=7)  # one fold, perfect
+
+    from maskkit.commands import runs
+
+    table, recipes, _ = runs.runs_table([root], with_recipes=True)
+    assert recipes["oof_folds"].tolist() == [2, 1]
+    assert recipes["oof_f1"].iloc[1] == 1.0 > recipes["oof_f1"].iloc[0]
+    assert table.set_index("name")["oof_folds"].to_dict() == {"m-f0": 2, "m-f1": 2, "lucky-f0": 1}
+    result = cli("runs", root, "--columns", "name,oof_folds,oof_f1")
+    assert result.stdout.splitlines()[0] == "name,oof_folds,oof_f1"
+
+
+def test_runs_of_the_same_name_are_told_apart_by_their_folder(cli, runs_dir, tmp_path):
+    root = tmp_path / "runs"
+    for study in ("tune-s1", "tune-s2"):
+        shutil.copytree(runs_dir / "multi", root / study / "trial-0000")
+    shutil.copytree(runs_dir / "single", root / "single")
+    result = cli("runs", root)
+    assert result.exit_code == 0, result.output
+    names = pd.read_csv(StringIO(result.stdout))["name"]
+    assert sorted(names) == ["single", "tune-s1/trial-0000", "tune-s2/trial-0000"]
+
+
+def test_terminal_table_never_hides_a_requested_column(runs_dir, tmp_path, monkeypatch):
+    from rich.console import Console
+
+    from maskkit.commands import runs
+
+    root = tmp_path / "a-rather-long-folder-of-runs"
+    long_name = "effb2-multi-dldl0.3-ls0.08-lr3.5e-3-fold-0"
+    shutil.copytree(runs_dir / "multi", root / long_name)
+    shutil.copytree(runs_dir / "single", root / "single")
+    with_metrics(root / "single", [0.0035123, 0.001], 2)
+    columns = "name,backbone,recipe,path,val_f1,f1_mask,f1_gender,f1_age,oof_f1,lr,loss,input_size,epochs"
+    screen = StringIO()
+    monkeypatch.setattr(runs, "console", Console(file=screen, width=80, force_terminal=False))
+    monkeypatch.setattr(runs.sys.stdout, "isatty", lambda: True)
+    table = runs.run([root], columns=columns)
+    lines = [line for line in screen.getvalue().split("recipes:")[0].splitlines() if line.startswith("│")]
+    names = columns.split(",")
+    cells = {c: "".join(line.split("│")[1 + i].strip() for line in lines) for i, c in enumerate(names)}
+    for _, row in table.iterrows():
+        for column in ("name", "recipe", "path"):  # folded onto more lines, never cut
+            assert str(row[column]) in cells[column]
+    assert "0.003512" in cells["val_f1"]  # 4 significant digits, not 0.003 or 0
+    header = next(line for line in screen.getvalue().splitlines() if line.startswith("┃"))
+    assert [h.strip() for h in header.split("┃")[1:-1]] == names  # every header whole
+    assert "…" not in screen.getvalue()

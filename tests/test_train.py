@@ -200,6 +200,7 @@ def test_cli_trains_a_dataset_folder_with_an_on_the_fly_split(cli, drawn, tmp_pa
     assert result.exit_code == 0, result.stderr
     assert result.stdout == ""  # stdout stays for data
     assert "epoch 1/1" in result.stderr and "img/s" in result.stderr and "data wait" in result.stderr
+    assert "training test_resnet (multi + dldl age distribution) on" in result.stderr  # the default age branch
     saved = pd.read_csv(tmp_path / "folder" / "manifest.csv", dtype={"person": str})
     expected = make_manifest(load_train(drawn / "train", report=False), 4, 42)
     assert saved["fold"].tolist() == expected["fold"].tolist()
@@ -241,6 +242,49 @@ BAD_INPUTS = {
     "resume without last.pt": (["--resume", "{tmp}/runs/taken"], "no last.pt"),
     "batch larger than data": (["{manifest}", "--batch-size", "4000", "--input-size", "40x48"], "--batch-size"),
 }
+
+
+# Run in a fresh interpreter: the exit code, and whether torch and timm were imported on the way.
+REFUSED_EARLY = """import sys
+from maskkit.cli import main
+try:
+    main()
+except SystemExit as exit:
+    print(exit.code, "torch" in sys.modules, "timm" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--backbone", "efb2"], "did you mean effb2?"),
+    (["--input-size", "64"], "--input-size '64': expected WIDTHxHEIGHT"),
+    (["--epochs", "0"], "--epochs 0: use 1.."),
+    (["--fold", "7"], "--fold 7: "),
+    (["--source-missing"], "nowhere.csv: not found"),
+])
+def test_cheap_mistakes_are_refused_before_torch_is_imported(args, expected, manifest_path, tmp_path):
+    source = [str(tmp_path / "nowhere.csv")] if args == ["--source-missing"] else [str(manifest_path), *args]
+    result = subprocess.run([sys.executable, "-c", REFUSED_EARLY, "train", *source, "--runs-dir", str(tmp_path / "runs")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["2", "False", "False"], result.stdout + result.stderr
+    assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_only_near_misses_of_an_alias_are_refused_without_timm():
+    """No timm model name is spelt like an alias (check_backbone_spelling's premise); a typo of a timm
+    name is still refused, by timm, with its nearest names."""
+    import timm
+
+    from maskkit.contract.errors import MaskkitError
+    from maskkit.options import BACKBONES, check_backbone_spelling, resolve_backbone
+
+    for name in [*timm.list_models(), *BACKBONES]:
+        check_backbone_spelling(name)  # refuses none
+    for typo, alias in (("efb2", "effb2"), ("lite", "lite2"), ("Effb0", "effb0"), ("vit-tinny", "vit-tiny")):
+        with pytest.raises(MaskkitError, match=f"did you mean {alias}\\?"):
+            check_backbone_spelling(typo)
+    with pytest.raises(MaskkitError, match="unknown backbone 'resnet19': did you mean resnet18"):
+        resolve_backbone("resnet19")
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)
@@ -408,3 +452,20 @@ def test_the_studys_recipe_is_the_default_and_each_on_switch_has_its_off(cli, ma
         (True, True, "dldl", 0.3, "nadamw")
     plain = recipe_of(cli("train", manifest_path, "--no-ema", "--no-balanced", "--age-weight", "0", "--print-config"))
     assert (plain["ema"], plain["balanced"], plain["age_weight"]) == (False, False, 0.0)
+
+
+def help_text(cli, *command: str) -> str:
+    """A command's --help as one line of words (rich's boxes and wrapping taken out)."""
+    result = cli(*command, "--help")
+    assert result.exit_code == 0, result.output
+    return " ".join(result.stdout.replace("│", " ").split())
+
+
+def test_help_says_what_each_commands_own_options_do(cli):
+    train_help, synth_help, tune_help = (help_text(cli, c) for c in ("train", "synth", "tune"))
+    assert "--overwrite Replace the run folder" in train_help and "segment" not in train_help
+    assert "--overwrite Replace OUT when it holds a dataset that maskkit synth drew" in synth_help
+    assert "segment" not in synth_help
+    assert "With --best: write the best trial's recipe (YAML for train --config)" in tune_help
+    assert "CSV here" not in tune_help
+    assert "strong (basic + a random shift, scale and rotation" in train_help  # what each --aug applies

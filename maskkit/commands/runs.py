@@ -5,37 +5,47 @@ of options.MACHINE_OPTIONS, on the same manifest) form one recipe: their val_pre
 into one out-of-fold prediction of every validated image, and its macro F1 (`oof_f1`, with per-task
 F1) is the number to compare recipes by; one fold's validation is too small to rank them.
 `--oof-out` writes that pooled prediction (for stacking and for tuning vote weights).
+
+A run is done, running (its folder's lock is held) or unfinished (killed, failed or pruned before its
+last epoch, and not stopped by --patience): finished runs rank first, then the best val macro F1.
+Recipes rank finished first, then by the folds their OOF pools (`oof_folds`: a 1-fold "OOF" is one
+fold's validation), then by oof_f1.
 A rich table on stderr when stdout is a terminal (plus one row per recipe); CSV on stdout when piped.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+from rich.segment import Segments
 from rich.table import Table
 
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import Inputs, console, examples, write_csv
+from maskkit.contract.files import LOCK_FILE, Inputs, console, examples, write_csv
 from maskkit.contract.oof import OOF_COLUMNS, pooled_predictions
 from maskkit.contract.runfolder import CONFIG, best_row, read_config, read_metrics
 from maskkit.engine.metrics import scores
-from maskkit.options import MACHINE_OPTIONS, TrainOptions
+from maskkit.options import MACHINE_OPTIONS, RUN_STATUSES, RUNS_COLUMNS, TrainOptions
 
-COLUMNS = ("name", "backbone", "heads", "age_weight", "old_age", "input_size", "aug", "loss", "lr", "batch_size",
-           "epochs", "fold", "best_epoch", "val_f1", "f1_mask", "f1_gender", "f1_age",
-           "recipe", "recipe_folds", "oof_images", "oof_f1", "oof_f1_mask", "oof_f1_gender", "oof_f1_age", "path")
-SHOWN = ("name", "fold", "epochs", "best_epoch", "val_f1", "oof_f1")  # the terminal's default columns
-INTEGERS = ("best_epoch", "batch_size", "old_age", "recipe_folds", "oof_images")
-RECIPE_COLUMNS = ("recipe", "runs", "folds", "oof_images", "oof_f1", "oof_accuracy", "oof_f1_mask", "oof_f1_gender",
-                  "oof_f1_age", "backbone", "heads", "loss", "lr", "epochs", "input_size", "seed")
-RECIPE_SHOWN = ("recipe", "runs", "folds", "oof_images", "oof_f1")
+COLUMNS = RUNS_COLUMNS
+SHOWN = ("name", "status", "fold", "epochs", "best_epoch", "val_f1", "oof_folds", "oof_f1")  # the terminal's default
+INTEGERS = ("best_epoch", "batch_size", "old_age", "oof_folds", "oof_images")
+RECIPE_COLUMNS = ("recipe", "status", "runs", "folds", "oof_folds", "oof_images", "oof_f1", "oof_accuracy",
+                  "oof_f1_mask", "oof_f1_gender", "oof_f1_age", "backbone", "heads", "loss", "lr", "epochs",
+                  "input_size", "seed")
+RECIPE_SHOWN = ("recipe", "status", "runs", "folds", "oof_folds", "oof_images", "oof_f1")
 NOT_RECIPE = ("fold", *MACHINE_OPTIONS)  # what a run may change without changing its recipe
-LEFT = ("name", "backbone", "heads", "aug", "loss", "recipe", "path", "folds", "input_size")
+LEFT = ("name", "status", "backbone", "heads", "aug", "loss", "recipe", "path", "folds", "input_size", "epochs")
+FOLDING = ("name", "recipe", "path")  # the terminal table folds these onto more lines; it never cuts a cell
+FOLD_WIDTH = 20  # a folding column keeps at least this width (or its content's); beyond, the table overflows
 
 
 def runs_below(folder: Path, depth: int = 2) -> list[Path]:
@@ -83,11 +93,59 @@ def loss_name(options: dict) -> str:
     return "+".join(parts)
 
 
-def summarize(run_dir: Path, config: dict) -> dict:
-    """One row: the run's options and its best epoch's metrics (empty when no epoch finished)."""
+def lock_held(run_dir: Path) -> bool:
+    """Whether a live process holds the run folder's lock (contract.files.folder_lock: train, a tune
+    trial). A killed run leaves its lock file behind: its pid is gone (or the lock is free)."""
+    path = run_dir / LOCK_FILE
+    try:
+        holder = path.read_text().split()
+        os.kill(int(holder[0]), 0)
+    except (OSError, IndexError, ValueError) as exc:
+        if not isinstance(exc, PermissionError):  # PermissionError: alive, another user's
+            return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:  # a live pid that is not the holder (reused): the lock is free
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # and with it the shared lock just taken
+    return False
+
+
+def run_status(run_dir: Path, options: dict, metrics: pd.DataFrame, best: pd.Series | None) -> str:
+    """running (lock held), done (every epoch asked, or stopped by --patience) or unfinished."""
+    if lock_held(run_dir):
+        return "running"
+    done, planned = (int(metrics["epoch"].max()) if len(metrics) else 0), options.get("epochs")
+    patience = options.get("patience") or 0
+    stopped_early = bool(patience and best is not None and not pd.isna(best["val_f1"])
+                         and done - int(best["epoch"]) >= patience)
+    return "done" if planned is None or done >= planned or stopped_early else "unfinished"
+
+
+def shown_names(paths: Sequence[Path]) -> list[str]:
+    """Each run's folder name, with as many parent folders as it takes to tell the runs apart
+    (tune-s1/trial-0000 beside tune-s2/trial-0000)."""
+    depth = [1] * len(paths)
+    while True:
+        names = ["/".join(p.parts[-d:]) for p, d in zip(paths, depth)]
+        counts = Counter(names)
+        clashing = [i for i, n in enumerate(names) if counts[n] > 1 and depth[i] < len(paths[i].parts)]
+        if not clashing:
+            return names
+        for i in clashing:
+            depth[i] += 1
+
+
+def summarize(run_dir: Path, config: dict, name: str | None = None) -> dict:
+    """One row: the run's options, status and best epoch's metrics (empty when no epoch finished)."""
     options = config.get("options", {})
     row = {
-        "name": run_dir.name, "backbone": config["backbone"], "heads": config.get("heads"),
+        "name": name or run_dir.name, "backbone": config["backbone"], "heads": config.get("heads"),
         "age_weight": config.get("age_weight", 0.0), "old_age": config.get("old_age", 60),
         "input_size": "x".join(str(v) for v in config["img_size"][::-1]), "aug": options.get("aug"),  # WIDTHxHEIGHT
         "loss": loss_name(options), "lr": options.get("lr"), "batch_size": options.get("batch_size"),
@@ -95,12 +153,18 @@ def summarize(run_dir: Path, config: dict) -> dict:
     }
     metrics = read_metrics(run_dir)
     best = best_row(metrics)
+    row["status"] = run_status(run_dir, options, metrics, best)
     if best is not None:
         row["epochs"] = f"{len(metrics)}/{options.get('epochs', '?')}"
         row["best_epoch"] = int(best["epoch"])
-        row.update({k: None if pd.isna(best[k]) else round(float(best[k]), 4)
+        row.update({k: None if pd.isna(best[k]) else significant(best[k])
                     for k in ("val_f1", "f1_mask", "f1_gender", "f1_age")})
     return row
+
+
+def significant(value: float) -> float:
+    """A score to 4 significant digits (0.003512, 0.6641): enough to rank by, short to read."""
+    return float(f"{float(value):.4g}")
 
 
 def recipe_key(config: dict) -> str:
@@ -116,47 +180,58 @@ def recipe_id(key: str) -> str:
     return f"{json.loads(key)['options'].get('backbone')}#{hashlib.sha1(key.encode()).hexdigest()[:6]}"
 
 
+def recipe_status(statuses: pd.Series) -> str:
+    """A recipe is done when each of its runs is; running while one runs; else unfinished."""
+    return next((s for s in ("running", "unfinished") if (statuses == s).any()), "done")
+
+
+def ranked(frame: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """Done first (then running, then unfinished), then by `by`, largest first (empty last)."""
+    rank = frame["status"].map({s: i for i, s in enumerate(RUN_STATUSES)}).rename("_rank")
+    order = pd.concat([rank, frame[list(by)]], axis=1).sort_values(
+        ["_rank", *by], ascending=[True, *[False] * len(by)], na_position="last", kind="stable").index
+    return frame.loc[order].reset_index(drop=True)
+
+
 def recipes_table(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """One row per recipe of a runs table (pooled out-of-fold scores, best first), and each
-    recipe's pooled predictions by recipe id."""
+    """One row per recipe of a runs table (pooled out-of-fold scores; finished first, then most
+    folds pooled, then best), and each recipe's pooled predictions by recipe id."""
     rows, pooled_by_recipe = [], {}
     for key, group in table.groupby("recipe_key", sort=False):
         pooled, folds = pooled_predictions([Path(p) for p in group["path"]])
         first, options = group.iloc[0], json.loads(key)["options"]
         pooled_by_recipe[first["recipe"]] = pooled
-        row = {"recipe": first["recipe"], "runs": len(group), "folds": ",".join(str(f) for f in sorted(folds, key=str)),
-               "fold_runs": len(folds), "oof_images": len(pooled),
+        row = {"recipe": first["recipe"], "status": recipe_status(group["status"]), "runs": len(group),
+               "folds": ",".join(str(f) for f in sorted(folds, key=str)), "oof_folds": len(folds),
+               "oof_images": len(pooled),
                **{k: first[k] for k in ("backbone", "heads", "loss", "lr", "input_size")},
                "epochs": options.get("epochs"), "seed": options.get("seed")}
         if len(pooled):
-            row.update({f"oof_{k}": round(v, 4) for k, v in scores(pooled["label"], pooled["ans"]).items()})
+            row.update({f"oof_{k}": significant(v) for k, v in scores(pooled["label"], pooled["ans"]).items()})
             row["oof_f1"] = row.pop("oof_macro_f1")
         rows.append(row)
-    recipes = pd.DataFrame(rows).reindex(columns=[*RECIPE_COLUMNS, "fold_runs"])
-    recipes = recipes.sort_values("oof_f1", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
+    recipes = ranked(pd.DataFrame(rows).reindex(columns=list(RECIPE_COLUMNS)), ["oof_folds", "oof_f1"])
     return recipes, pooled_by_recipe
 
 
 def runs_table(folders: Sequence[str | Path] | None = None, with_recipes: bool = False):
-    """The table of runs, best val macro F1 first (runs without a finished epoch last).
+    """The table of runs: finished first, then best val macro F1 (runs without a finished epoch last).
 
     with_recipes: also return the recipes table and each recipe's pooled predictions."""
     paths = find_runs(folders or ["runs"])
     configs = [read_config(p) for p in paths]
-    table = pd.DataFrame([summarize(p, c) for p, c in zip(paths, configs)])
+    table = pd.DataFrame([summarize(p, c, n) for p, c, n in zip(paths, configs, shown_names(paths))])
     table["recipe_key"] = [recipe_key(c) for c in configs]
     table["recipe"] = table["recipe_key"].map(recipe_id)
     recipes, pooled = recipes_table(table)
     by_recipe = recipes.set_index("recipe")
-    for column, source in (("recipe_folds", "fold_runs"), ("oof_images", "oof_images"), ("oof_f1", "oof_f1"),
-                           ("oof_f1_mask", "oof_f1_mask"), ("oof_f1_gender", "oof_f1_gender"),
-                           ("oof_f1_age", "oof_f1_age")):
-        table[column] = table["recipe"].map(by_recipe[source])
+    for column in ("oof_folds", "oof_images", "oof_f1", "oof_f1_mask", "oof_f1_gender", "oof_f1_age"):
+        table[column] = table["recipe"].map(by_recipe[column])
     table = table.reindex(columns=list(COLUMNS))
     for column in INTEGERS:  # integers stay integers when a cell is empty (2, not 2.0)
         table[column] = pd.to_numeric(table[column], errors="coerce").round().astype("Int64")
-    table = table.sort_values("val_f1", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
-    recipes = recipes.drop(columns="fold_runs").astype({"oof_images": "Int64", "runs": "Int64"})
+    table = ranked(table, ["val_f1"])
+    recipes = recipes.astype({"oof_folds": "Int64", "oof_images": "Int64", "runs": "Int64"})
     return (table, recipes, pooled) if with_recipes else table
 
 
@@ -187,27 +262,49 @@ def choose_recipe(recipes: pd.DataFrame, recipe: str | None, why: str) -> str:
 
 
 def cell(value: object) -> str:
-    return "" if pd.isna(value) else str(value)
+    """A table cell: floats with 4 significant digits (0.0035, 0.1173, 5e-05), the rest as they are."""
+    if pd.isna(value):
+        return ""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def column_widths(cells: dict[str, list[str]], room: int) -> dict[str, int]:
+    """Each column as wide as its widest cell; beyond `room`, the widest folding column gives way,
+    down to FOLD_WIDTH (or its header). The other columns are never narrowed: the table may overflow."""
+    widths = {c: max([len(c), *map(len, values)]) for c, values in cells.items()}
+    floors = {c: min(widths[c], max(FOLD_WIDTH, len(c))) for c in widths if c in FOLDING}
+    excess = sum(widths.values()) - room
+    while excess > 0:
+        narrowable = [c for c in floors if widths[c] > floors[c]]
+        if not narrowable:
+            break
+        widest = max(narrowable, key=widths.get)
+        widths[widest] -= 1
+        excess -= 1
+    return widths
+
+
+def show_table(title: str, frame: pd.DataFrame, columns: Sequence[str]) -> None:
+    """One rich table on stderr, every cell whole: the name, recipe and path fold onto more lines,
+    and a table too wide for the terminal overflows it (the terminal wraps it) instead of cutting."""
+    cells = {c: [cell(v) for v in frame[c]] for c in columns}
+    widths = column_widths(cells, console.width - (3 * len(columns) + 1))  # borders and padding
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, justify="left" if column in LEFT else "right", width=widths[column],
+                         no_wrap=column not in FOLDING, overflow="fold" if column in FOLDING else "ellipsis")
+    for row in zip(*cells.values()):
+        table.add_row(*row)
+    width = sum(widths.values()) + 3 * len(columns) + 1
+    console.print(Segments(console.render(table, console.options.update_width(max(width, console.width)))),
+                  crop=False)
 
 
 def print_tables(table: pd.DataFrame, recipes: pd.DataFrame, columns: Sequence[str]) -> None:
-    """The rich tables on stderr: runs (the name never cut) and recipes."""
-    shown = Table(title=f"{len(table)} runs, best val macro F1 first", title_justify="left")
-    for column in columns:
-        wide = column in ("name", "recipe", "path")
-        shown.add_column(column, justify="left" if column in LEFT else "right", no_wrap=not wide,
-                         overflow="fold", min_width=min(max(table[column].map(cell).map(len).max(), len(column)), 24)
-                         if wide else None)
-    for _, row in table.iterrows():
-        shown.add_row(*(cell(row[c]) for c in columns))
-    console.print(shown)
-    pooled = Table(title=f"{len(recipes)} recipes, best pooled out-of-fold macro F1 first", title_justify="left")
-    for column in RECIPE_SHOWN:
-        pooled.add_column(column, justify="left" if column in LEFT else "right",
-                          no_wrap=column == "recipe", overflow="fold")
-    for _, row in recipes.iterrows():
-        pooled.add_row(*(cell(row[c]) for c in RECIPE_SHOWN))
-    console.print(pooled)
+    """The rich tables on stderr: runs and recipes, finished first."""
+    show_table(f"{len(table)} runs: finished first, then best val macro F1", table, columns)
+    show_table(f"{len(recipes)} recipes: finished first, then most folds pooled (oof_folds), then best pooled "
+               "out-of-fold macro F1", recipes, RECIPE_SHOWN)
 
 
 def run(folders: Sequence[str | Path] | None = None, columns: str | None = None, oof_out: Path | None = None,

@@ -408,7 +408,8 @@ def _train(trainer: Trainer, config: dict, stop: Callable[[int, int], bool] | No
     validation = ("every person (--fold all: no validation, best.pt = the final weights), " if options.all_folds else
                   f"validating on fold {options.fold} ({len(trainer.data.val_set)} images of "
                   f"{config['val_persons']} persons), ")
-    _say(trainer, f"training {options.backbone} ({options.heads}{' + age regression' if options.age_regression else ''}) "
+    age = {"none": "", "dldl": " + dldl age distribution", "mse": " + mse age regression"}[options.age_head]
+    _say(trainer, f"training {options.backbone} ({options.heads}{age}) "
                   f"on {len(trainer.data.train_set)} images of {config['train_persons']} persons, {validation}"
                   f"input {options.img_size[1]}x{options.img_size[0]} (WxH), crop {tuple(config['crop'])} (HxW "
                   f"fractions), {trainer.device}{processes}: {run_dir}")

@@ -19,7 +19,9 @@ from pathlib import Path
 import yaml
 
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import console, write_text
+from maskkit.contract.files import console, examples, write_text
+from maskkit.contract.manifest import read_manifest
+from maskkit.contract.streams import is_stream
 from maskkit.options import MACHINE_OPTIONS, TrainOptions, parse_fold, parse_width_height
 
 PLACES = ("name", "runs_dir")  # where a run goes: train's --name and --runs-dir, not options
@@ -86,6 +88,22 @@ def train_options(flags: Mapping[str, object], given: Iterable[str],
         TrainOptions.from_dict(from_file, str(recipe))
     options = TrainOptions.from_dict({**from_file, **typed}, "options", ranges=False)  # train checks them
     return options, set(from_file) | set(typed)
+
+
+def check_new_run(source: str | Path, options: TrainOptions) -> None:
+    """What a new run is refused for before torch and timm are imported (seconds): the options' ranges,
+    an alias's near miss (efb2), a source that is not there, a --fold the manifest lacks (pandas only).
+    commands/train checks them again for callers of its `run`, with timm and the whole data."""
+    options.check(backbone=False)
+    if is_stream(source):
+        return
+    if not Path(source).exists():
+        raise MaskkitError(f"{source}: not found (give a manifest CSV from maskkit split, or DATA/train)")
+    if Path(source).is_file() and not options.all_folds:
+        folds = sorted(read_manifest(source)["fold"].unique())
+        if options.fold not in folds:
+            raise MaskkitError(f"--fold {options.fold}: {source} has folds {examples(folds, 10)}; pick one of them, "
+                               "or all (a full-data model)")
 
 
 def run_place(flags: Mapping[str, object], given: Iterable[str], recipe: str | Path | None) -> tuple[Path, str | None]:
