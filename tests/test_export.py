@@ -15,7 +15,27 @@ pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 
-@pytest.mark.parametrize("which", ["single_run", "multi_run"])
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory, manifest_path):
+    """A run of the recipe users get, TrainOptions()'s defaults (multi heads, DLDL age, EMA, cutmix, strong
+    aug...), only the backbone, input size, epochs, batch and machine shrunk (the fixtures train FAST)."""
+    from maskkit.commands import train
+    from maskkit.options import TrainOptions
+
+    options = TrainOptions(backbone="test_resnet", pretrained=False, img_size=(48, 40), epochs=1, batch_size=16,
+                           device="cpu", threads=1, workers=0, cache="ram")
+    with one_thread():
+        return train.run(manifest_path, options, out=tmp_path_factory.mktemp("runs"), name="defaults",
+                         show_progress=False)
+
+
+def test_the_default_run_is_the_default_recipe(default_run):
+    options = json.loads((default_run / "config.json").read_text())["options"]
+    assert (options["heads"], options["age_loss"], options["age_weight"] > 0, options["ema"]) == ("multi", "dldl",
+                                                                                                 True, True)
+
+
+@pytest.mark.parametrize("which", ["single_run", "multi_run", "default_run"])
 def test_exported_model_predicts_the_same_ans_as_its_run_folder(which, request, drawn, tmp_path, cli):
     run = request.getfixturevalue(which)
     model = tmp_path / "m.onnx"
@@ -66,3 +86,17 @@ def test_export_refuses_other_files_and_predict_refuses_foreign_onnx(multi_run, 
     assert notes.read_text() == "my notes"
     result = cli("predict", notes, drawn / "eval", "--device", "cpu")
     assert result.exit_code == 2 and "not a readable ONNX model" in result.stderr, result.stderr
+
+
+def test_an_operation_onnx_cannot_export_is_one_line_exit_1_and_leaves_nothing(multi_run, tmp_path, cli, monkeypatch):
+    import torch
+
+    def refuse(*args, **kwargs):  # as torch does: the reason, then the TorchScript graph
+        raise RuntimeError("ONNX export does not support exporting 'op_x'\n" + "%1 : Float(2, 3)\n" * 50)
+
+    monkeypatch.setattr(torch.onnx, "export", refuse)
+    result = cli("export", multi_run, tmp_path / "m.onnx")
+    assert result.exit_code == 1, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "cannot be exported to ONNX" in result.stderr and "op_x" in result.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -266,3 +266,17 @@ def test_local_vit_weights_load_at_another_input_size(tmp_path):
     assert torch.equal(model.backbone.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
     outputs = model(torch.randn(2, 3, 64, 48))
     assert outputs["mask"].shape == (2, 3)
+
+
+@pytest.mark.parametrize("old_age", [60, 50])
+def test_dldl_age_groups_are_the_distributions_mass_in_float32_under_autocast(old_age):
+    model = build_model("test_resnet", heads="multi", age_head="dldl", old_age=old_age).eval()
+    assert not any(key.startswith("year") for key in model.state_dict())  # best.pt files keep their keys
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(3, 3, 48, 40))
+    p_years = out["age_dist"].float().softmax(dim=1)
+    expected = torch.stack([p_years[:, :30].sum(1), p_years[:, 30:old_age].sum(1), p_years[:, old_age:].sum(1)], 1)
+    assert out["age"].dtype == torch.float32 and out["age_years"].dtype == torch.float32
+    assert torch.allclose(out["age"].exp(), expected, atol=1e-6)
+    years = p_years @ torch.arange(101, dtype=torch.float32)
+    assert torch.allclose(out["age_years"], (years - 40) / 20, atol=1e-6)

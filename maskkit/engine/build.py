@@ -145,10 +145,10 @@ def build_data(manifest: pd.DataFrame, options: TrainOptions, config: dict, devi
 def build_training_model(options: TrainOptions, img_size: Sequence[int], device: torch.device,
                          resumed: bool) -> torch.nn.Module:
     """The model on `device`, initialised from `--seed` (or `--weights`/pretrained, except when
-    resuming: last.pt then has the weights)."""
+    resuming: last.pt then has the weights); a backbone that cannot take img_size is refused first."""
     model = build_model(options.backbone, heads=options.heads, age_head=options.age_head, old_age=options.old_age,
                         pretrained=options.pretrained and not resumed, weights=None if resumed else options.weights,
-                        img_size=tuple(img_size), dropout=options.dropout).to(device)
+                        img_size=tuple(img_size), dropout=options.dropout, probe=True).to(device)
     if device.type == "cuda":
         to_channels_last(model)
     return model

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from maskkit import __version__
-from maskkit.contract.errors import MaskkitError
+from maskkit.contract.errors import MaskkitError, RunFailure
 from maskkit.contract.labels import NUM_CLASSES, class_name
 from maskkit.engine.models import class_probs
 
@@ -77,14 +77,20 @@ def onnx_modules():
 
 
 def write_onnx(net: ProbabilityNet, meta: Mapping, path: Path) -> None:
-    """Export `net` (dynamic batch) to `path` with `meta` as the metadata entry `maskkit`."""
+    """Export `net` (dynamic batch) to `path` with `meta` as the metadata entry `maskkit`; an operation the
+    exporter cannot write is a RunFailure naming it in one line (torch's own error dumps the graph)."""
     onnx, _ = onnx_modules()
     example = torch.zeros(2, 3, meta["input"]["height"], meta["input"]["width"], dtype=torch.uint8)
     with warnings.catch_warnings():  # the TorchScript exporter is deprecated; it needs no onnxscript
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (example,), str(path), dynamo=False, opset_version=OPSET,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        try:
+            torch.onnx.export(net, (example,), str(path), dynamo=False, opset_version=OPSET,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        except Exception as exc:  # SymbolicValueError, UnsupportedOperatorError, tracer errors...
+            reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            raise RunFailure(f"the {meta.get('backbone', 'run')} model cannot be exported to ONNX (opset {OPSET}): "
+                             f"{reason}") from None
     proto = onnx.load(str(path))
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(dict(meta), sort_keys=True)

