@@ -29,7 +29,7 @@ from rich.segment import Segments
 from rich.table import Table
 
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import LOCK_FILE, Inputs, console, examples, write_csv
+from maskkit.contract.files import LOCK_FILE, Inputs, console, examples, process_alive, write_csv
 from maskkit.contract.oof import OOF_COLUMNS, pooled_predictions
 from maskkit.contract.runfolder import CONFIG, best_row, read_config, read_metrics
 from maskkit.engine.metrics import scores
@@ -98,14 +98,12 @@ def lock_held(run_dir: Path) -> bool:
     trial). A killed run leaves its lock file behind: its pid is gone (or the lock is free)."""
     path = run_dir / LOCK_FILE
     try:
-        holder = path.read_text().split()
-        os.kill(int(holder[0]), 0)
-    except (OSError, IndexError, ValueError) as exc:
-        if not isinstance(exc, PermissionError):  # PermissionError: alive, another user's
-            return False
-    try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
+        return False
+    holder = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
+    if not (holder and holder[0].isdigit() and process_alive(int(holder[0]))):
+        os.close(fd)
         return False
     try:  # a live pid that is not the holder (reused): the lock is free
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
