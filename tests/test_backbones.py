@@ -13,7 +13,8 @@ from maskkit.contract.labels import NUM_CLASSES, TASKS
 from maskkit.engine.build import build_optimisation, build_training_model
 from maskkit.engine.loop import OnDevice, train_step
 from maskkit.engine.loss import MaskLoss
-from maskkit.engine.models import age_to_target, build_model, check_backbone
+from maskkit.contract.labels import age_to_target
+from maskkit.engine.models import build_model, check_backbone
 from maskkit.options import TrainOptions
 
 pytest.importorskip("onnxruntime")

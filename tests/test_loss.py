@@ -9,7 +9,8 @@ import torch
 
 from helpers import FAST, one_thread
 from maskkit.engine.loss import MaskLoss, dldl_loss, year_distribution
-from maskkit.engine.models import age_to_target, build_model, class_probs, head_task_probs
+from maskkit.contract.labels import age_to_target
+from maskkit.engine.models import build_model, class_probs, head_task_probs
 from maskkit.options import TrainOptions
 
 

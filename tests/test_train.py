@@ -107,7 +107,8 @@ def test_val_preds_are_the_best_epochs_out_of_fold_predictions(multi, manifest_p
 def test_age_regression_branch_learns_years(multi, manifest_path):
     from maskkit.data.loader import ImageDataset
     from maskkit.data.presets import eval_transform
-    from maskkit.engine.models import load_run, target_to_age
+    from maskkit.contract.labels import target_to_age
+    from maskkit.engine.models import load_run
 
     model, config = load_run(multi)
     manifest = pd.read_csv(manifest_path)
@@ -185,6 +186,24 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     assert last["progress"]["epoch"] == 1 and last["progress"]["current"]["step"] == 0
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
     assert len(pd.read_csv(tmp_path / "nan" / "metrics.csv")) == 1
+
+
+def test_a_run_failing_in_its_first_epoch_leaves_no_folder(tmp_path, manifest_path, monkeypatch):
+    """steps.csv (and tb/) are written from the first step: a run that never saved an epoch removes them too."""
+    from maskkit.engine.loss import MaskLoss
+
+    real = MaskLoss.__call__
+    calls = {"n": 0}
+
+    def poisoned(self, outputs, targets):
+        calls["n"] += 1
+        loss = real(self, outputs, targets)
+        return loss * float("nan") if calls["n"] > 3 else loss
+
+    monkeypatch.setattr(MaskLoss, "__call__", poisoned)
+    with one_thread(), pytest.raises(RunFailure, match="NaN"):
+        train.run(manifest_path, TrainOptions(**dict(FAST, epochs=2)), out=tmp_path, name="early", show_progress=False)
+    assert not (tmp_path / "early").exists()
 
 
 def test_cli_trains_a_dataset_folder_with_an_on_the_fly_split(cli, drawn, tmp_path, monkeypatch):

@@ -24,6 +24,19 @@ IMAGE_STEMS = {
 YOUNG_BELOW = 30
 OLD_FROM = 60
 AGE_RANGE = (0, 120)  # possible ages in years: train.csv and fixes refuse others
+# The age-regression target: (years - AGE_CENTER) / AGE_SCALE, so typical ages land in about [-1, 1].
+AGE_CENTER = 40.0
+AGE_SCALE = 20.0
+
+
+def age_to_target(years):
+    """Years -> the normalised value an `age_years` head predicts (works on tensors and arrays)."""
+    return (years - AGE_CENTER) / AGE_SCALE
+
+
+def target_to_age(target):
+    """An `age_years` head's output -> years."""
+    return target * AGE_SCALE + AGE_CENTER
 
 
 def age_group(age, old_from: int = OLD_FROM):

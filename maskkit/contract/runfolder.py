@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from maskkit.options import INPUT_SIDE_RANGE, TrainOptions
 CONFIG, MANIFEST, METRICS, BEST, LAST, VAL_PREDS = (
     "config.json", "manifest.csv", "metrics.csv", "best.pt", "last.pt", "val_preds.csv")
 CONFUSION, CURVES = "confusion.png", "curves.png"
-RUN_FILES = (CONFIG, MANIFEST, METRICS, BEST, LAST, VAL_PREDS, CONFUSION, CURVES)
+STEPS, TENSORBOARD = "steps.csv", "tb"  # engine/tracking.py: every step's loss, and --logger tensorboard's folder
+RUN_FILES = (CONFIG, MANIFEST, METRICS, BEST, LAST, VAL_PREDS, CONFUSION, CURVES, STEPS)
 CONFIG_FORMAT = 2
 METRIC_COLUMNS = ("epoch", "seconds", "lr", "train_loss", "val_loss", "val_f1", "val_acc",
                   "f1_mask", "f1_gender", "f1_age")
@@ -267,5 +269,7 @@ def remove_run(run_dir: str | Path) -> None:
     run_dir = Path(run_dir)
     for name in RUN_FILES:
         (run_dir / name).unlink(missing_ok=True)
+    if (run_dir / TENSORBOARD).is_dir() and not (run_dir / TENSORBOARD).is_symlink():
+        shutil.rmtree(run_dir / TENSORBOARD)
     if run_dir.is_dir() and not any(run_dir.iterdir()):
         run_dir.rmdir()

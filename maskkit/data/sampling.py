@@ -6,9 +6,8 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import Sampler
 
-from maskkit.contract.labels import GENDERS, MASKS, NUM_CLASSES, age_group, encode
+from maskkit.contract.labels import GENDERS, MASKS, NUM_CLASSES, age_group, age_to_target, encode
 from maskkit.data.loader import SeededSampler
-from maskkit.engine.models import age_to_target
 
 
 def targets_of(rows: pd.DataFrame, old_age: int) -> dict[str, np.ndarray]:

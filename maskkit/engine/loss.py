@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from maskkit.contract.labels import TASKS
-from maskkit.engine.models import AGE_SCALE, AGE_YEARS, target_to_age
+from maskkit.contract.labels import AGE_SCALE, target_to_age
+from maskkit.engine.models import AGE_YEARS
 
 
 def task_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float = 0.0, gamma: float = 0.0) -> torch.Tensor:

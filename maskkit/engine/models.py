@@ -26,27 +26,13 @@ from torch import nn
 
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import console, examples
-from maskkit.contract.labels import NUM_CLASSES, TASKS
+from maskkit.contract.labels import NUM_CLASSES, TASKS, YOUNG_BELOW, age_to_target
 from maskkit.contract.runfolder import BEST, read_best_state, read_config, require
 from maskkit.options import AGE_HEADS, BACKBONES, DEFAULT_CROP, HEADS, LITE_PACKAGES, resolve_backbone
 
-# Age regression target: (years - AGE_CENTER) / AGE_SCALE, so typical ages land in about [-1, 1].
-AGE_CENTER = 40.0
-AGE_SCALE = 20.0
 AGE_YEARS = 101  # the dldl head's support: years 0..100
-YOUNG_BELOW = 30  # the competition's groups: < 30, 30..59, >= 60
 
 _IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
-
-
-def age_to_target(years):
-    """Years -> the normalised value the `age_years` head predicts (works on tensors and arrays)."""
-    return (years - AGE_CENTER) / AGE_SCALE
-
-
-def target_to_age(target):
-    """The `age_years` head's output -> years."""
-    return target * AGE_SCALE + AGE_CENTER
 
 
 def model_defaults(backbone: str) -> dict:

@@ -19,9 +19,9 @@ import pandas as pd
 
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import write_csv
+from maskkit.contract.runfolder import STEPS, TENSORBOARD
 from maskkit.options import TrainOptions
 
-STEPS, TENSORBOARD = "steps.csv", "tb"
 STEP_COLUMNS = ("step", "epoch", "loss", "lr", "img_s")
 WANDB_PROJECT = "maskkit"
 
