@@ -4,7 +4,7 @@ Logic lives in the subcommand modules; this file only names the options (each de
 maskkit/cli_options.py, from the vocabulary of maskkit/options.py), turns errors into one-line
 messages with the exit codes of docs/formats.md, and sets torch's threads once per command.
 The subcommand modules (and torch) are imported inside the commands so that `--help` is fast.
-Over 400 lines: one declaration block per subcommand (thirteen of them), nothing else.
+Over 400 lines: one declaration block per subcommand (fourteen of them), nothing else.
 """
 
 from __future__ import annotations
@@ -225,6 +225,27 @@ def predict(
 
 
 @app.command()
+def val(
+    run: o.ExportRun, manifest: o.ValManifest = None,
+    tta: o.TtaMode = "none", out: o.ValOut = None, batch_size: o.BatchSize = 64, device: o.Device = "auto",
+    workers: o.Workers = None, threads: o.Threads = None, no_header: o.NoHeader = False, quiet: o.Quiet = False,
+) -> None:
+    """Re-score a run's best.pt on its validation fold (or on a labelled MANIFEST): the row `score` prints.
+
+    -o writes the predictions keyed like val_preds.csv (ImageID = path, ans, p0..p17, person, label).
+
+    Example: maskkit val runs/effb2-f0 --tta flip -o runs/effb2-f0/val_flip.csv
+
+    Example: maskkit val runs/effb2-all other/train > other_scores.csv
+    """
+    from maskkit.commands import val as val_module
+
+    with reported("val", threads):
+        val_module.run(run, manifest, tta=tta, out=out, batch_size=batch_size, device=device, workers=workers,
+                       quiet=quiet, header=not no_header)
+
+
+@app.command()
 def export(run: o.ExportRun, model: o.OnnxOut, check_images: o.CheckImages = None, threads: o.Threads = None) -> None:
     """Export a run's network to ONNX: uint8 NCHW RGB in, 18 class probabilities out, dynamic batch.
 
@@ -396,19 +417,25 @@ def cam(
 @app.command()
 def score(
     submission: Path = typer.Argument(..., help="Prediction CSV (ImageID,ans), e.g. from `maskkit vote`."),
-    truth: Path = typer.Argument(..., help="Truth CSV (ImageID,ans) of the same images, e.g. DATA/eval/truth.csv."),
+    truth: Path = typer.Argument(..., help="Truth CSV (ImageID,ans) of the same images, e.g. DATA/eval/truth.csv, "
+                                 "or a manifest CSV (path,label)."),
     confusion: Optional[Path] = typer.Option(None, "--confusion", help="Also draw the 18x18 confusion matrix here (PNG)."),
-    no_header: bool = typer.Option(False, "--no-header", help="Leave the CSV header out (to append rows: >> scores.csv)."),
+    no_header: o.NoHeader = False,
+    quiet: o.Quiet = False,
     out: o.Out = None,
 ) -> None:
     """Score a submission: macro F1 over the 18 classes, accuracy and each task's F1 (one CSV row).
 
+    The truth may be a manifest (its path,label), e.g. for `maskkit predict RUN folds.csv`.
+
     Example: maskkit score a.csv data/eval/truth.csv > scores.csv; maskkit score b.csv data/eval/truth.csv --no-header >> scores.csv
+
+    Example: for f in preds/*.csv; do maskkit score $f data/eval/truth.csv --quiet --no-header; done >> scores.csv
     """
     from maskkit.commands import score as score_module
 
     with reported("score"):
-        score_module.run(submission, truth, out=out, confusion=confusion, header=not no_header)
+        score_module.run(submission, truth, out=out, confusion=confusion, quiet=quiet, header=not no_header)
 
 
 def main() -> None:
