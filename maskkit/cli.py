@@ -320,12 +320,48 @@ def vote(
         vote_module.run(files, soft=soft, weights=file_weights, info=info, probs=probs, out=out)
 
 
-@app.command()
+def spread_values(args: List[str], flag: str, takes_value: set) -> List[str]:
+    """`flag a b c` -> `flag a flag b flag c`: the paths after `flag`, up to the next option, each its
+    own value (click gives an option one value). When no argument is left for the command's
+    positional, the last spread path is it (`--oof r0 r1 DATA`, as `--oof r0 DATA` always read)."""
+    out, spread, positional, i, more = [], [], 0, 0, False
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            positional += len(args) - i - 1
+            out += args[i:]
+            break
+        if more and (arg == "-" or not arg.startswith("-")):
+            spread.append(len(out))
+            out += [flag, arg]
+            i += 1
+            continue
+        more = arg == flag or arg.startswith(flag + "=")
+        step = 2 if arg == flag or arg in takes_value else 1
+        positional += step == 1 and not more and (arg == "-" or not arg.startswith("-"))
+        out += args[i:i + step]
+        i += step
+    if not positional and spread:
+        del out[spread[-1]]
+    return out
+
+
+class SpreadOof(typer.core.TyperCommand):
+    """audit's --oof takes one or more paths (`--oof runs/f{0,1,2,3,4}`), or one per --oof."""
+
+    def parse_args(self, ctx, args):
+        takes_value = {name for param in self.params if not getattr(param, "is_flag", True)
+                       for name in getattr(param, "opts", [])}
+        return super().parse_args(ctx, spread_values(list(args), "--oof", takes_value))
+
+
+@app.command(cls=SpreadOof)
 def audit(
     data: Path = typer.Argument(..., help="DATA/train (or DATA) of the competition layout."),
     oof: Optional[List[Path]] = typer.Option(
-        None, "--oof", help="Run folder (reads RUN/val_preds.csv) or val_preds CSV; repeat once per fold, "
-        "and add other models' or seeds' folds as well: their evidence is pooled into P(label wrong)."),
+        None, "--oof", help="One or more run folders (each reads RUN/val_preds.csv) or val_preds CSVs: "
+        "--oof runs/f0 runs/f1 ... (runs/f{0,1,2,3,4}) or --oof once per path. Give every fold, and add other "
+        "models' or seeds' folds as well: their evidence is pooled into P(label wrong)."),
     manifest: Optional[Path] = typer.Option(
         None, "--manifest", help="Judge this manifest's labels (e.g. after split --fixes) instead of train.csv's."),
     fixes_out: Optional[Path] = typer.Option(
@@ -343,8 +379,8 @@ def audit(
 ) -> None:
     """Rank suspect files and labels: structural checks, plus label checks from out-of-fold predictions.
 
-    Example: maskkit audit data/train --oof runs/f0 --oof runs/f1 --oof runs/f2 --fixes-out fixes.csv --sheet audit.png
-    Review budget: maskkit audit data/train --oof runs/f0 ... --oof runs/f4 --top 40 --sheet audit.png
+    Example: maskkit audit data/train --oof runs/f0 runs/f1 runs/f2 runs/f3 runs/f4 --fixes-out fixes.csv --sheet audit.png
+    Review budget: maskkit audit data/train --oof runs/lite0-f{0,1,2,3,4} --top 40 --sheet audit.png
     """
     from maskkit.commands import audit as audit_module
 
