@@ -72,7 +72,8 @@ def run(run_dir: str | Path, manifest: str | Path | None = None, tta: str = "non
         batch_size: int = 64, device: str = "auto", workers: int | None = None, show_progress: bool | None = None,
         quiet: bool = False, header: bool = True) -> dict:
     """Score RUN's best.pt on its validation fold (or on `manifest`); the Score output row to stdout
-    (without `header`: the row alone), its tables on stderr unless `quiet`, the predictions to `out`.
+    (without `header`: the row alone), its tables and notes on stderr unless `quiet` (warnings
+    always), the predictions to `out`.
     Returns the row. torch's threads are the caller's."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
@@ -95,8 +96,9 @@ def run(run_dir: str | Path, manifest: str | Path | None = None, tta: str = "non
     inputs.check(out, header=VAL_PREDS_HEADER)
     torch_device = resolve_device(device)
     member = torch_member(str(run_dir), torch_device)
-    console.print(f"val: {run_dir} on {len(rows)} images of {rows['person'].nunique()} persons ({where})"
-                  + (", --tta flip" if tta == "flip" else ""), markup=False, highlight=False)
+    if not quiet:
+        console.print(f"val: {run_dir} on {len(rows)} images of {rows['person'].nunique()} persons ({where})"
+                      + (", --tta flip" if tta == "flip" else ""), markup=False, highlight=False)
     workers = default_workers(torch_device) if workers is None else workers
     probs = ensemble_probs([member], paths, tta, batch_size, workers, torch_device, show_progress)
     check_probabilities(str(run_dir), probs, paths)
@@ -107,6 +109,7 @@ def run(run_dir: str | Path, manifest: str | Path | None = None, tta: str = "non
         print_scores(row, frame["label"].to_numpy(), frame["ans"].to_numpy())
     if out is not None:
         write_predictions(frame, out, inputs=inputs)
-        console.print(f"val: {len(frame)} predictions written to {out}", markup=False, highlight=False)
+        if not quiet:
+            console.print(f"val: {len(frame)} predictions written to {out}", markup=False, highlight=False)
     write_score_row(row, header=header)
     return row
