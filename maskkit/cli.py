@@ -4,7 +4,7 @@ Logic lives in the subcommand modules; this file only names the options (each de
 maskkit/cli_options.py, from the vocabulary of maskkit/options.py), turns errors into one-line
 messages with the exit codes of docs/formats.md, and sets torch's threads once per command.
 The subcommand modules (and torch) are imported inside the commands so that `--help` is fast.
-Over 400 lines: one declaration block per subcommand (thirteen of them), nothing else.
+Over 400 lines: one declaration block per subcommand (fourteen of them), nothing else.
 """
 
 from __future__ import annotations
@@ -229,6 +229,27 @@ def predict(
 
 
 @app.command()
+def val(
+    run: o.ExportRun, manifest: o.ValManifest = None,
+    tta: o.TtaMode = "none", out: o.ValOut = None, batch_size: o.BatchSize = 64, device: o.Device = "auto",
+    workers: o.Workers = None, threads: o.Threads = None, no_header: o.NoHeader = False, quiet: o.Quiet = False,
+) -> None:
+    """Re-score a run's best.pt on its validation fold (or on a labelled MANIFEST): the row `score` prints.
+
+    -o writes the predictions keyed like val_preds.csv (ImageID = path, ans, p0..p17, person, label).
+
+    Example: maskkit val runs/effb2-f0 --tta flip -o runs/effb2-f0/val_flip.csv
+
+    Example: maskkit val runs/effb2-all other/train > other_scores.csv
+    """
+    from maskkit.commands import val as val_module
+
+    with reported("val", threads):
+        val_module.run(run, manifest, tta=tta, out=out, batch_size=batch_size, device=device, workers=workers,
+                       quiet=quiet, header=not no_header)
+
+
+@app.command()
 def export(run: o.ExportRun, model: o.OnnxOut, check_images: o.CheckImages = None, threads: o.Threads = None) -> None:
     """Export a run's network to ONNX: uint8 NCHW RGB in, 18 class probabilities out, dynamic batch.
 
@@ -305,12 +326,48 @@ def vote(
         vote_module.run(files, soft=soft, weights=file_weights, info=info, probs=probs, out=out)
 
 
-@app.command()
+def spread_values(args: List[str], flag: str, takes_value: set) -> List[str]:
+    """`flag a b c` -> `flag a flag b flag c`: the paths after `flag`, up to the next option, each its
+    own value (click gives an option one value). When no argument is left for the command's
+    positional, the last spread path is it (`--oof r0 r1 DATA`, as `--oof r0 DATA` always read)."""
+    out, spread, positional, i, more = [], [], 0, 0, False
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            positional += len(args) - i - 1
+            out += args[i:]
+            break
+        if more and (arg == "-" or not arg.startswith("-")):
+            spread.append(len(out))
+            out += [flag, arg]
+            i += 1
+            continue
+        more = arg == flag or arg.startswith(flag + "=")
+        step = 2 if arg == flag or arg in takes_value else 1
+        positional += step == 1 and not more and (arg == "-" or not arg.startswith("-"))
+        out += args[i:i + step]
+        i += step
+    if not positional and spread:
+        del out[spread[-1]]
+    return out
+
+
+class SpreadOof(typer.core.TyperCommand):
+    """audit's --oof takes one or more paths (`--oof runs/f{0,1,2,3,4}`), or one per --oof."""
+
+    def parse_args(self, ctx, args):
+        takes_value = {name for param in self.params if not getattr(param, "is_flag", True)
+                       for name in getattr(param, "opts", [])}
+        return super().parse_args(ctx, spread_values(list(args), "--oof", takes_value))
+
+
+@app.command(cls=SpreadOof)
 def audit(
     data: Path = typer.Argument(..., help="DATA/train (or DATA) of the competition layout."),
     oof: Optional[List[Path]] = typer.Option(
-        None, "--oof", help="Run folder (reads RUN/val_preds.csv) or val_preds CSV; repeat once per fold, "
-        "and add other models' or seeds' folds as well: their evidence is pooled into P(label wrong)."),
+        None, "--oof", help="One or more run folders (each reads RUN/val_preds.csv) or val_preds CSVs: "
+        "--oof runs/f0 runs/f1 ... (runs/f{0,1,2,3,4}) or --oof once per path. Give every fold, and add other "
+        "models' or seeds' folds as well: their evidence is pooled into P(label wrong)."),
     manifest: Optional[Path] = typer.Option(
         None, "--manifest", help="Judge this manifest's labels (e.g. after split --fixes) instead of train.csv's."),
     fixes_out: Optional[Path] = typer.Option(
@@ -328,8 +385,8 @@ def audit(
 ) -> None:
     """Rank suspect files and labels: structural checks, plus label checks from out-of-fold predictions.
 
-    Example: maskkit audit data/train --oof runs/f0 --oof runs/f1 --oof runs/f2 --fixes-out fixes.csv --sheet audit.png
-    Review budget: maskkit audit data/train --oof runs/f0 ... --oof runs/f4 --top 40 --sheet audit.png
+    Example: maskkit audit data/train --oof runs/f0 runs/f1 runs/f2 runs/f3 runs/f4 --fixes-out fixes.csv --sheet audit.png
+    Review budget: maskkit audit data/train --oof runs/lite0-f{0,1,2,3,4} --top 40 --sheet audit.png
     """
     from maskkit.commands import audit as audit_module
 
@@ -402,19 +459,25 @@ def cam(
 @app.command()
 def score(
     submission: Path = typer.Argument(..., help="Prediction CSV (ImageID,ans), e.g. from `maskkit vote`."),
-    truth: Path = typer.Argument(..., help="Truth CSV (ImageID,ans) of the same images, e.g. DATA/eval/truth.csv."),
+    truth: Path = typer.Argument(..., help="Truth CSV (ImageID,ans) of the same images, e.g. DATA/eval/truth.csv, "
+                                 "or a manifest CSV (path,label)."),
     confusion: Optional[Path] = typer.Option(None, "--confusion", help="Also draw the 18x18 confusion matrix here (PNG)."),
-    no_header: bool = typer.Option(False, "--no-header", help="Leave the CSV header out (to append rows: >> scores.csv)."),
+    no_header: o.NoHeader = False,
+    quiet: o.Quiet = False,
     out: o.Out = None,
 ) -> None:
     """Score a submission: macro F1 over the 18 classes, accuracy and each task's F1 (one CSV row).
 
+    The truth may be a manifest (its path,label), e.g. for `maskkit predict RUN folds.csv`.
+
     Example: maskkit score a.csv data/eval/truth.csv > scores.csv; maskkit score b.csv data/eval/truth.csv --no-header >> scores.csv
+
+    Example: for f in preds/*.csv; do maskkit score $f data/eval/truth.csv --quiet --no-header; done >> scores.csv
     """
     from maskkit.commands import score as score_module
 
     with reported("score"):
-        score_module.run(submission, truth, out=out, confusion=confusion, header=not no_header)
+        score_module.run(submission, truth, out=out, confusion=confusion, quiet=quiet, header=not no_header)
 
 
 def main() -> None:

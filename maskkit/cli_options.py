@@ -169,9 +169,18 @@ PredictSources = Annotated[List[str], typer.Argument(
     metavar="MODELS_THEN_IMAGES", show_default=False,
     help="First the models: run folders (a folder holding config.json) or .onnx files from maskkit export; "
          "several give the mean of their probabilities. Then the images (default data/eval): DATA/eval, a folder "
-         "(recursive), image files, globs ('more/*.png', expanded here when the shell did not) or - (paths on "
-         "stdin, one per line).")]
+         "(recursive), DATA/train or a manifest CSV (rows keyed by their paths, as split writes them), image files, "
+         "globs ('more/*.png', expanded here when the shell did not) or - (paths on stdin, one per line).")]
 Names = Annotated[bool, typer.Option("--names", help="Add mask,gender,age columns: the words of ans, for reading.")]
+ValManifest = Annotated[Optional[Path], typer.Argument(
+    metavar="MANIFEST", show_default=False,
+    help="Labelled images to score on: a manifest CSV or DATA/train (default: the run's own validation fold "
+         "of the manifest it trained on).")]
+ValOut = Annotated[Optional[Path], typer.Option("-o", "--out", help="Write the predictions here (val_preds.csv's "
+                                                "columns); stdout keeps the score row.")]
+NoHeader = Annotated[bool, typer.Option("--no-header", help="Leave the CSV header out (to append rows: >> scores.csv).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No tables on stderr, for loops (the CSV row and any "
+                                     "warning still print).")]
 ExportRun = Annotated[Path, typer.Argument(metavar="RUN", help="Run folder written by `maskkit train` (config.json + best.pt).",
                                            show_default=False)]
 OnnxOut = Annotated[Path, typer.Argument(metavar="FILE.onnx", help="The .onnx file to write (its preprocessing goes to FILE.onnx.json).",

@@ -169,7 +169,9 @@ def test_person_level_rules_on_crafted_predictions(drawn, tmp_path, cli):
     assert set(zip(written["target"], written["column"], written["new"])) == {
         (t, c, s) for t, c, _, s in expected if c != "age"}  # age needs a person to set the years
     picture = cv2.imread(str(sheet))
-    assert picture is not None and picture.shape[1] == 4 * 160  # one tile per suspect with an image
+    # one line per suspect (the swap's two rows are one), every image it concerns: the flipped and the
+    # aged person's seven photos, the swap's two images
+    assert picture is not None and picture.shape[:2] == (3 * (200 + 76), 7 * 160)
 
 
 def test_fixes_round_trip_through_split_and_manifest(drawn, tmp_path, cli):
@@ -298,7 +300,7 @@ def test_top_is_a_review_budget_and_the_summary_says_how_many_errors_to_expect(n
     written = pd.read_csv(top_fixes, dtype={"target": str})
     assert set(written["target"]) <= set(errors["target"])
     assert len(written) > len(pd.read_csv(every).query("score >= 0.4"))  # more than the cut-off writes
-    assert f"contact sheet of {min(n, len(got))} suspects" in result.stderr
+    assert f"contact sheet of {n} suspects" in result.stderr  # n label errors, a swap's two images one suspect
     swap_rows = got["reason"].str.endswith("look swapped").sum()
     assert swap_rows >= 2
     counted = [line for line in result.stderr.splitlines() if "pairs of images look swapped" in line]
@@ -372,3 +374,58 @@ def test_several_models_agreeing_make_a_label_more_suspect(drawn, tmp_path, cli)
     assert alone.loc[only_first, "models"] == "1/1"
     ranked = together[together["column"] == "gender"].index.tolist()
     assert ranked[0] == both  # ordered by P(label wrong)
+
+
+# --- issue 25: --oof takes several paths, the sheet draws suspects, weak evidence says so -----------
+
+
+def test_oof_takes_one_or_more_paths_as_the_readme_writes_them(noisy, cli):
+    """`--oof runs/f{0,1,2,3,4}` (the shell's brace expansion) is the same audit as --oof once per path,
+    with DATA first or last; --help shows that --oof takes several paths."""
+    root, oof, _ = noisy
+    train = root / "data" / "train"
+    repeated = cli("audit", train, *[a for path in oof for a in ("--oof", path)], "--top", 5)
+    spread = cli("audit", train, "--oof", *oof, "--top", 5)
+    last = cli("audit", "--oof", *oof, train, "--top", 5)
+    assert spread.exit_code == 0, spread.stderr
+    assert suspects_of(spread).equals(suspects_of(repeated)) and suspects_of(last).equals(suspects_of(repeated))
+    assert spread.stderr == repeated.stderr
+    assert "weak evidence" not in spread.stderr  # a real (if weak) model's evidence: ~85% per-image accuracy
+    assert "--oof" in cli("audit", "--help").stdout and "<path>..." in cli("audit", "--help").stdout
+    stray = cli("audit", train, "--oof", *oof, "--top", 5, "stray.csv")  # a path after another option stays stray
+    assert stray.exit_code == 2 and "stray.csv" in stray.stderr
+
+
+def test_top_n_sheet_draws_n_suspects_with_all_their_images(drawn, tmp_path, cli):
+    """--top 2 --sheet: the two likeliest errors, a swapped pair whole (both images) and a person whose
+    age group is doubted with the person's seven photos, not two tiles cut from the ranked rows."""
+    runs, info = crafted_oof(drawn, tmp_path)
+    sheet = tmp_path / "sheet.png"
+    result = cli("audit", drawn / "train", "--oof", *runs, "--top", 2, "--sheet", sheet)
+    got = suspects_of(result)
+    cases = {(t if c != "mask" else Path(t).parent.name, c) for t, c in zip(got["target"], got["column"])}
+    assert len(cases) == 2 and len(got) == 3, got  # the swap's two rows and a person
+    assert "contact sheet of 2 suspects (9 images)" in result.stderr, result.stderr
+    picture = cv2.imread(str(sheet))
+    assert picture.shape[:2] == (2 * (200 + 76), 7 * 160)
+    assert {t.split("_")[0] for t, _ in cases} == {info["swapped"], info["aged"]}  # person ids, folders <id>_...
+
+
+def test_near_chance_evidence_is_called_weak_in_the_summary_line(drawn, tmp_path, cli):
+    """Predictions that know nothing (random probabilities, no label wrong): the summary line warns
+    that the suspects are weak evidence and gives the F1 it judged by; honest ones draw no warning."""
+    images = load_train(drawn / "train", report=False)
+    probs = np.random.default_rng(0).dirichlet(np.ones(18), size=len(images))
+    preds = pd.DataFrame(probs, columns=P)
+    preds.insert(0, "ans", probs.argmax(axis=1))
+    preds.insert(0, "ImageID", images["path"].to_numpy())
+    preds.to_csv(tmp_path / "chance.csv", index=False)
+    result = cli("audit", drawn / "train", "--oof", tmp_path / "chance.csv")
+    assert result.exit_code == 0, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "warning: weak evidence" in last and "expects about" in last, last
+    f1 = re.search(r"gender (\d\.\d\d) \(under 0\.75\)", last)
+    assert f1 and float(f1.group(1)) < 0.75, last
+    runs, _ = crafted_oof(drawn, tmp_path)
+    honest = cli("audit", drawn / "train", "--oof", *runs)
+    assert "expects about" in honest.stderr and "weak evidence" not in honest.stderr

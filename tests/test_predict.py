@@ -243,3 +243,30 @@ def test_paths_piped_into_a_real_process(multi_run, drawn, tmp_path):
     frame = pd.read_csv(StringIO(result.stdout), dtype={"ImageID": str})
     assert frame["ImageID"].tolist() == listed
     check_prediction_csv(frame)
+
+
+def test_the_train_folder_and_a_manifest_are_keyed_like_the_manifest_so_score_matches(multi_run, drawn, tmp_path,
+                                                                                    cli, monkeypatch):
+    """`predict RUN data/train` keys rows data/train/images/... as `split data/train` writes them (not
+    images/...), `predict RUN folds.csv` predicts the manifest's images keyed by its path, and `score`
+    takes the manifest as truth for both."""
+    monkeypatch.chdir(drawn.parent)  # the shared dataset is `data` here; everything written goes to tmp_path
+    folds = tmp_path / "folds.csv"
+    assert cli("split", "data/train", "--folds", "4", "-o", folds).exit_code == 0
+    manifest = pd.read_csv(folds, dtype={"person": str})
+    with one_thread():
+        folder = cli("predict", multi_run, "data/train/", "--device", "cpu", "-o", tmp_path / "folder.csv")
+        listed = cli("predict", multi_run, folds, "--device", "cpu", "-o", tmp_path / "listed.csv")
+    assert folder.exit_code == 0, folder.stderr
+    assert listed.exit_code == 0, listed.stderr
+    by_folder, by_manifest = (pd.read_csv(tmp_path / f"{n}.csv", dtype={"ImageID": str}) for n in ("folder", "listed"))
+    assert by_manifest["ImageID"].tolist() == manifest["path"].tolist()
+    assert by_folder["ImageID"].str.startswith("data/train/images/").all()
+    assert sorted(by_folder["ImageID"]) == sorted(manifest["path"])
+    check_prediction_csv(by_manifest)
+    pd.testing.assert_frame_equal(by_folder.set_index("ImageID").loc[manifest["path"]],
+                                  by_manifest.set_index("ImageID"))
+    for name in ("folder", "listed"):
+        scored = cli("score", tmp_path / f"{name}.csv", folds, "--quiet")
+        assert scored.exit_code == 0, scored.stderr
+        assert pd.read_csv(StringIO(scored.stdout))["images"].iloc[0] == len(manifest)

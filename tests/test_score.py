@@ -121,3 +121,34 @@ def test_no_header_appends_rows_to_one_table(cli, truth, tmp_path):
     table = pd.read_csv(StringIO(first.stdout + second.stdout))  # as `>> scores.csv` after a first `>`
     assert list(table.columns) == list(COLUMNS) and len(table) == 2
     one_line_error(cli("score", truth, truth, "--no-header", "-o", tmp_path / "s.csv"), "--no-header")
+
+
+def test_quiet_prints_the_row_alone_and_keeps_warnings(cli, truth, drawn, tmp_path):
+    """--quiet, for loops: the same CSV row, no tables on stderr; a warning still says what is wrong."""
+    loud, quiet = cli("score", truth, truth), cli("score", truth, truth, "--quiet")
+    assert score_row(quiet).equals(score_row(loud))
+    assert "F1 per class" in loud.stderr and quiet.stderr == ""
+    rows = [cli("score", truth, truth, "-q", "--no-header").stdout for _ in range(2)]
+    assert rows[0] == rows[1] and len(rows[0].splitlines()) == 1  # appended rows, nothing else
+    unlabelled = tmp_path / "info.csv"
+    pd.read_csv(drawn / "eval" / "info.csv").assign(ans=0).to_csv(unlabelled, index=False)
+    warned = cli("score", truth, unlabelled, "--quiet")
+    assert warned.exit_code == 0 and warned.stderr.startswith("warning:") and len(warned.stderr.splitlines()) == 1
+
+
+def test_a_manifest_is_a_truth(cli, manifest_path, tmp_path):
+    """A manifest's path,label are read as ImageID,ans; its checks still apply."""
+    manifest = pd.read_csv(manifest_path, dtype={"person": str})
+    answers = tmp_path / "answers.csv"
+    labels = manifest["label"].to_numpy()
+    wrong = np.arange(len(manifest)) % 4 == 0
+    pd.DataFrame({"ImageID": manifest["path"], "ans": np.where(wrong, (labels + 1) % 18, labels)}).to_csv(
+        answers, index=False)
+    row = score_row(cli("score", answers, manifest_path))
+    assert row["images"] == len(manifest)
+    assert row["accuracy"] == pytest.approx(1 - wrong.mean(), abs=1e-6)
+    assert row["macro_f1"] == pytest.approx(f1_score(labels, np.where(wrong, (labels + 1) % 18, labels),
+                                                     average="macro"), abs=1e-6)
+    broken = tmp_path / "broken.csv"
+    manifest.assign(label=manifest["label"].where(manifest.index != 3, 40)).to_csv(broken, index=False)
+    one_line_error(cli("score", answers, broken), str(broken), "label outside 0..17")

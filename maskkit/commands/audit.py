@@ -44,7 +44,8 @@ from maskkit.contract.predictions import PROB_COLUMNS, read_predictions
 from maskkit.contract.runfolder import VAL_PREDS, read_config
 from maskkit.data.fingerprints import SCAN_COLUMNS, near_duplicates, scan_file
 from maskkit.data.images import contact_sheet, image_magic, read_image, write_image
-from maskkit.engine.calibration import Evidence
+from maskkit.engine.calibration import Evidence, pooled
+from maskkit.engine.metrics import scores
 from maskkit.engine.progress import progress_bar
 from maskkit.options import ALL_FOLDS
 
@@ -57,7 +58,13 @@ FIX = {"fix": True}  # marks the label suspects that --fixes-out writes
 MIN_SCORE = 0.4  # gender and mask suspects listed (and written by --fixes-out) from this P(label wrong) on
 AGE_MIN_SCORE = 0.9  # age is the weakest task: a person's age group needs stronger evidence
 IMAGE_MIN_SCORE = 0.9  # a single image's mask, when no swap explains it
-SHEET_TILES = 30  # suspects on the contact sheet, unless --top says how many
+SHEET_TILES = 30  # suspects on the contact sheet (a line of images each), unless --top says how many
+# Evidence too weak to judge labels by: a task's out-of-fold macro F1 against the given labels under
+# halfway from chance (1/classes) to perfect. Not measured on a sweep of models: a sane floor, far
+# below every model the audit's hit rates were measured with (drawn proxy: ~92% gender, ~96% mask
+# accuracy; real faces: gender F1 0.87-0.89) and above the near-chance model of issue 25 (macro F1
+# 0.18), whose 21 suspects and "about 15 wrong labels" were its own mistakes (no label was wrong).
+WEAK_F1 = {"gender": (1 + 1 / 2) / 2, "mask": (1 + 1 / 3) / 2}
 HASH_BITS = 8  # dHash candidates: at most this many of 64 bits differ
 THUMB_CORRELATION = 0.98  # confirmed near-duplicate: grayscale thumbnails correlate at least this much
 
@@ -379,7 +386,8 @@ def label_suspects(images: pd.DataFrame, probs: np.ndarray, min_score: float = M
     """Gender, age group and mask swaps per person, then lone odd masks per image; ranked by score.
 
     probs: (sets, n, 18) out-of-fold probabilities, NaN where a set does not predict an image
-    (an (n, 18) array is one set). The `fix` column marks the rows that --fixes-out writes. Suspects
+    (an (n, 18) array is one set). The `fix` column marks the rows that --fixes-out writes, `case`
+    the error a row belongs to (a swap's two rows share one; the sheet draws by case). Suspects
     are kept from `min_score` on or, with `top`, the `top` likeliest label errors whatever their
     score (a swap's two rows are one error). Also returns, per column (gender, mask), the sum of
     P(label wrong) over every person's gender and likeliest swap: the errors the evidence expects.
@@ -404,7 +412,7 @@ def label_suspects(images: pd.DataFrame, probs: np.ndarray, min_score: float = M
         kept = every[every["score"] >= min_score]
     else:
         kept = every[every["case"].isin(every["case"].drop_duplicates().head(top))]
-    return kept.drop(columns="case").reset_index(drop=True), expected
+    return kept.reset_index(drop=True), expected
 
 
 def rank(suspects: pd.DataFrame) -> pd.DataFrame:
@@ -428,52 +436,85 @@ def fixes_table(labels: pd.DataFrame) -> pd.DataFrame:
                         columns=FIXES_OUT_COLUMNS)
 
 
+def person_images(target: str, images: pd.DataFrame) -> list[str]:
+    """The images of a person (an id or a folder name), in the order of the competition's stems."""
+    owned = images[(images["person"].astype(str) == target) | (images["folder"] == PurePath(target).name)]
+    order = {stem: k for k, stem in enumerate(IMAGE_STEMS)}
+    return owned.assign(order=owned["stem"].map(order)).sort_values("order", kind="stable")["path"].tolist()
+
+
 def sheet_image(row: pd.Series, images: pd.DataFrame) -> str | None:
-    """The image that shows a suspect best: the image itself, or the person's unmasked photo."""
+    """The image that shows a structural suspect best: the image itself, or the person's unmasked photo."""
     target = row["target"]
     if Path(target).is_file():
         return target
-    owned = images[(images["person"].astype(str) == target) | (images["folder"] == PurePath(target).name)]
-    if owned.empty:
+    owned = person_images(target, images)
+    normal = [p for p in owned if PurePath(p).stem == "normal"]
+    return (normal or owned or [None])[0]
+
+
+def case_images(row: pd.Series, images: pd.DataFrame) -> list[str]:
+    """What a reviewer needs to judge one suspect row: every photo of a person whose gender or age is
+    doubted, the image itself for a mask, one image for a structural suspect."""
+    judged = str(row.get("p_wrong", "")) not in ("", "nan")
+    if judged and row["column"] in ("gender", "age"):
+        return person_images(row["target"], images)
+    file = sheet_image(row, images)
+    return [file] if file else []
+
+
+def sheet_tile(file: str, lines: Sequence[str], size: tuple[int, int, int]) -> np.ndarray | None:
+    """One thumbnail with its caption lines below (None when the image cannot be read)."""
+    tile_w, tile_h, text_h = size
+    img = read_image(file)
+    if img is None:
         return None
-    normal = owned[owned["stem"] == "normal"]
-    return (normal if len(normal) else owned).iloc[0]["path"]
+    scale = min(tile_w / img.shape[1], tile_h / img.shape[0])
+    img = cv2.resize(img, (max(1, int(img.shape[1] * scale)), max(1, int(img.shape[0] * scale))),
+                     interpolation=cv2.INTER_AREA)
+    tile = np.full((tile_h + text_h, tile_w, 3), 255, np.uint8)
+    x0 = (tile_w - img.shape[1]) // 2
+    tile[: img.shape[0], x0: x0 + img.shape[1]] = img
+    for k, line in enumerate(lines):
+        cv2.putText(tile, as_text(line)[:25], (4, tile_h + 15 + 17 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+    return tile
+
+
+def suspect_lines(row: pd.Series) -> list[str]:
+    """A suspect's caption: what it is, given -> suggested, and how sure."""
+    target = PurePath(row["target"])
+    head = [target.parent.name, f"{target.name}: {row['column']}"] if Path(row["target"]).is_file() \
+        else [target.name, row["column"]]
+    judged = str(row.get("p_wrong", "")) not in ("", "nan")
+    return [*head, f"{row['given']} -> {row['suggested']}",
+            f"P(wrong) {float(row['p_wrong']):.2f} {row['models']}" if judged else f"score {float(row['score']):.2f}"]
 
 
 def draw_sheet(suspects: pd.DataFrame, images: pd.DataFrame, path: Path, top: int = 30,
-               inputs: Inputs | None = None) -> int:
-    """A PNG grid of the top suspects: thumbnail, target, given -> suggested, score. Returns tiles drawn."""
-    tile_w, tile_h, text_h, columns = 160, 200, 76, 6
-    tiles = []
-    for _, row in suspects.iterrows():
-        if len(tiles) >= top:
-            break
-        file = sheet_image(row, images)
-        img = read_image(file) if file else None
-        if img is None:
-            continue
-        scale = min(tile_w / img.shape[1], tile_h / img.shape[0])
-        img = cv2.resize(img, (max(1, int(img.shape[1] * scale)), max(1, int(img.shape[0] * scale))),
-                         interpolation=cv2.INTER_AREA)
-        tile = np.full((tile_h + text_h, tile_w, 3), 255, np.uint8)
-        x0 = (tile_w - img.shape[1]) // 2
-        tile[: img.shape[0], x0: x0 + img.shape[1]] = img
-        target = PurePath(row["target"])
-        head = [target.parent.name, f"{target.name}: {row['column']}"] if Path(row["target"]).is_file() \
-            else [target.name, row["column"]]
-        judged = str(row.get("p_wrong", "")) not in ("", "nan")
-        lines = [*head, f"{row['given']} -> {row['suggested']}",
-                 f"P(wrong) {float(row['p_wrong']):.2f} {row['models']}" if judged else f"score {float(row['score']):.2f}"]
-        for k, line in enumerate(lines):
-            cv2.putText(tile, as_text(line)[:25], (4, tile_h + 15 + 17 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1,
-                        cv2.LINE_AA)
-        tiles.append(tile)
-    drawn = len(tiles)
-    if not tiles:
-        empty = np.full((tile_h + text_h, tile_w, 3), 255, np.uint8)
+               inputs: Inputs | None = None) -> tuple[int, int]:
+    """A PNG of the `top` first suspects (by `case` when the table has it: a swap's two rows are one),
+    one suspect per line: every image it concerns (a doubted person's photos, both images of a swap),
+    the first captioned with target, given -> suggested and P(wrong). Returns (suspects, images) drawn."""
+    size, tile_w = (160, 200, 76), 160
+    cases = suspects["case"] if "case" in suspects else pd.Series(range(len(suspects)), index=suspects.index)
+    chosen = list(dict.fromkeys(cases))[:top]
+    strips = []
+    for case in chosen:
+        tiles = []
+        for _, row in suspects[cases == case].iterrows():
+            for k, file in enumerate(case_images(row, images)):
+                tile = sheet_tile(file, suspect_lines(row) if k == 0 else [PurePath(file).name], size)
+                if tile is not None:
+                    tiles.append(tile)
+        if tiles:
+            strips.append(np.concatenate(tiles, axis=1))
+    drawn = (len(strips), sum(strip.shape[1] // tile_w for strip in strips))
+    if not strips:
+        empty = np.full((size[1] + size[2], tile_w, 3), 255, np.uint8)
         cv2.putText(empty, "no suspects", (4, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-        tiles.append(empty)
-    write_image(path, contact_sheet(tiles, columns=columns, gap=0), inputs=inputs)
+        strips.append(empty)
+    write_image(path, contact_sheet(strips, columns=1, gap=0), inputs=inputs)
     return drawn
 
 
@@ -508,30 +549,61 @@ def judged_table(images: pd.DataFrame, manifest: Path | None) -> pd.DataFrame:
     return table
 
 
-def expected_line(expected: dict[str, float]) -> str:
-    """How many gender and mask errors the evidence expects, and how far down a review should go."""
+def weak_tasks(quality: dict[str, float]) -> list[str]:
+    """The tasks whose out-of-fold F1 against the given labels is under WEAK_F1 (see there)."""
+    return [task for task, floor in WEAK_F1.items() if quality[f"f1_{task}"] < floor]
+
+
+def expected_line(expected: dict[str, float], quality: dict[str, float] | None = None) -> str:
+    """How many gender and mask errors the evidence expects, and how far down a review should go;
+    first a warning when the evidence is weak (`quality`: the predictions' own scores, `scores`)."""
     total = sum(expected.values())
     budget = max(1, round(2 * total))
-    return (f"audit: the out-of-fold evidence expects about {total:.1f} wrong labels (the sum of P(label wrong): "
-            f"gender {expected['gender']:.1f}, mask swaps {expected['mask']:.1f}); to review twice that: --top {budget}")
+    weak = weak_tasks(quality) if quality is not None else []
+    warning = ""
+    if weak:
+        f1s = ", ".join(f"{task} {quality[f'f1_{task}']:.2f} (under {WEAK_F1[task]:.2f})" for task in weak)
+        warning = (f"warning: weak evidence, the suspects are mostly the model's own mistakes: its out-of-fold F1 "
+                   f"against these labels is {f1s}, macro F1 {quality['macro_f1']:.2f}, so train a better model "
+                   "before trusting them; ")
+    return (f"audit: {warning}the out-of-fold evidence expects about {total:.1f} wrong labels (the sum of P(label "
+            f"wrong): gender {expected['gender']:.1f}, mask swaps {expected['mask']:.1f}); to review twice that: "
+            f"--top {budget}")
+
+
+def sheet_cases(suspects: pd.DataFrame, top: int | None) -> pd.DataFrame:
+    """The suspects the sheet draws: the first SHEET_TILES cases, or with `top` the ranked cases down
+    to the `top`-th label error (the review budget; structural suspects ranked among them too)."""
+    if "case" not in suspects or suspects.empty:
+        return suspects.head(top or SHEET_TILES)
+    order = list(dict.fromkeys(suspects["case"]))
+    if top is None:
+        chosen = order[:SHEET_TILES]
+    else:
+        judged = set(suspects.loc[suspects["p_wrong"].astype(str) != "", "case"])
+        errors = [case for case in order if case in judged][:top]
+        chosen = order[:order.index(errors[-1]) + 1] if errors else order[:top]
+    return suspects[suspects["case"].isin(chosen)]
 
 
 def write_outputs(suspects: pd.DataFrame, labels: pd.DataFrame, judged: pd.DataFrame, inputs: Inputs,
                   data: Path, fixes_out: Path | None, sheet: Path | None, top: int | None,
-                  expected: dict[str, float] | None) -> None:
+                  expected: dict[str, float] | None, quality: dict[str, float] | None = None) -> None:
     """The contact sheet and the fixes CSV, when asked for, and the summary on stderr (with the
-    errors the evidence expects, when there are label checks)."""
+    errors the evidence expects and how strong it is, when there are label checks)."""
     if sheet is not None:
-        drawn = draw_sheet(suspects, judged, sheet, top=top or SHEET_TILES, inputs=inputs)
-        console.print(f"audit: contact sheet of {drawn} suspects written to {sheet}")
+        chosen = sheet_cases(suspects, top)
+        cases, tiles = draw_sheet(chosen, judged, sheet, top=len(chosen), inputs=inputs)
+        console.print(f"audit: contact sheet of {cases} suspects ({tiles} images) written to {sheet}")
     if fixes_out is not None:
         fixes = fixes_table(labels)
         write_csv(fixes, fixes_out, inputs=inputs)
         console.print(f"audit: {len(fixes)} label suggestions written to {fixes_out} "
                       f"(review them, then: maskkit split {data} --fixes {fixes_out})")
-    console.print(summary(suspects) if len(suspects) else "audit: no suspects")
+    shown = suspects.drop(columns="case", errors="ignore")
+    console.print(summary(shown) if len(shown) else "audit: no suspects")
     if expected is not None:
-        console.print(expected_line(expected))
+        console.print(expected_line(expected, quality), markup=False, highlight=False)
 
 
 def run(data: Path, oof: Sequence[Path] = (), manifest: Path | None = None, fixes_out: Path | None = None,
@@ -559,13 +631,16 @@ def run(data: Path, oof: Sequence[Path] = (), manifest: Path | None = None, fixe
     images, quirks = layout.read_train(root)
     quirks.report()
     judged = judged_table(images, manifest)
-    labels, expected = frame([]), None
+    labels, expected, quality = frame([]), None, None
     if oof:
         covered, probs = join_oof(judged, read_oof(oof), ", ".join(map(str, oof)))
         labels, expected = label_suspects(covered, probs, min_score=min_score, top=top)
+        quality = scores(covered["label"].to_numpy(), pooled(probs).argmax(axis=1))
     structural = structural_suspects(images, quirks.found, root / "images")
+    structural["case"] = [f"structural {k}" for k in range(len(structural))]
     parts = [p for p in (structural, labels.drop(columns="fix", errors="ignore")) if len(p)]
     suspects = rank(pd.concat(parts, ignore_index=True)) if parts else frame([])
-    write_outputs(suspects, labels, judged, inputs, data, fixes_out, sheet, top, expected)
+    write_outputs(suspects, labels, judged, inputs, data, fixes_out, sheet, top, expected, quality)
+    suspects = suspects.drop(columns="case", errors="ignore")
     write_csv(suspects, out, inputs=inputs)
     return suspects

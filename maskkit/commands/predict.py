@@ -2,10 +2,10 @@
 
 MODEL is a run folder (a folder with config.json; its best.pt) or an `.onnx` file from `maskkit
 export`; the leading arguments that are models are the models, the rest are images: DATA/eval, a
-folder (recursive), image files, globs (expanded here when the shell did not) or `-` (paths on
-stdin, one per line). Several models give the mean of their probabilities, in one pass over the
-images: each image is decoded once per distinct (input size, crop) among the models, and each model
-normalises with its own mean and std (TTA included). `p*` are the 18 class probabilities (a
+folder (recursive), DATA/train or a manifest CSV (keyed by their paths as `split` writes them, so
+`score` takes the manifest as truth), image files, globs (expanded here when the shell did not) or
+`-` (paths on stdin, one per line). Several models give the mean of their probabilities, in one pass over the
+images (engine/inference.py, shared with `val`). `p*` are the 18 class probabilities (a
 multi-output model's are p_mask x p_gender x p_age), `ans` their argmax.
 """
 
@@ -13,28 +13,19 @@ from __future__ import annotations
 
 import glob
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import torch
-from torch.utils.data import Dataset
 
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import Inputs, console, examples, is_image
-from maskkit.contract.labels import NUM_CLASSES
-from maskkit.contract.layout import load_eval
+from maskkit.contract.layout import load_eval, read_train
+from maskkit.contract.manifest import check_images_exist, read_manifest
 from maskkit.contract.predictions import prediction_frame, prediction_header, write_predictions
 from maskkit.contract.runfolder import check_probabilities
-from maskkit.data.loader import ImageDataset, make_loader
-from maskkit.data.presets import eval_transform
-from maskkit.engine.devices import autocast_dtype, default_workers, resolve_device
-from maskkit.engine.export import OnnxModel
-from maskkit.engine.loop import OnDevice, next_batch, tta_outputs
-from maskkit.engine.models import class_probs, load_run, to_channels_last
-from maskkit.engine.progress import progress_bar
+from maskkit.engine.devices import default_workers, resolve_device
+from maskkit.engine.inference import ensemble_probs, onnx_member, torch_member
 
 DEFAULT_DATA = "data/eval"
 MODEL_FIX = "the first arguments are run folders (with config.json) or .onnx files from maskkit export"
@@ -83,17 +74,39 @@ def expanded(arg: str) -> list[str]:
     return found
 
 
+def is_train_folder(path: Path) -> bool:
+    """DATA/train of the competition layout (train.csv and images/), not an eval folder."""
+    return path.is_dir() and (path / "train.csv").is_file() and not (path / "info.csv").is_file()
+
+
+def is_manifest(arg: str) -> bool:
+    return arg.lower().endswith(".csv") and Path(arg).is_file()
+
+
+def labelled_paths(arg: str) -> list[str]:
+    """The images of DATA/train (as `split` lists them) or of a manifest CSV: its `path` column."""
+    if is_manifest(arg):
+        manifest = read_manifest(arg)
+        check_images_exist(manifest, arg)
+        return manifest["path"].tolist()
+    images, quirks = read_train(arg)
+    quirks.report()
+    return images["path"].tolist()
+
+
 def argument_images(arg: str, stdin) -> pd.DataFrame:
     """ImageID, path of one image argument, ImageID = the path as given or found."""
     path = Path(arg)
     if arg == "-":
         paths = stdin_paths(stdin)
+    elif is_train_folder(path) or is_manifest(arg):
+        paths = labelled_paths(arg)
     elif path.is_dir():
         paths = load_eval(path)["path"].tolist()
     elif path.is_file():
         if not is_image(path):
-            raise MaskkitError(f"{arg}: not an image (.jpg, .jpeg, .png, .bmp, .webp); pass images, folders, "
-                               "globs or - (paths on stdin)")
+            raise MaskkitError(f"{arg}: not an image (.jpg, .jpeg, .png, .bmp, .webp) nor a manifest CSV; pass images, "
+                               "folders, DATA/train, a manifest, globs or - (paths on stdin)")
         paths = [arg]
     elif glob.has_magic(arg):
         paths = expanded(arg)
@@ -106,11 +119,12 @@ def resolve_images(args: Sequence[str], stdin=None) -> pd.DataFrame:
     """ImageID, path of every image the arguments name, in argument order.
 
     One folder alone keeps the competition's keys (info.csv's ImageIDs, or paths relative to the
-    folder); otherwise each row is keyed by its path as given (files, stdin lines) or found (under a
-    folder, by a glob). An image named twice is predicted once."""
+    folder); otherwise each row is keyed by its path as given (files, stdin lines, a manifest's
+    `path`) or found (under a folder, DATA/train as `split` writes it, by a glob). An image named
+    twice is predicted once."""
     if list(args).count("-") > 1:
         raise MaskkitError("-: standard input given twice; list every path in one stream")
-    if len(args) == 1 and Path(args[0]).is_dir():
+    if len(args) == 1 and Path(args[0]).is_dir() and not is_train_folder(Path(args[0])):
         return load_eval(args[0])
     table = pd.concat([argument_images(str(a), stdin or sys.stdin) for a in args], ignore_index=True)
     repeated = table["ImageID"].duplicated()
@@ -119,76 +133,6 @@ def resolve_images(args: Sequence[str], stdin=None) -> pd.DataFrame:
                       "each is predicted once")
         table = table[~repeated].reset_index(drop=True)
     return table
-
-
-# --- the models --------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Member:
-    """One model of the ensemble: its geometry and `probs(uint8 batch, tta) -> (B, 18)` numpy."""
-
-    name: str
-    img_size: tuple[int, int]
-    crop: tuple[float, float]
-    probs: Callable[[torch.Tensor, str], np.ndarray]
-
-
-def torch_member(run_dir: str, device: torch.device) -> Member:
-    model, config = load_run(run_dir, device)
-    if device.type == "cuda":
-        to_channels_last(model)
-    on_device = OnDevice(device, autocast_dtype(device), (config["mean"], config["std"]))
-
-    @torch.no_grad()
-    def probs(images: torch.Tensor, tta: str) -> np.ndarray:
-        views = tta_outputs(model, on_device.images(images), on_device, tta)
-        return (sum(class_probs(out) for out in views) / len(views)).double().cpu().numpy()
-
-    return Member(Path(run_dir).name, tuple(config["img_size"]), tuple(config["crop"]), probs)
-
-
-def onnx_member(path: str, device: torch.device) -> Member:
-    model = OnnxModel(path, device.type)
-
-    def probs(images: torch.Tensor, tta: str) -> np.ndarray:
-        batch = images.numpy()
-        views = [batch, batch[..., ::-1]] if tta == "flip" else [batch]
-        return sum(model.probs(view) for view in views) / len(views)
-
-    return Member(Path(path).name, model.img_size, model.crop, probs)
-
-
-class GeometryViews(Dataset):
-    """The images as uint8 tensors at each geometry (input size, crop): item (views, {}, row)."""
-
-    def __init__(self, paths: Sequence[str], geometries: Sequence[tuple]) -> None:
-        self.sets = [ImageDataset(paths, None, size, eval_transform(size, (0, 0, 0), (1, 1, 1), crop, normalize=False),
-                                  crop=crop, on_error="raise") for size, crop in geometries]
-
-    def __len__(self) -> int:
-        return len(self.sets[0])
-
-    def __getitem__(self, key):
-        items = [dataset[key] for dataset in self.sets]
-        return [tensor for tensor, _, _ in items], {}, items[0][2]
-
-
-def ensemble_probs(members: Sequence[Member], paths: Sequence[str], tta: str, batch_size: int,
-                   workers: int, device: torch.device, show_progress: bool | None = None) -> np.ndarray:
-    """(n, 18): the mean over `members` of their probabilities, in one pass over `paths`."""
-    geometries = list(dict.fromkeys((m.img_size, m.crop) for m in members))
-    view_of = [geometries.index((m.img_size, m.crop)) for m in members]
-    loader = make_loader(GeometryViews(paths, geometries), batch_size, shuffle=False, workers=workers, device=device)
-    total = np.zeros((len(paths), NUM_CLASSES), dtype=np.float64)
-    with progress_bar("predicting", len(paths), show=show_progress) as bar:
-        iterator = iter(loader)
-        while (batch := next_batch(iterator)) is not None:
-            views, _, rows = batch
-            for member, view in zip(members, view_of):
-                total[rows.numpy()] += member.probs(views[view], tta)
-            if bar is not None:
-                bar.advance(len(rows))
-    return total / len(members)
 
 
 def run(models: str | Path | Sequence[str | Path], data: str | Path | Sequence[str | Path] = (), tta: str = "none",
@@ -203,7 +147,7 @@ def run(models: str | Path | Sequence[str | Path], data: str | Path | Sequence[s
     images = resolve_images(image_args, stdin)
     header = prediction_header(names)
     inputs = Inputs.of(*models, images["path"].tolist(),  # run folders are inputs: nothing is written inside
-                       [a for a in image_args if Path(a).is_dir()])
+                       [a for a in image_args if Path(a).is_dir() or is_manifest(a)])
     inputs.check(out, header=header)
     torch_device = resolve_device(device)
     members = [onnx_member(m, torch_device) if m.lower().endswith(".onnx") else torch_member(m, torch_device)

@@ -1,37 +1,29 @@
 """`maskkit score SUBMISSION TRUTH`: the competition's score of a submission against a truth file.
 
 Both files have columns ImageID,ans (others are ignored): a submission from `predict` or `vote`, a
-truth such as synth's or realfaces' eval/truth.csv. Every truth image must be answered exactly once.
-stdout (or -o) gets one CSV row: submission,images,macro_f1,accuracy,f1_mask,f1_gender,f1_age;
-stderr a table of those plus each class's F1; --confusion draws the 18x18 confusion matrix (PNG).
-`--no-header` leaves the header out, to append rows to one file (`>> scores.csv`). A truth whose
-every `ans` is 0 is most likely an unlabelled info.csv: the score is printed with a warning.
+truth such as synth's or realfaces' eval/truth.csv, or a manifest (its path,label read as
+ImageID,ans: `predict RUN folds.csv` keys its rows by the same paths). Every truth image must be
+answered exactly once. stdout (or -o) gets one CSV row: submission,images,macro_f1,accuracy,f1_mask,
+f1_gender,f1_age; stderr a table of those plus each class's F1 (left out with `quiet`);
+--confusion draws the 18x18 confusion matrix (PNG). `--no-header` leaves the header out, to append
+rows to one file (`>> scores.csv`). A truth whose every `ans` is 0 is most likely an unlabelled
+info.csv: the score is printed with a warning.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import sys
-
 import numpy as np
 import pandas as pd
-from rich.table import Table
 
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import Inputs, console, examples, write_csv
-from maskkit.contract.labels import NUM_CLASSES, class_name
-from maskkit.contract.predictions import read_predictions
-from maskkit.engine.metrics import SCORE_NAMES, per_class_f1, scores
+from maskkit.contract.files import Inputs, console, examples
+from maskkit.contract.predictions import read_answers
+from maskkit.engine.metrics import SCORE_COLUMNS, print_scores, score_row, write_score_row
 from maskkit.engine.plots import draw_confusion
 
-COLUMNS = ("submission", "images", *SCORE_NAMES)
-
-
-def read_answers(path: Path, role: str) -> pd.DataFrame:
-    """ImageID,ans of one file, checked by the prediction-CSV reader (one row per ImageID, ans 0..17)."""
-    table, _ = read_predictions(path, probabilities=False, fix=f"a {role} CSV has columns ImageID,ans")
-    return table[["ImageID", "ans"]]
+COLUMNS = SCORE_COLUMNS
 
 
 def matched(submission: pd.DataFrame, truth: pd.DataFrame, submission_path: Path,
@@ -51,26 +43,10 @@ def matched(submission: pd.DataFrame, truth: pd.DataFrame, submission_path: Path
     return truth["ans"].to_numpy(), submission["ans"].to_numpy()[positions]
 
 
-def print_table(row: dict, true: np.ndarray, pred: np.ndarray) -> None:
-    table = Table(title=f"score of {row['submission']} ({row['images']} images)", title_justify="left")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for name in SCORE_NAMES:
-        table.add_row(name, f"{row[name]:.4f}")
-    console.print(table)
-    f1, support = per_class_f1(true, pred)
-    classes = Table(title="F1 per class", title_justify="left")
-    for column in ("class", "name", "images", "F1"):
-        classes.add_column(column, justify="left" if column == "name" else "right")
-    for k in range(NUM_CLASSES):
-        classes.add_row(str(k), class_name(k), str(int(support[k])), f"{f1[k]:.3f}")
-    console.print(classes)
-
-
 def run(submission: Path, truth: Path, out: Path | None = None, confusion: Path | None = None,
         quiet: bool = False, header: bool = True) -> dict:
     """Score SUBMISSION against TRUTH; write the one-row CSV to stdout or `out` (stdout only
-    without its `header`); return the row."""
+    without its `header`); return the row. `quiet`: no tables on stderr (warnings still print)."""
     submission, truth = Path(submission), Path(truth)
     inputs = Inputs.of(submission, truth)
     inputs.check(out, header=list(COLUMNS))
@@ -80,7 +56,7 @@ def run(submission: Path, truth: Path, out: Path | None = None, confusion: Path 
         raise MaskkitError(f"--no-header -o {out}: --no-header appends rows on stdout (>> scores.csv); "
                            "drop one of them")
     answers = read_answers(submission, "submission")
-    truth_table = read_answers(truth, "truth")
+    truth_table = read_answers(truth, "truth", manifest=True)
     if truth_table.empty:
         raise MaskkitError(f"{truth}: no rows; a truth CSV lists ImageID,ans for every eval image")
     if len(truth_table) > 1 and (truth_table["ans"] == 0).all():
@@ -88,15 +64,10 @@ def run(submission: Path, truth: Path, out: Path | None = None, confusion: Path 
                       "score means nothing; score against a truth CSV (e.g. DATA/eval/truth.csv of maskkit synth)",
                       markup=False, highlight=False)
     true, pred = matched(answers, truth_table, submission, truth)
-    row = {"submission": str(submission), "images": len(true), **{k: round(v, 6) for k, v in scores(true, pred).items()}}
+    row = score_row(submission, true, pred)
     if confusion is not None:
         draw_confusion(true, pred, Path(confusion), f"{submission.name} against {truth.name}")
     if not quiet:
-        print_table(row, true, pred)
-    frame = pd.DataFrame([row], columns=list(COLUMNS))
-    if header:
-        write_csv(frame, out, inputs=inputs)
-    else:
-        frame.to_csv(sys.stdout, index=False, header=False, lineterminator="\n")
-        sys.stdout.flush()
+        print_scores(row, true, pred)
+    write_score_row(row, out, header=header, inputs=inputs)
     return row

@@ -1,7 +1,8 @@
 """Prediction CSVs (docs/formats.md, "Prediction CSV"): `ImageID,ans,p0..p17`.
 
-`predict` and `train` (val_preds.csv) write them through `prediction_frame`; `vote` and `audit`
-read them through `read_predictions`, which applies every check of the contract.
+`predict`, `val` and `train` (val_preds.csv) write them through `prediction_frame`; `vote`, `score`
+and `audit` read them through `read_predictions`, which applies every check of the contract.
+`read_answers` gives a file's ImageID,ans: a submission, or a truth (also a manifest: path,label).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import pandas as pd
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import Inputs, examples, read_csv, write_csv
 from maskkit.contract.labels import AGE_GROUPS, GENDERS, MASKS, NUM_CLASSES, decode
+from maskkit.contract.manifest import read_manifest
+from maskkit.contract.streams import is_stream, read_input
 
 PROB_COLUMNS = [f"p{i}" for i in range(NUM_CLASSES)]
 DECIMALS = 6  # probabilities as written; `ans` is the argmax of the written values
@@ -58,19 +61,19 @@ def write_predictions(frame: pd.DataFrame, out: str | Path | None = None, inputs
     write_csv(frame, out, inputs=inputs)
 
 
-def read_predictions(path: str | Path, probabilities: bool = True,
-                     fix: str | None = None) -> tuple[pd.DataFrame, np.ndarray | None]:
+def read_predictions(path: str | Path, probabilities: bool = True, fix: str | None = None,
+                     data: bytes | None = None) -> tuple[pd.DataFrame, np.ndarray | None]:
     """One prediction CSV, checked: at least one row, an ImageID on every row and no ImageID twice,
     integer `ans` in 0..17, and with `probabilities` (or whenever the file has p0..p17: a hard vote
     or a score of predict's output refuses its empty or NaN cells too) finite, non-negative p0..p17
     summing to 1 (within PROB_SUM_TOLERANCE).
 
     Returns the table (ImageID, ans, and any extra columns) and the (rows, 18) probabilities
-    (None unless `probabilities`).
+    (None unless `probabilities`). `data`: the file's bytes, already read from a stream.
     """
     required = ["ImageID", "ans"] + (PROB_COLUMNS if probabilities else [])
     fix = fix or (PREDICTION_FIX if probabilities else "a prediction CSV has columns ImageID,ans")
-    df = read_csv(path, required, fix=fix, dtype={"ImageID": str})
+    df = read_csv(path, required, fix=fix, dtype={"ImageID": str}, data=data)
     if df.empty:
         raise MaskkitError(f"{path}: no rows, so there is nothing to read ({fix}, one row per image)")
     if df["ImageID"].isna().any():
@@ -98,3 +101,17 @@ def read_predictions(path: str | Path, probabilities: bool = True,
                                f"within {PROB_SUM_TOLERANCE:g} ({examples(df.loc[bad, 'ImageID'].tolist())}); "
                                "they must be the 18 class probabilities, as maskkit predict writes them")
     return table, probs if probabilities else None
+
+
+def read_answers(path: str | Path, role: str = "submission", manifest: bool = False) -> pd.DataFrame:
+    """ImageID,ans of one CSV, checked by `read_predictions` (one row per ImageID, ans 0..17). With
+    `manifest`, a file without ImageID whose columns hold path and label is read as a manifest
+    (`read_manifest`'s checks): ImageID = its path, ans = its label (a truth for `score`)."""
+    data = read_input(path) if is_stream(path) else None
+    fix = f"a {role} CSV has columns ImageID,ans" + (" (or a manifest: path,label)" if manifest else "")
+    columns = read_csv(path, fix=fix, data=data, nrows=0).columns
+    if manifest and "ImageID" not in columns and {"path", "label"} <= set(columns):
+        table = read_manifest(path, data=data)
+        return pd.DataFrame({"ImageID": table["path"].astype(str), "ans": table["label"].astype(np.int64)})
+    table, _ = read_predictions(path, probabilities=False, fix=fix, data=data)
+    return table[["ImageID", "ans"]]
