@@ -320,8 +320,8 @@ def _interrupted(study: Study) -> str:
         stand = f" ({count(optuna_study, TrialState.COMPLETE, TrialState.PRUNED)} of {study.trials} trials finished)"
     except Exception:  # noqa: BLE001 - the study may not exist yet or the server be gone: say less
         stand = ""
-    return (f"interrupted: the running trial is marked failed; study {study.name!r}{stand}: run the same command "
-            "again to continue it")
+    return (f"interrupted (this worker's running trial, if any, is marked failed); study {study.name!r}{stand}: "
+            "run the same command again to continue it")
 
 
 @dataclass
