@@ -179,8 +179,9 @@ def tune(
 ) -> None:
     """Search train's options on Optuna: every trial a run folder under RUNS_DIR/tune-STUDY/; re-run to continue.
 
+    Train options given here (or by --config) are fixed: the search space frees only the others.
     Start as many workers on one study as there are GPUs (CUDA_VISIBLE_DEVICES=k maskkit tune ... &).
-    Example: maskkit tune folds.csv --study s1 --trials 40 --backbone lite0 --epochs 4 --multi --device cuda
+    Example: maskkit tune folds.csv --study s1 --trials 40 --backbone lite0 --input-size 192x192 --epochs 6 --device cuda
     Then: maskkit tune --study s1 --best > best.yaml && maskkit train folds.csv --config best.yaml
     """
     from maskkit.commands import train as train_module
@@ -203,8 +204,14 @@ def tune(
             raise MaskkitError(f"--{refused[0].replace('_', '-')}: not a train option tune passes on (the study names "
                                "and places its trials)" if refused[0] != "source" else
                                f"{train_ctx.params['source']}: one MANIFEST only, before the train options")
-        fixed, _ = train_options(train_ctx.params, typed, train_ctx.params["config"])
-        tune_module.run(manifest, settings, fixed, space, train=train_module.run)
+        config = train_ctx.params["config"]
+        fixed, chosen = train_options(train_ctx.params, typed, config)
+        try:
+            tune_module.run(manifest, settings, fixed, space, train=train_module.run, fixed_fields=frozenset(chosen),
+                            fixed_by="the command line" + (f" and {config}" if config is not None else ""))
+        except tune_module.StudyInterrupted as exc:
+            say(f"maskkit tune: {exc}")
+            raise typer.Exit(130) from None
 
 
 @app.command()

@@ -93,3 +93,104 @@ def single_run(tmp_path_factory, manifest_path) -> Path:
 def multi_run(tmp_path_factory, manifest_path) -> Path:
     """A trained run: mask, gender and age heads with the age-regression branch (weight 0.1)."""
     return _trained(tmp_path_factory, manifest_path, "multi", heads="multi", age_weight=0.1, epochs=10)
+
+
+# --- a throw-away PostgreSQL server for tune's --storage tests (issue 30) -------------------------
+
+def _postgres_bin() -> Path | None:
+    """The folder of initdb/pg_ctl: on PATH, or Debian's /usr/lib/postgresql/VERSION/bin (newest)."""
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).parent
+    folders = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name)
+                     if p.parent.parent.name.isdigit() else 0)
+    return folders[-1].parent if folders else None
+
+
+def postgres_missing(reason: str) -> None:
+    """Skip on a developer's machine; fail in CI (CI=true), where the PostgreSQL tests must run."""
+    import os
+
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true but {reason} (.ci/run installs Debian's postgresql and the test extra)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """A PostgreSQL cluster in a temporary folder for this test session: loopback only, a free port, its
+    socket in that folder, password login for user `maskkit`; run as the `postgres` (or `nobody`) user
+    when the tests run as root (postgres refuses root); stopped at the end even when tests fail.
+    Yields (url without database, admin url)."""
+    import os
+    import pwd
+    import socket
+    import subprocess
+    import tempfile
+
+    bindir = _postgres_bin()
+    if bindir is None:
+        postgres_missing("no PostgreSQL server binaries (initdb): apt-get install postgresql")
+    try:
+        import psycopg  # noqa: F401 - the driver SQLAlchemy (>= 2.1) takes for postgresql:// URLs
+    except ImportError:
+        postgres_missing("no psycopg, the PostgreSQL driver (pip install -e '.[test]')")
+    as_user: list[str] = []
+    root = Path(tempfile.mkdtemp(prefix="maskkit-pg-"))  # /tmp: pytest's own temp folders are root-only
+    if os.geteuid() == 0:
+        user = next((u for u in ("postgres", "nobody") if _has_user(u)), None)
+        if user is None:
+            postgres_missing("running as root and no postgres or nobody user to run the server as")
+        os.chown(root, pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
+        as_user = ["runuser", "-u", user, "--"]
+    password = "pg-s3cret"
+    (root / "pw").write_text(password + "\n")
+    os.chmod(root / "pw", 0o644)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data, log = root / "data", root / "server.log"
+
+    def pg(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*as_user, *args], capture_output=True, text=True, timeout=120)
+
+    made = pg(str(bindir / "initdb"), "-D", str(data), "-U", "maskkit", f"--pwfile={root / 'pw'}",
+              "--auth-host=scram-sha-256", "--auth-local=trust", "--no-sync", "-E", "UTF8")
+    if made.returncode != 0:
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.fail(f"initdb failed: {made.stderr.strip()[-500:]}")
+    settings = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off -c max_connections=50"
+    started = pg(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", settings, "-w", "-t", "60", "start")
+    try:
+        if started.returncode != 0:
+            pytest.fail(f"pg_ctl start failed: {started.stderr.strip()[-300:]} {log.read_text()[-500:]}")
+        base = f"postgresql://maskkit:{password}@127.0.0.1:{port}"
+        yield base, f"{base}/postgres"
+    finally:
+        pg(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _has_user(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request) -> str:
+    """A new, empty database on the session's PostgreSQL server: its postgresql:// URL."""
+    import re
+
+    import psycopg
+
+    base, admin = postgres_server
+    name = "t_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:50]
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        connection.execute(f'CREATE DATABASE "{name}"')
+    return f"{base}/{name}"

@@ -1,26 +1,38 @@
-"""`maskkit tune`: two workers on one SQLite study finish exactly the asked trials, `--best` gives a
-recipe `train --config` reproduces bit for bit, and bad search spaces or studies are one-line errors."""
+"""`maskkit tune`: two workers on one study (SQLite, and a real PostgreSQL server) finish exactly the
+asked trials with the train flags fixed, `--best` gives a recipe `train --config` reproduces bit for
+bit, Ctrl-C and kill -9 lose only the running trial, and bad search spaces or studies are one-line
+errors."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from helpers import FAST_RECIPE_FLAGS
 
 optuna = pytest.importorskip("optuna")
 
 REPO = Path(__file__).resolve().parent.parent
+STORAGES = ["sqlite", "postgresql"]
 # Tiny trials: the tests' tiny ResNet from scratch on the drawn 48x64 images, one epoch.
 TRAIN_FLAGS = ["--backbone", "test_resnet", "--no-pretrained", "--input-size", "40x48", "--batch-size", "16",
                "--aug", "none", "--workers", "0", "--device", "cpu", "--cache", "ram", "--threads", "1",
                "--warmup", "0.5", "--multi", "--age-weight", "0.5", *FAST_RECIPE_FLAGS]
+# What TRAIN_FLAGS and --epochs 1 fix, as config.json's options record it.
+FIXED = dict(backbone="test_resnet", pretrained=False, img_size=[48, 40], batch_size=16, aug="none", warmup=0.5,
+             heads="multi", age_weight=0.5, opt="adamw", weight_decay=0.01, dropout=0.0, balanced=False, cutmix=0.0,
+             ema=False, epochs=1)
 SPACE = """\
 lr: {low: 1.0e-3, high: 1.0e-2, log: true}
 label_smoothing: [0.0, 0.1]
@@ -28,37 +40,82 @@ age_loss: [mse, dldl]
 """
 
 
-def tune_process(manifest: Path, runs: Path, space: Path, trials: int, epochs: int = 1) -> subprocess.Popen:
+def storage_url(kind: str, request) -> str | None:
+    """None (the study folder's SQLite file) or a fresh database on the session's PostgreSQL server."""
+    return request.getfixturevalue("postgres_url") if kind == "postgresql" else None
+
+
+def tune_args(manifest: Path, runs: Path, trials: int, epochs: int = 1, space: Path | None = None,
+              storage: str | None = None, study: str = "two") -> list[str]:
+    return ["tune", str(manifest), "--study", study, "--trials", str(trials), "--runs-dir", str(runs),
+            *(["--space", str(space)] if space else []), *(["--storage", storage] if storage else []),
+            *TRAIN_FLAGS, "--epochs", str(epochs)]
+
+
+def tune_process(*args, **kwargs) -> subprocess.Popen:
+    """`maskkit tune` (tune_args) in a process of its own, stdout and stderr together."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "maskkit", "tune", str(manifest), "--study", "two", "--trials", str(trials),
-               "--space", str(space), "--runs-dir", str(runs), *TRAIN_FLAGS, "--epochs", str(epochs)]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen([sys.executable, "-m", "maskkit", *tune_args(*args, **kwargs)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_two_workers_finish_the_asked_trials_and_best_reproduces(manifest_path, tmp_path, cli):
-    space, runs = tmp_path / "space.yaml", tmp_path / "runs"
-    space.write_text(SPACE)
-    workers = [tune_process(manifest_path, runs, space, trials=4) for _ in range(2)]
+def load_study(runs: Path, storage: str | None, name: str = "two") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage or f"sqlite:///{runs / f'tune-{name}' / 'study.db'}")
+
+
+def storage_flags(storage: str | None) -> list[str]:
+    return ["--storage", storage] if storage else []
+
+
+@pytest.mark.parametrize("kind", STORAGES)
+def test_two_workers_finish_the_asked_trials_with_the_fixed_flags_and_best_reproduces(kind, request, manifest_path,
+                                                                                       tmp_path, cli):
+    """Two workers on the shipped search space, which frees backbone, input size and epochs among others:
+    the flags fix them in every trial (config.json's options and command agree), each worker prints a
+    "trial k of N" line per trial and no train "next:" hint, and --best writes a recipe without machine
+    settings that `train --config` retrains bit for bit."""
+    storage, runs = storage_url(kind, request), tmp_path / "runs"
+    workers = [tune_process(manifest_path, runs, trials=4, storage=storage) for _ in range(2)]
     logs = [w.communicate(timeout=600)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], logs
-    assert all("trial " in log for log in logs), logs  # both workers trained trials
+    for log in logs:
+        fixed_lines = [line for line in log.splitlines() if line.startswith("fixed by the command line:")]
+        assert len(fixed_lines) == 1 and all(f" {k}" in fixed_lines[0] for k in ("backbone", "input_size", "epochs"))
+        assert "trial #" in log and "next: maskkit predict" not in log  # both workers trained trials
+    progress = [line for log in logs for line in log.splitlines() if re.match(r"trial [1-4] of 4 \(#[0-3]\): ", line)]
+    assert len(progress) == 4 and all(re.search(r"fold macro F1 0\.\d{4}; \S+ elapsed", line) for line in progress)
+    assert any(re.search(r"about \S+ left$", line) for line in progress), progress
+    if storage:  # its password is never printed
+        password = storage.split(":")[2].split("@")[0]
+        assert all(password not in log for log in logs) and any("maskkit:***@" in log for log in logs)
 
-    study = optuna.load_study(study_name="two", storage=f"sqlite:///{runs / 'tune-two' / 'study.db'}")
+    study = load_study(runs, storage)
     assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]  # none lost, none twice
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-    folders = sorted(p.name for p in (runs / "tune-two").glob("trial-*"))
-    assert folders == ["trial-0000", "trial-0001", "trial-0002", "trial-0003"]
+    folders = sorted((runs / "tune-two").glob("trial-*"))
+    assert [f.name for f in folders] == ["trial-0000", "trial-0001", "trial-0002", "trial-0003"]
+    for folder in folders:
+        config = json.loads((folder / "config.json").read_text())
+        assert {k: config["options"][k] for k in FIXED} == FIXED, folder
+        command = config["command"]
+        assert command[command.index("--epochs") + 1] == "1" and command[command.index("--backbone") + 1] == "test_resnet"
+    searched = set(study.trials[0].params)
+    assert searched and not searched & {*FIXED, "input_size"}, searched
 
     recipe = tmp_path / "best.yaml"
-    result = cli("tune", "--study", "two", "--runs-dir", runs, "--best", "-o", recipe)
+    result = cli("tune", "--study", "two", "--runs-dir", runs, *storage_flags(storage), "--best", "-o", recipe)
     assert result.exit_code == 0, result.output
     for name in ("trials.csv", "history.png", "importance.png"):
         assert (runs / "tune-two" / name).stat().st_size > 0
     trials = pd.read_csv(runs / "tune-two" / "trials.csv")
     assert len(trials) == 4 and set(trials["state"]) == {"COMPLETE"}
+    written = yaml.safe_load(recipe.read_text())
+    assert not {"device", "threads", "workers", "cache", "logger", "wandb", "fold"} & set(written), written
+    assert all(float(f"{v:.4g}") == v for k, v in written.items() if isinstance(v, float) and k in searched), written
     best_run = Path(study.best_trial.user_attrs["runs"][0])
 
-    again = cli("train", manifest_path, "--config", recipe, "--runs-dir", tmp_path / "again", "--name", "again")
+    again = cli("train", manifest_path, "--config", recipe, "--device", "cpu", "--threads", "1", "--workers", "0",
+                "--runs-dir", tmp_path / "again", "--name", "again")
     assert again.exit_code == 0, again.output
     best_metrics = pd.read_csv(best_run / "metrics.csv")
     assert best_metrics["val_f1"].max() == pytest.approx(study.best_value, abs=0)
@@ -117,37 +174,155 @@ def test_oof_objective_pools_the_folds_and_a_changed_study_is_refused(manifest_p
     assert changed.exit_code == 2 and "recipe.dropout" in changed.output, changed.output
 
 
-def test_a_killed_worker_loses_nothing_and_its_run_folder_is_not_reused(manifest_path, tmp_path, monkeypatch):
-    """kill -9 during a trial: the heartbeat marks it failed, its parameters run again as a new trial
-    with a new run folder, and re-running the command ends with the asked number of trials."""
-    import time
-
-    from maskkit.commands import train, tune
+def fixed_options():
+    """TRAIN_FLAGS (less --epochs) as TrainOptions: the same study as tune_process's, in process."""
     from maskkit.options import TrainOptions
 
-    space, out = tmp_path / "space.yaml", tmp_path / "runs"
-    space.write_text(SPACE)
-    worker = tune_process(manifest_path, out, space, trials=2, epochs=3)  # long enough to be killed in
-    started = out / "tune-two" / "trial-0000" / "last.pt"
-    deadline = time.monotonic() + 300
-    while not started.exists() and worker.poll() is None and time.monotonic() < deadline:
+    return TrainOptions(backbone="test_resnet", pretrained=False, img_size=(48, 40), batch_size=16, aug="none",
+                        workers=0, device="cpu", cache="ram", threads=1, warmup=0.5, heads="multi", age_weight=0.5,
+                        opt="adamw", weight_decay=0.01, dropout=0.0, balanced=False, cutmix=0.0, ema=False)
+
+
+def wait_for(path: Path, worker: subprocess.Popen, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists() and worker.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
+    assert path.exists() and worker.poll() is None, "the trial did not start, or the worker ended first"
+
+
+@pytest.mark.parametrize("kind", STORAGES)
+def test_a_killed_worker_loses_nothing_and_its_run_folder_is_not_reused(kind, request, manifest_path, tmp_path,
+                                                                         monkeypatch, cli):
+    """kill -9 during a trial: the heartbeat marks it failed, its parameters run again as a new trial
+    with a new run folder, re-running the command ends with the asked number of trials, and --best
+    reads the study."""
+    import dataclasses
+
+    from maskkit.commands import train, tune
+
+    storage, space, out = storage_url(kind, request), tmp_path / "space.yaml", tmp_path / "runs"
+    space.write_text(SPACE)
+    worker = tune_process(manifest_path, out, trials=2, epochs=3, space=space, storage=storage)  # long enough
+    wait_for(out / "tune-two" / "trial-0000" / "last.pt", worker)
     worker.kill()  # kill -9 in the first trial's training
     worker.wait()
     metrics = out / "tune-two" / "trial-0000" / "metrics.csv"
-    assert started.exists() and (not metrics.exists() or len(pd.read_csv(metrics)) < 3)  # killed mid-trial
+    assert not metrics.exists() or len(pd.read_csv(metrics)) < 3  # killed mid-trial
 
     monkeypatch.setattr(tune, "GRACE_S", 1)  # the killed worker's last heartbeat is older than this
     time.sleep(3)  # > GRACE_S + 1: SQLite's clock for the stale check has whole seconds only
-    fixed = TrainOptions(backbone="test_resnet", pretrained=False, img_size=(48, 40), batch_size=16, aug="none",
-                         workers=0, device="cpu", cache="ram", threads=1, warmup=0.5, heads="multi", age_weight=0.5,
-                         epochs=3, opt="adamw", weight_decay=0.01, dropout=0.0, balanced=False, cutmix=0.0,
-                         ema=False)  # TRAIN_FLAGS: the same study
-    study = tune.run(manifest_path, tune.Study("two", out, trials=2), fixed, space, train=train.run)
+    fixed = dataclasses.replace(fixed_options(), epochs=3)
+    study = tune.run(manifest_path, tune.Study("two", out, storage=storage, trials=2), fixed, space, train=train.run)
     states = {t.number: t.state.name for t in study.trials}
     assert states == {0: "FAIL", 1: "COMPLETE", 2: "COMPLETE"}, states
     assert study.trials[1].params == study.trials[0].params  # the killed trial ran again
     assert sorted(p.name for p in (out / "tune-two").glob("trial-*")) == ["trial-0000", "trial-0001", "trial-0002"]
+    best = cli("tune", "--study", "two", "--runs-dir", out, *storage_flags(storage), "--best")
+    assert best.exit_code == 0 and f"best trial {study.best_trial.number}:" in best.output, best.output
+
+
+def test_ctrl_c_is_one_line_saying_how_to_continue_and_the_same_command_does(manifest_path, tmp_path):
+    """SIGINT mid-trial: exit 130 and one line (no Optuna warning, no traceback, no train --resume hint,
+    which would not feed the study); the same command again finishes the study."""
+    space, out = tmp_path / "space.yaml", tmp_path / "runs"
+    space.write_text(SPACE)
+    worker = tune_process(manifest_path, out, trials=1, epochs=2, space=space)
+    wait_for(out / "tune-two" / "trial-0000" / "last.pt", worker)
+    worker.send_signal(signal.SIGINT)
+    log = worker.communicate(timeout=120)[0]
+    assert worker.returncode == 130, log
+    assert "Traceback" not in log and "--resume" not in log and "failed with" not in log, log
+    lines = log.strip().splitlines()
+    assert [line for line in lines if "interrupted" in line] == lines[-1:], log
+    assert "study 'two'" in lines[-1] and "run the same command again" in lines[-1], lines[-1]
+
+    again = tune_process(manifest_path, out, trials=1, epochs=2, space=space)
+    log = again.communicate(timeout=300)[0]
+    assert again.returncode == 0, log
+    assert {t.number: t.state.name for t in load_study(out, None).trials} == {0: "FAIL", 1: "COMPLETE"}
+
+
+@pytest.mark.parametrize("kind", STORAGES)
+def test_a_study_another_program_or_objective_made_is_refused_in_one_line(kind, request, manifest_path, tmp_path, cli):
+    """A study of the same name that minimizes (not maskkit's), or that maskkit started with another
+    objective, is refused before any trial: one line, exit 2, no password printed."""
+    from maskkit.commands import tune
+    from maskkit.contract.searchspace import read_search_space
+
+    storage, runs, space = storage_url(kind, request), tmp_path / "runs", tmp_path / "space.yaml"
+    space.write_text(SPACE)
+
+    def url(name: str) -> str:
+        (runs / f"tune-{name}").mkdir(parents=True, exist_ok=True)
+        return storage or f"sqlite:///{runs / f'tune-{name}' / 'study.db'}"
+
+    optuna.create_study(study_name="foreign", storage=url("foreign"), direction="minimize")
+    other = optuna.create_study(study_name="oof", storage=url("oof"), direction="maximize")
+    fixed = fixed_options()
+    started = tune.Study("oof", runs, storage, objective="oof", folds=2)
+    other.set_user_attr("identity", tune.identity(fixed, read_search_space(space, fixed), started))
+    for name, words in (("foreign", "not made by maskkit tune"), ("oof", "objective")):
+        result = cli(*tune_args(manifest_path, runs, trials=1, space=space, storage=storage, study=name))
+        assert result.exit_code == 2, result.output
+        message = result.output.strip()
+        assert "\n" not in message and words in message, message
+        assert storage is None or storage.split(":")[2].split("@")[0] not in message
+        assert not list((runs / f"tune-{name}").glob("trial-*"))
+
+
+def test_an_unreachable_or_refusing_server_is_one_line_without_the_password(request, manifest_path, tmp_path, cli):
+    url = request.getfixturevalue("postgres_url")
+    wrong = url.replace(":pg-s3cret@", ":not-the-pw-42@")
+    result = cli(*tune_args(manifest_path, tmp_path, trials=1, storage=wrong))
+    assert result.exit_code == 2, result.output
+    message = result.output.strip()
+    assert "\n" not in message and "not-the-pw-42" not in message and "maskkit:***@" in message, message
+
+
+@pytest.mark.parametrize("ci, outcome", [("true", "fail"), ("", "skip")])
+def test_postgres_tests_skip_without_a_server_only_outside_ci(monkeypatch, ci, outcome):
+    from conftest import postgres_missing
+
+    monkeypatch.setenv("CI", ci)
+    expected = pytest.fail.Exception if outcome == "fail" else pytest.skip.Exception
+    with pytest.raises(expected, match="no PostgreSQL"):
+        postgres_missing("no PostgreSQL server binaries")
+
+
+def test_an_option_fixed_everywhere_leaves_nothing_to_search_and_is_refused(manifest_path, tmp_path, cli):
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: [0.005, 0.001]\n")
+    result = cli("tune", manifest_path, "--study", "x", "--space", space, "--runs-dir", tmp_path, "--lr", "0.003")
+    assert result.exit_code == 2 and "nothing left to search" in result.output and "lr" in result.output, result.output
+    assert not (tmp_path / "tune-x").exists()
+
+
+def test_tune_help_example_fixes_options_the_shipped_space_frees(cli, monkeypatch, manifest_path):
+    """The example in `tune --help`, run as written (its manifest ours), fixes backbone, size and epochs."""
+    from maskkit.commands import tune
+    from maskkit.contract.searchspace import DEFAULT_SPACE, field_of
+
+    from maskkit.cli import tune as tune_command  # its docstring is what --help prints (rich wraps it)
+
+    example = re.search(r"Example: maskkit (tune [^\n]+)", tune_command.__doc__).group(1).split()
+    seen = {}
+    monkeypatch.setattr(tune, "run", lambda *args, **kwargs: seen.update(kwargs))
+    result = cli(*[str(manifest_path) if word == "folds.csv" else word for word in example])
+    assert result.exit_code == 0, result.output
+    shipped = {field_of(k) for k in yaml.safe_load(DEFAULT_SPACE.read_text())}
+    assert {"backbone", "img_size", "epochs"} <= seen["fixed_fields"] & shipped, seen
+
+
+def test_a_drawn_float_is_rounded_to_four_significant_digits_within_its_range():
+    from maskkit.contract.searchspace import Dimension, suggest
+
+    space = {"lr": Dimension("lr", "float", low=1e-4, high=1e-2, log=True),
+             "dropout": Dimension("dropout", "float", low=0.123456, high=0.5)}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(50):
+        values = suggest(study.ask(), space)
+        assert all(float(f"{v:.4g}") == v for v in values.values()), values
+        assert 1e-4 <= values["lr"] <= 1e-2 and 0.123456 <= values["dropout"] <= 0.5
 
 
 def test_a_pruned_trial_stops_after_the_epoch_and_keeps_its_run_folder(manifest_path, tmp_path):

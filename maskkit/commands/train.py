@@ -314,6 +314,7 @@ def run(
     show_progress: bool | None = None,
     given: Iterable[str] | None = None,
     on_epoch: Callable[[int, dict], bool] | None = None,
+    hints: bool = True,
 ) -> Path:
     """Train one fold and write the run folder OUT/NAME (OUT: runs when None); returns its path.
 
@@ -323,6 +324,7 @@ def run(
     step and every epoch (0-based epoch); True stops like Ctrl-C: last.pt is written and
     `Interrupted` (a KeyboardInterrupt) is raised; `on_epoch(epochs_done, validation metrics)` after each
     validated epoch likewise (engine.trainer.Trainer.fit). `show_progress`: the progress bar (None: on a terminal).
+    `hints=False` leaves out the closing "next: ..." and "resume with ..." hints (tune's trials: tune says what's next).
 
     Under torchrun (engine.distributed) every process trains its share; rank 0 alone checks the
     inputs, writes the run folder and prints, and the others take its run folder and config.
@@ -353,7 +355,7 @@ def run(
             with deterministic(dist.device(resolve_device(options.device))):
                 trainer = _make_trainer(run_dir, options, config, manifest, resume is not None, show_progress, dist)
                 if _ready_to_train(trainer, config, resume is not None, extended):
-                    _train(trainer, config, stop, on_epoch)
+                    _train(trainer, config, stop, on_epoch, hints)
             return run_dir
         except Exception:  # not Ctrl-C: its last.pt resumes even within the first epoch
             if created and dist.main and not (run_dir / runfolder.METRICS).is_file():
@@ -401,8 +403,8 @@ def _ready_to_train(trainer: Trainer, config: dict, resumed: bool, extended: boo
 
 
 def _train(trainer: Trainer, config: dict, stop: Callable[[int, int], bool] | None,
-           on_epoch: Callable[[int, dict], bool] | None = None) -> None:
-    """Fit the run, saying what it trains on before and what came out after."""
+           on_epoch: Callable[[int, dict], bool] | None = None, hints: bool = True) -> None:
+    """Fit the run, saying what it trains on before and what came out after (`hints`: and what to run next)."""
     run_dir, options, dist = trainer.run_dir, trainer.options, trainer.dist
     processes = f", {dist.world_size} processes (DDP)" if dist.enabled else ""
     validation = ("every person (--fold all: no validation, best.pt = the final weights), " if options.all_folds else
@@ -416,13 +418,13 @@ def _train(trainer: Trainer, config: dict, stop: Callable[[int, int], bool] | No
     try:
         state = trainer.fit(stop, on_epoch)
     except Interrupted:
-        _say(trainer, f"stopped; last.pt written: resume with: maskkit train --resume {run_dir}")
+        if hints:
+            _say(trainer, f"stopped; last.pt written: resume with: maskkit train --resume {run_dir}")
         raise
+    next_hint = f"; next: maskkit predict {run_dir} DATA/eval -o preds.csv" if hints else ""
     if options.all_folds:
-        _say(trainer, f"trained {state.epoch} epochs on every person (best.pt = the final weights); "
-                      f"next: maskkit predict {run_dir} DATA/eval -o preds.csv")
+        _say(trainer, f"trained {state.epoch} epochs on every person (best.pt = the final weights){next_hint}")
     elif dist.main:
         best = runfolder.read_metrics(run_dir).query("epoch == @state.best_epoch").iloc[0]
         _say(trainer, f"best epoch {state.best_epoch}: val macro F1 {best['val_f1']:.4f} (mask {best['f1_mask']:.3f}, "
-                      f"gender {best['f1_gender']:.3f}, age {best['f1_age']:.3f}); next: maskkit predict {run_dir} "
-                      "DATA/eval -o preds.csv")
+                      f"gender {best['f1_gender']:.3f}, age {best['f1_age']:.3f}){next_hint}")

@@ -1,7 +1,8 @@
 """`maskkit tune`: a recipe search on Optuna (docs/formats.md, "Study folder").
 
 A study is "this recipe, with these parts free": the fixed options come from train's flags or
-`--config`, the free ones from a search space (contract.searchspace). Every trial trains ordinary
+`--config`, the free ones from a search space (contract.searchspace) less the options fixed that
+way (flags win over the space, with one line naming them). Every trial trains ordinary
 run folders under RUNS_DIR/tune-NAME/ (trial-NNNN, or trial-NNNN-fK with `--objective oof`), so
 `runs`, `predict`, `vote` and `audit` work on them. Objectives: `fold`, the best val macro F1 of
 one fold, reported per epoch to the pruner; `oof`, the pooled out-of-fold macro F1 of `--folds K`
@@ -15,10 +16,12 @@ takes a new trial only while the finished (complete or pruned) plus running tria
 machine end with exactly `--trials` finished trials (workers on several machines share no lock and
 may, rarely, start one more each). Ctrl-C or kill -9 lose only the running trial (failed; its run
 folder is left as it was and never reused: trial numbers are never given twice); running the same
-command again continues the study.
+command again continues the study. Progress: one line per trial ("trial k of N", its value or
+pruning, the time elapsed and an estimate of the time left); Optuna's own log lines are off.
 
 The training function is passed in by cli.py (`train=commands.train.run`): a command module does
-not import another.
+not import another. Over 400 lines: a study's whole life (storage, identity checks, workers, progress,
+Ctrl-C) and its results (`--best`) in one place.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import dataclasses
 import fcntl
 import json
 import math
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -36,7 +40,9 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
+import sqlalchemy
 from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from maskkit.contract import runfolder
@@ -45,10 +51,10 @@ from maskkit.contract.files import atomic_path, console, write_csv
 from maskkit.contract.manifest import read_manifest
 from maskkit.contract.oof import pooled_predictions
 from maskkit.contract.recipe import as_fields, write_recipe
-from maskkit.contract.searchspace import DEFAULT_SPACE, read_search_space, suggest
+from maskkit.contract.searchspace import DEFAULT_SPACE, field_of, read_search_space, rounded, suggest
 from maskkit.engine.metrics import scores
 from maskkit.engine.trainer import Interrupted
-from maskkit.options import TrainOptions
+from maskkit.options import MACHINE_OPTIONS, TrainOptions
 
 OBJECTIVES = ("fold", "oof")
 PRUNERS = ("median", "hyperband", "none")
@@ -58,6 +64,19 @@ RUNTIME_OPTIONS = ("device", "workers", "cache", "threads", "wandb")  # may diff
 HEARTBEAT_S, GRACE_S = 20, 60  # a trial whose worker sent no heartbeat for GRACE_S is failed
 WAIT_S = 2.0  # a worker with nothing left to start polls the running trials this often
 MAX_FAILURES = 3  # trials in a row failing (NaN loss...) stop a worker
+NOT_IN_BEST = ("fold", *MACHINE_OPTIONS)  # --best writes the recipe: not where nor on which fold it ran
+
+
+class StudyInterrupted(KeyboardInterrupt):
+    """Ctrl-C in a worker; its message says how to continue the study (cli.py prints it, exit 130)."""
+
+
+def masked(url: str) -> str:
+    """A storage URL as printed: its password as ***."""
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL sqlalchemy parses: mask what looks like user:password@
+        return re.sub(r"(//[^/:@]*):[^/@]*@", r"\1:***@", url)
 
 
 @dataclass(frozen=True)
@@ -79,6 +98,11 @@ class Study:
     @property
     def url(self) -> str:
         return self.storage or f"sqlite:///{(self.folder / STUDY_DB).resolve()}"
+
+    @property
+    def shown(self) -> str:
+        """The URL as messages print it (no password)."""
+        return masked(self.url)
 
 
 @contextlib.contextmanager
@@ -110,15 +134,28 @@ def open_storage(study: Study) -> optuna.storages.RDBStorage:
                                           heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(1))
     except Exception as exc:  # sqlalchemy raises many types for a bad URL or an unreachable server
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MaskkitError(f"--storage {url}: cannot open the study database ({reason[:150]})") from None
+        reason = re.sub(r"^\([\w.]+\) ", "", reason)  # sqlalchemy's "(psycopg.OperationalError) "
+        password = _password(url)
+        if password:
+            reason = reason.replace(password, "***")
+        fix = "; pip install 'maskkit[tune]' installs the PostgreSQL driver" if isinstance(exc, ImportError) else ""
+        raise MaskkitError(f"--storage {study.shown}: cannot open the study database ({reason[:200]}){fix}") from None
+
+
+def _password(url: str) -> str | None:
+    try:
+        return sqlalchemy.engine.make_url(url).password
+    except Exception:  # noqa: BLE001 - an unparsable URL: masked() hides what looks like one
+        return None
 
 
 @contextlib.contextmanager
 def quiet_optuna() -> Iterator[None]:
-    """Optuna's own log lines and its "experimental" warnings (heartbeat, plots) off: tune prints its own."""
+    """Optuna's own log lines (a failed trial's traceback too) and its "experimental" warnings (heartbeat,
+    plots) off: tune prints its own."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
         yield
 
 
@@ -143,21 +180,35 @@ def identity(fixed: TrainOptions, space: dict, study: Study) -> dict:
             "folds": study.folds if study.objective == "oof" else None}
 
 
+def check_maskkit_study(optuna_study: optuna.Study, study: Study) -> dict | None:
+    """The identity of a study maskkit made (None: new and empty); another program's study is refused."""
+    saved = optuna_study.user_attrs.get("identity")
+    if optuna_study.directions != [StudyDirection.MAXIMIZE]:
+        why = "it minimizes or has several objectives, where maskkit maximizes one macro F1"
+    elif not isinstance(saved, dict) and (saved is not None or optuna_study.get_trials(deepcopy=False)):
+        why = "it holds trials but no maskkit identity"
+    else:
+        return saved
+    raise MaskkitError(f"study {study.name!r} in {study.shown} was not made by maskkit tune ({why}); "
+                       "choose another --study")
+
+
 def check_same_study(optuna_study: optuna.Study, wanted: dict, study: Study) -> None:
     """A new study records its identity; a continued one must match it (one line naming the differences)."""
-    saved = optuna_study.user_attrs.get("identity")
+    saved = check_maskkit_study(optuna_study, study)
     if saved is None:
         if any(study.folder.glob("trial-*")):
-            raise MaskkitError(f"{study.folder}: holds trial run folders of an earlier study but {study.url} has no "
+            raise MaskkitError(f"{study.folder}: holds trial run folders of an earlier study but {study.shown} has no "
                                f"study {study.name!r}; remove the folder or choose another --study")
         optuna_study.set_user_attr("identity", json.loads(json.dumps(wanted)))
         return
     wanted = json.loads(json.dumps(wanted))  # tuples as lists, as stored
-    differ = [f"{part}.{key}" for part in ("recipe", "space") for key in sorted(set(saved[part]) | set(wanted[part]))
-              if saved[part].get(key) != wanted[part].get(key)]
-    differ += [part for part in ("objective", "folds") if saved[part] != wanted[part]]
+    differ = [f"{part}.{key}" for part in ("recipe", "space")
+              for key in sorted(set(saved.get(part) or {}) | set(wanted[part]))
+              if (saved.get(part) or {}).get(key) != wanted[part].get(key)]
+    differ += [part for part in ("objective", "folds") if saved.get(part) != wanted[part]]
     if differ:
-        raise MaskkitError(f"study {study.name!r} in {study.url} was started with other settings ({', '.join(differ[:6])} "
+        raise MaskkitError(f"study {study.name!r} in {study.shown} was started with other settings ({', '.join(differ[:6])} "
                            "differ); re-run it with the same options and search space, or choose another --study")
 
 
@@ -188,16 +239,16 @@ class TrialRunner:
                 return False
             trial.report(float(metrics["val_f1"]), step_offset + epoch)
             if trial.should_prune():
-                pruned.append(epoch)
+                pruned.append((epoch, float(metrics["val_f1"])))
                 return True
             return False
 
         try:
             return self.train(self.manifest, options, out=self.study.folder, name=name, show_progress=False,
-                              on_epoch=on_epoch)
+                              on_epoch=on_epoch, hints=False)
         except Interrupted:
             if pruned:
-                raise optuna.TrialPruned(f"pruned after epoch {pruned[0]}") from None
+                raise optuna.TrialPruned(f"pruned after epoch {pruned[0][0]} (val macro F1 {pruned[0][1]:.4f})") from None
             raise
 
     def fold(self, trial: optuna.Trial, options: TrainOptions) -> float:
@@ -235,23 +286,74 @@ def oof_folds(manifest: Path, k: int) -> tuple:
 
 
 def run(manifest: str | Path, study: Study, fixed: TrainOptions, space_path: str | Path | None = None,
-        train: Callable[..., Path] | None = None) -> optuna.Study:
-    """Work on the study until it holds `study.trials` finished trials (see the module docstring)."""
+        train: Callable[..., Path] | None = None, fixed_fields: frozenset = frozenset(),
+        fixed_by: str = "the command line") -> optuna.Study:
+    """Work on the study until it holds `study.trials` finished trials (see the module docstring).
+    `fixed_fields`: the options the command line (`fixed_by`) set, left out of the search space."""
     manifest = Path(manifest)
     if not manifest.is_file():
         raise MaskkitError(f"{manifest}: manifest not found (give the manifest CSV from maskkit split)")
     fixed.check()
     if fixed.all_folds:
         raise MaskkitError("--fold all: a trial needs a validation fold to be scored; give --fold K, or --objective oof")
-    space = read_search_space(space_path or DEFAULT_SPACE, fixed)
+    space_path = Path(space_path or DEFAULT_SPACE)
+    every = read_search_space(space_path, fixed, unchecked=frozenset(fixed_fields))
+    space = {name: d for name, d in every.items() if field_of(name) not in fixed_fields}
+    taken = [name for name in every if name not in space]
+    if taken and not space:
+        raise MaskkitError(f"{space_path}: every option it frees is fixed by {fixed_by} ({', '.join(taken)}); "
+                           "nothing left to search: fix fewer options, or give --space FILE")
+    note = f"fixed by {fixed_by}: {', '.join(taken)} (not searched)" if taken else None
     folds = oof_folds(manifest, study.folds) if study.objective == "oof" else ()
     trainer = TrialRunner(manifest, study, train, folds)
     with quiet_optuna():
-        return _work(study, fixed, space, trainer)
+        try:
+            return _work(study, fixed, space, trainer, note)
+        except KeyboardInterrupt:
+            raise StudyInterrupted(_interrupted(study)) from None
 
 
-def _work(study: Study, fixed: TrainOptions, space: dict, trainer: TrialRunner) -> optuna.Study:
-    """Open (or create) the study, then take trials until it holds enough."""
+def _interrupted(study: Study) -> str:
+    """What Ctrl-C says: how the study stands and how to go on."""
+    try:
+        optuna_study = optuna.load_study(study_name=study.name, storage=open_storage(study))
+        stand = f" ({count(optuna_study, TrialState.COMPLETE, TrialState.PRUNED)} of {study.trials} trials finished)"
+    except Exception:  # noqa: BLE001 - the study may not exist yet or the server be gone: say less
+        stand = ""
+    return (f"interrupted (this worker's running trial, if any, is marked failed); study {study.name!r}{stand}: "
+            "run the same command again to continue it")
+
+
+@dataclass
+class Progress:
+    """The per-trial line: "trial k of N", the value or pruning, the time elapsed and left. The time left
+    is the study's rate since this worker started (every worker's trials) applied to what remains."""
+
+    trials: int
+    finished_before: int
+    started: float = dataclasses.field(default_factory=time.monotonic)
+
+    def line(self, trial: optuna.trial.FrozenTrial, finished: int, note: str) -> str:
+        elapsed = time.monotonic() - self.started
+        done, left = finished - self.finished_before, max(self.trials - finished, 0)
+        timing = f"{clock(elapsed)} elapsed"
+        if left and done:
+            timing += f", about {clock(elapsed / done * left)} left"
+        if trial.state == TrialState.FAIL:
+            return f"trial #{trial.number} failed ({note}); {timing}"
+        return f"trial {finished} of {self.trials} (#{trial.number}): {note}; {timing}"
+
+
+def clock(seconds: float) -> str:
+    """1h02m, 3m05s or 42s."""
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _work(study: Study, fixed: TrainOptions, space: dict, trainer: TrialRunner, note: str | None) -> optuna.Study:
+    """Open (or create) the study, then (after printing `note`) take trials until it holds enough."""
     with study_lock(study.folder):  # one worker at a time creates the database and the study
         storage = open_storage(study)
         optuna_study = optuna.create_study(
@@ -259,6 +361,9 @@ def _work(study: Study, fixed: TrainOptions, space: dict, trainer: TrialRunner) 
             sampler=optuna.samplers.TPESampler(constant_liar=True),
             pruner=make_pruner(study.pruner, fixed, space, trainer.folds))
         check_same_study(optuna_study, identity(fixed, space, study), study)
+    if note:
+        console.print(note, markup=False, highlight=False)
+    progress = Progress(study.trials, count(optuna_study, TrialState.COMPLETE, TrialState.PRUNED))
     failures = 0
     while failures < MAX_FAILURES:
         with study_lock(study.folder) as release:
@@ -270,31 +375,44 @@ def _work(study: Study, fixed: TrainOptions, space: dict, trainer: TrialRunner) 
                 release()
                 time.sleep(WAIT_S)  # the last trials run elsewhere: wait in case one of them fails
                 continue
-            mine = []  # this worker's trial number
+            mine = {}  # this worker's trial: its number, and why it was pruned or failed
             optuna_study.optimize(lambda trial: _objective(trial, trainer, fixed, space, release, mine),
                                   n_trials=1, catch=(RunFailure,))
-        failed = bool(mine) and optuna_study.get_trials(deepcopy=False)[mine[0]].state == TrialState.FAIL
-        failures = failures + 1 if failed else 0
+        if not mine:
+            continue
+        trial = optuna_study.get_trials(deepcopy=False)[mine["number"]]
+        finished = count(optuna_study, TrialState.COMPLETE, TrialState.PRUNED)
+        outcome = (f"{study.objective} macro F1 {trial.value:.4f}" if trial.state == TrialState.COMPLETE else
+                   mine.get("note") or trial.state.name.lower())
+        console.print(progress.line(trial, finished, outcome), markup=False, highlight=False)
+        failures = failures + 1 if trial.state == TrialState.FAIL else 0
     if failures >= MAX_FAILURES:
         raise RunFailure(f"study {study.name!r}: {failures} trials in a row failed (see the lines above); "
                          "narrow the search space (a lower lr range) and re-run")
     finished = count(optuna_study, TrialState.COMPLETE, TrialState.PRUNED)
     console.print(f"study {study.name!r}: {finished} finished trials ({count(optuna_study, TrialState.COMPLETE)} "
-                  f"complete) in {study.url}; next: maskkit tune --study {study.name} --best > best.yaml",
+                  f"complete) in {study.shown}; next: maskkit tune --study {study.name} --best > best.yaml",
                   markup=False, highlight=False)
     return optuna_study
 
 
 def _objective(trial: optuna.Trial, trainer: TrialRunner, fixed: TrainOptions, space: dict,
-               release: Callable[[], None], mine: list) -> float:
+               release: Callable[[], None], mine: dict) -> float:
     release()  # the trial has its number: other workers may take theirs
-    mine.append(trial.number)
-    options = trial_options(fixed, suggest(trial, space))
+    mine["number"] = trial.number
+    values = suggest(trial, space)
+    options = trial_options(fixed, values)
     trial.set_user_attr("recipe", json.loads(json.dumps(options.to_dict())))
-    console.print(f"trial {trial.number}: {trial.params}", markup=False, highlight=False)
-    value = trainer.oof(trial, options) if trainer.study.objective == "oof" else trainer.fold(trial, options)
-    console.print(f"trial {trial.number}: {trainer.study.objective} macro F1 {value:.4f}", markup=False, highlight=False)
-    return value
+    drawn = ", ".join(f"{k}={v}" for k, v in values.items())
+    console.print(f"trial #{trial.number} starts: {drawn or 'the fixed recipe'}", markup=False, highlight=False)
+    try:
+        return trainer.oof(trial, options) if trainer.study.objective == "oof" else trainer.fold(trial, options)
+    except optuna.TrialPruned as exc:
+        mine["note"] = str(exc) or "pruned"
+        raise
+    except RunFailure as exc:  # Optuna marks it failed; its message is the progress line's
+        mine["note"] = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise
 
 
 # --- the results ---------------------------------------------------------------------------------
@@ -306,12 +424,17 @@ def load(study: Study) -> optuna.Study:
     try:
         return optuna.load_study(study_name=study.name, storage=open_storage(study))
     except KeyError:
-        raise MaskkitError(f"{study.url}: has no study {study.name!r}") from None
+        raise MaskkitError(f"{study.shown}: has no study {study.name!r}") from None
 
 
-def trials_table(optuna_study: optuna.Study) -> pd.DataFrame:
-    """One row per trial: number, state, value, duration, the parameters and its run folders."""
+def trials_table(optuna_study: optuna.Study, space: dict) -> pd.DataFrame:
+    """One row per trial: number, state, value, duration, the parameters (floats as the trials trained
+    them) and its run folders."""
     table = optuna_study.trials_dataframe(attrs=("number", "state", "value", "duration", "params"))
+    for name, spec in space.items():
+        column = f"params_{name}"
+        if spec.get("kind") == "float" and column in table:
+            table[column] = [v if pd.isna(v) else rounded(v, spec["low"], spec["high"]) for v in table[column]]
     table["runs"] = [";".join(t.user_attrs.get("runs", [])) for t in optuna_study.get_trials(deepcopy=False)]
     return table
 
@@ -342,21 +465,32 @@ def best(study: Study, out: str | Path | None = None) -> dict:
         return _best(study, out)
 
 
+def best_recipe(trained: dict, space: dict) -> dict:
+    """A trial's recipe as --best writes it: no machine settings nor fold (the machine and fold that run
+    it decide them), a searched float to searchspace.DIGITS significant digits (what newer trials train)."""
+    recipe = {k: v for k, v in trained.items() if k not in NOT_IN_BEST}
+    for name, spec in space.items():
+        if spec.get("kind") == "float" and isinstance(recipe.get(name), float):
+            recipe[name] = rounded(recipe[name], spec["low"], spec["high"])
+    recipe["img_size"] = tuple(recipe["img_size"])
+    return recipe
+
+
 def _best(study: Study, out: str | Path | None) -> dict:
     from optuna.visualization import matplotlib as plots  # heavy: only for --best
 
     optuna_study = load(study)
+    saved = check_maskkit_study(optuna_study, study) or {}
     if count(optuna_study, TrialState.COMPLETE) == 0:
         raise MaskkitError(f"study {study.name!r}: no complete trial yet (run maskkit tune MANIFEST --study "
                            f"{study.name} first)")
     top = optuna_study.best_trial
-    objective = optuna_study.user_attrs.get("identity", {}).get("objective", "fold")
+    objective, space = saved.get("objective", "fold"), saved.get("space") or {}
     study.folder.mkdir(parents=True, exist_ok=True)
-    write_csv(trials_table(optuna_study), study.folder / TRIALS_CSV)
+    write_csv(trials_table(optuna_study, space), study.folder / TRIALS_CSV)
     save_plot(plots.plot_optimization_history, optuna_study, study.folder / HISTORY_PNG)
     save_plot(plots.plot_param_importances, optuna_study, study.folder / IMPORTANCE_PNG)
-    recipe = dict(top.user_attrs["recipe"])
-    recipe["img_size"] = tuple(recipe["img_size"])
+    recipe = best_recipe(top.user_attrs["recipe"], space)
     console.print(f"best trial {top.number}: {objective} macro F1 {top.value:.4f} ({', '.join(top.user_attrs['runs'])}); "
                   f"{study.folder / TRIALS_CSV}", markup=False, highlight=False)
     write_recipe(recipe, out)

@@ -3,8 +3,8 @@
 A search space is a YAML mapping of `maskkit train` options (recipe names: `lr`, `input_size`...),
 each with its range: a list is a choice among its values, a mapping `{low, high}` a range (floats
 when a bound is a float, else integers; `log: true` samples on a log scale, `step` on a grid). The
-options the space does not name are fixed by the study's recipe. The shipped default is
-maskkit/data/search_space.yaml.
+options the space does not name, and those the study fixes (tune's train flags or `--config`), are
+fixed by the study's recipe. The shipped default is maskkit/data/search_space.yaml.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ NOT_SEARCHED = ("fold", "device", "workers", "cache", "threads", "wandb", "weigh
 FIX = ("a search space maps train options to a list of choices or {low: A, high: B} "
        "(optional log: true, step: S); see maskkit/data/search_space.yaml")
 RANGE_KEYS = {"low", "high", "log", "step"}
+DIGITS = 4  # a drawn float is rounded to this many significant digits (what a trial trains and --best writes)
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,14 @@ def check_value(fixed: TrainOptions, name: str, value: object, where: str) -> No
         raise MaskkitError(f"{where}: {value!r}: {exc}") from None
 
 
-def read_search_space(path: str | Path, fixed: TrainOptions) -> dict[str, Dimension]:
-    """The dimensions of a search-space file, each value checked against the study's fixed options."""
+def field_of(name: str) -> str:
+    """The TrainOptions field a space key sets (`input_size` sets `img_size`)."""
+    return "img_size" if name == "input_size" else name
+
+
+def read_search_space(path: str | Path, fixed: TrainOptions, unchecked: frozenset = frozenset()) -> dict[str, Dimension]:
+    """The dimensions of a search-space file, each value checked against the study's fixed options
+    but those of a field in `unchecked` (fixed by the study, which leaves them out)."""
     path = Path(path)
     if not path.is_file():
         raise MaskkitError(f"{path}: search space not found ({FIX})")
@@ -96,16 +103,24 @@ def read_search_space(path: str | Path, fixed: TrainOptions) -> dict[str, Dimens
         if name in NOT_SEARCHED:
             raise MaskkitError(f"{where}: decided by the study, not searched (give it as a fixed train option)")
         dimension = _dimension(name, spec, where)
+        space[name] = dimension
+        if field_of(name) in unchecked:
+            continue
         if dimension.kind != "categorical" and not isinstance(getattr(fixed, name, None), (int, float)):
             raise MaskkitError(f"{where}: a range needs a numeric option; list the choices instead")
         for value in dimension.values():
             check_value(fixed, name, int(value) if dimension.kind == "int" else value, where)
-        space[name] = dimension
     return space
 
 
+def rounded(value: float, low: float, high: float) -> float:
+    """`value` to DIGITS significant digits, kept within [low, high]."""
+    return min(max(float(f"{value:.{DIGITS}g}"), low), high)
+
+
 def suggest(trial, space: Mapping[str, Dimension]) -> dict:
-    """One trial's values (recipe names) drawn by an Optuna trial from the space."""
+    """One trial's values (recipe names) drawn by an Optuna trial from the space; a float is rounded
+    to DIGITS significant digits (the trial trains what its recipe says and --best writes)."""
     values = {}
     for name, d in space.items():
         if d.kind == "categorical":
@@ -113,5 +128,6 @@ def suggest(trial, space: Mapping[str, Dimension]) -> dict:
         elif d.kind == "int":
             values[name] = trial.suggest_int(name, int(d.low), int(d.high), step=int(d.step or 1), log=d.log)
         else:
-            values[name] = trial.suggest_float(name, float(d.low), float(d.high), step=d.step, log=d.log)
+            drawn = trial.suggest_float(name, float(d.low), float(d.high), step=d.step, log=d.log)
+            values[name] = rounded(drawn, float(d.low), float(d.high))
     return values
