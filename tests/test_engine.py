@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from maskkit.engine import progress as progress_module
+from maskkit.contract import progress as progress_module
 from maskkit.engine.devices import free_cores, use_threads
 from maskkit.engine.loss import MaskLoss
 

@@ -75,3 +75,42 @@ def test_find_cycle_names_a_cycle():
 def test_maskkit_has_no_import_cycle():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+# The layers, lowest first (maskkit/__init__.py says why): a module may import its own layer and those below.
+LAYERS = ("maskkit.contract.errors", "maskkit.options", "maskkit.contract", "maskkit.data", "maskkit.engine",
+          "maskkit.commands", "maskkit.cli")
+
+
+def layer(module: str) -> int:
+    """The index in LAYERS of a module: its longest matching prefix (maskkit/__init__ and __main__ go with cli)."""
+    if module in ("maskkit", "maskkit.__main__", "maskkit.cli_options"):
+        return len(LAYERS) - 1
+    matches = [prefix for prefix in LAYERS if module == prefix or module.startswith(prefix + ".")]
+    return LAYERS.index(max(matches, key=len))
+
+
+def upward_edges(graph: dict[str, set[str]]) -> list[str]:
+    """Imports from a lower layer to a higher one, and from one command module to another."""
+    edges = []
+    for module, imported in sorted(graph.items()):
+        for target in sorted(imported):
+            if layer(target) > layer(module):
+                edges.append(f"{module} -> {target} ({LAYERS[layer(module)]} is below {LAYERS[layer(target)]})")
+            elif module.startswith("maskkit.commands.") and target.startswith("maskkit.commands."):
+                edges.append(f"{module} -> {target} (a command module imports another command module)")
+    return edges
+
+
+def test_upward_edges_are_named():
+    graph = {"maskkit.data.loader": {"maskkit.engine.models", "maskkit.options"},
+             "maskkit.commands.tune": {"maskkit.commands.train"}, "maskkit.cli": {"maskkit.commands.tune"}}
+    assert upward_edges(graph) == [
+        "maskkit.commands.tune -> maskkit.commands.train (a command module imports another command module)",
+        "maskkit.data.loader -> maskkit.engine.models (maskkit.data is below maskkit.engine)",
+    ]
+
+
+def test_no_module_imports_a_higher_layer():
+    edges = upward_edges(import_graph())
+    assert not edges, "imports against the layer order:\n" + "\n".join(edges)

@@ -46,7 +46,7 @@ from maskkit.data.fingerprints import SCAN_COLUMNS, near_duplicates, scan_file
 from maskkit.data.images import contact_sheet, image_magic, read_image, write_image
 from maskkit.engine.calibration import Evidence, pooled
 from maskkit.engine.metrics import scores
-from maskkit.engine.progress import progress_bar
+from maskkit.contract.progress import progress_bar
 from maskkit.options import ALL_FOLDS
 
 SUSPECT_COLUMNS = ["target", "column", "given", "suggested", "score", "p_wrong", "models", "reason", "evidence"]

@@ -40,7 +40,7 @@ from maskkit.data.presets import finish, geometry, work_size
 from maskkit.engine.devices import resolve_device
 from maskkit.engine.gradcam import HeadModel, explain, make_cam, target_layer
 from maskkit.engine.models import load_run
-from maskkit.engine.progress import progress_bar
+from maskkit.contract.progress import progress_bar
 
 HEADS = ("class", "mask", "gender", "age")
 HEAD_CLASSES = {

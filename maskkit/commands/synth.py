@@ -34,7 +34,7 @@ from maskkit.contract.files import console, process_alive, write_errors
 from maskkit.contract.labels import GENDERS, IMAGE_STEMS, label_of
 from maskkit.data.drawing import MASK_COLOURS, STEMS, Person, background, draw_person
 from maskkit.data.images import write_image
-from maskkit.engine.progress import progress_bar
+from maskkit.contract.progress import progress_bar
 
 JPEG_QUALITY = 92
 TRAIN, EVAL = 0, 1  # split codes in the seeds

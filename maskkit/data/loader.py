@@ -40,7 +40,7 @@ from maskkit.contract.errors import MaskkitError, RunFailure
 from maskkit.contract.files import console, examples
 from maskkit.data.images import read_image
 from maskkit.data.presets import DEFAULT_CROP, work_size
-from maskkit.engine.progress import progress_bar
+from maskkit.contract.progress import progress_bar
 
 MAX_CONSECUTIVE_BAD = 20  # unreadable images in a row before a run stops
 MAX_BAD_FRACTION = 0.05  # ... or this share of the dataset (and more than MAX_CONSECUTIVE_BAD)

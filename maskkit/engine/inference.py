@@ -20,7 +20,7 @@ from maskkit.engine.devices import autocast_dtype
 from maskkit.engine.export import OnnxModel
 from maskkit.engine.loop import OnDevice, next_batch, tta_outputs
 from maskkit.engine.models import class_probs, load_run, to_channels_last
-from maskkit.engine.progress import progress_bar
+from maskkit.contract.progress import progress_bar
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from maskkit.engine.distributed import Distributed, unwrap
 from maskkit.engine.loss import cutmix
 from maskkit.engine.metrics import scores
 from maskkit.engine.models import class_probs, head_task_probs
-from maskkit.engine.progress import ProgressBar, progress_bar
+from maskkit.contract.progress import ProgressBar, progress_bar
 
 
 @dataclass(frozen=True)

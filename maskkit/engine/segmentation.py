@@ -41,7 +41,7 @@ from maskkit.data.masks import composite, composite_batch, mask_with_area, softe
 from maskkit.data.segment_loader import make_loader, serial_opencv
 from maskkit.engine.deeplab import error_line, person_margins, person_scores
 from maskkit.engine.devices import cpu_count
-from maskkit.engine.progress import progress_bar
+from maskkit.contract.progress import progress_bar
 
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 

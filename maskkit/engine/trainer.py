@@ -23,7 +23,7 @@ from maskkit.engine.devices import autocast_dtype, resolve_device
 from maskkit.engine.distributed import Distributed
 from maskkit.engine.loop import EpochState, NonFiniteLoss, TrainingState, evaluate, train_one_epoch
 from maskkit.engine.loss import MaskLoss
-from maskkit.engine.progress import RunClock, progress_bar
+from maskkit.contract.progress import RunClock, progress_bar
 from maskkit.engine.runtime import seed_everything, stop_signals_set_flag
 from maskkit.engine.tracking import Tracker
 from maskkit.options import TrainOptions
