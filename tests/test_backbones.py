@@ -137,7 +137,7 @@ def test_train_refuses_a_backbone_that_cannot_take_the_size_in_one_line_and_leav
     assert result.exit_code == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "--backbone nest_tiny" in result.stderr and "square" in result.stderr
-    assert not (tmp_path / "runs" / "r").exists()
+    assert not (tmp_path / "runs").exists()  # refused before the run folder (and the image cache) is made
 
 
 def test_a_pretrained_backbone_that_cannot_take_the_size_says_so_not_download(tmp_path, monkeypatch):

@@ -52,15 +52,15 @@ from maskkit.data.fingerprints import strange_images
 from maskkit.contract.streams import is_stream, read_input
 from maskkit.data.folds import make_manifest
 from maskkit.data.loader import image_size
-from maskkit.data.presets import parse_crop, resolve_crop
+from maskkit.data.presets import resolve_crop
 from maskkit.engine.build import training_rows
 from maskkit.engine.devices import resolve_device, use_threads
 from maskkit.engine.distributed import Distributed, env_rank
-from maskkit.engine.models import model_defaults, resolve_backbone
+from maskkit.engine.models import check_backbone, model_defaults
 from maskkit.engine.runtime import deterministic
 from maskkit.engine.tracking import logger_module
 from maskkit.engine.trainer import Interrupted, Trainer
-from maskkit.options import MACHINE_OPTIONS, SEED, TrainOptions
+from maskkit.options import MACHINE_OPTIONS, SEED, TrainOptions, parse_crop, resolve_backbone
 
 AUTO_FOLDS, AUTO_SPLIT_SEED = 5, SEED  # the split made on the fly from a dataset folder
 # Options that may differ when resuming (they change where and how fast, not what is learned).
@@ -165,6 +165,7 @@ def _warn_strange_images(source: str | Path, manifest: pd.DataFrame) -> None:
 def _new_run(source: str | Path, options: TrainOptions, out: Path, name: str | None, overwrite: bool):
     """Check everything, then write the run folder's manifest.csv and config.json."""
     options.check()
+    check_backbone(options.backbone, options.img_size)  # a family that cannot take this size: before any file
     logger_module(options)
     resolve_device(options.device)
     manifest, data = load_source(source)
