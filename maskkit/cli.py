@@ -10,6 +10,7 @@ Over 400 lines: one declaration block per subcommand (fourteen of them), nothing
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import signal
 import sys
@@ -27,7 +28,7 @@ from maskkit import __version__  # noqa: E402
 from maskkit import cli_options as o  # noqa: E402
 from maskkit.contract.errors import MaskkitError, Terminated  # noqa: E402
 from maskkit.contract.streams import StdoutGone, guard_descriptors, say, settle_streams  # noqa: E402
-from maskkit.options import SEED, TrainOptions, parse_width_height  # noqa: E402
+from maskkit.options import SEED, parse_width_height  # noqa: E402
 
 app = typer.Typer(
     name="maskkit",
@@ -37,7 +38,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-D = TrainOptions()  # train's defaults
 
 
 @contextlib.contextmanager
@@ -122,24 +122,8 @@ def split(
         split_module.run(data, folds=folds, seed=seed, fixes=fixes or [], out=out)
 
 
-@app.command()
-def train(
-    ctx: typer.Context, source: o.TrainSource = Path("data/train"), fold: o.Fold = str(D.fold),
-    cache: o.Cache = D.cache, workers: o.Workers = D.workers, backbone: o.Backbone = D.backbone,
-    multi: o.Multi = D.heads == "multi", pretrained: o.Pretrained = D.pretrained,
-    weights: o.BackboneWeights = D.weights, input_size: o.InputSize = "x".join(map(str, D.img_size[::-1])),
-    dropout: o.Dropout = D.dropout, age_weight: o.AgeWeight = D.age_weight, age_loss: o.AgeLoss = D.age_loss,
-    age_sigma: o.AgeSigma = D.age_sigma, old_age: o.OldAge = D.old_age,
-    label_smoothing: o.LabelSmoothing = D.label_smoothing, focal: o.Focal = D.focal,
-    balanced: o.Balanced = D.balanced, aug: o.Aug = D.aug, cutmix: o.Cutmix = D.cutmix, crop: o.Crop = D.crop,
-    epochs: o.Epochs = D.epochs, batch_size: o.BatchSize = D.batch_size, opt: o.Optimizer = D.opt,
-    sched: o.Scheduler = D.sched, lr: o.LearningRate = D.lr, weight_decay: o.WeightDecay = D.weight_decay,
-    warmup: o.Warmup = D.warmup, ema: o.Ema = D.ema, ema_decay: o.EmaDecay = D.ema_decay,
-    patience: o.Patience = D.patience, precision: o.Precision = D.precision, config: o.Recipe = None,
-    print_config: o.PrintConfig = False, seed: o.Seed = D.seed, device: o.Device = D.device,
-    threads: o.Threads = D.threads, runs_dir: o.RunsDir = Path("runs"), name: o.RunName = None,
-    overwrite: o.TrainOverwrite = False, resume: o.Resume = None, logger: o.Logger = D.logger, wandb: o.Wandb = D.wandb,
-) -> None:
+def train(ctx: typer.Context, source: Path, config: Optional[Path], print_config: bool, runs_dir: Path,
+          name: Optional[str], overwrite: bool, resume: Optional[Path], **flags: object) -> None:
     """Train one fold into runs/NAME/ (config, metrics, best.pt, last.pt, val_preds.csv, plots).
 
     --fold all trains the full-data model: every person, --epochs fixed, no validation.
@@ -163,6 +147,16 @@ def train(
             source, runs_dir = (value if key in typed else None for key, value in (("source", source), ("runs_dir", runs_dir)))
         train_module.run(source, options, out=runs_dir, name=name, overwrite=overwrite, resume=resume,
                            given=chosen if resume is not None else None)
+
+
+# train's parameters: the run's own, then one per TrainOptions field (declared there, with its flag and help).
+train.__signature__ = inspect.Signature([
+    inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+    *(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+      for name, annotation, default in o.TRAIN_RUN_PARAMETERS),
+    *o.option_parameters(),
+])
+app.command()(train)
 
 
 TUNE_REFUSED = ("source", "name", "resume", "overwrite", "print_config", "runs_dir")  # the study decides these

@@ -1,12 +1,16 @@
 """The command line's options, declared once: one `Annotated` type and one help text per option.
 
-cli.py's subcommands name these types; a parameter's default is written beside it (train's are
-TrainOptions' field defaults). Choice options are `Literal`s of the vocabulary in options.py, so
-typer lists, checks and completes their values and no command checks them again.
+cli.py's subcommands name these types; a parameter's default is written beside it. train's (and
+tune's) options are not written here: `option_parameters` builds them from TrainOptions' fields,
+whose Flags (options.py) hold each flag, help text, choices and range, and the shared --device,
+--threads, --workers, --batch-size and --seed are built from the same Flags. Choice options are
+`Literal`s of the vocabulary in options.py, so typer lists, checks and completes their values.
 """
 
 from __future__ import annotations
 
+import inspect
+import typing
 from pathlib import Path
 from typing import Annotated, List, Literal, Optional
 
@@ -38,37 +42,22 @@ def _bounded(check):
     return callback
 
 
-Device = Annotated[str, typer.Option("--device", help="auto (cuda when available), cpu, cuda or cuda:N.")]
-Threads = Annotated[Optional[int], typer.Option(
-    "--threads", callback=_bounded(lambda n: vocab.check_workers_threads(threads=n)),
-    help="Torch threads, 1..cores (default: the cores other processes leave free).")]
-Workers = Annotated[Optional[int], typer.Option(
-    "--workers", "-j", callback=_bounded(lambda n: vocab.check_workers_threads(workers=n)),
-    help="Worker processes that load images, 0..cores x 4 (0: this process; default: from the device and the cores).")]
-BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per step (per forward pass).")]
-Out = Annotated[Optional[Path], typer.Option("-o", "--out", help="Write the output CSV here instead of stdout.")]
-Seed = Annotated[int, typer.Option("--seed", min=vocab.SEED_RANGE[0], max=vocab.SEED_RANGE[1],
-                                   help="Seed of everything random: the same seed, the same output.")]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Redo every image, replacing what an earlier run "
-                                         "wrote in OUT, instead of resuming where it stopped.")]
-SynthOverwrite = Annotated[bool, typer.Option("--overwrite", help="Replace OUT when it holds a dataset that maskkit "
-                                              "synth drew (its files only; any other non-empty folder is refused).")]
-Masks = Annotated[Optional[Path], typer.Option(
-    "--masks", help="Folder of person masks (PNG, 255 = person) mirroring the images: segment writes it, "
-    "cam reads it (synth --with-masks writes OUT/masks).")]
-RunFolder = Annotated[Path, typer.Argument(help="Run folder written by `maskkit train` (config.json + best.pt).")]
+def flag_option(flag: vocab.Flag, cli_type: object, panel: bool = True) -> object:
+    """The typer option of one options.Flag (train's fields and the shared --device, --seed...)."""
+    settings = {"help": flag.help, "rich_help_panel": flag.panel if panel else None}
+    if flag.metavar:
+        settings["metavar"] = flag.metavar
+    if flag.bounds:
+        settings["min"], settings["max"] = flag.bounds
+    if flag.callback:
+        settings["callback"] = _bounded(flag.callback)
+    if flag.complete == "backbone":
+        settings["autocompletion"] = complete_backbone
+    elif flag.complete:
+        settings["autocompletion"] = complete_from(flag.complete)
+    return Annotated[cli_type, typer.Option(*flag.decls, **settings)]
 
-# --- train ---------------------------------------------------------------------------------------
-DATA, MODEL, LOSS, AUG, OPTIM, RUN = "Data", "Model", "Loss", "Augmentation", "Optimisation", "Run"
 
-TrainSource = Annotated[Path, typer.Argument(help="Manifest CSV from `maskkit split`, or DATA/train (split on the "
-                                             f"fly into 5 person folds, seed {vocab.SEED}, saved in the run folder).")]
-Fold = Annotated[str, typer.Option("--fold", "-f", rich_help_panel=DATA, help="Validation fold; the other folds "
-                                   "train. all: every person trains, no validation, a fixed --epochs (the full-data "
-                                   "model; best.pt = the final weights).")]
-Cache = Annotated[Literal[vocab.CACHE_MODES], typer.Option(
-    "--cache", rich_help_panel=DATA, help="Decode every image once into one file that every process on the machine maps (DDP ranks, "
-    "concurrent folds): ram (/dev/shm), disk (~/.cache/maskkit, $MASKKIT_CACHE_DIR); none; auto: disk when it fits.")]
 def complete_backbone(incomplete: str) -> List[str]:
     """The aliases and a few timm names; timm's whole list (a slow import) only when none of them fits."""
     known = [b for b in (*vocab.BACKBONES, *vocab.TIMM_EXAMPLES) if b.startswith(incomplete)]
@@ -79,52 +68,50 @@ def complete_backbone(incomplete: str) -> List[str]:
     return timm.list_models(f"{incomplete}*")[:100]
 
 
-Backbone = Annotated[str, typer.Option("--backbone", "-b", rich_help_panel=MODEL, autocompletion=complete_backbone,
-                                       help=f"{', '.join(vocab.BACKBONES)} (lite0-2: offline ImageNet weights), "
-                                       "or any timm model name.")]
-Multi = Annotated[bool, typer.Option("--multi/--single", rich_help_panel=MODEL,
-                                     help="Heads: mask, gender and age (multi) or one 18-way head.")]
-Pretrained = Annotated[bool, typer.Option("--pretrained/--no-pretrained", rich_help_panel=MODEL,
-                                          help="Start from ImageNet weights.")]
-BackboneWeights = Annotated[Optional[Path], typer.Option(
-    "--weights", rich_help_panel=MODEL, help="Local weights file for the backbone (offline servers; ViTs at any size).")]
-InputSize = Annotated[str, typer.Option("--input-size", rich_help_panel=MODEL, help="Model input WIDTHxHEIGHT.")]
-Dropout = Annotated[float, typer.Option("--dropout", rich_help_panel=MODEL, help="Dropout before the heads.")]
-AgeWeight = Annotated[float, typer.Option("--age-weight", rich_help_panel=LOSS, help="> 0 adds the age branch of "
-                                          "--age-loss (learnt from the years) with this loss weight; 0 turns it off.")]
-OldAge = Annotated[int, typer.Option("--old-age", rich_help_panel=LOSS, help="Train with age >= N as the oldest "
-                                     "group (e.g. 58); validation always scores the true groups (60).")]
-LabelSmoothing = Annotated[float, typer.Option("--label-smoothing", rich_help_panel=LOSS,
-                                               help="Cross-entropy label smoothing (0 = off).")]
-Focal = Annotated[float, typer.Option("--focal", rich_help_panel=LOSS,
-                                      help="Focal-loss gamma (0 = plain cross-entropy), e.g. 2.")]
-Balanced = Annotated[bool, typer.Option("--balanced/--no-balanced", rich_help_panel=LOSS,
-                                        help="Class-balanced sampling (with replacement).")]
-Aug = Annotated[Literal[vocab.AUGMENTATIONS], typer.Option(
-    "--aug", rich_help_panel=AUG, help="none (as validation: centre crop and resize), basic (+ brightness/contrast, "
-    "Gaussian noise, horizontal flip) or strong (basic + a random shift, scale and rotation, hue/saturation or "
-    "colour jitter, and CoarseDropout holes).")]
-Cutmix = Annotated[float, typer.Option("--cutmix", rich_help_panel=AUG, help="Probability of CutMix per batch.")]
-Crop = Annotated[str, typer.Option("--crop", rich_help_panel=AUG, autocompletion=complete_from(vocab.CROP_MODES), help="Centre crop before resizing: full (the whole "
-                                   "frame), competition (0.8 of the height, 0.85 of the width: the competition's 3:4 "
-                                   "portraits), two fractions H,W, or auto: full for square images (face crops), "
-                                   "competition otherwise. Stored in config.json; predict and cam reuse it.")]
-Epochs = Annotated[int, typer.Option("--epochs", "-e", rich_help_panel=OPTIM,
-                                     help="Epochs (with --resume: a larger number extends the run).")]
-Optimizer = Annotated[Literal[vocab.OPTIMIZERS], typer.Option(
-    "--opt", rich_help_panel=OPTIM, help="Optimizer (timm's factory; no weight decay on norms and biases).")]
-Scheduler = Annotated[Literal[vocab.SCHEDULERS], typer.Option(
-    "--sched", rich_help_panel=OPTIM, help="Learning-rate schedule after the warmup (timm's factory, stepped per update).")]
-LearningRate = Annotated[float, typer.Option("--lr", rich_help_panel=OPTIM, help="Peak learning rate.")]
-WeightDecay = Annotated[float, typer.Option("--weight-decay", rich_help_panel=OPTIM, help="Weight decay.")]
-Warmup = Annotated[float, typer.Option("--warmup", rich_help_panel=OPTIM, help="Epochs of linear learning-rate warmup.")]
-Ema = Annotated[bool, typer.Option("--ema/--no-ema", rich_help_panel=OPTIM,
-                                   help="Keep an exponential moving average of the weights; validate and save it.")]
-EmaDecay = Annotated[float, typer.Option("--ema-decay", rich_help_panel=OPTIM, help="EMA decay.")]
-Patience = Annotated[int, typer.Option("--patience", rich_help_panel=OPTIM,
-                                       help="Stop after N epochs without a better val macro F1 (0 = never).")]
-Precision = Annotated[Literal[vocab.PRECISIONS], typer.Option(
-    "--precision", rich_help_panel=OPTIM, help="CUDA autocast: auto (bf16 where supported, else fp16), bf16, fp16 or fp32.")]
+def _cli_type(flag: vocab.Flag, hint: object) -> object:
+    """What the command line parses a field as: its choices, the Flag's cli_type, or the field's type."""
+    if flag.choices and flag.cli_type is None:
+        return Literal[flag.choices]
+    named = {"bool": bool, "str": str, "path": Optional[Path]}
+    if flag.cli_type:
+        return named[flag.cli_type]
+    inner = [a for a in typing.get_args(hint) if a is not type(None)]
+    return Optional[inner[0]] if inner and len(inner) < len(typing.get_args(hint)) else hint
+
+
+def option_parameters() -> list[inspect.Parameter]:
+    """One keyword parameter per TrainOptions field, named by its Flag's key (input_size, multi) or the
+    field, defaulting to the field's default as the command line writes it: train's options and tune's."""
+    hints, defaults = typing.get_type_hints(vocab.TrainOptions), vocab.TrainOptions()
+    parameters = []
+    for name, flag in vocab.TrainOptions.flags().items():
+        default = getattr(defaults, name)
+        parameters.append(inspect.Parameter(
+            flag.key or name, inspect.Parameter.KEYWORD_ONLY, annotation=flag_option(flag, _cli_type(flag, hints[name])),
+            default=flag.show(default) if flag.show else default))
+    return parameters
+
+
+Device = flag_option(vocab.DEVICE, str, panel=False)
+Threads = flag_option(vocab.THREADS, Optional[int], panel=False)
+Workers = flag_option(vocab.WORKERS, Optional[int], panel=False)
+BatchSize = flag_option(vocab.BATCH_SIZE, int, panel=False)
+Out = Annotated[Optional[Path], typer.Option("-o", "--out", help="Write the output CSV here instead of stdout.")]
+Seed = flag_option(vocab.SEED_FLAG, int, panel=False)
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Redo every image, replacing what an earlier run "
+                                         "wrote in OUT, instead of resuming where it stopped.")]
+SynthOverwrite = Annotated[bool, typer.Option("--overwrite", help="Replace OUT when it holds a dataset that maskkit "
+                                              "synth drew (its files only; any other non-empty folder is refused).")]
+Masks = Annotated[Optional[Path], typer.Option(
+    "--masks", help="Folder of person masks (PNG, 255 = person) mirroring the images: segment writes it, "
+    "cam reads it (synth --with-masks writes OUT/masks).")]
+RunFolder = Annotated[Path, typer.Argument(help="Run folder written by `maskkit train` (config.json + best.pt).")]
+
+# --- train (its options come from TrainOptions' fields: option_parameters) ----------------------
+RUN = vocab.RUN
+
+TrainSource = Annotated[Path, typer.Argument(help="Manifest CSV from `maskkit split`, or DATA/train (split on the "
+                                             f"fly into 5 person folds, seed {vocab.SEED}, saved in the run folder).")]
 Recipe = Annotated[Optional[Path], typer.Option("--config", "-c", rich_help_panel=RUN, help="Recipe: a YAML file "
                                                 "(from --print-config) or a run's config.json; flags given here win.")]
 PrintConfig = Annotated[bool, typer.Option("--print-config", rich_help_panel=RUN,
@@ -139,12 +126,10 @@ Resume = Annotated[Optional[Path], typer.Option(
     "--resume", rich_help_panel=RUN, help="Continue RUN from its last.pt (its config.json gives the options; only "
     "the machine settings --device, --workers, --cache, --threads, --logger and --wandb may change, and a larger "
     "--epochs extends it).")]
-Logger = Annotated[Literal[vocab.LOGGERS], typer.Option(
-    "--logger", rich_help_panel=RUN, help="Scalars per step and epoch: csv (metrics.csv, steps.csv), tensorboard "
-    "(also RUN/tb/, offline; needs tensorboard) or wandb (also Weights & Biases; needs wandb).")]
-Wandb = Annotated[Optional[str], typer.Option("--wandb", rich_help_panel=RUN, metavar="PROJECT",
-                                              help="The Weights & Biases project of --logger wandb (default maskkit; "
-                                              "given alone, it implies --logger wandb).")]
+# train's own parameters, before its options: (name, type, default)
+TRAIN_RUN_PARAMETERS = (("source", TrainSource, Path("data/train")), ("config", Recipe, None),
+                        ("print_config", PrintConfig, False), ("runs_dir", RunsDir, Path("runs")), ("name", RunName, None),
+                        ("overwrite", TrainOverwrite, False), ("resume", Resume, None))
 
 Fixes = Annotated[Optional[List[str]], typer.Option(
     "--fixes", metavar="FILE", help="Fixes CSV to apply first (from `maskkit audit --fixes-out`), or 'known' for the "
@@ -189,13 +174,7 @@ CheckImages = Annotated[Optional[List[Path]], typer.Option(
     "--check-images", help="Image files to add to the torch vs onnxruntime check (seeded random pixels always run).")]
 
 
-# --- train's age branch and tune ---------------------------------------------------------------
-AgeLoss = Annotated[Literal[vocab.AGE_LOSSES], typer.Option(
-    "--age-loss", rich_help_panel=LOSS, help="The age branch --age-weight turns on: mse (regression of the years) "
-    "or dldl (a distribution over the years 0..100: KL to a Gaussian + L1 on its mean; with --multi its mass "
-    "below 30, 30..OLD_AGE-1 and OLD_AGE+ is the age group head).")]
-AgeSigma = Annotated[float, typer.Option("--age-sigma", rich_help_panel=LOSS,
-                                         help="dldl: the Gaussian's standard deviation around the labelled age, in years.")]
+# --- tune ---------------------------------------------------------------
 Study = Annotated[Optional[str], typer.Option("--study", "-s", help="Study name: its trials go to "
                                               "RUNS_DIR/tune-NAME/ (with the SQLite file study.db by default).")]
 SearchSpace = Annotated[Optional[Path], typer.Option("--space", help="Search-space YAML (default: the shipped "

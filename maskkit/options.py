@@ -155,9 +155,77 @@ def parse_crop(text: str) -> tuple[float, float] | None:
 
 
 
+# --- how an option is spelt: one declaration for the command line, recipes and messages ----------
+
+DATA, MODEL, LOSS, AUG, OPTIM, RUN = "Data", "Model", "Loss", "Augmentation", "Optimisation", "Run"  # train --help
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One option as the command line, a recipe and an error message spell it. cli_options.py builds the
+    typer option from it, contract/recipe.py reads recipe keys by it, and TrainOptions.check runs its
+    range rule, so a new train option is one field declared with `option(...)` and nothing else."""
+
+    decls: tuple[str, ...]  # ("--lr",), ("--backbone", "-b"), ("--multi/--single",)
+    help: str
+    panel: str | None = None  # train --help's group
+    choices: tuple[str, ...] | None = None  # the values the command line takes (typer lists and completes them)
+    valid: typing.Callable[[typing.Any], bool] | None = None  # the range rule TrainOptions.check applies
+    rule: str = ""  # what `valid` asks, for the error: "use 1..100000"
+    complete: tuple[str, ...] | str | None = None  # completion: values, or "backbone" (aliases, then timm)
+    metavar: str | None = None
+    bounds: tuple[int, int] | None = None  # typer's min and max (checked while parsing)
+    callback: typing.Callable[[typing.Any], None] | None = None  # a check that raises MaskkitError, while parsing
+    key: str | None = None  # the command line's and a recipe's name when it is not the field's (input_size)
+    cli_type: str | None = None  # "bool", "str" or "path" when the command line takes another type than the field
+    parse: typing.Callable[[typing.Any, str], typing.Any] | None = None  # (command-line value, where) -> field value
+    show: typing.Callable[[typing.Any], typing.Any] | None = None  # field value -> the command line's default
+
+    @property
+    def name(self) -> str:
+        """The flag as messages write it: --lr, --multi/--single."""
+        return self.decls[0]
+
+
+def option(default: typing.Any, *decls: str, help: str, **spelling: typing.Any) -> typing.Any:
+    """A TrainOptions field with its Flag (see Flag for the keywords)."""
+    return dataclasses.field(default=default, metadata={"flag": Flag(decls, help, **spelling)})
+
+
+def _size_field(text: object, where: str) -> tuple[int, int]:
+    return parse_width_height(text, where)[::-1]
+
+
+def _size_text(size: typing.Sequence[int]) -> str:
+    return "x".join(map(str, tuple(size)[::-1]))
+
+
+def _between(low: float, high: float) -> typing.Callable[[float], bool]:
+    return lambda value: low <= value <= high
+
+
+# The options every command that runs a model shares (train's fields carry the same Flags).
+DEVICE = Flag(("--device",), "auto (cuda when available), cpu, cuda or cuda:N.", panel=RUN)
+THREADS = Flag(("--threads",), "Torch threads, 1..cores (default: the cores other processes leave free).", panel=RUN,
+               callback=lambda n: check_workers_threads(threads=n))
+WORKERS = Flag(("--workers", "-j"), "Worker processes that load images, 0..cores x 4 (0: this process; default: from "
+               "the device and the cores).", panel=DATA, callback=lambda n: check_workers_threads(workers=n))
+BATCH_SIZE = Flag(("--batch-size",), "Images per step (per forward pass).", panel=OPTIM, bounds=(1, 2**31 - 1),
+                  valid=lambda n: n >= 1, rule="need at least 1")
+SEED_FLAG = Flag(("--seed",), "Seed of everything random: the same seed, the same output.", panel=RUN, bounds=SEED_RANGE,
+                 valid=_between(*SEED_RANGE), rule=f"use {SEED_RANGE[0]}..{SEED_RANGE[1]}")
+
+
+def shared(flag: Flag, default: typing.Any) -> typing.Any:
+    """A TrainOptions field spelt as the shared `flag` (--device, --seed...)."""
+    return dataclasses.field(default=default, metadata={"flag": flag})
+
+
 @dataclass
 class TrainOptions:
     """Every option of a training run; saved once in config.json["options"] and restored by --resume.
+    Each field declares its flag, help, choices and range rule (`option`): cli.py's `train` and `tune`
+    take their options from here, so a new option is one field.
 
     The recipe's defaults come from real faces (benchmarks/README.md). age_weight, age_loss, dropout,
     label_smoothing, balanced, aug, cutmix, opt, lr, weight_decay and ema are the best trial of a tune
@@ -166,45 +234,105 @@ class TrainOptions:
     input size, epochs) is a GPU server's.
     """
 
-    backbone: str = "effb2"
-    heads: str = "multi"  # multi (mask, gender, age: better on real faces, benchmarks/README.md) or single (18-way)
-    age_weight: float = 0.3  # > 0: the age branch (`age_loss`) with this loss weight; 0: none
-    age_loss: str = "dldl"  # dldl: distribution over years 0..100; mse: regression of normalised years
-    age_sigma: float = 3.0  # dldl: standard deviation (years) of the Gaussian around the labelled age
-    old_age: int = 60  # training targets: age >= old_age is the oldest group (validation: 60)
-    pretrained: bool = True
-    weights: str | None = None
-    dropout: float = 0.25
-    label_smoothing: float = 0.08
-    focal: float = 0.0  # focal-loss gamma; 0 = plain cross-entropy
-    balanced: bool = True  # class-balanced sampling (with replacement)
-    aug: str = "strong"
-    crop: str = "auto"  # centre crop: auto (full frame of square images, else competition), full, competition, "H,W"
-    cutmix: float = 0.45  # probability of cutmix per batch
-    img_size: tuple[int, int] = (320, 256)  # (H, W); the command line's --input-size is WIDTHxHEIGHT
-    epochs: int = 10
-    batch_size: int = 32
-    opt: str = "nadamw"  # timm optimizer name (weight decay off for norms and biases)
-    sched: str = "cosine"  # timm scheduler name, stepped per update
-    lr: float = 3.5e-3
-    weight_decay: float = 0.013
-    warmup: float = 1.0  # epochs of linear warmup
-    ema: bool = True
-    ema_decay: float = 0.999
-    patience: int = 0  # stop after this many epochs without a better val F1; 0 = never
-    seed: int = SEED
-    fold: int | str = 0  # a fold of the manifest, or "all" (every person trains, no validation)
-    precision: str = "auto"  # CUDA autocast: bf16 where supported, else fp16 (+ GradScaler)
-    device: str = "auto"
-    workers: int | None = None  # None: chosen from the device and the CPU count
-    cache: str = "auto"
-    threads: int | None = None  # torch threads; None: the cores left free (see engine.devices.use_threads)
-    wandb: str | None = None  # the Weights & Biases project of --logger wandb
-    logger: str = "csv"  # csv (metrics.csv and steps.csv only), tensorboard (RUN/tb/) or wandb
+    backbone: str = option("effb2", "--backbone", "-b", panel=MODEL, complete="backbone",
+                           help=f"{', '.join(BACKBONES)} (lite0-2: offline ImageNet weights), or any timm model name.")
+    heads: str = option(
+        "multi", "--multi/--single", panel=MODEL, key="multi", cli_type="bool", choices=HEADS,
+        parse=lambda multi, where: "multi" if multi else "single", show=lambda heads: heads == "multi",
+        help="Heads: mask, gender and age (multi: better on real faces) or one 18-way head (single).")
+    age_weight: float = option(
+        0.3, "--age-weight", panel=LOSS, valid=lambda w: w >= 0, rule="must be >= 0 (0 turns the age branch off)",
+        help="> 0 adds the age branch of --age-loss (learnt from the years) with this loss weight; 0 turns it off.")
+    age_loss: str = option(
+        "dldl", "--age-loss", panel=LOSS, choices=AGE_LOSSES,
+        help="The age branch --age-weight turns on: mse (regression of the years) or dldl (a distribution over the "
+             "years 0..100: KL to a Gaussian + L1 on its mean; with --multi its mass below 30, 30..OLD_AGE-1 and "
+             "OLD_AGE+ is the age group head).")
+    age_sigma: float = option(3.0, "--age-sigma", panel=LOSS, valid=_between(0.5, 30), rule="use a value in 0.5..30 years",
+                              help="dldl: the Gaussian's standard deviation around the labelled age, in years.")
+    old_age: int = option(60, "--old-age", panel=LOSS, valid=lambda age: 30 < age <= 120, rule="use an age in 31..120",
+                          help="Train with age >= N as the oldest group (e.g. 58); validation always scores the true "
+                               "groups (60).")
+    pretrained: bool = option(True, "--pretrained/--no-pretrained", panel=MODEL, help="Start from ImageNet weights.")
+    weights: str | None = option(None, "--weights", panel=MODEL, cli_type="path",
+                                 help="Local weights file for the backbone (offline servers; ViTs at any size).")
+    dropout: float = option(0.25, "--dropout", panel=MODEL, valid=lambda p: 0 <= p < 1, rule="use a value in [0, 1)",
+                            help="Dropout before the heads.")
+    label_smoothing: float = option(0.08, "--label-smoothing", panel=LOSS, valid=lambda s: 0 <= s < 1,
+                                    rule="use a value in [0, 1)", help="Cross-entropy label smoothing (0 = off).")
+    focal: float = option(0.0, "--focal", panel=LOSS, valid=lambda g: g >= 0, rule="gamma must be >= 0",
+                          help="Focal-loss gamma (0 = plain cross-entropy), e.g. 2.")
+    balanced: bool = option(True, "--balanced/--no-balanced", panel=LOSS,
+                            help="Class-balanced sampling (with replacement).")
+    aug: str = option(
+        "strong", "--aug", panel=AUG, choices=AUGMENTATIONS,
+        help="none (as validation: centre crop and resize), basic (+ brightness/contrast, Gaussian noise, horizontal "
+             "flip) or strong (basic + a random shift, scale and rotation, hue/saturation or colour jitter, and "
+             "CoarseDropout holes).")
+    crop: str = option(
+        "auto", "--crop", panel=AUG, complete=CROP_MODES,
+        help="Centre crop before resizing: full (the whole frame), competition (0.8 of the height, 0.85 of the width: "
+             "the competition's 3:4 portraits), two fractions H,W, or auto: full for square images (face crops), "
+             "competition otherwise. Stored in config.json; predict and cam reuse it.")
+    cutmix: float = option(0.45, "--cutmix", panel=AUG, valid=_between(0, 1), rule="use a probability in [0, 1]",
+                           help="Probability of CutMix per batch.")
+    img_size: tuple[int, int] = option(
+        (320, 256), "--input-size", panel=MODEL, key="input_size", cli_type="str", parse=_size_field, show=_size_text,
+        valid=lambda size: len(size) == 2 and all(INPUT_SIDE_RANGE[0] <= v <= INPUT_SIDE_RANGE[1] for v in size),
+        rule=f"use {INPUT_SIDE_RANGE[0]}..{INPUT_SIDE_RANGE[1]} pixels a side",
+        help="Model input WIDTHxHEIGHT.")  # stored (H, W)
+    epochs: int = option(10, "--epochs", "-e", panel=OPTIM, valid=_between(1, MAX_EPOCHS), rule=f"use 1..{MAX_EPOCHS}",
+                         help="Epochs (with --resume: a larger number extends the run).")
+    batch_size: int = shared(BATCH_SIZE, 32)
+    opt: str = option("nadamw", "--opt", panel=OPTIM, choices=OPTIMIZERS,
+                      valid=lambda opt: opt in OPTIMIZERS or opt in _timm_optimizers(),
+                      rule=f"use {', '.join(OPTIMIZERS)} (or another of timm's optimizer names)",
+                      help="Optimizer (timm's factory; no weight decay on norms and biases).")
+    sched: str = option("cosine", "--sched", panel=OPTIM, choices=SCHEDULERS,
+                        help="Learning-rate schedule after the warmup (timm's factory, stepped per update).")
+    lr: float = option(3.5e-3, "--lr", panel=OPTIM, valid=lambda lr: 0 < lr < 10, rule="need a learning rate in (0, 10)",
+                       help="Peak learning rate.")
+    weight_decay: float = option(0.013, "--weight-decay", panel=OPTIM, valid=lambda wd: wd >= 0, rule="must be >= 0",
+                                 help="Weight decay.")
+    warmup: float = option(1.0, "--warmup", panel=OPTIM, valid=_between(0, MAX_EPOCHS), rule=f"use 0..{MAX_EPOCHS} epochs",
+                           help="Epochs of linear learning-rate warmup.")
+    ema: bool = option(True, "--ema/--no-ema", panel=OPTIM,
+                       help="Keep an exponential moving average of the weights; validate and save it.")
+    ema_decay: float = option(0.999, "--ema-decay", panel=OPTIM, valid=lambda d: 0 < d < 1,
+                              rule="use a value in (0, 1)", help="EMA decay.")
+    patience: int = option(0, "--patience", panel=OPTIM, valid=lambda n: n >= 0, rule="must be >= 0 (0 = never stop early)",
+                           help="Stop after N epochs without a better val macro F1 (0 = never).")
+    seed: int = shared(SEED_FLAG, SEED)
+    fold: int | str = option(
+        0, "--fold", "-f", panel=DATA, cli_type="str", parse=lambda value, where: parse_fold(value, where), show=str,
+        valid=lambda fold: fold == ALL_FOLDS or (isinstance(fold, int) and fold >= 0), rule="use a fold number >= 0 or all",
+        help="Validation fold; the other folds train. all: every person trains, no validation, a fixed --epochs "
+             "(the full-data model; best.pt = the final weights).")
+    precision: str = option("auto", "--precision", panel=OPTIM, choices=PRECISIONS,
+                            help="CUDA autocast: auto (bf16 where supported, else fp16), bf16, fp16 or fp32.")
+    device: str = shared(DEVICE, "auto")
+    workers: int | None = shared(WORKERS, None)  # None: chosen from the device and the CPU count
+    cache: str = option(
+        "auto", "--cache", panel=DATA, choices=CACHE_MODES,
+        help="Decode every image once into one file that every process on the machine maps (DDP ranks, concurrent "
+             "folds): ram (/dev/shm), disk (~/.cache/maskkit, $MASKKIT_CACHE_DIR); none; auto: disk when it fits.")
+    threads: int | None = shared(THREADS, None)  # None: the cores left free (see engine.devices.use_threads)
+    wandb: str | None = option(None, "--wandb", panel=RUN, metavar="PROJECT",
+                               help="The Weights & Biases project of --logger wandb (default maskkit; given alone, it "
+                                    "implies --logger wandb).")
+    logger: str = option(
+        "csv", "--logger", panel=RUN, choices=LOGGERS,
+        help="Scalars per step and epoch: csv (metrics.csv, steps.csv), tensorboard (also RUN/tb/, offline; needs "
+             "tensorboard) or wandb (also Weights & Biases; needs wandb).")
 
     @classmethod
     def field_names(cls) -> set[str]:
         return {f.name for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def flags(cls) -> dict[str, Flag]:
+        """Every field's Flag, in declaration order (train --help's order)."""
+        return {f.name: f.metadata["flag"] for f in dataclasses.fields(cls)}
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "options", ranges: bool = True) -> TrainOptions:
@@ -236,48 +364,23 @@ class TrainOptions:
         return {**dataclasses.asdict(self), "img_size": list(self.img_size)}
 
     def check(self, backbone: bool = True) -> None:
-        """Raise MaskkitError on an option out of range (before anything is written); `backbone`: also
-        ask timm whether the backbone exists (and that --weights is a file)."""
+        """Raise MaskkitError on an option out of range (before anything is written): each field's Flag
+        rule, then the rules between fields; `backbone`: also ask timm whether the backbone exists (and
+        that --weights is a file)."""
         check_backbone_spelling(self.backbone)
         if backbone:
             resolve_backbone(self.backbone)
-        problems = [
-            (self.heads in HEADS, f"--heads {self.heads!r}: use single or multi"),
-            (self.aug in AUGMENTATIONS, f"--aug {self.aug!r}: use none, basic or strong"),
-            (self.precision in PRECISIONS, f"--precision {self.precision!r}: use {', '.join(PRECISIONS)}"),
-            (self.cache in CACHE_MODES, f"--cache {self.cache!r}: use auto, ram, disk or none"),
-            (self.logger in LOGGERS, f"--logger {self.logger!r}: use {', '.join(LOGGERS)}"),
-            (self.wandb is None or self.logger == "wandb",
-             f"--wandb {self.wandb}: names the project of --logger wandb (drop it, or use --logger wandb)"),
-            (self.opt in OPTIMIZERS or self.opt in _timm_optimizers(), f"--opt {self.opt!r}: use {', '.join(OPTIMIZERS)}"),
-            (self.sched in SCHEDULERS, f"--sched {self.sched!r}: use {', '.join(SCHEDULERS)}"),
-            (all(math.isfinite(getattr(self, f.name)) for f in dataclasses.fields(self) if f.type == "float"),
-             f"{self.non_finite()}: must be a finite number"),
-            (1 <= self.epochs <= MAX_EPOCHS, f"--epochs {self.epochs}: use 1..{MAX_EPOCHS}"),
-            (self.batch_size >= 1, f"--batch-size {self.batch_size}: need at least 1"),
-            (0 < self.lr < 10 and math.isfinite(self.lr), f"--lr {self.lr}: need a learning rate in (0, 10)"),
-            (self.weight_decay >= 0, f"--weight-decay {self.weight_decay}: must be >= 0"),
-            (0 <= self.warmup <= MAX_EPOCHS, f"--warmup {self.warmup}: use 0..{MAX_EPOCHS} epochs"),
-            (SEED_RANGE[0] <= self.seed <= SEED_RANGE[1], f"--seed {self.seed}: use {SEED_RANGE[0]}..{SEED_RANGE[1]}"),
-            (0 <= self.label_smoothing < 1, f"--label-smoothing {self.label_smoothing}: use a value in [0, 1)"),
-            (self.focal >= 0, f"--focal {self.focal}: gamma must be >= 0"),
-            (0 <= self.cutmix <= 1, f"--cutmix {self.cutmix}: use a probability in [0, 1]"),
-            (self.age_weight >= 0, f"--age-weight {self.age_weight}: must be >= 0 (0 turns the age branch off)"),
-            (self.age_loss in AGE_LOSSES, f"--age-loss {self.age_loss!r}: use mse or dldl"),
-            (0.5 <= self.age_sigma <= 30, f"--age-sigma {self.age_sigma}: use a value in 0.5..30 years"),
-            (30 < self.old_age <= 120, f"--old-age {self.old_age}: use an age in 31..120"),
-            (0 <= self.dropout < 1, f"--dropout {self.dropout}: use a value in [0, 1)"),
-            (0 < self.ema_decay < 1, f"--ema-decay {self.ema_decay}: use a value in (0, 1)"),
-            (self.patience >= 0, f"--patience {self.patience}: must be >= 0 (0 = never stop early)"),
-            (self.fold == ALL_FOLDS or (isinstance(self.fold, int) and self.fold >= 0),
-             f"--fold {self.fold}: use a fold number >= 0 or all"),
-            (len(self.img_size) == 2 and all(INPUT_SIDE_RANGE[0] <= v <= INPUT_SIDE_RANGE[1] for v in self.img_size),
-             f"--input-size {'x'.join(map(str, self.img_size[::-1]))}: use {INPUT_SIDE_RANGE[0]}..{INPUT_SIDE_RANGE[1]} "
-             "pixels a side"),
-        ]
-        for ok, message in problems:
-            if not ok:
-                raise MaskkitError(message)
+        if self.non_finite():
+            raise MaskkitError(f"{self.non_finite()}: must be a finite number")
+        for name, flag in self.flags().items():
+            value = getattr(self, name)
+            shown = flag.show(value) if flag.show is not None and flag.cli_type == "str" else value
+            if flag.valid is not None and not flag.valid(value):
+                raise MaskkitError(f"{flag.name} {shown}: {flag.rule}")
+            if flag.valid is None and flag.choices is not None and value not in flag.choices:
+                raise MaskkitError(f"{flag.name} {value!r}: use {', '.join(flag.choices)}")
+        if self.wandb is not None and self.logger != "wandb":
+            raise MaskkitError(f"--wandb {self.wandb}: names the project of --logger wandb (drop it, or use --logger wandb)")
         check_workers_threads(self.workers, self.threads)
         parse_crop(self.crop)
         if backbone and self.weights is not None and not Path(self.weights).is_file():
@@ -286,7 +389,7 @@ class TrainOptions:
     def non_finite(self) -> str:
         """The first float option that is not a finite number, as its flag (for check's message)."""
         bad = [f.name for f in dataclasses.fields(self) if f.type == "float" and not math.isfinite(getattr(self, f.name))]
-        return f"--{bad[0].replace('_', '-')} {getattr(self, bad[0])}" if bad else ""
+        return f"{self.flags()[bad[0]].name} {getattr(self, bad[0])}" if bad else ""
 
     @property
     def age_regression(self) -> bool:

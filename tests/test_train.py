@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from maskkit.contract.errors import RunFailure
+from maskkit.contract.errors import MaskkitError, RunFailure
 from maskkit.contract.labels import NUM_CLASSES
 from maskkit.commands import train
 from maskkit.contract.manifest import file_sha256
@@ -488,3 +488,37 @@ def test_help_says_what_each_commands_own_options_do(cli):
     assert "With --best: write the best trial's recipe (YAML for train --config)" in tune_help
     assert "CSV here" not in tune_help
     assert "strong (basic + a random shift, scale and rotation" in train_help  # what each --aug applies
+
+
+def test_every_train_option_is_declared_once_by_a_trainoptions_field():
+    """train's options are TrainOptions' fields (their Flags) plus the run's own parameters, nothing else:
+    a field without a flag, or a flag declared only in cli.py, fails here."""
+    import typer
+
+    from maskkit import cli_options
+    from maskkit.cli import app
+    from maskkit.options import TrainOptions
+
+    command = typer.main.get_command(app).commands["train"]
+    declared = {decl for param in command.params for decl in (*param.opts, *param.secondary_opts)}
+    from_fields = {part for flag in TrainOptions.flags().values() for decl in flag.decls for part in decl.split("/")}
+    own = {decl for param in command.params if param.name in {n for n, _, _ in cli_options.TRAIN_RUN_PARAMETERS}
+           for decl in (*param.opts, *param.secondary_opts)}
+    assert declared - {"--help"} == from_fields | own
+    assert from_fields.isdisjoint(own)
+    defaults = TrainOptions()
+    for param in command.params:  # each default is the field's, as the command line writes it
+        name = next((n for n, f in TrainOptions.flags().items() if (f.key or n) == param.name), None)
+        if name is not None:
+            flag = TrainOptions.flags()[name]
+            value = getattr(defaults, name)
+            assert param.default == (flag.show(value) if flag.show else value), param.name
+
+
+def test_a_recipe_key_is_read_by_its_flag():
+    from maskkit.contract.recipe import as_fields
+
+    fields = as_fields({"input-size": "64x48", "multi": False, "fold": "all", "lr": 0.1, "heads": "multi"})
+    assert fields == {"img_size": (48, 64), "heads": "multi", "fold": "all", "lr": 0.1}
+    with pytest.raises(MaskkitError, match="r.yaml: input_size '64': expected WIDTHxHEIGHT"):
+        as_fields({"input_size": "64"}, "r.yaml")

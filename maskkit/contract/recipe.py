@@ -22,23 +22,27 @@ from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import console, examples, write_text
 from maskkit.contract.manifest import read_manifest
 from maskkit.contract.streams import is_stream
-from maskkit.options import MACHINE_OPTIONS, TrainOptions, parse_fold, parse_width_height
+from maskkit.options import MACHINE_OPTIONS, TrainOptions
 
 PLACES = ("name", "runs_dir")  # where a run goes: train's --name and --runs-dir, not options
 FIX = "a recipe is a YAML mapping of train options, as `maskkit train --print-config` writes it"
 
 
-def as_fields(values: Mapping[str, object], size_source: str) -> dict:
+def as_fields(values: Mapping[str, object], where: str | None = None) -> dict:
     """Recipe keys (a file's, or train's command-line parameters) as TrainOptions fields: dashes become
-    underscores, `input_size` WIDTHxHEIGHT becomes `img_size` (H, W), `multi` (--multi/--single)
-    becomes `heads`, a weights path a string. `size_source` names the input size in an error."""
-    fields = {str(k).replace("-", "_"): v for k, v in values.items()}
-    if "input_size" in fields:
-        fields["img_size"] = parse_width_height(fields.pop("input_size"), size_source)[::-1]
-    if "multi" in fields:
-        fields["heads"] = "multi" if fields.pop("multi") else "single"
-    if fields.get("weights") is not None:
-        fields["weights"] = str(fields["weights"])
+    underscores, a Flag's own key (`input_size` WIDTHxHEIGHT, `multi` of --multi/--single) becomes its
+    field through the Flag's parser, a path a string. `where` names a file's key in an error (None: the
+    command line's flag)."""
+    by_key = {flag.key or name: (name, flag) for name, flag in TrainOptions.flags().items()}
+    fields = {}
+    for key, value in values.items():
+        key = str(key).replace("-", "_")
+        name, flag = by_key.get(key, (key, None))
+        if isinstance(value, Path):
+            value = str(value)
+        if flag is not None and flag.parse is not None and value is not None:
+            value = flag.parse(value, f"{where}: {key}" if where else flag.name)
+        fields[name] = value
     return fields
 
 
@@ -60,7 +64,7 @@ def read_recipe(path: str | Path, places: bool = False) -> dict:
         data = {k: v for k, v in data["options"].items() if k not in MACHINE_OPTIONS}
     if not isinstance(data, Mapping):
         raise MaskkitError(f"{path}: not a mapping of options; {FIX}")
-    fields = as_fields(data, f"{path}: input_size")
+    fields = as_fields(data, str(path))
     if places:
         return {} if run_config else {k: fields[k] for k in PLACES if k in fields}
     machine = [k for k in (*MACHINE_OPTIONS, *PLACES) if k in fields]
@@ -78,12 +82,10 @@ def train_options(flags: Mapping[str, object], given: Iterable[str],
     --name, are ignored); `given`: the names the user typed. Returns the options and the fields the
     recipe or the command line set (what --resume may change)."""
     from_file = read_recipe(recipe) if recipe is not None else {}
-    typed = as_fields({name: flags[name] for name in given}, "--input-size")
+    typed = as_fields({name: flags[name] for name in given})
     typed = {name: value for name, value in typed.items() if name in TrainOptions.field_names()}
     if typed.get("wandb") and "logger" not in typed:  # --wandb PROJECT alone: log to that project
         typed["logger"] = "wandb"
-    if "fold" in typed:
-        typed["fold"] = parse_fold(typed["fold"])  # its error names --fold, not the recipe
     if recipe is not None:  # the file's values alone first, so that an error names the file
         TrainOptions.from_dict(from_file, str(recipe))
     options = TrainOptions.from_dict({**from_file, **typed}, "options", ranges=False)  # train checks them
