@@ -201,6 +201,7 @@ def main() -> None:
     size = tuple(int(v) for v in args.size.split("x"))
 
     from maskkit.commands import synth
+    from maskkit.options import Size
 
     base = Path(tempfile.mkdtemp(prefix="audit-bench-")) if args.keep is None else args.keep
     totals = {"injected": 0, "suggested": 0, "hits": 0}
@@ -209,7 +210,8 @@ def main() -> None:
             work = base / f"seed{seed}"
             data = work / "data"
             if not (data / "train" / "train.csv").is_file():
-                synth.run(data, persons=args.persons, eval_persons=0, size=size, seed=seed, noise=args.noise)
+                synth.run(data, persons=args.persons, eval_persons=0, size=Size.parse(args.size, "--size"), seed=seed,
+                          noise=args.noise)
             injected = pd.read_csv(data / "train" / "injected_errors.csv", dtype=str)
             start = time.perf_counter()
             oof = make_oof(data / "train", work / "oof", size=size)

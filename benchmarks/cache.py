@@ -132,12 +132,13 @@ def reopen_seconds(mode: str, manifest: Path, size: str, env: dict, work: Path) 
 
 def draw(work: Path, persons: int) -> Path:
     from maskkit.commands import synth
+    from maskkit.options import Size
     from maskkit.contract.errors import MaskkitError
     from maskkit.contract.layout import load_train
     from maskkit.contract.manifest import MANIFEST_COLUMNS, write_manifest
     from maskkit.data.folds import make_manifest
 
-    synth.run(work / "data", persons=persons, eval_persons=0, size=(128, 128), seed=0, show_progress=False)
+    synth.run(work / "data", persons=persons, eval_persons=0, size=Size(width=128, height=128), seed=0, show_progress=False)
     images = load_train(work / "data" / "train", report=False)
     try:
         folds = make_manifest(images, 4, 42)

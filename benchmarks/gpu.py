@@ -68,6 +68,7 @@ from maskkit.data.masks import to_working  # noqa: E402
 from maskkit.engine import deeplab  # noqa: E402
 from maskkit.data.folds import make_manifest  # noqa: E402
 from maskkit.commands import synth  # noqa: E402
+from maskkit.options import Size
 from maskkit.contract.errors import MaskkitError  # noqa: E402
 from maskkit.contract.files import write_csv  # noqa: E402
 from maskkit.contract.layout import load_train  # noqa: E402
@@ -347,7 +348,7 @@ def segment_rates(results: Results, work: Path, src: Path, device: torch.device,
         best = 0.0
         for _ in range(1 if not quick else 1):
             summary = segment.run(src, out, model=model, weights=weights, batch_size=batch, device=str(device),
-                                  size=size, overwrite=True, show_progress=False, **extra)
+                                  short_side=size, overwrite=True, show_progress=False, **extra)
             best = max(best, summary.done / summary.seconds)
         results.add("segment", name, best, "img/s", f"{best / forward:.2f}x forward (goal >= 0.9x)")
         shutil.rmtree(out, ignore_errors=True)
@@ -503,7 +504,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        synth.run(work / "data", persons=persons, eval_persons=0, size=(384, 512), seed=0, show_progress=False)
+        synth.run(work / "data", persons=persons, eval_persons=0, size=Size(width=384, height=512), seed=0, show_progress=False)
         src = work / "data" / "train"
         try:
             manifest = make_manifest(load_train(src, report=False), 4, 42)

@@ -27,6 +27,7 @@ from maskkit.data.cache import shared_cache
 from maskkit.data.loader import ImageDataset, build_cache, make_loader, reduction_factor
 from maskkit.data.presets import build_transform, normalize_batch, work_size
 from maskkit.commands import synth
+from maskkit.options import Size
 from maskkit.data.gpu_augment import BatchAugment, augment_batch, image_seeds
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.2, 0.2, 0.2)  # the baseline's normalisation
@@ -77,7 +78,7 @@ def main() -> None:
     cv2.setNumThreads(1)
 
     with tempfile.TemporaryDirectory() as tmp:
-        synth.run(Path(tmp) / "data", persons=max(1, args.images // 7), eval_persons=0, size=(384, 512), seed=0,
+        synth.run(Path(tmp) / "data", persons=max(1, args.images // 7), eval_persons=0, size=Size(width=384, height=512), seed=0,
                    show_progress=False)
         paths = sorted((Path(tmp) / "data" / "train" / "images").rglob("*.jpg"))
         work = work_size(size)

@@ -57,7 +57,7 @@ from maskkit.engine.models import build_model
 from maskkit.commands.predict import run as predict
 from maskkit.data.folds import make_manifest, person_strata
 from maskkit.commands import synth, train
-from maskkit.options import TrainOptions
+from maskkit.options import Size, TrainOptions
 
 BACKBONE = "lite0"
 BASELINE_MEAN, BASELINE_STD = (0.548, 0.504, 0.479), (0.237, 0.247, 0.246)  # MaskBaseDataset's defaults
@@ -98,8 +98,8 @@ class Result:
 
 def draw_dataset(root: Path, persons: int, eval_persons: int, size_wh: tuple[int, int], seed: int) -> Path:
     """A drawn dataset in the competition layout (eval/truth.csv holds the true classes)."""
-    synth.run(root, persons=persons, eval_persons=eval_persons, size=size_wh, seed=seed, overwrite=True,
-               show_progress=False)
+    synth.run(root, persons=persons, eval_persons=eval_persons, size=Size(width=size_wh[0], height=size_wh[1]),
+              seed=seed, overwrite=True, show_progress=False)
     return root
 
 
@@ -262,7 +262,7 @@ def run_maskkit(images: pd.DataFrame, test: HeldOut, work: Path, args: argparse.
     manifest = write_manifest(images, work / "manifest.csv", args.seed)
     options = TrainOptions(backbone=BACKBONE, heads="multi", age_weight=0.1, img_size=args.img_size,
                            epochs=args.epochs, seed=args.seed, device=args.device)
-    run_dir = train.run(manifest, options, out=work / "runs", name="maskkit", overwrite=True, show_progress=False)
+    run_dir = train.run(manifest, options, runs_dir=work / "runs", name="maskkit", overwrite=True, show_progress=False)
     trained = time.perf_counter()
     eval_dir = write_eval_folder(test, work / "heldout")
     frame = predict(run_dir, eval_dir, out=work / "heldout_preds.csv", device=args.device)

@@ -24,6 +24,7 @@ from maskkit.data.masks import to_working
 from maskkit.engine import deeplab, segmentation
 from maskkit.engine.devices import resolve_device
 from maskkit.commands import synth
+from maskkit.options import Size
 
 
 def make_weights(model: str, path: Path) -> None:
@@ -104,7 +105,7 @@ def main() -> None:
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        synth.run(tmp / "data", persons=max(1, args.images // 7), eval_persons=0, size=(384, 512), seed=0, show_progress=False)
+        synth.run(tmp / "data", persons=max(1, args.images // 7), eval_persons=0, size=Size(width=384, height=512), seed=0, show_progress=False)
         src = tmp / "data" / "train"
         weights = tmp / "weights.pt"
         make_weights(args.model, weights)
@@ -126,7 +127,7 @@ def main() -> None:
             timed = segmentation.person_scores = Timed()
             try:
                 summary = segment.run(src, tmp / "out", model=args.model, weights=weights, batch_size=args.batch_size,
-                                      device=args.device, size=args.size, workers=args.workers, overwrite=True,
+                                      device=args.device, short_side=args.size, workers=args.workers, overwrite=True,
                                       show_progress=False)
             finally:
                 segmentation.person_scores = timed.original

@@ -35,6 +35,7 @@ from maskkit.contract.layout import load_train
 from maskkit.contract.files import write_csv
 from maskkit.data.folds import make_manifest
 from maskkit.commands import synth
+from maskkit.options import Size
 from maskkit.engine.devices import default_workers
 from maskkit.commands.train import build_config
 from maskkit.data.sampling import targets_of
@@ -93,7 +94,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        synth.run(root / "data", persons=args.persons, eval_persons=0, size=(384, 512), seed=0, show_progress=False)
+        synth.run(root / "data", persons=args.persons, eval_persons=0, size=Size(width=384, height=512), seed=0, show_progress=False)
         manifest = make_manifest(load_train(root / "data" / "train", report=False), 4, 42)
         manifest_path = root / "manifest.csv"
         write_csv(manifest, manifest_path)

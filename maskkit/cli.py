@@ -28,7 +28,7 @@ from maskkit import __version__  # noqa: E402
 from maskkit import cli_options as o  # noqa: E402
 from maskkit.contract.errors import MaskkitError, Terminated  # noqa: E402
 from maskkit.contract.streams import StdoutGone, guard_descriptors, say, settle_streams  # noqa: E402
-from maskkit.options import SEED, parse_width_height  # noqa: E402
+from maskkit.options import SEED, Size  # noqa: E402
 
 app = typer.Typer(
     name="maskkit",
@@ -98,7 +98,7 @@ def synth(
     from maskkit.commands import synth as synth_module
 
     with reported("synth"):
-        synth_module.run(out, persons=persons, eval_persons=eval_persons, size=parse_width_height(size, "--size"),
+        synth_module.run(out, persons=persons, eval_persons=eval_persons, size=Size.parse(size, "--size"),
                                 seed=seed, noise=noise, shortcut=shortcut, masks=with_masks, overwrite=overwrite)
 
 
@@ -145,7 +145,7 @@ def train(ctx: typer.Context, source: Path, config: Optional[Path], print_config
 
         if resume is not None:  # what is not typed is not compared with the resumed run
             source, runs_dir = (value if key in typed else None for key, value in (("source", source), ("runs_dir", runs_dir)))
-        train_module.run(source, options, out=runs_dir, name=name, overwrite=overwrite, resume=resume,
+        train_module.run(source, options, runs_dir=runs_dir, name=name, overwrite=overwrite, resume=resume,
                            given=chosen if resume is not None else None)
 
 
@@ -421,7 +421,7 @@ def segment(
     with reported("segment", threads):
         segment_module.run(
             src, out, model=model, weights=weights, fill=fill, masks=masks, batch_size=batch_size,
-            device=device, threshold=threshold, size=short_side, workers=workers, overwrite=overwrite,
+            device=device, threshold=threshold, short_side=short_side, workers=workers, overwrite=overwrite,
         )
 
 
@@ -452,8 +452,8 @@ def cam(
     from maskkit.commands import cam as cam_module
 
     with reported("cam", threads):
-        cam_module.run(run, images, out=out_dir, head=head, target=target, method=method, sheet=sheet,
-                       summary=summary, masks=masks, summary_out=out, batch_size=batch_size,
+        cam_module.run(run, images, out_dir=out_dir, head=head, target=target, method=method, sheet=sheet,
+                       summary=summary, masks=masks, out=out, batch_size=batch_size,
                        device=device, limit=limit)
 
 

@@ -124,15 +124,28 @@ def resolve_backbone(name: str) -> str:
     return timm_name
 
 
-def parse_width_height(text: object, source: str) -> tuple[int, int]:
-    """'384x512' -> (width, height): every size is written WIDTHxHEIGHT; a bad value is a usage error."""
-    try:
-        width, height = (int(v) for v in str(text).lower().split("x"))
-        if width <= 0 or height <= 0:
-            raise ValueError
-    except ValueError:
-        raise MaskkitError(f"{source} {text!r}: expected WIDTHxHEIGHT, two positive integers like 384x512") from None
-    return width, height
+class Size(typing.NamedTuple):
+    """A picture's size inside maskkit: (height, width), the order numpy, torch and OpenCV's arrays use;
+    written WIDTHxHEIGHT only at the edges (the command line, recipes, messages): `parse` and `text`."""
+
+    height: int
+    width: int
+
+    @classmethod
+    def parse(cls, text: object, source: str) -> Size:
+        """'384x512' (WIDTHxHEIGHT) -> Size(height=512, width=384); a bad value is a usage error naming `source`."""
+        try:
+            width, height = (int(v) for v in str(text).lower().split("x"))
+            if width <= 0 or height <= 0:
+                raise ValueError
+        except ValueError:
+            raise MaskkitError(f"{source} {text!r}: expected WIDTHxHEIGHT, two positive integers like 384x512") from None
+        return cls(height, width)
+
+    @property
+    def text(self) -> str:
+        """WIDTHxHEIGHT, as the command line writes it."""
+        return f"{self.width}x{self.height}"
 
 
 def parse_crop(text: str) -> tuple[float, float] | None:
@@ -192,12 +205,12 @@ def option(default: typing.Any, *decls: str, help: str, **spelling: typing.Any) 
     return dataclasses.field(default=default, metadata={"flag": Flag(decls, help, **spelling)})
 
 
-def _size_field(text: object, where: str) -> tuple[int, int]:
-    return parse_width_height(text, where)[::-1]
+def _size_field(text: object, where: str) -> Size:
+    return Size.parse(text, where)
 
 
 def _size_text(size: typing.Sequence[int]) -> str:
-    return "x".join(map(str, tuple(size)[::-1]))
+    return Size(*size).text
 
 
 def _between(low: float, high: float) -> typing.Callable[[float], bool]:
@@ -277,10 +290,11 @@ class TrainOptions:
     cutmix: float = option(0.45, "--cutmix", panel=AUG, valid=_between(0, 1), rule="use a probability in [0, 1]",
                            help="Probability of CutMix per batch.")
     img_size: tuple[int, int] = option(
-        (320, 256), "--input-size", panel=MODEL, key="input_size", cli_type="str", parse=_size_field, show=_size_text,
+        Size(height=320, width=256), "--input-size", panel=MODEL, key="input_size", cli_type="str", parse=_size_field,
+        show=_size_text,
         valid=lambda size: len(size) == 2 and all(INPUT_SIDE_RANGE[0] <= v <= INPUT_SIDE_RANGE[1] for v in size),
         rule=f"use {INPUT_SIDE_RANGE[0]}..{INPUT_SIDE_RANGE[1]} pixels a side",
-        help="Model input WIDTHxHEIGHT.")  # stored (H, W)
+        help="Model input WIDTHxHEIGHT.")  # a Size, (height, width); config.json stores [height, width]
     epochs: int = option(10, "--epochs", "-e", panel=OPTIM, valid=_between(1, MAX_EPOCHS), rule=f"use 1..{MAX_EPOCHS}",
                          help="Epochs (with --resume: a larger number extends the run).")
     batch_size: int = shared(BATCH_SIZE, 32)
@@ -325,6 +339,9 @@ class TrainOptions:
         help="Scalars per step and epoch: csv (metrics.csv, steps.csv), tensorboard (also RUN/tb/, offline; needs "
              "tensorboard) or wandb (also Weights & Biases; needs wandb).")
 
+    def __post_init__(self) -> None:
+        self.img_size = Size(*self.img_size)
+
     @classmethod
     def field_names(cls) -> set[str]:
         return {f.name for f in dataclasses.fields(cls)}
@@ -351,7 +368,7 @@ class TrainOptions:
                 raise MaskkitError(f"{source}: {name}: {value!r} is not {_type_words(hints[name])}; "
                                    f"write it as `maskkit train --print-config` does")
         if values.get("img_size") is not None:
-            values["img_size"] = tuple(values["img_size"])
+            values["img_size"] = Size(*values["img_size"])
         options = cls(**values)
         try:
             if ranges:

@@ -33,9 +33,10 @@ def image_cache_folders(tmp_path_factory):
 def drawn(tmp_path_factory) -> Path:
     """A small drawn dataset in the competition layout (read-only: copy it before breaking it)."""
     from maskkit.commands import synth
+    from maskkit.options import Size
 
     root = tmp_path_factory.mktemp("drawn") / "data"
-    synth.run(root, persons=60, eval_persons=8, size=(48, 64), seed=3)
+    synth.run(root, persons=60, eval_persons=8, size=Size(width=48, height=64), seed=3)
     return root
 
 
@@ -79,7 +80,7 @@ def _trained(tmp_path_factory, manifest_path: Path, name: str, **options) -> Pat
     from maskkit.options import TrainOptions
 
     with one_thread():
-        return train.run(manifest_path, TrainOptions(**{**FAST, **options}), out=tmp_path_factory.mktemp("runs"),
+        return train.run(manifest_path, TrainOptions(**{**FAST, **options}), runs_dir=tmp_path_factory.mktemp("runs"),
                      name=name, show_progress=False)
 
 

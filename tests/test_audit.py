@@ -218,12 +218,13 @@ def noisy(tmp_path_factory):
     from threadpoolctl import threadpool_limits
 
     from maskkit.commands import synth
+    from maskkit.options import Size
 
     spec = importlib.util.spec_from_file_location("audit_benchmark", BENCH)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     root = tmp_path_factory.mktemp("noisy")
-    synth.run(root / "data", persons=100, eval_persons=0, size=(64, 80), seed=5, noise=0.1)
+    synth.run(root / "data", persons=100, eval_persons=0, size=Size(width=64, height=80), seed=5, noise=0.1)
     threads = torch.get_num_threads()
     try:  # one thread each: much faster when several test runs share two cores
         torch.set_num_threads(1)

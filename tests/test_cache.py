@@ -140,7 +140,7 @@ def test_training_with_the_shared_cache_equals_training_without_one(manifest_pat
     from maskkit.options import TrainOptions
 
     runs = {mode: train.run(manifest_path, TrainOptions(**{**FAST, "aug": "basic", "epochs": 2, "cache": mode}),
-                            out=tmp_path, name=mode, show_progress=False) for mode in ("none", "disk", "ram")}
+                            runs_dir=tmp_path, name=mode, show_progress=False) for mode in ("none", "disk", "ram")}
     metrics = {mode: pd.read_csv(run / "metrics.csv") for mode, run in runs.items()}
     states = {mode: torch.load(run / LAST, map_location="cpu", weights_only=False)["model"] for mode, run in runs.items()}
     for mode in ("disk", "ram"):

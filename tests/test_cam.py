@@ -43,9 +43,10 @@ def read_rgb(path: Path) -> np.ndarray:
 def drawn_masks(tmp_path_factory) -> Path:
     """A tiny drawn dataset with person masks (DATA/train, DATA/eval, DATA/masks)."""
     from maskkit.commands import synth
+    from maskkit.options import Size
 
     root = tmp_path_factory.mktemp("cam") / "data"
-    synth.run(root, persons=2, eval_persons=1, size=(48, 64), seed=5, masks=True)
+    synth.run(root, persons=2, eval_persons=1, size=Size(width=48, height=64), seed=5, masks=True)
     return root
 
 

@@ -6,9 +6,10 @@ import pandas as pd
 
 from maskkit.cli import app
 from maskkit.commands.demo import DemoPlan, run
+from maskkit.options import Size
 from helpers import one_thread
 
-TINY = DemoPlan(persons=40, eval_persons=6, size=(48, 64), img_size=(48, 40), folds=2, models=2, epochs=1,
+TINY = DemoPlan(persons=40, eval_persons=6, size=Size(width=48, height=64), img_size=Size(width=40, height=48), folds=2, models=2, epochs=1,
                 batch_size=16)
 
 

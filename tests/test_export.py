@@ -25,7 +25,7 @@ def default_run(tmp_path_factory, manifest_path):
     options = TrainOptions(backbone="test_resnet", pretrained=False, img_size=(48, 40), epochs=1, batch_size=16,
                            device="cpu", threads=1, workers=0, cache="ram")
     with one_thread():
-        return train.run(manifest_path, options, out=tmp_path_factory.mktemp("runs"), name="defaults",
+        return train.run(manifest_path, options, runs_dir=tmp_path_factory.mktemp("runs"), name="defaults",
                          show_progress=False)
 
 

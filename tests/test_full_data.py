@@ -25,7 +25,7 @@ def full_run(tmp_path_factory, manifest_path):
     with one_thread():
         return train.run(manifest_path, TrainOptions(**{**FAST, "fold": "all", "heads": "multi", "age_weight": 0.1,
                                                     "epochs": 8}),
-                     out=tmp_path_factory.mktemp("runs"), show_progress=False)
+                     runs_dir=tmp_path_factory.mktemp("runs"), show_progress=False)
 
 
 def test_fold_all_trains_every_person_for_the_fixed_epochs_without_validation(full_run, manifest_path):
@@ -110,8 +110,9 @@ def test_the_crop_a_run_chose_is_stored_and_used_by_predict(multi_run, drawn, tm
 
 def test_crop_auto_keeps_the_whole_frame_of_square_images(tmp_path, cli):
     from maskkit.commands import synth
+    from maskkit.options import Size
 
-    synth.run(tmp_path / "square", persons=30, eval_persons=2, size=(48, 48), seed=5)
+    synth.run(tmp_path / "square", persons=30, eval_persons=2, size=Size(width=48, height=48), seed=5)
     with one_thread():
         result = cli("train", tmp_path / "square" / "train", "--backbone", "test_resnet", "--no-pretrained",
                      "--input-size", "40x40", "--epochs", "1", "--batch-size", "8", "--device", "cpu",

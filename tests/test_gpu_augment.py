@@ -158,7 +158,7 @@ def test_trainer_augments_uint8_batches_on_the_device_when_the_device_side_says_
 
     monkeypatch.setattr(loop, "augment_batch", counted)  # where the training loop calls it
     options = TrainOptions(**{**FAST, "aug": "basic", "epochs": 3})
-    runs = [train.run(manifest_path, options, out=tmp_path, name=f"run{i}", show_progress=False) for i in range(2)]
+    runs = [train.run(manifest_path, options, runs_dir=tmp_path, name=f"run{i}", show_progress=False) for i in range(2)]
     metrics = pd.read_csv(runs[0] / "metrics.csv")
     steps = json.loads((runs[0] / "config.json").read_text())["train_images"] // FAST["batch_size"]
     assert len(calls) == 2 * 3 * steps and set(calls) == {torch.uint8}  # every step of both runs, uint8 in

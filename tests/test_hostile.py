@@ -32,12 +32,13 @@ def pristine(tmp_path_factory, single_run) -> Path:
     (its predictions), folds.csv."""
     from maskkit.commands.predict import run as predict
     from maskkit.commands import synth
+    from maskkit.options import Size
     from maskkit.contract.files import write_csv
     from maskkit.contract.layout import load_train
     from maskkit.data.folds import make_manifest
 
     root = tmp_path_factory.mktemp("hostile")
-    synth.run(root / "X", persons=30, eval_persons=8, size=(48, 64), seed=1, masks=True)
+    synth.run(root / "X", persons=30, eval_persons=8, size=Size(width=48, height=64), seed=1, masks=True)
     shutil.copytree(single_run, root / "runs" / "base")
     with one_thread():
         predict(root / "runs" / "base", root / "X" / "eval", out=root / "p.csv", device="cpu", workers=0)

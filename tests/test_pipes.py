@@ -26,6 +26,7 @@ MASKKIT = f"{shlex.quote(sys.executable)} -m maskkit"
 def world(tmp_path_factory) -> Path:
     """a.csv and b.csv (two prediction CSVs of the same images), truth.csv, and d (a tiny drawn set)."""
     from maskkit.commands import synth
+    from maskkit.options import Size
     from maskkit.contract.predictions import prediction_frame, write_predictions
 
     root = tmp_path_factory.mktemp("pipes")
@@ -35,7 +36,7 @@ def world(tmp_path_factory) -> Path:
         write_predictions(prediction_frame(ids, probs), root / f"{name}.csv")
     truth = np.random.default_rng(3).integers(0, 18, ROWS)
     pd.DataFrame({"ImageID": ids, "ans": truth}).to_csv(root / "truth.csv", index=False)
-    synth.run(root / "d", persons=6, eval_persons=1, size=(32, 32), seed=1)
+    synth.run(root / "d", persons=6, eval_persons=1, size=Size(width=32, height=32), seed=1)
     return root
 
 

@@ -30,6 +30,7 @@ from maskkit.options import FILLS, SEGMENT_MODELS
 from maskkit.cli import app
 from maskkit.contract.layout import load_eval, load_folder, load_train
 from maskkit.commands import synth
+from maskkit.options import Size
 
 SIZE = 64  # working resolution of every run here
 runner = CliRunner()
@@ -57,7 +58,7 @@ def digest(root: Path) -> dict[str, str]:
 def data(tmp_path_factory) -> Path:
     """A drawn dataset with true masks, plus the real data's quirks: a .png image and `._` files."""
     root = tmp_path_factory.mktemp("seg") / "data"
-    synth.run(root, persons=4, eval_persons=2, size=(64, 80), seed=1, masks=True, show_progress=False)
+    synth.run(root, persons=4, eval_persons=2, size=Size(width=64, height=80), seed=1, masks=True, show_progress=False)
     folder = sorted((root / "train" / "images").iterdir())[0]
     cv2.imwrite(str(folder / "mask2.png"), cv2.imread(str(folder / "mask2.jpg")))
     (folder / "mask2.jpg").unlink()
@@ -426,7 +427,7 @@ def test_batch_composite_on_a_device_matches_the_opencv_composite(data, fill):
 def test_device_pipeline_writes_what_the_cpu_pipeline_writes_and_resumes(data, weights, segmented, tmp_path):
     _, out_cpu, masks_cpu, _ = segmented
     out, masks = tmp_path / "out", tmp_path / "masks"
-    summary = segment.run(data, out, model="mobilenet", weights=weights, masks=masks, size=SIZE, batch_size=4,
+    summary = segment.run(data, out, model="mobilenet", weights=weights, masks=masks, short_side=SIZE, batch_size=4,
                           workers=1, device="cpu", on_device=True, show_progress=False)
     table, expected = report(out), report(out_cpu)
     assert table["path"].tolist() == expected["path"].tolist()
@@ -445,7 +446,7 @@ def test_device_pipeline_writes_what_the_cpu_pipeline_writes_and_resumes(data, w
     assert np.mean(pixels) < 3  # same composite up to those edge pixels and JPEG rounding
     assert (out / "train" / "train.csv").read_bytes() == (data / "train" / "train.csv").read_bytes()
 
-    encoded = segment.run(data / "train", tmp_path / "jpeg", model="mobilenet", weights=weights, size=SIZE,
+    encoded = segment.run(data / "train", tmp_path / "jpeg", model="mobilenet", weights=weights, short_side=SIZE,
                           batch_size=4, workers=0, device="cpu", on_device=True, jpeg_on_device=True, show_progress=False)
     assert encoded.done > 0
     for rel in report(tmp_path / "jpeg").query("status == 'done'")["path"]:  # torchvision's encoder, not OpenCV's
@@ -453,7 +454,7 @@ def test_device_pipeline_writes_what_the_cpu_pipeline_writes_and_resumes(data, w
         assert np.abs(mine - theirs).mean() < 3
 
     before = tree(out)
-    again = segment.run(data, out, model="mobilenet", weights=weights, masks=masks, size=SIZE, batch_size=4,
+    again = segment.run(data, out, model="mobilenet", weights=weights, masks=masks, short_side=SIZE, batch_size=4,
                         workers=0, device="cpu", on_device=True, show_progress=False)
     assert again.skipped == len(table) and again.done == 0
     assert tree(out) == before

@@ -148,10 +148,11 @@ def test_fixes_never_touch_the_image_files(drawn_copy, cli, tmp_path):
 
 def test_injected_errors_applied_as_fixes_restore_the_truth(tmp_path, cli):
     from maskkit.commands import synth
+    from maskkit.options import Size
 
     noisy, clean = tmp_path / "noisy", tmp_path / "clean"
-    synth.run(noisy, persons=30, eval_persons=2, size=(32, 40), seed=5, noise=0.15)
-    synth.run(clean, persons=30, eval_persons=2, size=(32, 40), seed=5)
+    synth.run(noisy, persons=30, eval_persons=2, size=Size(width=32, height=40), seed=5, noise=0.15)
+    synth.run(clean, persons=30, eval_persons=2, size=Size(width=32, height=40), seed=5)
     fixes = noisy / "train" / "injected_errors.csv"
     assert len(pd.read_csv(fixes)) > 0
 

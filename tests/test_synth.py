@@ -12,12 +12,13 @@ import pytest
 from typer.testing import CliRunner
 
 from maskkit.commands import synth as synth_module
+from maskkit.options import Size
 from maskkit.cli import app
 from maskkit.contract.layout import load_eval, load_train, parse_folder_name
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.labels import IMAGE_STEMS, label_of
 
-SIZE = (64, 80)  # width, height
+SIZE = Size(width=64, height=80)
 runner = CliRunner()
 
 
@@ -46,7 +47,7 @@ def test_layout_loads_back_with_consistent_labels(dataset):
     merged = images.merge(table, left_on="person", right_on="id", suffixes=("", "_csv"))
     assert (merged["gender"] == merged["gender_csv"]).all() and (merged["age"] == merged["age_csv"]).all()
     first = cv2.imread(images["path"].iloc[0])
-    assert first.shape == (SIZE[1], SIZE[0], 3)
+    assert first.shape == (SIZE.height, SIZE.width, 3)
 
     info = pd.read_csv(dataset / "eval" / "info.csv", dtype={"ImageID": str})
     assert list(info.columns) == ["ImageID", "ans"] and (info["ans"] == 0).all()
@@ -156,7 +157,7 @@ def group_share_of_variance(colours: np.ndarray, groups: np.ndarray) -> float:
 
 def test_shortcut_ties_backgrounds_to_groups_in_train_only(tmp_path):
     out = tmp_path / "data"
-    synth_module.run(out, persons=30, eval_persons=30, size=(32, 40), seed=11, shortcut=1.0, masks=True)
+    synth_module.run(out, persons=30, eval_persons=30, size=Size(width=32, height=40), seed=11, shortcut=1.0, masks=True)
     train = load_train(out / "train", report=False)
     train = train[train["stem"] == "normal"]
     train_masks = [out / "masks" / "train" / "images" / f / "normal.png" for f in train["folder"]]
@@ -181,10 +182,10 @@ def test_masks_cover_the_person_of_every_image(dataset):
     assert len(list((dataset / "masks").rglob("*.png"))) == len(mask_files) == 14 * 7
     for path in mask_files:
         mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        assert mask.shape == (SIZE[1], SIZE[0]) and set(np.unique(mask)) <= {0, 255}
+        assert mask.shape == (SIZE.height, SIZE.width) and set(np.unique(mask)) <= {0, 255}
         person = mask == 255
         assert 0.15 < person.mean() < 0.85
-        assert person[SIZE[1] // 2, SIZE[0] // 2]  # the face centre
+        assert person[SIZE.height // 2, SIZE.width // 2]  # the face centre
         assert not person[:3, :3].any() and not person[:3, -3:].any()  # top corners are background
 
 

@@ -147,9 +147,9 @@ def test_interrupted_then_resumed_run_ends_with_the_same_weights(tmp_path, manif
     # Everything random at once: augmentation, cutmix, dropout, balanced sampling, EMA.
     options = dict(FAST, aug="basic", cutmix=0.5, dropout=0.2, balanced=True, ema=True, ema_decay=0.9, epochs=2)
     with one_thread():
-        straight = train.run(manifest_path, TrainOptions(**options), out=tmp_path, name="straight", show_progress=False)
+        straight = train.run(manifest_path, TrainOptions(**options), runs_dir=tmp_path, name="straight", show_progress=False)
         with pytest.raises(Interrupted):
-            train.run(manifest_path, TrainOptions(**options), out=tmp_path, name="resumed", show_progress=False,
+            train.run(manifest_path, TrainOptions(**options), runs_dir=tmp_path, name="resumed", show_progress=False,
                   stop=lambda epoch, step: (epoch, step) == (0, 3))
         stopped = _weights(tmp_path / "resumed" / "last.pt")
         assert stopped["progress"]["epoch"] == 0 and stopped["progress"]["current"]["step"] == 3
@@ -181,7 +181,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
 
     monkeypatch.setattr(MaskLoss, "__call__", poisoned)
     with one_thread(), pytest.raises(RunFailure, match="NaN"):
-        train.run(manifest_path, TrainOptions(**dict(FAST, epochs=3)), out=tmp_path, name="nan", show_progress=False)
+        train.run(manifest_path, TrainOptions(**dict(FAST, epochs=3)), runs_dir=tmp_path, name="nan", show_progress=False)
     last = _weights(tmp_path / "nan" / "last.pt")
     assert last["progress"]["epoch"] == 1 and last["progress"]["current"]["step"] == 0
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
@@ -202,7 +202,7 @@ def test_a_run_failing_in_its_first_epoch_leaves_no_folder(tmp_path, manifest_pa
 
     monkeypatch.setattr(MaskLoss, "__call__", poisoned)
     with one_thread(), pytest.raises(RunFailure, match="NaN"):
-        train.run(manifest_path, TrainOptions(**dict(FAST, epochs=2)), out=tmp_path, name="early", show_progress=False)
+        train.run(manifest_path, TrainOptions(**dict(FAST, epochs=2)), runs_dir=tmp_path, name="early", show_progress=False)
     assert not (tmp_path / "early").exists()
 
 
@@ -425,8 +425,8 @@ def test_a_larger_epochs_extends_a_run_onto_the_longer_schedule(tmp_path, manife
     at the learning rate of a run planned for 3 epochs (the first two ran on the 2-epoch plan)."""
     options = dict(FAST, epochs=2, warmup=0.0)
     with one_thread():
-        short = train.run(manifest_path, TrainOptions(**options), out=tmp_path, name="short", show_progress=False)
-        planned = train.run(manifest_path, TrainOptions(**{**options, "epochs": 3}), out=tmp_path, name="planned",
+        short = train.run(manifest_path, TrainOptions(**options), runs_dir=tmp_path, name="short", show_progress=False)
+        planned = train.run(manifest_path, TrainOptions(**{**options, "epochs": 3}), runs_dir=tmp_path, name="planned",
                         show_progress=False)
         extended = train.run(None, TrainOptions(**{**options, "epochs": 3}), resume=short, show_progress=False)
     short_lr = pd.read_csv(extended / "metrics.csv")["lr"].tolist()

@@ -440,24 +440,25 @@ def write_sheet(tiles: list, heads: Sequence[str], sheet: Path, inputs: Inputs) 
     write_image(sheet, contact_sheet(ordered, columns=per_row), rgb=True, inputs=inputs)
 
 
-def run(run_dir: Path, images: Sequence[Path], out: Path = Path("cam"), head: str = "class",
+def run(run_dir: Path, images: Sequence[Path], out_dir: Path = Path("cam"), head: str = "class",
         target: str = "pred", method: str = "gradcam", sheet: Path | None = None, summary: bool = False,
-        masks: Path | None = None, summary_out: Path | None = None, batch_size: int = 16,
+        masks: Path | None = None, out: Path | None = None, batch_size: int = 16,
         device: str | None = None, limit: int | None = None) -> pd.DataFrame:
-    """Explain a run's decisions on IMAGES; returns the per-image table (also written to OUT/cam.csv).
+    """Explain a run's decisions on IMAGES; returns the per-image table (also written to OUT_DIR/cam.csv; `out`: the
+    --summary CSV).
 
     Everything the user can get wrong is checked before anything is computed or written.
     """
-    out = Path(out)
+    out_dir = Path(out_dir)
     heads, goal = parse_heads(head), parse_target(target)
     check_options(heads, goal, method, batch_size, limit, summary, masks)
     require(run_dir, CONFIG, BEST)
     protected = protected_inputs(run_dir, images, masks)
-    protected.check_folder(out, "--out-dir")
+    protected.check_folder(out_dir, "--out-dir")
     protected.check(sheet, magic=image_magic(sheet))
-    protected.check(summary_out, header=SUMMARY_COLUMNS)
+    protected.check(out, header=SUMMARY_COLUMNS)
     torch_device = resolve_device(device or "auto")
-    items = chosen_items(images, out, goal, masks, limit)
+    items = chosen_items(images, out_dir, goal, masks, limit)
     inputs = Inputs(protected.files + tuple(it.path for it in items) + tuple(it.mask for it in items if it.mask),
                     protected.folders)
 
@@ -466,20 +467,20 @@ def run(run_dir: Path, images: Sequence[Path], out: Path = Path("cam"), head: st
     with progress_bar("cam", len(items), show=False if len(items) < 2 else None) as progress:
         for start in range(0, len(items), batch_size):
             batch = items[start: start + batch_size]
-            rows.extend(explain_batch(ex, batch, start, heads, goal, method, out, inputs, tiles))
+            rows.extend(explain_batch(ex, batch, start, heads, goal, method, out_dir, inputs, tiles))
             progress.advance(len(batch))
 
     table = pd.DataFrame(rows)
     table["label"] = table["label"].astype("Int64")
-    write_csv(table, out / "cam.csv", float_format="%.6g", inputs=inputs)
-    sheet = Path(sheet) if sheet is not None else out / "sheet.png"
+    write_csv(table, out_dir / "cam.csv", float_format="%.6g", inputs=inputs)
+    sheet = Path(sheet) if sheet is not None else out_dir / "sheet.png"
     write_sheet(tiles, heads, sheet, inputs)
     shown = f" (first {SHEET_MAX} of {len(rows)}; use --limit)" if len(rows) > SHEET_MAX else ""
-    console.print(f"maskkit cam: {len(items)} images x {len(heads)} head(s) -> {out}/, sheet {sheet}{shown}")
+    console.print(f"maskkit cam: {len(items)} images x {len(heads)} head(s) -> {out_dir}/, sheet {sheet}{shown}")
     if summary:
         result = summarize(table)
         print_summary(result, table)
-        write_csv(result, summary_out, float_format="%.6g", inputs=inputs)
+        write_csv(result, out, float_format="%.6g", inputs=inputs)
     return table
 
 

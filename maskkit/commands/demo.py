@@ -24,7 +24,7 @@ from maskkit.contract.runfolder import BEST, CONFIG, LAST
 from maskkit.engine.devices import resolve_device
 from maskkit.engine.metrics import scores
 from maskkit.engine.models import lite_weights_file
-from maskkit.options import SEED
+from maskkit.options import SEED, Size
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,8 @@ class DemoPlan:
 
     persons: int = 100
     eval_persons: int = 20
-    size: tuple[int, int] = (96, 128)  # drawn images, (width, height)
-    img_size: tuple[int, int] = (96, 80)  # model input, (H, W)
+    size: Size = Size(width=96, height=128)  # drawn images
+    img_size: Size = Size(width=80, height=96)  # model input
     folds: int = 4
     models: int = 2  # folds trained (then soft-voted)
     epochs: int = 4
@@ -69,8 +69,7 @@ def train_args(plan: DemoPlan) -> tuple[str, list[object]]:
     """(backbone, options of `maskkit train`): lite0 with its offline ImageNet weights. The options
     are multi heads, the age branch at the team's weight of 0.1 and basic aug; train's defaults do the
     rest. Without the weights package, a small network from scratch with more epochs."""
-    height, width = plan.img_size
-    common = ["--multi", "--age-weight", 0.1, "--input-size", f"{width}x{height}", "--batch-size", plan.batch_size,
+    common = ["--multi", "--age-weight", 0.1, "--input-size", plan.img_size.text, "--batch-size", plan.batch_size,
               "--warmup", 0.5, "--aug", "basic", "--seed", SEED]
     if lite_weights_file("lite0") is not None:
         return "lite0", ["--backbone", "lite0", "--lr", 1e-3, "--epochs", plan.epochs, *common]
@@ -92,9 +91,8 @@ def draw_and_split(app: Commands, plan: DemoPlan, out: Path) -> tuple[Path, Path
     data, manifest = out / "data", out / "manifest.csv"
     if not (data / "eval" / "truth.csv").is_file():
         console.rule("1/5 synth: drawing a small dataset")
-        width, height = plan.size
         run_command(app, "synth", data, "--persons", plan.persons, "--eval-persons", plan.eval_persons,
-                    "--size", f"{width}x{height}", "--seed", 0, "--overwrite")
+                    "--size", plan.size.text, "--seed", 0, "--overwrite")
     if not manifest.is_file():
         console.rule("2/5 split: persons into folds")
         run_command(app, "split", data / "train", "--folds", plan.folds, "--seed", SEED, "-o", manifest)
@@ -132,13 +130,13 @@ def vote_and_score(app: Commands, out: Path, truth: pd.DataFrame, pred_files: li
     return pd.DataFrame(table)
 
 
-def run(out: str | Path = "demo", *, app: Commands, epochs: int = 4, device: str = "auto",
+def run(out_dir: str | Path = "demo", *, app: Commands, epochs: int = 4, device: str = "auto",
         threads: int | None = None, plan: DemoPlan | None = None) -> pd.DataFrame:
-    """Run the demo in OUT through `app` (cli.app); returns (and prints) the macro F1 of each model and of the vote.
+    """Run the demo in OUT_DIR through `app` (cli.app); returns (and prints) the macro F1 of each model and of the vote.
 
     `device` and `threads` are passed on to every training and prediction."""
     plan = plan or DemoPlan(epochs=epochs)
-    out = Path(out)
+    out = Path(out_dir)
     if plan.epochs < 1:
         raise MaskkitError(f"--epochs {plan.epochs}: need at least 1")
     if out.exists() and not out.is_dir():

@@ -196,7 +196,7 @@ def print_summary(out: Path, summary: Summary) -> None:
 
 def run(
     src: str | Path,
-    out: str | Path,
+    out_dir: str | Path,
     *,
     model: str = "resnet50",
     weights: str | Path | None = None,
@@ -205,7 +205,7 @@ def run(
     batch_size: int = 8,
     device: str = "auto",
     threshold: float = 0.5,
-    size: int = 520,
+    short_side: int = 520,
     workers: int | None = None,
     overwrite: bool = False,
     amp: bool = True,
@@ -215,40 +215,40 @@ def run(
 ) -> Summary:
     """Segment IN into OUT (see the module docstring); raises RunFailure when images failed.
 
-    `size` is --short-side. on_device: resize and composite as torch ops on the device (the device
+    `short_side` is --short-side. on_device: resize and composite as torch ops on the device (the device
     pipeline); default: on CUDA. jpeg_on_device: encode JPEG outputs there too (nvjpeg); default: on
     CUDA, where it was the fastest pipeline measured (benchmarks/README.md, GPU section); a failure
     falls back to the host.
     """
-    src, out = Path(src), Path(out)
+    src, out_dir = Path(src), Path(out_dir)
     masks = Path(masks) if masks is not None else None
-    if not MIN_SHORT_SIDE <= size <= MAX_SHORT_SIDE:
-        raise MaskkitError(f"--short-side {size}: use {MIN_SHORT_SIDE}..{MAX_SHORT_SIDE} pixels (DeepLabV3 was "
+    if not MIN_SHORT_SIDE <= short_side <= MAX_SHORT_SIDE:
+        raise MaskkitError(f"--short-side {short_side}: use {MIN_SHORT_SIDE}..{MAX_SHORT_SIDE} pixels (DeepLabV3 was "
                            "trained at 520)")
-    layout = check_request(src, out, masks, threshold)
+    layout = check_request(src, out_dir, masks, threshold)
     torch_device = resolve_device(device)
-    settings = Settings(batch_size, size, workers, amp, show_progress, on_device, jpeg_on_device)
-    with folder_lock(out, "segment"):  # one run per OUT: two would delete each other's temporary files
+    settings = Settings(batch_size, short_side, workers, amp, show_progress, on_device, jpeg_on_device)
+    with folder_lock(out_dir, "segment"):  # one run per OUT: two would delete each other's temporary files
         net = prepare(load_deeplab(model, weights), torch_device)
-        records = prepare_out(src, out, layout, masks, overwrite)
-        jobs = make_jobs(src, out, layout, masks)
+        records = prepare_out(src, out_dir, layout, masks, overwrite)
+        jobs = make_jobs(src, out_dir, layout, masks)
         wanted = set(range(len(jobs))) if overwrite else unfinished(jobs, records)
         summary = Summary(total=len(jobs), skipped=len(jobs) - len(wanted))
         start = time.perf_counter()
         if wanted:
             try:
-                with write_errors(out / JOURNAL), Journal(out) as journal:
+                with write_errors(out_dir / JOURNAL), Journal(out_dir) as journal:
                     segment_images(net, torch_device, jobs, wanted, Style(fill=fill, threshold=threshold), settings,
                                    records, journal, summary)
             except WriteError as exc:
                 raise type(exc)(f"{exc}; {summary.done + len(summary.no_person)} of {len(wanted)} images were "
                                 "finished before it: re-run to resume", exc.exit_code) from None
         summary.seconds = time.perf_counter() - start
-        write_report(out, layout.images, records)
-    print_summary(out, summary)
+        write_report(out_dir, layout.images, records)
+    print_summary(out_dir, summary)
     if summary.failed:
         raise RunFailure(
             f"{src}: {len(summary.failed)} image(s) could not be read or written ({examples(summary.failed)}); "
-            f"see {out / REPORT}, fix or remove them and re-run to finish"
+            f"see {out_dir / REPORT}, fix or remove them and re-run to finish"
         )
     return summary

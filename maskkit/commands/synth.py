@@ -32,9 +32,10 @@ import pandas as pd
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import console, process_alive, write_errors
 from maskkit.contract.labels import GENDERS, IMAGE_STEMS, label_of
+from maskkit.contract.progress import progress_bar
 from maskkit.data.drawing import MASK_COLOURS, STEMS, Person, background, draw_person
 from maskkit.data.images import write_image
-from maskkit.contract.progress import progress_bar
+from maskkit.options import SEED, Size
 
 JPEG_QUALITY = 92
 TRAIN, EVAL = 0, 1  # split codes in the seeds
@@ -122,9 +123,9 @@ def make_person(seed: int, split: int, index: int, pid: str, gender: int, group:
     )
 
 
-def render(p: Person, stem: str, seed: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """One image (BGR, ready for imwrite) and its binary person mask at `size` (width, height)."""
-    width, height = size
+def render(p: Person, stem: str, seed: int, size: Size) -> tuple[np.ndarray, np.ndarray]:
+    """One image (BGR, ready for imwrite) and its binary person mask at `size`."""
+    height, width = size
     rng = person_rng(seed, p.split, p.index, 1 + STEMS.index(stem))
     k = max(1, int(np.ceil(MIN_DRAW_WIDTH / width)))
     dw, dh = width * k, height * k
@@ -215,16 +216,16 @@ def _not_written_by_synth(out: Path) -> str | None:
     return None
 
 
-def _validate(persons: int, eval_persons: int, size: tuple[int, int], seed: int, noise: float, shortcut: float) -> None:
+def _validate(persons: int, eval_persons: int, size: Size, seed: int, noise: float, shortcut: float) -> None:
     if persons < 1 or eval_persons < 0:
         raise MaskkitError(f"--persons {persons} / --eval-persons {eval_persons}: need at least 1 train person and 0 or more eval persons")
     if max(persons, eval_persons) > MAX_PERSONS:
         raise MaskkitError(f"--persons {persons} / --eval-persons {eval_persons}: at most {MAX_PERSONS} each "
                            "(the real data has 2,700 train persons)")
     if min(size) < 16:
-        raise MaskkitError(f"--size {size[0]}x{size[1]}: too small to draw a face (use at least 16x16, e.g. 64x80)")
+        raise MaskkitError(f"--size {size.text}: too small to draw a face (use at least 16x16, e.g. 64x80)")
     if max(size) > MAX_SIDE:
-        raise MaskkitError(f"--size {size[0]}x{size[1]}: too large (at most {MAX_SIDE} pixels a side; "
+        raise MaskkitError(f"--size {size.text}: too large (at most {MAX_SIDE} pixels a side; "
                            "the real data is 384x512)")
     if seed < 0:
         raise MaskkitError(f"--seed {seed}: must be 0 or more")
@@ -234,15 +235,18 @@ def _validate(persons: int, eval_persons: int, size: tuple[int, int], seed: int,
         raise MaskkitError(f"--shortcut {shortcut}: must be between 0 and 1")
 
 
-def run(out: str | Path, persons: int = 60, eval_persons: int = 20, size: tuple[int, int] = (384, 512),
-        seed: int = 0, noise: float = 0.0, shortcut: float = 0.0, masks: bool = False,
+def run(out_dir: str | Path, persons: int = 60, eval_persons: int = 20, size: Size = Size(height=512, width=384),
+        seed: int = SEED, noise: float = 0.0, shortcut: float = 0.0, masks: bool = False,
         overwrite: bool = False, show_progress: bool | None = None) -> dict:
-    """Draw a dataset into OUT (competition layout); returns a summary dict.
+    """Draw a dataset into OUT_DIR (competition layout); returns a summary dict.
 
-    Written into a temporary folder beside OUT and renamed at the end, so an interrupted run leaves
-    nothing half-done. `size` is (width, height); `masks` is --with-masks.
+    Written into a temporary folder beside OUT_DIR and renamed at the end, so an interrupted run leaves
+    nothing half-done. `size` is an options.Size (a plain tuple is refused: its order would be a guess);
+    `masks` is --with-masks.
     """
-    out = Path(out)
+    out = Path(out_dir)
+    if not isinstance(size, Size):
+        raise TypeError(f"synth.run: size {size!r}: give an options.Size(height=..., width=...)")
     _validate(persons, eval_persons, size, seed, noise, shortcut)
     _check_out(out, overwrite)
     started = time.perf_counter()
@@ -264,7 +268,7 @@ def run(out: str | Path, persons: int = 60, eval_persons: int = 20, size: tuple[
     summary["seconds"] = time.perf_counter() - started
     console.print(
         f"maskkit synth: wrote {out}: {persons} train persons ({7 * persons} images), {eval_persons} eval persons "
-        f"({7 * eval_persons} images) at {size[0]}x{size[1]}, seed {seed}, {summary['injected']} injected errors"
+        f"({7 * eval_persons} images) at {size.text}, seed {seed}, {summary['injected']} injected errors"
         f"{', masks' if masks else ''} in {summary['seconds']:.1f}s"
     )
     return summary
@@ -297,7 +301,7 @@ def _replace(tmp: Path, out: Path) -> None:
         shutil.rmtree(old)
 
 
-def _draw_dataset(root: Path, persons: int, eval_persons: int, size: tuple[int, int], seed: int, noise: float,
+def _draw_dataset(root: Path, persons: int, eval_persons: int, size: Size, seed: int, noise: float,
                   shortcut: float, masks: bool, show_progress: bool | None) -> dict:
     """Draw every image (and mask) under root, write the CSVs, and return the summary."""
     train_people = _people(persons, seed, TRAIN, shortcut, first_number=1)
@@ -335,7 +339,7 @@ def _noisy_persons(persons: int, noise: float, seed: int) -> tuple[set[int], set
     return set(order[:k].tolist()), set(order[k: 2 * k].tolist())
 
 
-def _write_train_person(root: Path, p: Person, seed: int, size: tuple[int, int], masks: bool,
+def _write_train_person(root: Path, p: Person, seed: int, size: Size, masks: bool,
                         flip: bool, swap: bool) -> tuple[dict, list[dict]]:
     """One train person's seven images (and masks): its train.csv row and the errors injected into it."""
     gender = 1 - p.gender if flip else p.gender
@@ -361,7 +365,7 @@ def _write_train_person(root: Path, p: Person, seed: int, size: tuple[int, int],
     return row, injected
 
 
-def _write_eval_person(root: Path, p: Person, seed: int, size: tuple[int, int], masks: bool) -> list[dict]:
+def _write_eval_person(root: Path, p: Person, seed: int, size: Size, masks: bool) -> list[dict]:
     """One eval person's seven images (hex names) and masks; their truth.csv rows."""
     truth = []
     for stem in STEMS:

@@ -162,7 +162,7 @@ def _warn_strange_images(source: str | Path, manifest: pd.DataFrame) -> None:
                       "they are used as they are: maskkit audit lists them all", markup=False, highlight=False)
 
 
-def _new_run(source: str | Path, options: TrainOptions, out: Path, name: str | None, overwrite: bool):
+def _new_run(source: str | Path, options: TrainOptions, runs_dir: Path, name: str | None, overwrite: bool):
     """Check everything, then write the run folder's manifest.csv and config.json."""
     options.check()
     check_backbone(options.backbone, options.img_size)  # a family that cannot take this size: before any file
@@ -171,7 +171,7 @@ def _new_run(source: str | Path, options: TrainOptions, out: Path, name: str | N
     manifest, data = load_source(source)
     made_here = data is None
     _check_new_run(source, options, manifest)
-    run_dir = runfolder.prepare_run_dir(Path(out), name or options.run_name, overwrite)
+    run_dir = runfolder.prepare_run_dir(Path(runs_dir), name or options.run_name, overwrite)
     try:  # the folder holds no run files now: what fails from here leaves none
         if made_here:
             write_csv(manifest, run_dir / runfolder.MANIFEST)
@@ -242,13 +242,13 @@ def resume_options(run_dir: Path, options: TrainOptions | None, given: Iterable[
     return saved, config, manifest, extended
 
 
-def check_resume_target(run_dir: Path, out: str | Path | None, name: str | None) -> None:
+def check_resume_target(run_dir: Path, runs_dir: str | Path | None, name: str | None) -> None:
     """--runs-dir / --name given with --resume must name the resumed folder (a resume stays where it is)."""
-    if out is None and name is None:
+    if runs_dir is None and name is None:
         return
-    named = Path(out if out is not None else run_dir.parent) / run_name(name or run_dir.name)
+    named = Path(runs_dir if runs_dir is not None else run_dir.parent) / run_name(name or run_dir.name)
     if named.resolve() != run_dir.resolve():
-        given = " ".join(f"{flag} {value}" for flag, value in (("--runs-dir", out), ("--name", name)) if value is not None)
+        given = " ".join(f"{flag} {value}" for flag, value in (("--runs-dir", runs_dir), ("--name", name)) if value is not None)
         raise MaskkitError(f"{given}: names {named}, but --resume continues {run_dir} where it is; drop them, "
                            f"or start a new run with its options (--config {run_dir / runfolder.CONFIG} --name NEW)")
 
@@ -295,11 +295,11 @@ def holding_run_folder(run_dir: Path):
                              f"maskkit train --resume {run_dir}") from None
 
 
-def _new_run_dir(source: str | Path | None, options: TrainOptions | None, out: str | Path | None,
+def _new_run_dir(source: str | Path | None, options: TrainOptions | None, runs_dir: str | Path | None,
                  name: str | None) -> Path:
-    """OUT/NAME of a new run (OUT: runs; NAME: one folder name), checked against the inputs."""
+    """RUNS_DIR/NAME of a new run (RUNS_DIR: runs; NAME: one folder name), checked against the inputs."""
     options = options or TrainOptions()
-    run_dir = Path(out if out is not None else "runs") / run_name(name or options.run_name)
+    run_dir = Path(runs_dir if runs_dir is not None else "runs") / run_name(name or options.run_name)
     Inputs.of(source if source is not None else "data/train", options.weights).check_folder(run_dir, "run folder")
     return run_dir
 
@@ -307,7 +307,7 @@ def _new_run_dir(source: str | Path | None, options: TrainOptions | None, out: s
 def run(
     source: str | Path | None = "data/train",
     options: TrainOptions | None = None,
-    out: str | Path | None = None,
+    runs_dir: str | Path | None = None,
     name: str | None = None,
     overwrite: bool = False,
     resume: str | Path | None = None,
@@ -317,10 +317,10 @@ def run(
     on_epoch: Callable[[int, dict], bool] | None = None,
     hints: bool = True,
 ) -> Path:
-    """Train one fold and write the run folder OUT/NAME (OUT: runs when None); returns its path.
+    """Train one fold and write the run folder RUNS_DIR/NAME (RUNS_DIR: runs when None); returns its path.
 
     `resume`: a run folder to continue from its last.pt (see `resume_options`; `given` names the
-    options the user set, None meaning all of `options`); a `source`, `out` or `name` given with it
+    options the user set, None meaning all of `options`); a `source`, `runs_dir` or `name` given with it
     must name that run's manifest and folder (None: not given). `stop(epoch, step)` is asked after every
     step and every epoch (0-based epoch); True stops like Ctrl-C: last.pt is written and
     `Interrupted` (a KeyboardInterrupt) is raised; `on_epoch(epochs_done, validation metrics)` after each
@@ -335,7 +335,7 @@ def run(
     this process), cleared of a killed run's temporary files, and a failed write says how many
     epochs finished and how to resume.
     """
-    run_dir = Path(resume) if resume is not None else _new_run_dir(source, options, out, name)
+    run_dir = Path(resume) if resume is not None else _new_run_dir(source, options, runs_dir, name)
     if resume is None:
         source, options = source if source is not None else "data/train", options or TrainOptions()
     elif not run_dir.is_dir():
@@ -344,7 +344,7 @@ def run(
         extended = False
         if resume is not None:
             options, config, manifest, extended = resume_options(run_dir, options, given)
-            check_resume_target(run_dir, out, name)  # after the options: a changed option is named first
+            check_resume_target(run_dir, runs_dir, name)  # after the options: a changed option is named first
             check_resume_source(run_dir, source, config)
         dist = Distributed.from_env(options.device)
         created = False  # by this call: only then may a failure remove the run's files

@@ -244,7 +244,7 @@ class TrialRunner:
             return False
 
         try:
-            return self.train(self.manifest, options, out=self.study.folder, name=name, show_progress=False,
+            return self.train(self.manifest, options, runs_dir=self.study.folder, name=name, show_progress=False,
                               on_epoch=on_epoch, hints=False)
         except Interrupted:
             if pruned:
