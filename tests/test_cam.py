@@ -14,6 +14,7 @@ import torch
 
 from maskkit.commands import cam
 from maskkit.engine import gradcam
+from maskkit.engine.heads import TASK_HEADS
 from maskkit.contract.labels import GENDERS, MASKS, NUM_CLASSES, decode
 from maskkit.data.loader import decode_image
 from maskkit.data.presets import eval_transform, work_size
@@ -258,13 +259,21 @@ def test_head_scores_are_the_models_heads_or_their_marginals():
     torch.manual_seed(0)
     multi = {"mask": torch.randn(5, 3), "gender": torch.randn(5, 2), "age": torch.randn(5, 3)}
     for head in ("mask", "gender", "age"):
-        assert torch.equal(gradcam.head_logits(multi, head), multi[head])
-    assert torch.allclose(gradcam.head_logits(multi, "class").exp(), class_probs(multi), atol=1e-6)
+        assert torch.equal(TASK_HEADS["multi"].scores(multi, head), multi[head])
+    assert torch.allclose(TASK_HEADS["multi"].scores(multi, "class").exp(), class_probs(multi), atol=1e-6)
     single = {"class": torch.randn(5, NUM_CLASSES)}
-    assert torch.equal(gradcam.head_logits(single, "class"), single["class"])
+    assert torch.equal(TASK_HEADS["single"].scores(single, "class"), single["class"])
     marginals = head_task_probs(single)
     for head in ("mask", "gender", "age"):
-        assert torch.allclose(gradcam.head_logits(single, head).exp(), marginals[head], atol=1e-6)
+        assert torch.allclose(TASK_HEADS["single"].scores(single, head).exp(), marginals[head], atol=1e-6)
+
+
+def test_the_cam_model_asks_the_models_head_kind():
+    model = build_model("test_resnet", heads="single", age_head="dldl").eval()
+    x = torch.randn(2, 3, 48, 40)
+    with torch.no_grad():
+        marginal = gradcam.HeadModel(model, "age")(x).exp()
+        assert torch.allclose(marginal, head_task_probs(model(x))["age"], atol=1e-6)
 
 
 def test_every_head_of_a_multi_output_model_can_be_the_target(tmp_path, cli, drawn_masks, eff_run):

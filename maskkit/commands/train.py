@@ -56,6 +56,7 @@ from maskkit.data.presets import resolve_crop
 from maskkit.engine.build import training_rows
 from maskkit.engine.devices import resolve_device, use_threads
 from maskkit.engine.distributed import Distributed, env_rank
+from maskkit.engine.heads import AGE_HEAD_KINDS
 from maskkit.engine.models import check_backbone, model_defaults
 from maskkit.engine.runtime import deterministic
 from maskkit.engine.tracking import logger_module
@@ -411,7 +412,8 @@ def _train(trainer: Trainer, config: dict, stop: Callable[[int, int], bool] | No
     validation = ("every person (--fold all: no validation, best.pt = the final weights), " if options.all_folds else
                   f"validating on fold {options.fold} ({len(trainer.data.val_set)} images of "
                   f"{config['val_persons']} persons), ")
-    age = {"none": "", "dldl": " + dldl age distribution", "mse": " + mse age regression"}[options.age_head]
+    summary = AGE_HEAD_KINDS[options.age_head].summary
+    age = f" + {summary}" if summary else ""
     _say(trainer, f"training {options.backbone} ({options.heads}{age}) "
                   f"on {len(trainer.data.train_set)} images of {config['train_persons']} persons, {validation}"
                   f"input {options.img_size[1]}x{options.img_size[0]} (WxH), crop {tuple(config['crop'])} (HxW "

