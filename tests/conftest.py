@@ -29,6 +29,13 @@ def image_cache_folders(tmp_path_factory):
             os.environ[name] = value
 
 
+@pytest.fixture
+def torch_one_thread():
+    """helpers.one_thread as a fixture: `pytestmark = pytest.mark.usefixtures("torch_one_thread")` puts a module on one thread."""
+    with one_thread():
+        yield
+
+
 @pytest.fixture(scope="session")
 def drawn(tmp_path_factory) -> Path:
     """A small drawn dataset in the competition layout (read-only: copy it before breaking it)."""

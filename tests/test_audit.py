@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from helpers import assert_one_line_error, one_thread
 from maskkit.commands.audit import SUSPECT_COLUMNS, image_key
 from maskkit.contract.layout import load_train
 from maskkit.contract.labels import decode, encode
@@ -32,12 +33,6 @@ def suspects_of(result) -> pd.DataFrame:
     return df
 
 
-def one_line_error(result, *needles: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("maskkit audit: error: "), result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 # --- structural ---------------------------------------------------------------------------------
@@ -194,16 +189,16 @@ def test_fixes_round_trip_through_split_and_manifest(drawn, tmp_path, cli):
 
 def test_oof_input_errors(drawn, tmp_path, cli):
     runs, _ = crafted_oof(drawn, tmp_path)
-    one_line_error(cli("audit", drawn / "train", "--oof", runs[0], "--oof", runs[0] / "val_preds.csv"),
+    assert_one_line_error(cli("audit", drawn / "train", "--oof", runs[0], "--oof", runs[0] / "val_preds.csv"),
                    "also in", str(runs[0] / "val_preds.csv"))
     empty = tmp_path / "empty_run"
     empty.mkdir()
-    one_line_error(cli("audit", drawn / "train", "--oof", empty), str(empty), "val_preds.csv")
+    assert_one_line_error(cli("audit", drawn / "train", "--oof", empty), str(empty), "val_preds.csv")
     other = tmp_path / "other.csv"
     preds = pd.read_csv(runs[0] / "val_preds.csv")
     preds.assign(ImageID="x/" + preds.index.astype(str) + ".jpg").to_csv(other, index=False)
-    one_line_error(cli("audit", drawn / "train", "--oof", other), "none of the", "match")
-    one_line_error(cli("audit", drawn / "train", "--fixes-out", tmp_path / "f.csv"), "--oof")
+    assert_one_line_error(cli("audit", drawn / "train", "--oof", other), "none of the", "match")
+    assert_one_line_error(cli("audit", drawn / "train", "--fixes-out", tmp_path / "f.csv"), "--oof")
     assert not (tmp_path / "f.csv").exists()
 
 
@@ -214,7 +209,6 @@ def test_oof_input_errors(drawn, tmp_path, cli):
 def noisy(tmp_path_factory):
     """100 drawn persons with injected errors, and out-of-fold probabilities from 5 folds grouped by
     person (frozen Lite0 features + logistic regression, each fold predicted by a model that never saw it)."""
-    import torch
     from threadpoolctl import threadpool_limits
 
     from maskkit.commands import synth
@@ -225,13 +219,8 @@ def noisy(tmp_path_factory):
     spec.loader.exec_module(bench)
     root = tmp_path_factory.mktemp("noisy")
     synth.run(root / "data", persons=100, eval_persons=0, size=Size(width=64, height=80), seed=5, noise=0.1)
-    threads = torch.get_num_threads()
-    try:  # one thread each: much faster when several test runs share two cores
-        torch.set_num_threads(1)
-        with threadpool_limits(1):
-            oof = bench.make_oof(root / "data" / "train", root / "oof", size=(64, 80), mirror=False)
-    finally:
-        torch.set_num_threads(threads)
+    with one_thread(), threadpool_limits(1):  # one thread each: much faster when several test runs share two cores
+        oof = bench.make_oof(root / "data" / "train", root / "oof", size=(64, 80), mirror=False)
     return root, oof, bench
 
 
@@ -306,7 +295,7 @@ def test_top_is_a_review_budget_and_the_summary_says_how_many_errors_to_expect(n
     assert swap_rows >= 2
     counted = [line for line in result.stderr.splitlines() if "pairs of images look swapped" in line]
     assert len(counted) == 1 and re.search(r"\d+", counted[0]).group() == str(swap_rows // 2), result.stderr
-    one_line_error(cli("audit", train, *args, "--top", 5, "--min-score", "0.5"), "--top", "--min-score")
+    assert_one_line_error(cli("audit", train, *args, "--top", 5, "--min-score", "0.5"), "--top", "--min-score")
 
 
 def wrong_labels(table: pd.DataFrame, injected: pd.DataFrame) -> int:

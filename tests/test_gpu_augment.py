@@ -18,12 +18,7 @@ from maskkit.data.presets import eval_transform, normalize_batch
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # tiny images gain nothing from threads
 
 
 def batch(count: int = 16, seed: int = 0) -> torch.Tensor:

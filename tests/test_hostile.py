@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from helpers import one_thread
+from helpers import one_thread, tiny, train_flags
 
 # --- the world -----------------------------------------------------------------------------------
 
@@ -186,8 +186,7 @@ def out_images_link_out(root: Path) -> None:
 
 
 RUN = "runs/base"
-TINY = ["--backbone", "test_resnet", "--no-pretrained", "--epochs", "1", "--input-size", "32x32", "--batch-size", "8",
-        "--workers", "0", "--device", "cpu"]
+TINY = train_flags(tiny(img_size=(32, 32), batch_size=8, epochs=1))
 CAM = (RUN, "X/train", "--limit", "2", "--device", "cpu")
 IMAGE = "{image}"
 SEGMENT = ["--weights", "{deeplab}", "--model", "mobilenet", "--short-side", "16", "--workers", "0", "--device", "cpu"]  # replaced by a training image of the world

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
+from helpers import assert_one_line_error
 from maskkit.commands.score import COLUMNS
 from maskkit.contract.labels import decode, encode
 
@@ -21,12 +22,6 @@ def score_row(result) -> pd.Series:
     return table.iloc[0]
 
 
-def one_line_error(result, *needles: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("maskkit score: error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 @pytest.fixture
@@ -79,11 +74,11 @@ def test_bad_inputs_are_one_line_errors(cli, truth, tmp_path):
     for name, (frame, needle) in cases.items():
         path = tmp_path / f"{name}.csv"
         frame[["ImageID", "ans"]].to_csv(path, index=False)
-        one_line_error(cli("score", path, truth), str(path), needle)
-    one_line_error(cli("score", tmp_path / "nowhere.csv", truth), "file not found")
+        assert_one_line_error(cli("score", path, truth), str(path), needle)
+    assert_one_line_error(cli("score", tmp_path / "nowhere.csv", truth), "file not found")
     (tmp_path / "cols.csv").write_text("id,label\na,1\n")
-    one_line_error(cli("score", tmp_path / "cols.csv", truth), "missing column")
-    one_line_error(cli("score", truth, truth, "--confusion", tmp_path / "c.jpg"), "PNG")
+    assert_one_line_error(cli("score", tmp_path / "cols.csv", truth), "missing column")
+    assert_one_line_error(cli("score", truth, truth, "--confusion", tmp_path / "c.jpg"), "PNG")
 
 
 @pytest.mark.parametrize("run_fixture", ["single_run", "multi_run"])
@@ -120,7 +115,7 @@ def test_no_header_appends_rows_to_one_table(cli, truth, tmp_path):
     assert second.exit_code == 0, second.output
     table = pd.read_csv(StringIO(first.stdout + second.stdout))  # as `>> scores.csv` after a first `>`
     assert list(table.columns) == list(COLUMNS) and len(table) == 2
-    one_line_error(cli("score", truth, truth, "--no-header", "-o", tmp_path / "s.csv"), "--no-header")
+    assert_one_line_error(cli("score", truth, truth, "--no-header", "-o", tmp_path / "s.csv"), "--no-header")
 
 
 def test_quiet_prints_the_row_alone_and_keeps_warnings(cli, truth, drawn, tmp_path):
@@ -151,4 +146,4 @@ def test_a_manifest_is_a_truth(cli, manifest_path, tmp_path):
                                                      average="macro"), abs=1e-6)
     broken = tmp_path / "broken.csv"
     manifest.assign(label=manifest["label"].where(manifest.index != 3, 40)).to_csv(broken, index=False)
-    one_line_error(cli("score", answers, broken), str(broken), "label outside 0..17")
+    assert_one_line_error(cli("score", answers, broken), str(broken), "label outside 0..17")

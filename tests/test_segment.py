@@ -36,13 +36,7 @@ SIZE = 64  # working resolution of every run here
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny images gain nothing from threads, and two OpenMP threads crawl on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # tiny images gain nothing from threads
 
 
 def tree(root: Path) -> dict[str, bytes]:

@@ -11,12 +11,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from helpers import FAST_RECIPE_FLAGS, one_thread
+from helpers import FAST, one_thread, train_flags
 from maskkit.contract.recipe import run_place, train_options
 from maskkit.contract.progress import ProgressBar, RunClock
 
-TINY = ("--backbone", "test_resnet", "--no-pretrained", "--input-size", "40x48", "--batch-size", "16",
-        "--workers", "0", "--device", "cpu", "--threads", "1", "--aug", "none", "--lr", "5e-3", *FAST_RECIPE_FLAGS)
+TINY = train_flags(FAST)
 
 
 @pytest.fixture(scope="module")

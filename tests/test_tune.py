@@ -19,16 +19,15 @@ import pytest
 import torch
 import yaml
 
-from helpers import FAST_RECIPE_FLAGS
+from helpers import tiny, train_flags
 
 optuna = pytest.importorskip("optuna")
 
 REPO = Path(__file__).resolve().parent.parent
 STORAGES = ["sqlite", "postgresql"]
 # Tiny trials: the tests' tiny ResNet from scratch on the drawn 48x64 images, one epoch.
-TRAIN_FLAGS = ["--backbone", "test_resnet", "--no-pretrained", "--input-size", "40x48", "--batch-size", "16",
-               "--aug", "none", "--workers", "0", "--device", "cpu", "--cache", "ram", "--threads", "1",
-               "--warmup", "0.5", "--multi", "--age-weight", "0.5", *FAST_RECIPE_FLAGS]
+SEARCHED = ("lr", "label_smoothing", "age_loss")  # SPACE's keys: left free
+TRAIN_FLAGS = train_flags({k: v for k, v in tiny(heads="multi", age_weight=0.5).items() if k not in SEARCHED})
 # What TRAIN_FLAGS and --epochs 1 fix, as config.json's options record it.
 FIXED = dict(backbone="test_resnet", pretrained=False, img_size=[48, 40], batch_size=16, aug="none", warmup=0.5,
              heads="multi", age_weight=0.5, opt="adamw", weight_decay=0.01, dropout=0.0, balanced=False, cutmix=0.0,
