@@ -126,3 +126,19 @@ def recipe_text(options: Mapping) -> str:
 def write_recipe(options: Mapping, out: str | Path | None = None) -> None:
     """The recipe to stdout (None or '-') or atomically to a file."""
     write_text(recipe_text(options), out)
+
+
+RECIPE_NAMES = TrainOptions.field_names() | {"input_size", "multi", *PLACES}  # what a recipe file's keys may be
+
+
+def is_recipe_file(path: str | Path, limit: int = 1 << 20) -> bool:
+    """Whether an existing file is a recipe, the kind `tune --best -o` may replace: YAML (at most
+    `limit` bytes) that is a non-empty mapping whose keys are all recipe names."""
+    try:
+        path = Path(path)
+        if path.stat().st_size > limit:
+            return False
+        data = yaml.safe_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return False
+    return isinstance(data, Mapping) and bool(data) and all(str(k).replace("-", "_") in RECIPE_NAMES for k in data)
