@@ -485,6 +485,7 @@ BEST_OUT = [
     ("manifest.csv", "not a recipe"),
     ("preds.csv", "not a recipe"),
     ("victim.txt", "not a recipe"),
+    ("space.yaml", "not a recipe"),  # a YAML mapping of train options, but a search space
     ("link.yaml", "study.db"),  # a link to the database
 ]
 

@@ -235,9 +235,10 @@ def _password(url: str) -> str | None:
 @contextlib.contextmanager
 def quiet_optuna() -> Iterator[None]:
     """Optuna's own log lines (a failed trial's traceback too) and its "experimental" warnings (heartbeat,
-    plots) off: tune prints its own."""
+    plots) and the importances' "too few trials" off: tune prints its own."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", "The number of trials is too small", UserWarning)  # one trial's importances
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         yield
 
