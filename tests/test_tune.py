@@ -534,6 +534,18 @@ def test_best_checks_the_best_trials_recipe_before_printing_or_writing(world, cl
     assert tree_hashes(world) == before  # trials.csv and history.png not rewritten
 
 
+@pytest.mark.parametrize("identity, words", [
+    ({"recipe": [1], "space": {}}, "identity"),
+    ({"recipe": {}, "space": {"lr": {"kind": "weird"}}}, "identity"),
+], ids=["recipe-not-a-mapping", "space-not-dimensions"])
+def test_a_study_whose_identity_was_rewritten_is_refused_by_best(world, cli, identity, words):
+    folder = world / "runs" / "tune-s"
+    optuna.load_study(study_name="s", storage=f"sqlite:///{folder / 'study.db'}").set_user_attr("identity", identity)
+    before = tree_hashes(world)
+    refused(cli(*BEST), "study 's'", words)
+    assert tree_hashes(world) == before
+
+
 def plant(kind: str):
     """A setup of the study folder runs/tune-x/ (items 3, 4): links and foreign databases."""
     def setup(world: Path) -> None:

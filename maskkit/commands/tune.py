@@ -265,12 +265,17 @@ def identity(fixed: TrainOptions, space: dict, study: Study) -> dict:
 
 
 def check_maskkit_study(optuna_study: optuna.Study, study: Study) -> dict | None:
-    """The identity of a study maskkit made (None: new and empty); another program's study is refused."""
+    """The identity of a study maskkit made (None: new and empty); another program's study, or one whose
+    identity is not what maskkit records (the fixed recipe and the space as mappings), is refused."""
     saved = optuna_study.user_attrs.get("identity")
     if optuna_study.directions != [StudyDirection.MAXIMIZE]:
         why = "it minimizes or has several objectives, where maskkit maximizes one macro F1"
-    elif not isinstance(saved, dict) and (saved is not None or optuna_study.get_trials(deepcopy=False)):
+    elif saved is None:
+        if not optuna_study.get_trials(deepcopy=False):
+            return None
         why = "it holds trials but no maskkit identity"
+    elif not (isinstance(saved, dict) and isinstance(saved.get("recipe"), dict) and isinstance(saved.get("space"), dict)):
+        why = "its identity is not the fixed recipe and search space maskkit records"
     else:
         return saved
     raise MaskkitError(f"study {study.name!r} in {study.shown} was not made by maskkit tune ({why}); "
