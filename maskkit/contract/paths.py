@@ -75,3 +75,13 @@ def run_name(name: str) -> str:
         raise MaskkitError(f"--name {text!r}: a run name is one folder name (no '/', '\\' or '..'), "
                            "e.g. --name resnet18-f0; put the runs elsewhere with --runs-dir")
     return text
+
+
+def study_name(name: str) -> str:
+    """A study name (`tune --study`): one path component, as a run name, so RUNS_DIR/tune-NAME stays
+    inside --runs-dir."""
+    try:
+        return run_name(name)
+    except MaskkitError:
+        raise MaskkitError(f"--study {str(name)!r}: a study name is one folder name (no '/', '\\' or '..'), "
+                           "e.g. --study s1; put the study elsewhere with --runs-dir") from None
