@@ -306,7 +306,7 @@ def count(optuna_study: optuna.Study, *states: TrialState) -> int:
 
 
 def trial_options(fixed: TrainOptions, values: dict) -> TrainOptions:
-    return dataclasses.replace(fixed, **as_fields(values, "input_size"))
+    return dataclasses.replace(fixed, **as_fields(values, "the trial's parameters"))
 
 
 @dataclass

@@ -141,7 +141,7 @@ def is_recipe_file(path: str | Path, limit: int = 1 << 20) -> bool:
         data = yaml.safe_load(path.read_text())
         if not isinstance(data, Mapping) or not data:
             return False
-        fields = as_fields(data, f"{path}: input_size")
+        fields = as_fields(data, str(path))
         TrainOptions.from_dict({k: v for k, v in fields.items() if k not in PLACES}, str(path), ranges=False)
     except (OSError, ValueError, TypeError, yaml.YAMLError, RecursionError, MaskkitError):
         return False  # UnicodeDecodeError is a ValueError

@@ -103,10 +103,7 @@ def check_value(fixed: TrainOptions, name: str, value: object, path: Path) -> No
     TrainOptions.from_dict: 1.5 epochs, 1 for true, "no" for false) or out of train's range (the
     message of train's own check); the messages name the space file and the key."""
     where = f"{path}: {name}"
-    try:
-        fields = as_fields({name: value}, "input_size")
-    except MaskkitError as exc:
-        raise MaskkitError(f"{where}: {exc}") from None
+    fields = as_fields({name: value}, str(path))  # a bad size: "PATH: input_size '64': expected WIDTHxHEIGHT..."
     TrainOptions.from_dict(fields, str(path), ranges=False)  # "PATH: KEY: VALUE is not ..."
     try:
         dataclasses.replace(fixed, **fields).check()
