@@ -61,7 +61,7 @@ from maskkit.contract.searchspace import (DEFAULT_SPACE, Dimension, OutsideSpace
 from maskkit.contract.streams import is_stream
 from maskkit.engine.metrics import scores
 from maskkit.engine.trainer import Interrupted
-from maskkit.options import MACHINE_OPTIONS, TrainOptions, parse_width_height
+from maskkit.options import MACHINE_OPTIONS, Size, TrainOptions
 
 OBJECTIVES = ("fold", "oof")
 PRUNERS = ("median", "hyperband", "none")
@@ -630,7 +630,7 @@ def in_space(d: Dimension, value: object) -> bool:
     if d.name != "input_size":
         return d.holds(value)
     try:
-        return any(list(parse_width_height(c, "input_size")[::-1]) == list(value) for c in d.choices)
+        return any(list(Size.parse(c, "input_size")) == list(value) for c in d.choices)
     except MaskkitError:
         return False
 
