@@ -20,7 +20,7 @@ from maskkit.cli import app
 from maskkit.commands.predict import run as predict
 from maskkit.contract.labels import class_name
 from maskkit.contract.predictions import PROB_COLUMNS
-from helpers import one_thread
+from helpers import assert_one_line_error, one_thread
 
 
 def check_prediction_csv(frame: pd.DataFrame) -> None:
@@ -280,11 +280,6 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def one_line_exit_2(result) -> None:
-    assert result.exit_code == 2, result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr, result.stderr
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, multi_run) -> Path:
     """multi_run exported to m.onnx (and m.onnx.json), read-only for the tests: they copy it."""
@@ -394,8 +389,7 @@ def test_a_lying_onnx_model_is_one_line_exit_2_and_writes_nothing(exported, draw
     before = digest(victim)
     with one_thread():
         result = cli("predict", model, drawn / "eval", "--device", "cpu", "--workers", "0", "-o", victim)
-    one_line_exit_2(result)
-    assert expected in result.stderr and str(model) in result.stderr, result.stderr
+    assert_one_line_error(result, expected, str(model))
     assert digest(victim) == before
 
 
@@ -460,6 +454,6 @@ def test_junk_on_stdin_is_one_short_escaped_line(multi_run, tmp_path, runner, mo
     monkeypatch.chdir(tmp_path)
     Path("a.jpg").write_bytes(b"listed, found, never decoded: the refusal comes first")
     result = runner.invoke(app, ["predict", str(multi_run), "-", "--device", "cpu", "-o", "out.csv"], input=listed)
-    one_line_exit_2(result)
-    assert expected in result.stderr and len(result.stderr) < 600 and "\x1b" not in result.stderr, result.stderr
+    assert_one_line_error(result, expected)
+    assert len(result.stderr) < 600 and "\x1b" not in result.stderr, result.stderr
     assert not (tmp_path / "out.csv").exists()
