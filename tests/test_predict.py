@@ -224,7 +224,8 @@ def test_bad_image_arguments_are_one_line_and_exit_2(multi_run, drawn, tmp_path,
     (tmp_path / "notes.txt").write_text("not an image")
     cases = [((multi_run, "photo.jpg"), "photo.jpg: not found"), ((multi_run, "none/*.png"), "no image matches"),
              ((multi_run, "notes.txt"), "not an image"), ((multi_run, "a.jpg", multi_run), "put every run"),
-             (("a.jpg",), "a.jpg: not a model"), ((multi_run, "-", "-"), "standard input given twice")]
+             (("a.jpg",), "a.jpg: not a model"), ((multi_run, "-", "-"), "standard input given twice"),
+             ((multi_run, "x" * 300 + ".jpg"), "file name too long"), (("m" * 300,), "file name too long")]
     for args, expected in cases:
         result = cli("predict", *args, "--device", "cpu", "-o", "out.csv")
         assert result.exit_code == 2, (args, result.stderr)

@@ -12,6 +12,7 @@ multi-output model's are p_mask x p_gender x p_age), `ans` their argmax.
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 from collections.abc import Sequence
@@ -44,6 +45,13 @@ def is_model(arg: str) -> bool:
 def split_arguments(args: Sequence[str]) -> tuple[list[str], list[str]]:
     """(models, image arguments): the leading models, then the rest (default DATA/eval)."""
     args = [str(a) for a in args]
+    for arg in args:
+        try:
+            os.stat(arg)
+        except OSError as exc:  # a missing path is told later, by what the argument was meant to be
+            if exc.errno == errno.ENAMETOOLONG:
+                raise MaskkitError(f"{shown(arg)}: file name too long ({len(arg)} characters); "
+                                   "name a model, image, folder or manifest") from None
     count = next((i for i, a in enumerate(args) if not is_model(a)), len(args))
     models, rest = args[:count], args[count:]
     if not models:
