@@ -135,13 +135,14 @@ def argument_images(arg: str, stdin=None) -> pd.DataFrame:
         paths = load_eval(path)["path"].tolist()
     elif path.is_file():
         if not is_image(path):
-            raise MaskkitError(f"{shown(arg)}: not an image (.jpg, .jpeg, .png, .bmp, .webp) nor a manifest CSV; pass images, "
-                               "folders, DATA/train, a manifest, globs or - (paths on stdin)")
+            raise MaskkitError(f"{shown(arg)}: not an image (.jpg, .jpeg, .png, .bmp, .webp) nor a manifest CSV; "
+                               "pass images, folders, DATA/train, a manifest, globs or - (paths on stdin)")
         paths = [arg]
     elif glob.has_magic(arg):
         paths = expanded(arg)
     else:
-        raise MaskkitError(f"{shown(arg)}: not found; pass DATA/eval, a folder, image files, globs or - (paths on stdin)")
+        raise MaskkitError(f"{shown(arg)}: not found; pass DATA/eval, a folder, image files, globs or - "
+                           "(paths on stdin)")
     return pd.DataFrame({"ImageID": [as_text(p) for p in paths], "path": paths})
 
 

@@ -138,7 +138,8 @@ def _lookup(record: Mapping, key: str):
 def _missing(record: Mapping, key: str) -> str:
     """The shortest part of `key` that `record` lacks: `input` when the whole object is gone."""
     parts = key.split(".")
-    return next(".".join(parts[:n]) for n in range(1, len(parts) + 1) if _lookup(record, ".".join(parts[:n])) is MISSING)
+    prefixes = (".".join(parts[:n]) for n in range(1, len(parts) + 1))
+    return next(prefix for prefix in prefixes if _lookup(record, prefix) is MISSING)
 
 
 def read_record(record, source: str | Path, sidecar: bool = False) -> dict:
