@@ -309,6 +309,9 @@ def run(folders: Sequence[str | Path] | None = None, columns: str | None = None,
         recipe: str | None = None) -> pd.DataFrame:
     """Print the table (rich on a terminal, on stderr; CSV on stdout when piped) and, with
     `oof_out`, write the pooled out-of-fold predictions of one recipe."""
+    if sys.stdout is None:  # `>&-`: the table (or --oof-out -) has nowhere to go; refused before any work
+        raise MaskkitError("standard output is closed (>&-): the runs table goes there; redirect it "
+                           "(> runs.csv) or leave it on the terminal")
     chosen = parse_columns(columns)
     table, recipes, pooled = runs_table(folders, with_recipes=True)
     if recipe is not None:
