@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from helpers import assert_one_line_error, one_thread
+from hostile import IMAGE, RUN, a_file, assert_refused_while_parsing, bad, run_bad, strange_images
 from maskkit.commands.audit import SUSPECT_COLUMNS, image_key
 from maskkit.contract.layout import load_train
 from maskkit.contract.labels import decode, encode
@@ -419,3 +420,37 @@ def test_near_chance_evidence_is_called_weak_in_the_summary_line(drawn, tmp_path
     runs, _ = crafted_oof(drawn, tmp_path)
     honest = cli("audit", drawn / "train", "--oof", *runs)
     assert "expects about" in honest.stderr and "weak evidence" not in honest.stderr
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+BAD_CALLS = [
+    bad("audit -o train.csv", ["audit", "X/train", "-o", "X/train/train.csv"]),
+    bad("audit -o the --manifest", ["audit", "X/train", "--manifest", "folds.csv", "-o", "folds.csv"]),
+    bad("audit -o the run's val_preds.csv", ["audit", "X/train", "--oof", RUN, "-o", f"{RUN}/val_preds.csv"]),
+    bad("audit --fixes-out injected_errors.csv", ["audit", "X/train", "--oof", RUN,
+                                                  "--fixes-out", "X/train/injected_errors.csv"]),
+    bad("audit --sheet image", ["audit", "X/train", "--sheet", IMAGE]),
+    bad("audit --sheet below a file", ["audit", "X/train", "--sheet", "afile/s.png"], a_file),
+    bad("audit --sheet read-only", ["audit", "X/train", "--sheet", "{ro}/s.png"]),
+]
+
+
+@pytest.mark.parametrize("row", BAD_CALLS)
+def test_bad_call_is_one_line_and_changes_no_input(cli, world, request, row):
+    run_bad(cli, world, request, row)
+
+
+def test_top_0_is_one_line_before_anything_is_written(world, monkeypatch, capsys):
+    assert_refused_while_parsing(world, ["audit", "X/train", "--top", "0"], "--top", monkeypatch, capsys)
+
+
+def test_strange_images_are_named_with_their_reason(cli, world):
+    strange_images(world)
+    result = cli("audit", "X/train", "-o", "s.csv")
+    assert result.exit_code == 0, result.stderr
+    suspects = pd.read_csv(world / "s.csv")
+    reasons = dict(zip(suspects["target"].str.rsplit("/", n=1).str[-1], suspects["reason"]))
+    assert reasons["mask1.jpg"] == "tiny image" and reasons["mask2.jpg"] == "odd aspect"
+    assert reasons["mask3.jpg"] == reasons["mask4.jpg"] == reasons["mask5.jpg"] == "wrong format"
+    assert "GIF data named .jpg" in " ".join(suspects["evidence"].astype(str))

@@ -8,6 +8,7 @@ from io import StringIO
 import pandas as pd
 import pytest
 
+from hostile import RUN, bad, config_a_list, metrics_epoch_x, run_bad
 from maskkit.commands.runs import COLUMNS
 
 
@@ -280,3 +281,16 @@ def test_terminal_table_never_hides_a_requested_column(runs_dir, tmp_path, monke
     header = next(line for line in screen.getvalue().splitlines() if line.startswith("┃"))
     assert [h.strip() for h in header.split("┃")[1:-1]] == names  # every header whole
     assert "…" not in screen.getvalue()
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+BAD_CALLS = [
+    bad("runs: metrics epoch x", ["runs", RUN], metrics_epoch_x),
+    bad("runs: config.json a list", ["runs", RUN], config_a_list),
+]
+
+
+@pytest.mark.parametrize("row", BAD_CALLS)
+def test_bad_call_is_one_line_and_changes_no_input(cli, world, request, row):
+    run_bad(cli, world, request, row)
