@@ -225,6 +225,7 @@ def noisy(tmp_path_factory):
     return root, oof, bench
 
 
+@pytest.mark.slow
 def test_injected_errors_found_with_honest_out_of_fold_predictions(noisy, cli):
     root, oof, bench = noisy
     train = root / "data" / "train"
@@ -262,6 +263,7 @@ def count_errors(suspects: pd.DataFrame) -> int:
     return len(labelled.assign(owner=owner).drop_duplicates(["owner", "column", "score"]))
 
 
+@pytest.mark.slow
 def test_top_is_a_review_budget_and_the_summary_says_how_many_errors_to_expect(noisy, tmp_path, cli):
     """--top N: the N likeliest label errors whatever their P(label wrong); the summary's expected count is
     the sum of P(label wrong) over every person's gender and likeliest swap, close to the errors put in."""
@@ -370,6 +372,7 @@ def test_several_models_agreeing_make_a_label_more_suspect(drawn, tmp_path, cli)
 # --- issue 25: --oof takes several paths, the sheet draws suspects, weak evidence says so -----------
 
 
+@pytest.mark.slow
 def test_oof_takes_one_or_more_paths_as_the_readme_writes_them(noisy, cli):
     """`--oof runs/f{0,1,2,3,4}` (the shell's brace expansion) is the same audit as --oof once per path,
     with DATA first or last; --help shows that --oof takes several paths."""

@@ -15,6 +15,7 @@ TINY = DemoPlan(persons=40, eval_persons=6, size=Size(width=48, height=64), img_
                 batch_size=16)
 
 
+@pytest.mark.slow
 def test_demo_runs_the_pipeline_and_reruns_reuse_it(tmp_path):
     out = tmp_path / "demo"
     with one_thread():

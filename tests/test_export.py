@@ -100,3 +100,8 @@ def test_an_operation_onnx_cannot_export_is_one_line_exit_1_and_leaves_nothing(m
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "cannot be exported to ONNX" in result.stderr and "op_x" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# --- slow marks (appended: the tests above stay as they are) ---
+
+pytest.mark.slow(test_exported_model_predicts_the_same_ans_as_its_run_folder)  # over ~4 s (-m "not slow" skips it)

@@ -317,6 +317,7 @@ def test_an_option_out_of_its_range_is_one_line_before_anything_is_written(world
     assert_refused_while_parsing(world, argv, option, monkeypatch, capsys)
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_exit_1_and_leaves_no_file(world):
     assert_full_disk_leaves_no_file(world, [*PREDICT_X, "--workers", "0", "-o", "out/p.csv"])  # no shared-memory files
 
@@ -326,3 +327,7 @@ def test_a_latin1_file_name_is_predicted(cli, world):
     result = cli("predict", RUN, "odd", "--device", "cpu", "--workers", "0", "-o", "odd.csv")
     assert result.exit_code == 0, result.stderr
     assert len(pd.read_csv(world / "odd.csv")) == 1
+
+
+for _slow in (test_paths_piped_into_a_real_process, test_run_without_best_pt_or_missing_run_is_one_line_and_exit_2):
+    pytest.mark.slow(_slow)  # over ~4 s: marked here so the lines above stay as they are

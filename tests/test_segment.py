@@ -272,6 +272,7 @@ main()
 """
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumed_ends_with_the_same_files(data, weights, segmented, tmp_path):
     _, out_whole, masks_whole, _ = segmented
     out, masks = tmp_path / "out", tmp_path / "masks"
@@ -489,6 +490,7 @@ def test_an_option_out_of_its_range_is_one_line_before_anything_is_written(world
     assert not (world / "seg").exists()
 
 
+@pytest.mark.slow
 def test_a_full_disk_names_the_output_not_the_info_csv_it_copies(world, deeplab):
     argv = ["segment", "X/eval", "out/seg", *SEGMENT]
     assert_full_disk_names_the_output(world, [a.replace("{deeplab}", str(deeplab)) for a in argv])

@@ -150,6 +150,7 @@ def test_fixes_never_touch_the_image_files(drawn_copy, cli, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in train.rglob("*")} == before
 
 
+@pytest.mark.slow
 def test_injected_errors_applied_as_fixes_restore_the_truth(tmp_path, cli):
     from maskkit.commands import synth
     from maskkit.options import Size

@@ -148,6 +148,7 @@ def _weights(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+@pytest.mark.slow
 def test_interrupted_then_resumed_run_ends_with_the_same_weights(tmp_path, manifest_path):
     # Everything random at once: augmentation, cutmix, dropout, balanced sampling, EMA.
     options = dict(FAST, aug="basic", cutmix=0.5, dropout=0.2, balanced=True, ema=True, ema_decay=0.9, epochs=2)
@@ -334,6 +335,7 @@ def test_bad_inputs_give_one_line_and_exit_2(case, cli, tmp_path, manifest_path,
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["taken"]  # nothing written
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_ctrl_c_or_sigterm_writes_last_pt_and_resume_finishes(stop, code, tmp_path, manifest_path, cli):
     """A real SIGINT (Ctrl-C) or SIGTERM (kill, a scheduler) to `maskkit train` in a subprocess, then `--resume`."""
@@ -425,6 +427,7 @@ def test_choice_options_refuse_values_outside_their_list(cli, manifest_path):
     assert result.exit_code == 2 and "'wild' is not one of" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_larger_epochs_extends_a_run_onto_the_longer_schedule(tmp_path, manifest_path):
     """Resumed with --epochs 3, a 2-epoch run continues on the 3-epoch schedule: its third epoch ends
     at the learning rate of a run planned for 3 epochs (the first two ran on the 2-epoch plan)."""
@@ -584,6 +587,7 @@ def test_an_option_beyond_its_bound_is_one_line_before_anything_is_written(world
     assert_refused_while_parsing(world, argv, option, monkeypatch, capsys)
 
 
+@pytest.mark.slow
 def test_a_full_disk_names_the_run_folder_not_the_manifest_it_copies(world):
     assert_full_disk_names_the_output(world, ["train", "folds.csv", *TINY_FLAGS, "--runs-dir", "out/runs"])
 
@@ -607,6 +611,7 @@ def test_a_full_disk_while_plotting_says_how_far_it_got_and_resume_works(cli, wo
     assert cli("train", "--resume", "runs/full", "--device", "cpu").exit_code == 0
 
 
+@pytest.mark.slow
 def test_a_full_disk_in_torch_save_is_one_line_and_resume_works(cli, world, monkeypatch):
     """torch.save on a full disk may fail in C++ with `basic_ios::clear`: exit 1, one line, then resume."""
     real_save, saves = torch.save, []
@@ -642,6 +647,7 @@ def test_resume_removes_the_temporary_file_of_a_killed_save(cli, world):
     assert not stale.exists()
 
 
+@pytest.mark.slow
 def test_resume_with_its_own_name_and_runs_dir_extends_the_same_run(cli, world):
     """--name and --runs-dir that say where the run already is are no change: the run goes on in its folder."""
     before = pd.read_csv(world / RUN / "metrics.csv")

@@ -394,3 +394,12 @@ def test_a_fold_trial_is_first_judged_after_its_lr_warmup(warmup, first):
     oof = study_with_four_good_trials(make_pruner("median", fixed, {}, folds=(0, 1, 2))).ask()
     oof.report(0.1, 1)
     assert oof.should_prune()
+
+
+# --- slow marks (appended: the tests above stay as they are) ---
+
+for _slow in (test_two_workers_finish_the_asked_trials_with_the_fixed_flags_and_best_reproduces,
+              test_a_killed_worker_loses_nothing_and_its_run_folder_is_not_reused,
+              test_ctrl_c_is_one_line_saying_how_to_continue_and_the_same_command_does,
+              test_oof_objective_pools_the_folds_and_a_changed_study_is_refused):
+    pytest.mark.slow(_slow)  # over ~4 s (-m "not slow" skips them)
