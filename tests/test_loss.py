@@ -49,11 +49,12 @@ def test_mask_loss_uses_the_age_weight_on_the_distribution():
     torch.testing.assert_close(weighted - base, expected)
 
 
+@pytest.mark.slow
 def test_dldl_head_learns_the_age_groups_on_drawn_data(manifest_path, tmp_path):
     from maskkit.commands import train
 
     with one_thread():
         run = train.run(manifest_path, TrainOptions(**{**FAST, "heads": "multi", "age_weight": 1.0, "age_loss": "dldl",
-                                                       "epochs": 8}), out=tmp_path, name="dldl", show_progress=False)
+                                                       "epochs": 8}), runs_dir=tmp_path, name="dldl", show_progress=False)
     metrics = pd.read_csv(run / "metrics.csv")
     assert metrics["f1_age"].max() > 0.55, metrics[["epoch", "val_f1", "f1_age"]]  # 3 groups: chance is about 0.33
