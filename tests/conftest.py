@@ -278,3 +278,15 @@ def postgres_url(postgres_server, request) -> str:
         connection.execute(f'DROP DATABASE IF EXISTS "{name}"')
         connection.execute(f'CREATE DATABASE "{name}"')
     return f"{base}/{name}"
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line naming how the tests against the real PostgreSQL server ended, so CI's log shows they ran."""
+    outcomes = {}
+    for outcome in ("passed", "failed", "skipped", "error"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if "postgres" in getattr(report, "nodeid", "") and getattr(report, "when", "call") in ("call", "setup"):
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    if outcomes:
+        counts = ", ".join(f"{n} {outcome}" for outcome, n in outcomes.items())
+        terminalreporter.write_line(f"tests against a real PostgreSQL study server: {counts}")

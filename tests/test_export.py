@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import one_thread
+from helpers import assert_one_line_error, one_thread
 from maskkit.contract.predictions import PROB_COLUMNS
 
 pytest.importorskip("onnxruntime")
@@ -100,6 +100,56 @@ def test_an_operation_onnx_cannot_export_is_one_line_exit_1_and_leaves_nothing(m
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "cannot be exported to ONNX" in result.stderr and "op_x" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# --- issue 31 item 6: nothing written inside the run, no link followed at the sidecar --------------
+
+def digest(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def into_the_run(tmp_path, run):
+    """`export RUN RUN/m.onnx`: the output inside the run folder it reads (predict refuses the same)."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    return copy, copy / "m.onnx", copy / "config.json"
+
+
+def sidecar_link(tmp_path, run):
+    """A link planted at the sidecar's name, leading to someone's JSON file outside."""
+    victim = tmp_path / "victim.json"
+    victim.write_text('{"theirs": true}\n')
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "m.onnx.json").symlink_to(victim)
+    return run, tmp_path / "out" / "m.onnx", victim
+
+
+def sidecar_link_to_nothing(tmp_path, run):
+    """A dangling link at the sidecar's name: writing through it would create the file it names."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "m.onnx.json").symlink_to(tmp_path / "created.json")
+    marker = tmp_path / "marker"
+    marker.write_text("nothing may appear beside me\n")
+    return run, tmp_path / "out" / "m.onnx", marker
+
+
+@pytest.mark.parametrize("setup, expected", [(into_the_run, "inside the input folder"),
+                                             (sidecar_link, "is a symbolic link"),
+                                             (sidecar_link_to_nothing, "is a symbolic link")],
+                         ids=["into-the-run", "sidecar-link", "sidecar-dangling-link"])
+def test_export_writes_nothing_into_its_run_or_through_a_sidecar_link(multi_run, tmp_path, cli, setup, expected):
+    run, out, victim = setup(tmp_path, multi_run)
+    before = {p: digest(p) for p in [*run.iterdir(), victim] if p.is_file()}
+    listing = sorted(p.name for p in tmp_path.rglob("*"))
+    with one_thread():
+        result = cli("export", run, out)
+    assert_one_line_error(result, expected)
+    assert {p: digest(p) for p in before} == before
+    assert sorted(p.name for p in tmp_path.rglob("*")) == listing  # no model, no sidecar, no created target
 
 
 # --- slow marks (appended: the tests above stay as they are) ---

@@ -160,3 +160,15 @@ def test_sigterm_is_one_line_exit_143_and_leaves_no_temporary(world, tmp_path, c
     assert job.returncode == 143, err
     assert err.strip().splitlines()[-1].endswith("interrupted (SIGTERM)") and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.csv"]
+
+
+@pytest.mark.parametrize("command, expected", [
+    ("mkdir -p r && echo '{}' > r/config.json && maskkit predict r - <&-", "-: standard input is closed"),
+    ("maskkit runs . >&-", "standard output is closed")], ids=["predict-stdin-closed", "runs-stdout-closed"])
+def test_a_closed_stdin_or_stdout_is_one_line_exit_2(tmp_path, command, expected):
+    """Issue 31 item 15: `predict RUN - <&-` and `runs DIR >&-` were AttributeError tracebacks."""
+    result = sh(f"{command}; echo rc=$? >&2", tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == "rc=2" and len(lines) == 2, result.stderr
+    no_traceback(result)
+    assert expected in lines[0], result.stderr

@@ -20,7 +20,7 @@ from maskkit.cli import app
 from maskkit.commands.predict import run as predict
 from maskkit.contract.labels import class_name
 from maskkit.contract.predictions import PROB_COLUMNS
-from helpers import one_thread
+from helpers import assert_one_line_error, one_thread
 
 
 def check_prediction_csv(frame: pd.DataFrame) -> None:
@@ -224,7 +224,8 @@ def test_bad_image_arguments_are_one_line_and_exit_2(multi_run, drawn, tmp_path,
     (tmp_path / "notes.txt").write_text("not an image")
     cases = [((multi_run, "photo.jpg"), "photo.jpg: not found"), ((multi_run, "none/*.png"), "no image matches"),
              ((multi_run, "notes.txt"), "not an image"), ((multi_run, "a.jpg", multi_run), "put every run"),
-             (("a.jpg",), "a.jpg: not a model"), ((multi_run, "-", "-"), "standard input given twice")]
+             (("a.jpg",), "a.jpg: not a model"), ((multi_run, "-", "-"), "standard input given twice"),
+             ((multi_run, "x" * 300 + ".jpg"), "file name too long"), (("m" * 300,), "file name too long")]
     for args, expected in cases:
         result = cli("predict", *args, "--device", "cpu", "-o", "out.csv")
         assert result.exit_code == 2, (args, result.stderr)
@@ -270,6 +271,193 @@ def test_the_train_folder_and_a_manifest_are_keyed_like_the_manifest_so_score_ma
         scored = cli("score", tmp_path / f"{name}.csv", folds, "--quiet")
         assert scored.exit_code == 0, scored.stderr
         assert pd.read_csv(StringIO(scored.stdout))["images"].iloc[0] == len(manifest)
+
+
+# --- issue 31 items 10, 11, 13 and the lower ones: nothing trusted that someone else wrote ------------
+
+def digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, multi_run) -> Path:
+    """multi_run exported to m.onnx (and m.onnx.json), read-only for the tests: they copy it."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from maskkit.commands import export
+
+    model = tmp_path_factory.mktemp("exported") / "m.onnx"
+    with one_thread():
+        export.run(multi_run, model)
+    return model
+
+
+class Constant(torch.nn.Module):
+    """A graph that outputs `value` for each of `width` columns, whatever the image."""
+
+    def __init__(self, value: float, width: int = 18) -> None:
+        super().__init__()
+        self.value, self.width = value, width
+
+    def forward(self, images):
+        return images.float().mean((1, 2, 3))[:, None] * 0 + torch.full((self.width,), self.value)
+
+
+def lying_graph(value: float, width: int = 18):
+    """A graph with the good model's metadata but outputs that are no probabilities."""
+
+    def make(good: Path, out: Path) -> None:
+        import json
+
+        import onnx
+        from maskkit.engine.export import METADATA_KEY, write_onnx
+
+        meta = json.loads({p.key: p.value for p in onnx.load(str(good)).metadata_props}[METADATA_KEY])
+        write_onnx(Constant(value, width), meta, out)
+
+    return make
+
+
+def lying_metadata(edit):
+    """The good graph with its metadata record edited by `edit(record)`."""
+
+    def make(good: Path, out: Path) -> None:
+        import json
+
+        import onnx
+
+        proto = onnx.load(str(good))
+        entry = next(p for p in proto.metadata_props if p.key == "maskkit")
+        record = json.loads(entry.value)
+        edit(record)
+        entry.value = json.dumps(record)
+        onnx.save(proto, str(out))
+
+    return make
+
+
+def lying_sidecar(edit):
+    """The good graph and a sidecar beside it edited by `edit(record)`."""
+
+    def make(good: Path, out: Path) -> None:
+        import json
+
+        shutil.copy(good, out)
+        record = json.loads(Path(f"{good}.json").read_text())
+        edit(record)
+        Path(f"{out}.json").write_text(json.dumps(record))
+
+    return make
+
+
+def taller(record: dict) -> None:  # a size the graph does not take, the record otherwise consistent
+    record["input"]["height"] = 64
+    record["resize"]["height"] = round(64 / record["crop"][0])
+
+
+LIES = [
+    ("outputs-5.0", lying_graph(5.0), "not class probabilities"),
+    ("outputs-nan", lying_graph(float("nan")), "not class probabilities"),
+    ("outputs-summing-to-2", lying_graph(2 / 18), "not class probabilities"),
+    ("ten-outputs", lying_graph(0.1, 10), "(batch, 18)"),
+    ("height-abc", lying_metadata(lambda r: r["input"].update(height="abc")), "input.height 'abc'"),
+    ("size-not-the-graphs", lying_metadata(taller), "(input.height, input.width)"),
+    ("size-0x0", lying_metadata(lambda r: r["input"].update(height=0, width=0)), "input.height 0"),
+    ("crop-5-5", lying_metadata(lambda r: r.update(crop=[5, 5])), "crop [5, 5]"),
+    ("no-input-key", lying_metadata(lambda r: r.pop("input")), "input is missing"),
+    ("classes-10", lying_metadata(lambda r: r["output"].update(classes=r["output"]["classes"][:10])),
+     "output.classes"),
+    ("sidecar-height-abc", lying_sidecar(lambda r: r["input"].update(height="abc")), "m.onnx.json: input.height"),
+    ("sidecar-other-crop", lying_sidecar(lambda r: r.update(crop=[1.0, 1.0], resize={
+        "height": r["input"]["height"], "width": r["input"]["width"], "interpolation": "area"})),
+     "m.onnx.json: resize.height"),
+    ("sidecar-other-run", lying_sidecar(lambda r: r.update(run="another")), "m.onnx.json: run 'another' differs"),
+]
+
+
+@pytest.mark.parametrize("make, expected", [row[1:] for row in LIES], ids=[row[0] for row in LIES])
+def test_a_lying_onnx_model_is_one_line_exit_2_and_writes_nothing(exported, drawn, tmp_path, cli, make, expected):
+    """Item 10 and 13: a graph whose rows are not probabilities, metadata or a sidecar that lies about the
+    input, crop or classes: refused in one line naming the file and the key; the CSV -o names is untouched."""
+    from maskkit.contract.predictions import prediction_frame, write_predictions
+
+    model = tmp_path / "m.onnx"
+    make(exported, model)
+    victim = tmp_path / "preds.csv"
+    write_predictions(prediction_frame(["x.jpg"], np.full((1, 18), 1 / 18)), victim)
+    before = digest(victim)
+    with one_thread():
+        result = cli("predict", model, drawn / "eval", "--device", "cpu", "--workers", "0", "-o", victim)
+    assert_one_line_error(result, expected, str(model))
+    assert digest(victim) == before
+
+
+def test_the_untouched_export_still_predicts(exported, drawn, cli):
+    with one_thread():
+        result = cli("predict", exported, drawn / "eval", "--device", "cpu", "--workers", "0")
+    assert result.exit_code == 0, result.stderr
+    check_prediction_csv(pd.read_csv(StringIO(result.stdout), dtype={"ImageID": str}))
+
+
+def odd_names(drawn, root: Path) -> list[bytes]:
+    """Images whose names a careless reader merges: spaces at either end, a latin-1 byte, and a name
+    that literally reads `caf\\xe9.jpg` (what the latin-1 one was escaped to). Returns their names."""
+    names = [b" lead.jpg", b"trail.jpg ", b"caf\xe9.jpg", b"caf\\xe9.jpg"]
+    source = sorted((drawn / "eval" / "images").iterdir())
+    root.mkdir()
+    for name, image in zip(names, source):
+        shutil.copy(image, os.path.join(os.fsencode(root), name))
+    return names
+
+
+def test_stdin_paths_are_read_verbatim_and_no_two_names_share_an_image_id(multi_run, drawn, tmp_path, runner,
+                                                                         monkeypatch):
+    """Item 11: ' lead.jpg' was read as lead.jpg; `caf<e9>.jpg` and a file named `caf\\xe9.jpg` got one ImageID."""
+    monkeypatch.chdir(tmp_path)
+    names = odd_names(drawn, tmp_path / "odd")
+    listed = b"".join(b"odd/" + name + (b"\r\n" if i == 1 else b"\n") for i, name in enumerate(names))
+    with one_thread():
+        piped = runner.invoke(app, ["predict", str(multi_run), "-", "--device", "cpu", "--workers", "0"], input=listed)
+        folder = runner.invoke(app, ["predict", str(multi_run), "odd", "--device", "cpu", "--workers", "0"])
+    assert piped.exit_code == 0 and folder.exit_code == 0, piped.stderr + folder.stderr
+    from_stdin = pd.read_csv(StringIO(piped.stdout), dtype={"ImageID": str}, keep_default_na=False)
+    from_folder = pd.read_csv(StringIO(folder.stdout), dtype={"ImageID": str}, keep_default_na=False)
+    expected = [" lead.jpg", "trail.jpg ", "caf\\xe9.jpg", "caf\\\\xe9.jpg"]
+    assert from_stdin["ImageID"].tolist() == ["odd/" + name for name in expected]
+    assert sorted(from_folder["ImageID"]) == sorted(set(expected) - {"trail.jpg "})  # a folder lists *.jpg only
+
+
+def test_a_glob_through_a_link_to_its_own_folder_predicts_each_image_once(multi_run, drawn, tmp_path, cli,
+                                                                        monkeypatch):
+    """Lower item: `dir/**/*.jpg` with dir/self -> . listed every image 41 times."""
+    monkeypatch.chdir(tmp_path)
+    loose_images(drawn, tmp_path)
+    (tmp_path / "dir" / "self").symlink_to(".")
+    with one_thread():
+        result = cli("predict", multi_run, "dir/**/*.jpg", "--device", "cpu", "--workers", "0")
+    assert result.exit_code == 0, result.stderr
+    frame = pd.read_csv(StringIO(result.stdout), dtype={"ImageID": str})
+    real = sorted(f"dir/{p.relative_to(tmp_path / 'dir').as_posix()}" for p in (tmp_path / "dir").rglob("*.jpg"))
+    assert frame["ImageID"].tolist() == real and len(real) == 4
+
+
+JUNK = bytes(range(0x80, 0x100)) * 4096 + b"A" * 100_000  # 600 kB, no line ending, not UTF-8
+
+
+@pytest.mark.parametrize("listed, expected", [(JUNK, "1 of 1 listed images not found"),
+                                              (b"a.jpg\nb\x00.jpg\n" + JUNK[:5000] + b"\n", "2 of 3 listed"),
+                                              (b"\x1b[31mred.jpg\n", "\\x1b[31mred.jpg")],
+                         ids=["binary-junk", "nul-and-junk-lines", "terminal-escape"])
+def test_junk_on_stdin_is_one_short_escaped_line(multi_run, tmp_path, runner, monkeypatch, listed, expected):
+    """Lower item: binary junk on `predict -` was echoed raw, a 21 MB "one line"."""
+    monkeypatch.chdir(tmp_path)
+    Path("a.jpg").write_bytes(b"listed, found, never decoded: the refusal comes first")
+    result = runner.invoke(app, ["predict", str(multi_run), "-", "--device", "cpu", "-o", "out.csv"], input=listed)
+    assert_one_line_error(result, expected)
+    assert len(result.stderr) < 600 and "\x1b" not in result.stderr, result.stderr
+    assert not (tmp_path / "out.csv").exists()
 
 
 # --- bad input (moved from test_hostile.py) ---

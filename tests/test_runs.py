@@ -283,6 +283,25 @@ def test_terminal_table_never_hides_a_requested_column(runs_dir, tmp_path, monke
     assert "…" not in screen.getvalue()
 
 
+def test_a_broken_run_is_skipped_with_its_reason_and_hides_no_other(cli, runs_dir, tmp_path):
+    import json
+
+    root = tmp_path / "runs"
+    shutil.copytree(runs_dir, root)
+    config = json.loads((root / "single" / "config.json").read_text())
+    config["options"]["age_weight"] = "x"  # a hand-edited (or hostile) config.json
+    (root / "single" / "config.json").write_text(json.dumps(config))
+    result = cli("runs", root)
+    assert result.exit_code == 0, result.stderr
+    assert sorted(pd.read_csv(StringIO(result.stdout))["name"]) == ["fresh", "multi"]
+    skipped = [line for line in result.stderr.splitlines() if line.startswith("runs: skipped:")]
+    assert len(skipped) == 1 and "single" in skipped[0] and "age_weight" in skipped[0]
+    for run in ("multi", "fresh"):
+        (root / run / "config.json").write_text("{oops")
+    result = cli("runs", root)
+    assert result.exit_code == 2 and "no run could be read" in result.stderr.strip().splitlines()[-1]
+
+
 # --- bad input ----------------------------------------------------------------------------------
 
 BAD_CALLS = [

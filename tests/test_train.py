@@ -532,6 +532,31 @@ def test_a_recipe_key_is_read_by_its_flag():
         as_fields({"input_size": "64"}, "r.yaml")
 
 
+def test_a_run_killed_before_its_last_plots_draws_them_on_resume(tmp_path, manifest_path, monkeypatch):
+    """Issue 31 (lower item): last.pt was written before the plots, so a run killed in between was
+    "already finished" on resume and never drew them. Now the plots come first: resume redoes the epoch."""
+    from maskkit.engine import checkpoint
+
+    real, calls = checkpoint.plot_run, []
+
+    def killed_at_the_last_plots(run_dir):
+        calls.append(run_dir)
+        if len(calls) == 2:
+            raise Interrupted()  # as kill -9 would, at the second (last) epoch's plots
+        real(run_dir)
+
+    monkeypatch.setattr(checkpoint, "plot_run", killed_at_the_last_plots)
+    options = TrainOptions(**dict(FAST, epochs=2))
+    with one_thread():
+        with pytest.raises(Interrupted):
+            train.run(manifest_path, options, runs_dir=tmp_path, name="killed", show_progress=False)
+        (tmp_path / "killed" / "curves.png").unlink()  # the first epoch's; the last one's never came
+        monkeypatch.setattr(checkpoint, "plot_run", real)
+        train.run(None, options, resume=tmp_path / "killed", show_progress=False)
+    assert len(pd.read_csv(tmp_path / "killed" / "metrics.csv")) == 2
+    assert (tmp_path / "killed" / "curves.png").is_file() and (tmp_path / "killed" / "confusion.png").is_file()
+
+
 # --- bad input ----------------------------------------------------------------------------------
 
 RESUME = ["train", "--resume", RUN, "--device", "cpu"]

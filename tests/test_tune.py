@@ -5,6 +5,8 @@ errors."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import re
@@ -394,6 +396,274 @@ def test_a_fold_trial_is_first_judged_after_its_lr_warmup(warmup, first):
     oof = study_with_four_good_trials(make_pruner("median", fixed, {}, folds=(0, 1, 2))).ask()
     oof.report(0.1, 1)
     assert oof.should_prune()
+
+
+# --- a hostile shared server (issue 31): every row is exit 2, one line, no traceback, no file changed ----
+
+PNG = b"\x89PNG\r\n\x1a\n"
+SPACE_VALUES = {"lr": 0.005, "label_smoothing": 0.0, "age_loss": "mse"}  # a trial of SPACE
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def refused(result, *words: str) -> str:
+    """Exit 2, one line on stderr holding `words`, nothing on stdout, no traceback."""
+    message = (result.stderr or "").strip()
+    assert result.exit_code == 2, (result.exception, result.output)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "\n" not in message and "Traceback" not in result.output and result.stdout == "", result.output
+    assert all(word in message for word in words), (words, message)
+    return message
+
+
+def add_trial(folder: Path, value: float, user_attrs: dict, name: str = "s") -> None:
+    """A complete trial of SPACE, put into the study by Optuna directly (what a stranger can do)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{folder / 'study.db'}")
+    study.add_trial(optuna.trial.create_trial(
+        params=SPACE_VALUES, value=value, user_attrs=user_attrs,
+        distributions={"lr": FloatDistribution(1e-3, 1e-2, log=True), "label_smoothing": CategoricalDistribution([0.0, 0.1]),
+                       "age_loss": CategoricalDistribution(["mse", "dldl"])}))
+
+
+@pytest.fixture
+def world(tmp_path, manifest_path, monkeypatch) -> Path:
+    """The working folder: study 's' in runs/tune-s/ with one complete trial (no training: its recipe is
+    the one tune records), and what a stranger aims at: the manifest, a prediction CSV, the trial's
+    config.json, the study's trials.csv, history.png and .tune.lock, a stranger's SQLite file, a file."""
+    import dataclasses
+    import shutil
+    import sqlite3
+
+    from maskkit.commands import tune
+    from maskkit.contract.searchspace import read_search_space
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "space.yaml").write_text(SPACE)
+    shutil.copyfile(manifest_path, tmp_path / "manifest.csv")
+    (tmp_path / "preds.csv").write_text("ImageID,ans\na.jpg,0\n")
+    (tmp_path / "victim.txt").write_text("a stranger's file\n")
+    with contextlib.closing(sqlite3.connect(tmp_path / "stranger.db")) as db:
+        db.execute("CREATE TABLE secrets (x TEXT)")
+        db.execute("INSERT INTO secrets VALUES ('s3cret')")
+        db.commit()
+    folder = tmp_path / "runs" / "tune-s"
+    (folder / "trial-0000").mkdir(parents=True)
+    fixed = dataclasses.replace(fixed_options(), epochs=1)
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{folder / 'study.db'}", direction="maximize")
+    study.set_user_attr("identity", json.loads(json.dumps(
+        tune.identity(fixed, read_search_space(tmp_path / "space.yaml", fixed), tune.Study("s", tmp_path / "runs")))))
+    recipe = json.loads(json.dumps(tune.trial_options(fixed, SPACE_VALUES).to_dict()))
+    add_trial(folder, 0.5, {"recipe": recipe, "runs": [str(folder / "trial-0000")]})
+    (folder / "trial-0000" / "config.json").write_text(json.dumps({"format": 2, "options": recipe}))
+    (folder / "trials.csv").write_text("number,state\n0,COMPLETE\n")
+    (folder / "history.png").write_bytes(PNG + b"history")
+    (folder / ".tune.lock").write_bytes(b"")
+    return tmp_path
+
+
+def tune_here(study: str = "x", *extra: str) -> list[str]:
+    """A one-trial study of SPACE on the world's manifest (refused before any training in every row)."""
+    return ["tune", "manifest.csv", "--study", study, "--trials", "1", "--runs-dir", "runs", "--space", "space.yaml",
+            *TRAIN_FLAGS, "--epochs", "1", *extra]
+
+
+BEST = ["tune", "--study", "s", "--runs-dir", "runs", "--best"]
+# tune --best -o aimed at the study's own files and at inputs of other kinds (issue 31 item 1).
+BEST_OUT = [
+    ("runs/tune-s/study.db", "study.db"),
+    ("runs/tune-s/.tune.lock", ".tune.lock"),
+    ("runs/tune-s/trials.csv", "trials.csv"),
+    ("runs/tune-s/history.png", "history.png"),
+    ("runs/tune-s/importance.png", "importance.png"),  # not there yet: --best writes it
+    ("runs/tune-s/trial-0000/config.json", "input folder"),
+    ("manifest.csv", "not a recipe"),
+    ("preds.csv", "not a recipe"),
+    ("victim.txt", "not a recipe"),
+    ("space.yaml", "not a recipe"),  # a YAML mapping of train options, but a search space
+    ("link.yaml", "study.db"),  # a link to the database
+]
+
+
+@pytest.mark.parametrize("target, words", BEST_OUT, ids=[row[0] for row in BEST_OUT])
+def test_best_out_never_replaces_a_study_file_or_another_kind(world, cli, target, words):
+    (world / "link.yaml").symlink_to(world / "runs" / "tune-s" / "study.db")
+    before = tree_hashes(world)
+    refused(cli(*BEST, "-o", target), target, words)
+    assert tree_hashes(world) == before
+
+
+def test_best_out_replaces_its_own_recipe_and_train_reads_it(world, cli):
+    """The kind --best -o replaces: a recipe (a YAML mapping of train options), e.g. its own last output."""
+    (world / "best.yaml").write_text("lr: 0.1\nbackbone: resnet18\n")  # a recipe written by hand
+    for _ in range(2):
+        result = cli(*BEST, "-o", "best.yaml")
+        assert result.exit_code == 0, result.output
+        assert yaml.safe_load((world / "best.yaml").read_text())["lr"] == SPACE_VALUES["lr"]
+    assert (world / "runs" / "tune-s" / "trials.csv").read_text().startswith("number,state,value")
+
+
+# A stranger's trial, better than the study's own, in its study.db (items 8 and 14): --best checks it first.
+CRAFTED = [
+    ("weights", lambda r: {"recipe": {**r, "weights": "/etc/shadow"}}, "weights"),
+    ("runs_dir", lambda r: {"recipe": {**r, "runs_dir": "/tmp/elsewhere"}}, "runs_dir"),
+    ("name", lambda r: {"recipe": {**r, "name": "../../evil"}}, "name"),
+    ("epochs", lambda r: {"recipe": {**r, "epochs": 99999}}, "epochs"),
+    ("lr-outside-space", lambda r: {"recipe": {**r, "lr": 5.0}}, "lr"),
+    ("no-recipe", lambda r: {"runs": ["x"]}, "no recipe"),
+    ("recipe-not-a-mapping", lambda r: {"recipe": ["lr", 5.0]}, "no recipe"),
+    ("wrong-type", lambda r: {"recipe": {**r, "dropout": "x"}}, "dropout"),
+    ("unknown-option", lambda r: {"recipe": {**r, "evil": 1}}, "evil"),
+    ("img_size", lambda r: {"recipe": {**r, "img_size": "abc"}}, "img_size"),
+    ("runs-not-paths", lambda r: {"recipe": {**r, "lr": 5.0}, "runs": 7}, "lr"),
+]
+
+
+@pytest.mark.parametrize("attrs, words", [row[1:] for row in CRAFTED], ids=[row[0] for row in CRAFTED])
+def test_best_checks_the_best_trials_recipe_before_printing_or_writing(world, cli, attrs, words):
+    folder = world / "runs" / "tune-s"
+    recipe = optuna.load_study(study_name="s", storage=f"sqlite:///{folder / 'study.db'}").trials[0].user_attrs["recipe"]
+    add_trial(folder, 0.9, attrs(recipe))
+    before = tree_hashes(world)
+    refused(cli(*BEST), "study 's'", "trial 1", words)
+    assert tree_hashes(world) == before  # trials.csv and history.png not rewritten
+
+
+@pytest.mark.parametrize("identity, words", [
+    ({"recipe": [1], "space": {}}, "identity"),
+    ({"recipe": {}, "space": {"lr": {"kind": "weird"}}}, "identity"),
+], ids=["recipe-not-a-mapping", "space-not-dimensions"])
+def test_a_study_whose_identity_was_rewritten_is_refused_by_best(world, cli, identity, words):
+    folder = world / "runs" / "tune-s"
+    optuna.load_study(study_name="s", storage=f"sqlite:///{folder / 'study.db'}").set_user_attr("identity", identity)
+    before = tree_hashes(world)
+    refused(cli(*BEST), "study 's'", words)
+    assert tree_hashes(world) == before
+
+
+def plant(kind: str):
+    """A setup of the study folder runs/tune-x/ (items 3, 4): links and foreign databases."""
+    def setup(world: Path) -> None:
+        import shutil
+
+        folder = world / "runs" / "tune-x"
+        folder.mkdir(parents=True)
+        if kind == "db-symlink":
+            (folder / "study.db").symlink_to(world / "stranger.db")
+        elif kind == "db-hardlink":
+            os.link(world / "stranger.db", folder / "study.db")
+        elif kind == "db-foreign":
+            shutil.copyfile(world / "stranger.db", folder / "study.db")
+        elif kind == "db-other-study":
+            optuna.create_study(study_name="other", storage=f"sqlite:///{folder / 'study.db'}")
+        elif kind == "db-junk":
+            (folder / "study.db").write_bytes(b"not a database at all\n" * 10)
+        elif kind == "lock-symlink":
+            (folder / ".tune.lock").symlink_to(world / "made-by-the-lock")
+        elif kind == "lock-hardlink":
+            os.link(world / "victim.txt", folder / ".tune.lock")
+    return setup
+
+
+def write_manifest_text(name: str, data: bytes):
+    def setup(world: Path) -> None:
+        (world / name).write_bytes(data)
+    return setup
+
+
+# tune (a worker, or --best) refused before the study is opened or any trial trains (items 3, 4, 14).
+PLANTED = [
+    ("db-symlink", plant("db-symlink"), tune_here(), ["study.db", "symbolic link"]),
+    ("db-symlink-best", plant("db-symlink"), ["tune", "--study", "x", "--runs-dir", "runs", "--best"],
+     ["study.db", "symbolic link"]),
+    ("db-hardlink", plant("db-hardlink"), tune_here(), ["study.db", "hard link"]),
+    ("db-foreign-sqlite", plant("db-foreign"), tune_here(), ["study.db", "another program"]),
+    ("db-foreign-sqlite-best", plant("db-foreign"), ["tune", "--study", "x", "--runs-dir", "runs", "--best"],
+     ["study.db", "another program"]),
+    ("db-other-optuna-study", plant("db-other-study"), tune_here(), ["study.db", "other studies", "other"]),
+    ("db-not-sqlite", plant("db-junk"), tune_here(), ["study.db", "not an SQLite"]),
+    ("lock-symlink", plant("lock-symlink"), tune_here(), [".tune.lock", "symbolic link"]),
+    ("lock-hardlink", plant("lock-hardlink"), tune_here(), [".tune.lock", "hard link"]),
+    ("study-climbs", None, tune_here("x/../../out/esc"), ["--study", "one folder name"]),
+    ("study-absolute", None, tune_here("/tmp/maskkit-esc"), ["--study", "one folder name"]),
+    ("storage-in-memory", None, tune_here("m", "--storage", "sqlite:///:memory:"), ["--storage", "in-memory"]),
+    ("storage-sqlite-empty", None, tune_here("m", "--storage", "sqlite://"), ["--storage", "in-memory"]),
+    ("manifest-empty", write_manifest_text("manifest.csv", b""), tune_here("m"), ["manifest.csv"]),
+    ("manifest-header-only", write_manifest_text("manifest.csv", b"path,person,gender,age,mask,label,fold\n"),
+     tune_here("m"), ["manifest.csv", "no rows"]),
+    ("manifest-binary", write_manifest_text("manifest.csv", bytes(range(256)) * 8), tune_here("m"), ["manifest.csv"]),
+    ("manifest-junk", write_manifest_text("manifest.csv", b"hello world\nfoo\n"), tune_here("m"),
+     ["manifest.csv", "missing column"]),
+]
+
+
+@pytest.mark.parametrize("setup, argv, words", [row[1:] for row in PLANTED], ids=[row[0] for row in PLANTED])
+def test_a_planted_study_folder_or_bad_manifest_is_refused_before_any_trial(world, cli, setup, argv, words):
+    if setup is not None:
+        setup(world)
+    before = tree_hashes(world)
+    refused(cli(*argv), *words)
+    after = tree_hashes(world)
+    assert {p: after.get(p) for p in before} == before  # the stranger's files (and the manifest) untouched
+    assert set(after) - set(before) <= {"runs/tune-x/.tune.lock"}, set(after) - set(before)  # no study.db made
+    assert not (world / "out").exists() and not Path("/tmp/maskkit-esc").exists()
+    assert not (world / "made-by-the-lock").exists()
+    assert not [p for p in world.glob("runs/tune-[xm]*/trial-*")]  # nothing trained
+
+
+def test_an_enqueued_trial_outside_the_space_is_refused_before_training(world, cli, monkeypatch):
+    """A stranger enqueues lr 9.5 into a study whose space is lr 0.001..0.01: the worker takes it, marks it
+    failed without training, and stops with one line naming the trial (exit 2, no Optuna traceback)."""
+    from maskkit.commands import tune
+    from maskkit.contract.searchspace import field_of, read_search_space
+
+    seen = {}
+    with monkeypatch.context() as patch:  # the study's settings as the command line gives them
+        patch.setattr(tune, "run", lambda *args, **kwargs: seen.update(args=args, **kwargs))
+        assert cli(*tune_here("q")).exit_code == 0
+    _, settings, fixed, space_path = seen["args"]
+    space = {k: d for k, d in read_search_space(space_path, fixed).items() if field_of(k) not in seen["fixed_fields"]}
+    folder = world / "runs" / "tune-q"
+    folder.mkdir(parents=True)
+    study = optuna.create_study(study_name="q", storage=f"sqlite:///{folder / 'study.db'}", direction="maximize")
+    study.set_user_attr("identity", json.loads(json.dumps(tune.identity(fixed, space, settings))))
+    study.enqueue_trial({"lr": 9.5, "label_smoothing": 0.0, "age_loss": "mse"})
+    worker = tune_process(world / "manifest.csv", world / "runs", trials=1, space=world / "space.yaml", study="q")
+    log = worker.communicate(timeout=300)[0]  # a process of its own: Optuna's logger would print there
+    lines = log.strip().splitlines()
+    assert worker.returncode == 2 and len(lines) == 1 and "Traceback" not in log, log
+    assert all(word in lines[0] for word in ("study 'q'", "trial #0", "lr=9.5", "0.001..0.01")), lines
+    assert [t.state.name for t in load_study(world / "runs", None, "q").trials] == ["FAIL"]
+    assert not list(folder.glob("trial-*"))
+
+
+# Search-space values of the wrong type for their option (item 9): refused when the space is read.
+SPACE_TYPES = [
+    ("epochs", "epochs: [1.5]\n"),
+    ("ema", "ema: [1, 0]\n"),
+    ("ema", "ema: {low: 0, high: 1}\n"),
+    ("pretrained", "pretrained: ['no']\n"),
+    ("batch_size", "batch_size: {low: 8.0, high: 32}\n"),
+    ("batch_size", "batch_size: {low: 8, high: 32, step: 0.5}\n"),
+    ("old_age", "old_age: [60.5]\n"),
+]
+FREE_FLAGS = {"--backbone": "test_resnet", "--input-size": "40x48", "--epochs": "1", "--batch-size": "16",
+              "--workers": "0", "--device": "cpu", "--cache": "ram", "--threads": "1", "--aug": "none"}
+
+
+@pytest.mark.parametrize("key, text", SPACE_TYPES, ids=[row[1].strip() for row in SPACE_TYPES])
+def test_a_space_value_of_the_wrong_type_is_one_line_naming_file_and_key(world, cli, key, text):
+    (world / "typed.yaml").write_text(text)
+    flags = [part for flag, value in FREE_FLAGS.items() if flag != f"--{key.replace('_', '-')}" for part in (flag, value)]
+    flags += [] if key == "pretrained" else ["--no-pretrained"]
+    before = tree_hashes(world)
+    refused(cli("tune", "manifest.csv", "--study", "t", "--trials", "1", "--space", "typed.yaml", "--runs-dir", "runs",
+                *flags), "typed.yaml", key)
+    assert tree_hashes(world) == before and not (world / "runs" / "tune-t").exists()
 
 
 # --- slow marks (appended: the tests above stay as they are) ---

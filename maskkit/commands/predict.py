@@ -4,15 +4,17 @@ MODEL is a run folder (a folder with config.json; its best.pt) or an `.onnx` fil
 export`; the leading arguments that are models are the models, the rest are images: DATA/eval, a
 folder (recursive), DATA/train or a manifest CSV (keyed by their paths as `split` writes them, so
 `score` takes the manifest as truth), image files, globs (expanded here when the shell did not) or
-`-` (paths on stdin, one per line). Several models give the mean of their probabilities, in one pass over the
-images (engine/inference.py, shared with `val`). `p*` are the 18 class probabilities (a
+`-` (paths on stdin, one per line, read verbatim: only the line ending is removed). Several models
+give the mean of their probabilities, in one pass over the images (engine/inference.py, shared with
+`val`), each model's rows refused unless they are probabilities. `p*` are the 18 class probabilities (a
 multi-output model's are p_mask x p_gender x p_age), `ans` their argmax.
 """
 
 from __future__ import annotations
 
+import errno
 import glob
-import sys
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,8 +24,9 @@ from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import Inputs, console, examples, is_image
 from maskkit.contract.layout import load_eval, read_train
 from maskkit.contract.manifest import check_images_exist, read_manifest
+from maskkit.contract.paths import as_text, shown
 from maskkit.contract.predictions import prediction_frame, prediction_header, write_predictions
-from maskkit.contract.runfolder import check_probabilities
+from maskkit.contract.streams import read_input
 from maskkit.engine.devices import default_workers, resolve_device
 from maskkit.engine.inference import ensemble_probs, onnx_member, torch_member
 
@@ -42,36 +45,62 @@ def is_model(arg: str) -> bool:
 def split_arguments(args: Sequence[str]) -> tuple[list[str], list[str]]:
     """(models, image arguments): the leading models, then the rest (default DATA/eval)."""
     args = [str(a) for a in args]
+    for arg in args:
+        try:
+            os.stat(arg)
+        except OSError as exc:  # a missing path is told later, by what the argument was meant to be
+            if exc.errno == errno.ENAMETOOLONG:
+                raise MaskkitError(f"{shown(arg)}: file name too long ({len(arg)} characters); "
+                                   "name a model, image, folder or manifest") from None
     count = next((i for i, a in enumerate(args) if not is_model(a)), len(args))
     models, rest = args[:count], args[count:]
     if not models:
         first = args[0] if args else "MODEL"
         state = "not found" if args and not Path(first).exists() and first != "-" else "not a model"
-        raise MaskkitError(f"{first}: {state}; {MODEL_FIX}")
+        raise MaskkitError(f"{shown(first)}: {state}; {MODEL_FIX}")
     late = [a for a in rest if is_model(a)]
     if late:
-        raise MaskkitError(f"{late[0]}: a model after the images; put every run folder or .onnx file first")
+        raise MaskkitError(f"{shown(late[0])}: a model after the images; put every run folder or .onnx file first")
     return models, rest or [DEFAULT_DATA]
 
 
-def stdin_paths(stream) -> list[str]:
-    """Image paths listed on `stream`, one per line (blank lines skipped); each must be a file."""
-    paths = [line.strip() for line in stream.read().splitlines() if line.strip()]
-    missing = [p for p in paths if not Path(p).is_file()]
+def is_file(path: str) -> bool:
+    """Path.is_file for any text a user may pipe in: a NUL byte or a name too long is no file."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def stdin_paths(stream=None) -> list[str]:
+    """Image paths listed on standard input (or `stream`), one per line, each read verbatim: only the
+    line ending (LF or CRLF) is removed, bytes that are not UTF-8 kept as the OS spells the name
+    (os.fsdecode); empty lines are skipped. Each must be a file."""
+    data = read_input("-") if stream is None else stream.read()
+    if isinstance(data, str):
+        data = os.fsencode(data)
+    lines = [line[:-1] if line.endswith(b"\r") else line for line in data.split(b"\n")]
+    paths = [os.fsdecode(line) for line in lines if line]
+    missing = [p for p in paths if not is_file(p)]
     if missing:
-        raise MaskkitError(f"-: {len(missing)} of {len(paths)} listed images not found ({examples(missing)}); "
-                           "stdin lists one image path per line")
+        raise MaskkitError(f"-: {len(missing)} of {len(paths)} listed images not found "
+                           f"({examples([shown(p, 60) for p in missing])}); stdin lists one image path per line")
     if not paths:
         raise MaskkitError("-: no image paths on stdin (list one path per line, e.g. find DIR -name '*.jpg' |)")
     return paths
 
 
 def expanded(arg: str) -> list[str]:
-    """The image files a pattern matches (sorted; `**` recursive); an error when none does."""
+    """The image files a pattern matches (sorted; `**` recursive), each file once however many names
+    reach it (a link to its own folder makes `**` repeat every file below it); an error when none does."""
     found = sorted(p for p in glob.glob(arg, recursive=True) if Path(p).is_file() and is_image(Path(p)))
     if not found:
-        raise MaskkitError(f"{arg}: no image matches this pattern (.jpg, .jpeg, .png, .bmp, .webp files)")
-    return found
+        raise MaskkitError(f"{shown(arg)}: no image matches this pattern (.jpg, .jpeg, .png, .bmp, .webp files)")
+    first: dict[Path, str] = {}
+    for path in sorted(found, key=lambda p: (p.count(os.sep), p)):  # the shortest name of each file wins
+        first.setdefault(Path(path).resolve(), path)
+    kept = set(first.values())
+    return [p for p in found if p in kept]
 
 
 def is_train_folder(path: Path) -> bool:
@@ -94,8 +123,9 @@ def labelled_paths(arg: str) -> list[str]:
     return images["path"].tolist()
 
 
-def argument_images(arg: str, stdin) -> pd.DataFrame:
-    """ImageID, path of one image argument, ImageID = the path as given or found."""
+def argument_images(arg: str, stdin=None) -> pd.DataFrame:
+    """ImageID, path of one image argument, ImageID = the path as given or found (as CSV text:
+    contract.paths.as_text)."""
     path = Path(arg)
     if arg == "-":
         paths = stdin_paths(stdin)
@@ -105,14 +135,15 @@ def argument_images(arg: str, stdin) -> pd.DataFrame:
         paths = load_eval(path)["path"].tolist()
     elif path.is_file():
         if not is_image(path):
-            raise MaskkitError(f"{arg}: not an image (.jpg, .jpeg, .png, .bmp, .webp) nor a manifest CSV; pass images, "
-                               "folders, DATA/train, a manifest, globs or - (paths on stdin)")
+            raise MaskkitError(f"{shown(arg)}: not an image (.jpg, .jpeg, .png, .bmp, .webp) nor a manifest CSV; "
+                               "pass images, folders, DATA/train, a manifest, globs or - (paths on stdin)")
         paths = [arg]
     elif glob.has_magic(arg):
         paths = expanded(arg)
     else:
-        raise MaskkitError(f"{arg}: not found; pass DATA/eval, a folder, image files, globs or - (paths on stdin)")
-    return pd.DataFrame({"ImageID": paths, "path": paths})
+        raise MaskkitError(f"{shown(arg)}: not found; pass DATA/eval, a folder, image files, globs or - "
+                           "(paths on stdin)")
+    return pd.DataFrame({"ImageID": [as_text(p) for p in paths], "path": paths})
 
 
 def resolve_images(args: Sequence[str], stdin=None) -> pd.DataFrame:
@@ -126,7 +157,7 @@ def resolve_images(args: Sequence[str], stdin=None) -> pd.DataFrame:
         raise MaskkitError("-: standard input given twice; list every path in one stream")
     if len(args) == 1 and Path(args[0]).is_dir() and not is_train_folder(Path(args[0])):
         return load_eval(args[0])
-    table = pd.concat([argument_images(str(a), stdin or sys.stdin) for a in args], ignore_index=True)
+    table = pd.concat([argument_images(str(a), stdin) for a in args], ignore_index=True)
     repeated = table["ImageID"].duplicated()
     if repeated.any():
         console.print(f"note: {int(repeated.sum())} images named twice ({examples(table.loc[repeated, 'ImageID'].tolist())}); "
@@ -154,7 +185,6 @@ def run(models: str | Path | Sequence[str | Path], data: str | Path | Sequence[s
                for m in models]
     workers = default_workers(torch_device) if workers is None else workers
     probs = ensemble_probs(members, images["path"].tolist(), tta, batch_size, workers, torch_device, show_progress)
-    check_probabilities(", ".join(models), probs, images["ImageID"])
     frame = prediction_frame(images["ImageID"].tolist(), probs, names=names)
     write_predictions(frame, out, inputs=inputs)
     if out is not None and str(out) != "-":

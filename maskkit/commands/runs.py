@@ -212,13 +212,34 @@ def recipes_table(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, pd.DataF
     return recipes, pooled_by_recipe
 
 
+def readable_runs(paths: Sequence[Path]) -> tuple[list[dict], list[dict]]:
+    """(configs, summary rows) of the runs whose config.json and metrics.csv read; each broken run is
+    skipped with its one-line reason, so it hides no other run."""
+    kept = []
+    for path in paths:
+        try:
+            kept.append((path, read_config(path)))
+        except MaskkitError as exc:
+            console.print(f"runs: skipped: {exc}", markup=False, highlight=False)
+    rows, good = [], []  # good: (path, config) of each row
+    for (path, config), name in zip(kept, shown_names([p for p, _ in kept])):
+        try:
+            rows.append(summarize(path, config, name))
+            good.append((path, config))
+        except MaskkitError as exc:
+            console.print(f"runs: skipped: {exc}", markup=False, highlight=False)
+    if not good:
+        raise MaskkitError(f"{examples([str(p) for p in paths])}: no run could be read (see the lines above); "
+                           "restore or remove the broken runs")
+    return [c for _, c in good], rows
+
+
 def runs_table(folders: Sequence[str | Path] | None = None, with_recipes: bool = False):
     """The table of runs: finished first, then best val macro F1 (runs without a finished epoch last).
 
     with_recipes: also return the recipes table and each recipe's pooled predictions."""
-    paths = find_runs(folders or ["runs"])
-    configs = [read_config(p) for p in paths]
-    table = pd.DataFrame([summarize(p, c, n) for p, c, n in zip(paths, configs, shown_names(paths))])
+    configs, rows = readable_runs(find_runs(folders or ["runs"]))
+    table = pd.DataFrame(rows)
     table["recipe_key"] = [recipe_key(c) for c in configs]
     table["recipe"] = table["recipe_key"].map(recipe_id)
     recipes, pooled = recipes_table(table)
@@ -309,6 +330,9 @@ def run(folders: Sequence[str | Path] | None = None, columns: str | None = None,
         recipe: str | None = None) -> pd.DataFrame:
     """Print the table (rich on a terminal, on stderr; CSV on stdout when piped) and, with
     `oof_out`, write the pooled out-of-fold predictions of one recipe."""
+    if sys.stdout is None:  # `>&-`: the table (or --oof-out -) has nowhere to go; refused before any work
+        raise MaskkitError("standard output is closed (>&-): the runs table goes there; redirect it "
+                           "(> runs.csv) or leave it on the terminal")
     chosen = parse_columns(columns)
     table, recipes, pooled = runs_table(folders, with_recipes=True)
     if recipe is not None:

@@ -21,7 +21,8 @@ pruning, the time elapsed and an estimate of the time left); Optuna's own log li
 
 The training function is passed in by cli.py (`train=commands.train.run`): a command module does
 not import another. Over 400 lines: a study's whole life (storage, identity checks, workers, progress,
-Ctrl-C) and its results (`--best`) in one place.
+Ctrl-C), its results (`--best`) and the checks of what someone else may have put into its folder or
+database (links, a foreign database, crafted or enqueued trials: docs/formats.md) in one place.
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ import dataclasses
 import fcntl
 import json
 import math
+import os
 import re
+import sqlite3
+import stat
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -47,14 +51,17 @@ from optuna.trial import TrialState
 
 from maskkit.contract import runfolder
 from maskkit.contract.errors import MaskkitError, RunFailure
-from maskkit.contract.files import atomic_path, console, write_csv
-from maskkit.contract.manifest import read_manifest
+from maskkit.contract.files import Inputs, atomic_path, console, examples, open_lock, write_csv
+from maskkit.contract.manifest import check_images_exist, read_manifest
 from maskkit.contract.oof import pooled_predictions
-from maskkit.contract.recipe import as_fields, write_recipe
-from maskkit.contract.searchspace import DEFAULT_SPACE, field_of, read_search_space, rounded, suggest
+from maskkit.contract.paths import study_name
+from maskkit.contract.recipe import PLACES, as_fields, is_recipe_file, write_recipe
+from maskkit.contract.searchspace import (DEFAULT_SPACE, Dimension, OutsideSpace, field_of, read_search_space, rounded,
+                                          stored_dimension, suggest)
+from maskkit.contract.streams import is_stream
 from maskkit.engine.metrics import scores
 from maskkit.engine.trainer import Interrupted
-from maskkit.options import MACHINE_OPTIONS, TrainOptions
+from maskkit.options import MACHINE_OPTIONS, Size, TrainOptions
 
 OBJECTIVES = ("fold", "oof")
 PRUNERS = ("median", "hyperband", "none")
@@ -65,6 +72,8 @@ HEARTBEAT_S, GRACE_S = 20, 60  # a trial whose worker sent no heartbeat for GRAC
 WAIT_S = 2.0  # a worker with nothing left to start polls the running trials this often
 MAX_FAILURES = 3  # trials in a row failing (NaN loss...) stop a worker
 NOT_IN_BEST = ("fold", *MACHINE_OPTIONS)  # --best writes the recipe: not where nor on which fold it ran
+SQLITE_MAGIC = b"SQLite format 3\0"
+OPTUNA_TABLES = {"studies", "trials", "version_info"}  # a few of the tables every Optuna database holds
 
 
 class StudyInterrupted(KeyboardInterrupt):
@@ -74,7 +83,8 @@ class StudyInterrupted(KeyboardInterrupt):
 def masked(url: str) -> str:
     """A storage URL as printed: its password as ***."""
     try:
-        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+        parsed = sqlalchemy.engine.make_url(url)
+        return parsed.render_as_string(hide_password=True) if parsed.password else url
     except Exception:  # noqa: BLE001 - not a URL sqlalchemy parses: mask what looks like user:password@
         return re.sub(r"(//[^/:@]*):[^/@]*@", r"\1:***@", url)
 
@@ -91,6 +101,12 @@ class Study:
     trials: int = 20
     pruner: str = "median"
 
+    def __post_init__(self) -> None:
+        study_name(self.name)  # one folder name: the study folder stays inside --runs-dir
+        if self.storage is not None and in_memory(self.storage):
+            raise MaskkitError(f"--storage {self.shown}: an in-memory database ends with this process, and the "
+                               "study with it; give a file (sqlite:///study.db) or a server, or leave --storage out")
+
     @property
     def folder(self) -> Path:
         return Path(self.runs_dir) / f"tune-{self.name}"
@@ -105,28 +121,95 @@ class Study:
         return masked(self.url)
 
 
+def in_memory(url: str) -> bool:
+    """Whether a storage URL names an SQLite database in memory (sqlite://, sqlite:///:memory:, mode=memory)."""
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except Exception:  # noqa: BLE001 - not a URL: open_storage says so
+        return False
+    database = parsed.database or ""
+    return parsed.get_backend_name() == "sqlite" and (
+        database in ("", ":memory:") or database.startswith("file::memory:") or "mode=memory" in url)
+
+
 @contextlib.contextmanager
 def study_lock(folder: Path) -> Iterator[Callable[[], None]]:
     """Hold the study folder's lock (blocking: the workers of a machine take turns); yields `release`,
-    which lets go early (a trial releases it once Optuna has given it its number)."""
+    which lets go early (a trial releases it once Optuna has given it its number). The lock file is
+    never opened through a link (files.open_lock)."""
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    fd = open_lock(folder / LOCK)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         held = [True]
 
         def release() -> None:
             if held[0]:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
                 held[0] = False
 
         try:
             yield release
         finally:
             release()
+    finally:
+        os.close(fd)
+
+
+def check_study_file(study: Study) -> None:
+    """Refuse an SQLite study database that is not safe to open: Optuna would write its tables into any
+    SQLite file, through a link. The study folder's study.db must be a plain file of its own (no
+    symbolic or hard link) holding no study but NAME; any SQLite file, the study folder's or a
+    `--storage sqlite:///FILE`, must be absent, empty or an Optuna database."""
+    own = study.storage is None
+    if own:
+        path = study.folder / STUDY_DB
+    else:
+        try:
+            parsed = sqlalchemy.engine.make_url(study.storage)
+        except Exception:  # noqa: BLE001 - not a URL: open_storage says so
+            return
+        if parsed.get_backend_name() != "sqlite" or not parsed.database:
+            return
+        path = Path(parsed.database)
+    fix = "remove it or choose another --study" if own else "give another --storage"
+    try:
+        info = os.lstat(path) if own else os.stat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise MaskkitError(f"{path}: cannot read the study database ({os.strerror(exc.errno or 0)})") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise MaskkitError(f"{path}: is a symbolic link, not the study's own database; {fix}")
+    if not stat.S_ISREG(info.st_mode):
+        raise MaskkitError(f"{path}: is not a file; {fix}")
+    if own and info.st_nlink > 1:
+        raise MaskkitError(f"{path}: is linked to another file (a hard link), not the study's own database; {fix}")
+    if info.st_size == 0:
+        return
+    with open(path, "rb") as handle:
+        if handle.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
+            raise MaskkitError(f"{path}: is not an SQLite database (so not an Optuna study); {fix}")
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            names = ([row[0] for row in db.execute("SELECT study_name FROM studies")]
+                     if OPTUNA_TABLES <= tables else [])
+    except sqlite3.Error as exc:
+        raise MaskkitError(f"{path}: not a readable SQLite database ({str(exc)[:120]}); {fix}") from None
+    if tables and not OPTUNA_TABLES <= tables:
+        raise MaskkitError(f"{path}: an SQLite database of another program (tables {examples(sorted(tables))}), "
+                           f"not an Optuna study; maskkit does not turn it into one: {fix}")
+    others = [name for name in names if name != study.name]
+    if own and others:
+        raise MaskkitError(f"{path}: holds other studies ({examples(others)}) than {study.name!r}, whose folder "
+                           f"this is: not a database maskkit tune made; {fix}")
 
 
 def open_storage(study: Study) -> optuna.storages.RDBStorage:
-    """The study's database with Optuna's heartbeat; a failed (stale) trial is queued once again."""
+    """The study's database with Optuna's heartbeat; a failed (stale) trial is queued once again. An
+    SQLite file is checked first (check_study_file)."""
+    check_study_file(study)
     url = study.url
     engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
     try:
@@ -152,9 +235,10 @@ def _password(url: str) -> str | None:
 @contextlib.contextmanager
 def quiet_optuna() -> Iterator[None]:
     """Optuna's own log lines (a failed trial's traceback too) and its "experimental" warnings (heartbeat,
-    plots) off: tune prints its own."""
+    plots) and the importances' "too few trials" off: tune prints its own."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", "The number of trials is too small", UserWarning)  # one trial's importances
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         yield
 
@@ -181,12 +265,17 @@ def identity(fixed: TrainOptions, space: dict, study: Study) -> dict:
 
 
 def check_maskkit_study(optuna_study: optuna.Study, study: Study) -> dict | None:
-    """The identity of a study maskkit made (None: new and empty); another program's study is refused."""
+    """The identity of a study maskkit made (None: new and empty); another program's study, or one whose
+    identity is not what maskkit records (the fixed recipe and the space as mappings), is refused."""
     saved = optuna_study.user_attrs.get("identity")
     if optuna_study.directions != [StudyDirection.MAXIMIZE]:
         why = "it minimizes or has several objectives, where maskkit maximizes one macro F1"
-    elif not isinstance(saved, dict) and (saved is not None or optuna_study.get_trials(deepcopy=False)):
+    elif saved is None:
+        if not optuna_study.get_trials(deepcopy=False):
+            return None
         why = "it holds trials but no maskkit identity"
+    elif not (isinstance(saved, dict) and isinstance(saved.get("recipe"), dict) and isinstance(saved.get("space"), dict)):
+        why = "its identity is not the fixed recipe and search space maskkit records"
     else:
         return saved
     raise MaskkitError(f"study {study.name!r} in {study.shown} was not made by maskkit tune ({why}); "
@@ -217,7 +306,7 @@ def count(optuna_study: optuna.Study, *states: TrialState) -> int:
 
 
 def trial_options(fixed: TrainOptions, values: dict) -> TrainOptions:
-    return dataclasses.replace(fixed, **as_fields(values, "input_size"))
+    return dataclasses.replace(fixed, **as_fields(values, "the trial's parameters"))
 
 
 @dataclass
@@ -278,11 +367,20 @@ def most_epochs(fixed: TrainOptions, space: dict) -> int:
     return int(max(space["epochs"].values()))
 
 
-def oof_folds(manifest: Path, k: int) -> tuple:
-    folds = sorted(read_manifest(manifest)["fold"].unique())
-    if not 2 <= k <= len(folds):
-        raise MaskkitError(f"--folds {k}: {manifest} has {len(folds)} folds; use 2..{len(folds)}")
-    return tuple(int(f) for f in folds[:k])
+def check_manifest(manifest: Path, fixed: TrainOptions, study: Study) -> tuple:
+    """Read and check the manifest as train does (rows, folds, images there) before the study is made,
+    so a bad one is one line and leaves no study behind; returns the folds of `--objective oof`."""
+    if not manifest.is_file():
+        raise MaskkitError(f"{manifest}: manifest not found (give the manifest CSV from maskkit split)")
+    frame = read_manifest(manifest)
+    folds = sorted(int(f) for f in frame["fold"].unique())
+    if study.objective == "oof":
+        if not 2 <= study.folds <= len(folds):
+            raise MaskkitError(f"--folds {study.folds}: {manifest} has {len(folds)} folds; use 2..{len(folds)}")
+    elif fixed.fold not in folds:
+        raise MaskkitError(f"--fold {fixed.fold}: {manifest} has folds {examples(folds, 10)}; pick one of them")
+    check_images_exist(frame, str(manifest))
+    return tuple(folds[:study.folds]) if study.objective == "oof" else ()
 
 
 def run(manifest: str | Path, study: Study, fixed: TrainOptions, space_path: str | Path | None = None,
@@ -291,8 +389,6 @@ def run(manifest: str | Path, study: Study, fixed: TrainOptions, space_path: str
     """Work on the study until it holds `study.trials` finished trials (see the module docstring).
     `fixed_fields`: the options the command line (`fixed_by`) set, left out of the search space."""
     manifest = Path(manifest)
-    if not manifest.is_file():
-        raise MaskkitError(f"{manifest}: manifest not found (give the manifest CSV from maskkit split)")
     fixed.check()
     if fixed.all_folds:
         raise MaskkitError("--fold all: a trial needs a validation fold to be scored; give --fold K, or --objective oof")
@@ -304,7 +400,7 @@ def run(manifest: str | Path, study: Study, fixed: TrainOptions, space_path: str
         raise MaskkitError(f"{space_path}: every option it frees is fixed by {fixed_by} ({', '.join(taken)}); "
                            "nothing left to search: fix fewer options, or give --space FILE")
     note = f"fixed by {fixed_by}: {', '.join(taken)} (not searched)" if taken else None
-    folds = oof_folds(manifest, study.folds) if study.objective == "oof" else ()
+    folds = check_manifest(manifest, fixed, study)
     trainer = TrialRunner(manifest, study, train, folds)
     with quiet_optuna():
         try:
@@ -400,7 +496,11 @@ def _objective(trial: optuna.Trial, trainer: TrialRunner, fixed: TrainOptions, s
                release: Callable[[], None], mine: dict) -> float:
     release()  # the trial has its number: other workers may take theirs
     mine["number"] = trial.number
-    values = suggest(trial, space)
+    try:
+        values = suggest(trial, space)
+    except OutsideSpace as exc:  # Optuna marks the trial failed; nothing was trained
+        raise MaskkitError(f"study {trainer.study.name!r}: trial #{trial.number} was enqueued with {exc}: not a "
+                           "trial this study draws; it is marked failed, nothing trained: re-run to go on") from None
     options = trial_options(fixed, values)
     trial.set_user_attr("recipe", json.loads(json.dumps(options.to_dict())))
     drawn = ", ".join(f"{k}={v}" for k, v in values.items())
@@ -427,16 +527,23 @@ def load(study: Study) -> optuna.Study:
         raise MaskkitError(f"{study.shown}: has no study {study.name!r}") from None
 
 
-def trials_table(optuna_study: optuna.Study, space: dict) -> pd.DataFrame:
+def trials_table(optuna_study: optuna.Study, space: dict[str, Dimension]) -> pd.DataFrame:
     """One row per trial: number, state, value, duration, the parameters (floats as the trials trained
     them) and its run folders."""
     table = optuna_study.trials_dataframe(attrs=("number", "state", "value", "duration", "params"))
-    for name, spec in space.items():
+    for name, d in space.items():
         column = f"params_{name}"
-        if spec.get("kind") == "float" and column in table:
-            table[column] = [v if pd.isna(v) else rounded(v, spec["low"], spec["high"]) for v in table[column]]
-    table["runs"] = [";".join(t.user_attrs.get("runs", [])) for t in optuna_study.get_trials(deepcopy=False)]
+        if d.kind == "float" and column in table:
+            table[column] = [rounded(v, d.low, d.high) if isinstance(v, float) and math.isfinite(v) else v
+                             for v in table[column]]
+    table["runs"] = [";".join(runs_of(t)) for t in optuna_study.get_trials(deepcopy=False)]
     return table
+
+
+def runs_of(trial: optuna.trial.FrozenTrial) -> list[str]:
+    """A trial's run folders (its user attribute `runs`; none when it is not a list of paths)."""
+    runs = trial.user_attrs.get("runs")
+    return runs if isinstance(runs, list) and all(isinstance(r, str) for r in runs) else []
 
 
 def save_plot(draw: Callable, optuna_study: optuna.Study, path: Path) -> None:
@@ -465,33 +572,122 @@ def best(study: Study, out: str | Path | None = None) -> dict:
         return _best(study, out)
 
 
-def best_recipe(trained: dict, space: dict) -> dict:
+def best_recipe(trained: dict, space: dict[str, Dimension]) -> dict:
     """A trial's recipe as --best writes it: no machine settings nor fold (the machine and fold that run
     it decide them), a searched float to searchspace.DIGITS significant digits (what newer trials train)."""
     recipe = {k: v for k, v in trained.items() if k not in NOT_IN_BEST}
-    for name, spec in space.items():
-        if spec.get("kind") == "float" and isinstance(recipe.get(name), float):
-            recipe[name] = rounded(recipe[name], spec["low"], spec["high"])
+    for name, d in space.items():
+        if d.kind == "float" and isinstance(recipe.get(name), float):
+            recipe[name] = rounded(recipe[name], d.low, d.high)
     recipe["img_size"] = tuple(recipe["img_size"])
     return recipe
 
 
+def study_space(saved: dict, study: Study) -> dict[str, Dimension]:
+    """The search space a study's identity records (refused in one line when it is not one)."""
+    try:
+        space = saved.get("space")
+        if not isinstance(space, dict) or not isinstance(saved.get("recipe"), dict):
+            raise ValueError
+        return {name: stored_dimension(spec) for name, spec in space.items()}
+    except (ValueError, TypeError):
+        raise MaskkitError(f"study {study.name!r} in {study.shown}: its identity (fixed recipe and search space) is "
+                           "malformed, so its trials cannot be checked: not a study maskkit tune made; "
+                           "choose another --study") from None
+
+
+def trusted_recipe(trial: optuna.trial.FrozenTrial, saved: dict, space: dict[str, Dimension], study: Study) -> dict:
+    """The trial's recipe as --best writes it, once it reads as `train --config` reads a recipe
+    (TrainOptions.from_dict: names, types, ranges), carries no place (name, runs_dir), and is what the
+    study could have trained: the study's fixed recipe but for the searched options, each in the space."""
+    where = f"study {study.name!r}, trial {trial.number}"
+    fix = "not what maskkit tune records; the study was changed by hand or another program: choose another --study"
+    recipe = trial.user_attrs.get("recipe")
+    if not isinstance(recipe, dict):
+        raise MaskkitError(f"{where}: has no recipe ({fix})")
+    places = [key for key in PLACES if key in recipe]
+    if places:
+        raise MaskkitError(f"{where}: its recipe sets {', '.join(places)}, the place of a run ({fix})")
+    kept = {k: v for k, v in recipe.items() if k not in NOT_IN_BEST}
+    if not isinstance(kept.get("img_size"), list):
+        raise MaskkitError(f"{where}: its recipe has no img_size [height, width] ({fix})")
+    TrainOptions.from_dict(kept, f"{where}: its recipe")
+    searched = {field_of(name): d for name, d in space.items()}
+    fixed = saved["recipe"]
+    for key, value in kept.items():
+        if key in searched and not in_space(searched[key], value):
+            d = searched[key]
+            shown = f"{value[1]}x{value[0]}" if key == "img_size" else value
+            raise MaskkitError(f"{where}: its recipe's {d.name} {shown!r} lies outside the study's search space "
+                               f"({d.shown()}) ({fix})")
+        if key not in searched and key in fixed and fixed[key] != value:
+            raise MaskkitError(f"{where}: its recipe's {key} {value!r} is not the study's fixed {fixed[key]!r} ({fix})")
+    return best_recipe(kept, space)
+
+
+def in_space(d: Dimension, value: object) -> bool:
+    """Whether a recipe's value (img_size as [height, width]) is one the dimension gives."""
+    if d.name != "input_size":
+        return d.holds(value)
+    try:
+        return any(list(Size.parse(c, "input_size")) == list(value) for c in d.choices)
+    except MaskkitError:
+        return False
+
+
+def best_inputs(study: Study) -> Inputs:
+    """What --best must never write its recipe over: the study's database, lock and outputs, and its
+    trial run folders."""
+    own = [study.folder / name for name in (STUDY_DB, LOCK, TRIALS_CSV, HISTORY_PNG, IMPORTANCE_PNG)]
+    if study.storage is not None:
+        with contextlib.suppress(Exception):
+            parsed = sqlalchemy.engine.make_url(study.storage)
+            if parsed.get_backend_name() == "sqlite" and parsed.database:
+                own.append(Path(parsed.database))
+    trials = sorted(study.folder.glob("trial-*")) if study.folder.is_dir() else []
+    return Inputs.of(own, trials)
+
+
+def check_best_out(study: Study, out: str | Path | None) -> None:
+    """--best -o FILE replaces only a recipe (recipe.is_recipe_file) that is not one of the study's
+    files (best_inputs), and never a file the study writes, even before it exists."""
+    if out is None:
+        return
+    inputs, target = best_inputs(study), Path(out)
+    if str(out) != "-" and not is_stream(target):
+        names = (STUDY_DB, LOCK, TRIALS_CSV, HISTORY_PNG, IMPORTANCE_PNG)
+        try:
+            own = {(study.folder / name).resolve(): name for name in names}.get(target.resolve())
+        except (OSError, RuntimeError):  # a loop of links
+            raise MaskkitError(f"{target}: --out is a symbolic link that loops; choose another path") from None
+        if own:
+            raise MaskkitError(f"{target}: --out is the study's own {own}; maskkit never writes over its inputs, "
+                               "choose another path")
+    inputs.check(target, what="--out", magic=b"")  # magic b"": the inputs only; the kind is a recipe's, below
+    if target.is_file() and not is_stream(target) and not is_recipe_file(target):
+        raise MaskkitError(f"{target}: exists and is not a recipe (a YAML mapping of train options); maskkit only "
+                           "replaces its own kind of output: delete it or choose another path")
+
+
 def _best(study: Study, out: str | Path | None) -> dict:
+    """Everything is checked (the -o target, the study, the best trial's recipe) before anything is written."""
     from optuna.visualization import matplotlib as plots  # heavy: only for --best
 
+    check_best_out(study, out)
     optuna_study = load(study)
     saved = check_maskkit_study(optuna_study, study) or {}
     if count(optuna_study, TrialState.COMPLETE) == 0:
         raise MaskkitError(f"study {study.name!r}: no complete trial yet (run maskkit tune MANIFEST --study "
                            f"{study.name} first)")
+    space = study_space(saved, study)
     top = optuna_study.best_trial
-    objective, space = saved.get("objective", "fold"), saved.get("space") or {}
+    recipe = trusted_recipe(top, saved, space, study)
+    objective = saved.get("objective") if saved.get("objective") in OBJECTIVES else "fold"
     study.folder.mkdir(parents=True, exist_ok=True)
     write_csv(trials_table(optuna_study, space), study.folder / TRIALS_CSV)
     save_plot(plots.plot_optimization_history, optuna_study, study.folder / HISTORY_PNG)
     save_plot(plots.plot_param_importances, optuna_study, study.folder / IMPORTANCE_PNG)
-    recipe = best_recipe(top.user_attrs["recipe"], space)
-    console.print(f"best trial {top.number}: {objective} macro F1 {top.value:.4f} ({', '.join(top.user_attrs['runs'])}); "
+    console.print(f"best trial {top.number}: {objective} macro F1 {top.value:.4f} ({', '.join(runs_of(top))}); "
                   f"{study.folder / TRIALS_CSV}", markup=False, highlight=False)
     write_recipe(recipe, out)
     return recipe

@@ -22,7 +22,7 @@ from maskkit.contract.files import Inputs, console
 from maskkit.contract.layout import load_train
 from maskkit.contract.manifest import check_images_exist, file_sha256, read_manifest
 from maskkit.contract.predictions import prediction_frame, prediction_header, write_predictions
-from maskkit.contract.runfolder import BEST, MANIFEST, check_probabilities, read_config, require
+from maskkit.contract.runfolder import BEST, MANIFEST, read_config, require
 from maskkit.engine.devices import default_workers, resolve_device
 from maskkit.engine.inference import ensemble_probs, torch_member
 from maskkit.engine.metrics import print_scores, score_row, write_score_row
@@ -101,7 +101,6 @@ def run(run_dir: str | Path, manifest: str | Path | None = None, tta: str = "non
                       + (", --tta flip" if tta == "flip" else ""), markup=False, highlight=False)
     workers = default_workers(torch_device) if workers is None else workers
     probs = ensemble_probs([member], paths, tta, batch_size, workers, torch_device, show_progress)
-    check_probabilities(str(run_dir), probs, paths)
     frame = prediction_frame(paths, probs).assign(person=rows["person"].astype(str).to_numpy(),
                                                   label=rows["label"].astype(int).to_numpy())
     row = score_row(run_dir, frame["label"].to_numpy(), frame["ans"].to_numpy())

@@ -10,6 +10,7 @@ MaskkitError naming the CSV, its line and the fix.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from maskkit.contract.errors import MaskkitError
@@ -56,15 +57,32 @@ def check_no_parent(values, source: str | Path, column: str, first_line: int = 2
                                 "climbs folders with '..', which maskkit never follows")
 
 
+# What reads as an escape in CSV text: a doubled backslash, or a backslash, x and two hex digits.
+ESCAPE_LIKE = re.compile(r"\\(\\|x[0-9a-fA-F]{2})")
+SHOWN_CHARS = 80  # the most of one user-given text an error message quotes
+
+
 def as_text(path: str | Path) -> str:
-    """A path as CSV text: itself when it is valid UTF-8, else its bytes with \\xNN escapes for
-    the bytes that are not (a latin-1 `caf\\xe9.jpg` from a zip archive), which UTF-8 cannot hold."""
+    r"""A path as CSV text: itself when it is valid UTF-8 (the usual case), else its bytes with \xNN
+    escapes for the bytes that are not (a latin-1 `caf\xe9.jpg` from a zip archive) and every
+    backslash doubled. A valid name that already reads as an escape (holds \\ or \xNN literally)
+    is written escaped too, so no two file names ever give one text."""
     text = str(path)
     try:
         text.encode("utf-8")
+        if not ESCAPE_LIKE.search(text):
+            return text
     except UnicodeEncodeError:
-        return os.fsencode(text).decode("utf-8", "backslashreplace")
-    return text
+        pass
+    return os.fsencode(text).replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+
+
+def shown(text: object, limit: int = SHOWN_CHARS) -> str:
+    """User-given text (a path from stdin, a value from a file) as an error message quotes it: one line,
+    control and undecodable characters escaped, at most `limit` characters (then "...")."""
+    text = as_text(str(text))
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text[:limit * 4])
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def run_name(name: str) -> str:
@@ -75,3 +93,13 @@ def run_name(name: str) -> str:
         raise MaskkitError(f"--name {text!r}: a run name is one folder name (no '/', '\\' or '..'), "
                            "e.g. --name resnet18-f0; put the runs elsewhere with --runs-dir")
     return text
+
+
+def study_name(name: str) -> str:
+    """A study name (`tune --study`): one path component, as a run name, so RUNS_DIR/tune-NAME stays
+    inside --runs-dir."""
+    try:
+        return run_name(name)
+    except MaskkitError:
+        raise MaskkitError(f"--study {str(name)!r}: a study name is one folder name (no '/', '\\' or '..'), "
+                           "e.g. --study s1; put the study elsewhere with --runs-dir") from None

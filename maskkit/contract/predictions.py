@@ -17,6 +17,7 @@ from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import Inputs, examples, read_csv, write_csv
 from maskkit.contract.labels import AGE_GROUPS, GENDERS, MASKS, NUM_CLASSES, decode
 from maskkit.contract.manifest import read_manifest
+from maskkit.contract.paths import shown
 from maskkit.contract.streams import is_stream, read_input
 
 PROB_COLUMNS = [f"p{i}" for i in range(NUM_CLASSES)]
@@ -39,6 +40,18 @@ def bad_probability_rows(probs: np.ndarray) -> np.ndarray:
     finite = np.isfinite(probs).all(axis=1)
     sums = np.where(finite, np.nan_to_num(probs).sum(axis=1), np.nan)
     return ~finite | (np.nan_to_num(probs) < 0).any(axis=1) | ~(np.abs(sums - 1) <= PROB_SUM_TOLERANCE)
+
+
+def check_predicted(source: str | Path, probs: np.ndarray, names: Sequence[object], fix: str) -> None:
+    """Refuse the rows a model gave (`names`: their images) that are not probability vectors, by the
+    rule `read_predictions` applies to a CSV: finite, non-negative, summing to 1 (within the tolerance).
+    `fix`: what is broken and what to do, for the one-line error naming `source`."""
+    bad = bad_probability_rows(probs)
+    if bad.any():
+        shown_names = examples([shown(name) for name, wrong in zip(names, bad) if wrong])
+        raise MaskkitError(f"{source}: for {int(bad.sum())} of {len(bad)} images the model gives values that are not "
+                           f"class probabilities (NaN, inf, negative, or not summing to 1 within "
+                           f"{PROB_SUM_TOLERANCE:g}: {shown_names}); {fix}")
 
 
 def prediction_frame(image_ids: Sequence[str], probs: np.ndarray, names: bool = False) -> pd.DataFrame:

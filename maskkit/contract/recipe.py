@@ -128,3 +128,21 @@ def recipe_text(options: Mapping) -> str:
 def write_recipe(options: Mapping, out: str | Path | None = None) -> None:
     """The recipe to stdout (None or '-') or atomically to a file."""
     write_text(recipe_text(options), out)
+
+
+def is_recipe_file(path: str | Path, limit: int = 1 << 20) -> bool:
+    """Whether an existing file is a recipe, the kind `tune --best -o` may replace: YAML (at most `limit`
+    bytes) holding a non-empty mapping that `read_recipe` reads: train options of their types (so not a
+    search space, whose values are lists and ranges), input_size, name and runs_dir."""
+    try:
+        path = Path(path)
+        if path.stat().st_size > limit:
+            return False
+        data = yaml.safe_load(path.read_text())
+        if not isinstance(data, Mapping) or not data:
+            return False
+        fields = as_fields(data, str(path))
+        TrainOptions.from_dict({k: v for k, v in fields.items() if k not in PLACES}, str(path), ranges=False)
+    except (OSError, ValueError, TypeError, yaml.YAMLError, RecursionError, MaskkitError):
+        return False  # UnicodeDecodeError is a ValueError
+    return True

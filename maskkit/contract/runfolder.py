@@ -15,7 +15,6 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from maskkit.contract.errors import MaskkitError
@@ -172,17 +171,6 @@ def read_best_state(run_dir: str | Path) -> dict:
 
 
 LAST_KEYS = ("epoch", "progress", "model", "ema", "optimizer", "scheduler", "scaler", "rng")
-
-
-def check_probabilities(run_dir: str | Path, probs, names) -> None:
-    """Refuse the non-finite class probabilities a run gave (`names`: the images, in order): its
-    best.pt or config.json is broken, and a submission of empty probabilities would score 0."""
-    broken = ~np.isfinite(np.asarray(probs, dtype=np.float64)).all(axis=1)
-    if broken.any():
-        shown = examples([str(n) for n, bad in zip(names, broken) if bad])
-        raise MaskkitError(f"{Path(run_dir)}: the model gives NaN or inf probabilities for {int(broken.sum())} of "
-                           f"{len(broken)} images ({shown}); best.pt or config.json (mean, std, img_size) is "
-                           "broken: restore them or re-train the run")
 
 
 def read_last(run_dir: str | Path) -> dict:

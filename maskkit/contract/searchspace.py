@@ -10,6 +10,7 @@ fixed by the study's recipe. The shipped default is maskkit/data/search_space.ya
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,36 @@ class Dimension:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self) | {"choices": list(self.choices)}
 
+    def holds(self, value: object) -> bool:
+        """Whether a trial's value lies in this dimension: one of the choices (of the same type: 1 is not
+        true), or a number of the kind between the bounds."""
+        if self.kind == "categorical":
+            return any(type(value) is type(c) and value == c for c in self.choices)
+        kinds = (int,) if self.kind == "int" else (int, float)
+        return isinstance(value, kinds) and not isinstance(value, bool) and self.low <= value <= self.high
+
+    def shown(self) -> str:
+        """The dimension as a message names it: its choices, or low..high."""
+        return ", ".join(map(str, self.choices)) if self.kind == "categorical" else f"{self.low}..{self.high}"
+
+
+def stored_dimension(spec: object) -> Dimension:
+    """A Dimension from its `to_dict` (a study's identity records them); ValueError when it is not one."""
+    if (not isinstance(spec, Mapping) or set(spec) != {f.name for f in dataclasses.fields(Dimension)}
+            or not isinstance(spec["choices"], list)):
+        raise ValueError("not a search-space dimension")
+    d = Dimension(**{**spec, "choices": tuple(spec["choices"])})
+    numbers = (d.low, d.high, *(() if d.step is None else (d.step,)))
+    if (d.kind not in ("categorical", "int", "float") or not isinstance(d.name, str) or not isinstance(d.log, bool)
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers)
+            or (d.kind == "categorical") != bool(d.choices)):
+        raise ValueError("not a search-space dimension")
+    return d
+
+
+class OutsideSpace(MaskkitError):
+    """A trial's value that the search space cannot give (a trial enqueued by hand or by another program)."""
+
 
 def _dimension(name: str, spec: object, where: str) -> Dimension:
     if isinstance(spec, list):
@@ -67,10 +98,14 @@ def _dimension(name: str, spec: object, where: str) -> Dimension:
     return Dimension(name, kind, low=low, high=high, log=log, step=step)
 
 
-def check_value(fixed: TrainOptions, name: str, value: object, where: str) -> None:
-    """Refuse a value the option cannot take (the message of train's own check, naming `where`)."""
+def check_value(fixed: TrainOptions, name: str, value: object, path: Path) -> None:
+    """Refuse a value the option cannot take: of the wrong type for its field (a recipe's check,
+    TrainOptions.from_dict: 1.5 epochs, 1 for true, "no" for false) or out of train's range (the
+    message of train's own check); the messages name the space file and the key."""
+    where = f"{path}: {name}"
+    fields = as_fields({name: value}, str(path))  # a bad size: "PATH: input_size '64': expected WIDTHxHEIGHT..."
+    TrainOptions.from_dict(fields, str(path), ranges=False)  # "PATH: KEY: VALUE is not ..."
     try:
-        fields = as_fields({name: value}, "input_size")
         dataclasses.replace(fixed, **fields).check()
     except (MaskkitError, TypeError, ValueError) as exc:
         raise MaskkitError(f"{where}: {value!r}: {exc}") from None
@@ -108,8 +143,9 @@ def read_search_space(path: str | Path, fixed: TrainOptions, unchecked: frozense
             continue
         if dimension.kind != "categorical" and not isinstance(getattr(fixed, name, None), (int, float)):
             raise MaskkitError(f"{where}: a range needs a numeric option; list the choices instead")
-        for value in dimension.values():
-            check_value(fixed, name, int(value) if dimension.kind == "int" else value, where)
+        for value in dimension.values():  # a bound as the trials draw it: an int range gives ints, a float range floats
+            kind = {"int": int, "float": float}.get(dimension.kind)
+            check_value(fixed, name, kind(value) if kind else value, path)
     return space
 
 
@@ -120,14 +156,37 @@ def rounded(value: float, low: float, high: float) -> float:
 
 def suggest(trial, space: Mapping[str, Dimension]) -> dict:
     """One trial's values (recipe names) drawn by an Optuna trial from the space; a float is rounded
-    to DIGITS significant digits (the trial trains what its recipe says and --best writes)."""
+    to DIGITS significant digits (the trial trains what its recipe says and --best writes). A value
+    outside the space (Optuna takes an enqueued trial's values as given) is OutsideSpace."""
     values = {}
     for name, d in space.items():
-        if d.kind == "categorical":
-            values[name] = trial.suggest_categorical(name, list(d.choices))
-        elif d.kind == "int":
-            values[name] = trial.suggest_int(name, int(d.low), int(d.high), step=int(d.step or 1), log=d.log)
-        else:
-            drawn = trial.suggest_float(name, float(d.low), float(d.high), step=d.step, log=d.log)
-            values[name] = rounded(drawn, float(d.low), float(d.high))
+        drawn, out_of_range = _draw(trial, d)
+        if out_of_range or not d.holds(drawn):
+            raise OutsideSpace(f"{name}={_enqueued(trial, name, drawn)!r}, outside the search space ({d.shown()})")
+        values[name] = rounded(drawn, float(d.low), float(d.high)) if d.kind == "float" else drawn
     return values
+
+
+def _draw(trial, d: Dimension) -> tuple[object, bool]:
+    """The trial's value of `d`, and whether Optuna found it out of range (it warns of an enqueued
+    number outside the bounds, and raises ValueError for a value that is not one of the choices)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if d.kind == "categorical":
+                value = trial.suggest_categorical(d.name, list(d.choices))
+            elif d.kind == "int":
+                value = trial.suggest_int(d.name, int(d.low), int(d.high), step=int(d.step or 1), log=d.log)
+            else:
+                value = trial.suggest_float(d.name, float(d.low), float(d.high), step=d.step, log=d.log)
+        except ValueError:
+            return None, True
+    return value, any("out of range" in str(w.message) for w in caught)
+
+
+def _enqueued(trial, name: str, drawn: object) -> object:
+    """The value an enqueued trial fixed for `name` (Optuna's suggest_int truncates 5.5 to 5), else `drawn`."""
+    try:
+        return trial.study.get_trials(deepcopy=False)[trial.number].system_attrs["fixed_params"][name]
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return drawn

@@ -109,8 +109,8 @@ class RunKeeper:
     def record(self, state: TrainingState, result: EpochResult, best_model: torch.nn.Module,
                checkpoint: Callable[[], dict]) -> bool:
         """Record a finished epoch: advance `state`, then write the metrics row, best.pt and
-        val_preds.csv when it improved, last.pt (`checkpoint()`: taken after `state` advanced), the
-        plots and the progress line. Returns whether the epoch is the best so far."""
+        val_preds.csv when it improved, the progress line, the plots and last.pt (`checkpoint()`:
+        taken after `state` advanced). Returns whether the epoch is the best so far."""
         validation = result.validation
         improved = advance(state, validation.metrics["val_f1"] if validation else None, self.patience, self.epochs)
         if not self.writes:
@@ -126,8 +126,8 @@ class RunKeeper:
                       markup=False, highlight=False)
         if state.finished and state.epoch < self.epochs:
             console.print(f"early stop: no better val macro F1 for {self.patience} epochs")
+        plot_run(self.run_dir)  # before last.pt: a run killed in between redoes the epoch, plots included
         self.save_last(checkpoint())
-        plot_run(self.run_dir)
         return improved
 
     def _save_best(self, epoch: int, model: torch.nn.Module, validation: Validation | None) -> None:

@@ -1,7 +1,9 @@
 """Inference of saved models on images, shared by `predict` and `val`: each model a `Member` (a run
 folder's best.pt through torch, or an exported .onnx through onnxruntime) with its own input size,
 crop and normalisation, and `ensemble_probs`, the mean of the members' class probabilities in one
-pass over the images (each image decoded once per distinct geometry)."""
+pass over the images (each image decoded once per distinct geometry). Every member's rows are checked
+to be probability vectors (contract/predictions.check_predicted): a broken run or a lying graph is
+refused, never averaged into a CSV."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from maskkit.contract.labels import NUM_CLASSES
+from maskkit.contract.predictions import check_predicted
 from maskkit.data.loader import ImageDataset, make_loader
 from maskkit.data.presets import eval_transform
 from maskkit.engine.devices import autocast_dtype
@@ -25,12 +28,15 @@ from maskkit.contract.progress import progress_bar
 
 @dataclass(frozen=True)
 class Member:
-    """One model of the ensemble: its geometry and `probs(uint8 batch, tta) -> (B, 18)` numpy."""
+    """One model of the ensemble: its geometry and `probs(uint8 batch, tta) -> (B, 18)` numpy; `source`
+    (the file an error names) and `fix` (what to do when its rows are not probabilities)."""
 
     name: str
     img_size: tuple[int, int]
     crop: tuple[float, float]
     probs: Callable[[torch.Tensor, str], np.ndarray]
+    source: str = ""
+    fix: str = "best.pt or config.json (mean, std, img_size) is broken: restore them or re-train the run"
 
 
 def torch_member(run_dir: str, device: torch.device) -> Member:
@@ -44,7 +50,7 @@ def torch_member(run_dir: str, device: torch.device) -> Member:
         views = tta_outputs(model, on_device.images(images), on_device, tta)
         return (sum(class_probs(out) for out in views) / len(views)).double().cpu().numpy()
 
-    return Member(Path(run_dir).name, tuple(config["img_size"]), tuple(config["crop"]), probs)
+    return Member(Path(run_dir).name, tuple(config["img_size"]), tuple(config["crop"]), probs, source=str(run_dir))
 
 
 def onnx_member(path: str, device: torch.device) -> Member:
@@ -55,7 +61,8 @@ def onnx_member(path: str, device: torch.device) -> Member:
         views = [batch, batch[..., ::-1]] if tta == "flip" else [batch]
         return sum(model.probs(view) for view in views) / len(views)
 
-    return Member(Path(path).name, model.img_size, model.crop, probs)
+    return Member(Path(path).name, model.img_size, model.crop, probs, source=str(path),
+                  fix="the graph does not give class probabilities: re-export the run with maskkit export")
 
 
 class GeometryViews(Dataset):
@@ -85,7 +92,9 @@ def ensemble_probs(members: Sequence[Member], paths: Sequence[str], tta: str, ba
         while (batch := next_batch(iterator)) is not None:
             views, _, rows = batch
             for member, view in zip(members, view_of):
-                total[rows.numpy()] += member.probs(views[view], tta)
+                probs = member.probs(views[view], tta)
+                check_predicted(member.source or member.name, probs, [paths[i] for i in rows.tolist()], member.fix)
+                total[rows.numpy()] += probs
             if bar is not None:
                 bar.advance(len(rows))
     return total / len(members)
