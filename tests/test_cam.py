@@ -96,6 +96,7 @@ def train_square_model(steps: int) -> torch.nn.Module:
     return model.eval()
 
 
+@pytest.mark.slow
 def test_cam_mass_concentrates_on_the_region_that_decides_the_class(tmp_path, cli):
     rng = np.random.default_rng(1)
     rows = []

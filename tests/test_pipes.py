@@ -141,8 +141,8 @@ def test_split_fixes_and_audit_manifest_read_from_pipes(world):
     assert (world / "s.csv").read_text().startswith("target,column,")
 
 
-@pytest.mark.parametrize("command", ["vote - {a}", "score - {truth}",
-                                     pytest.param("split {d}/train --folds 2 -o {out}", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["vote - {a}", "score - {truth}", "split {d}/train --folds 2 -o {out}"])
 def test_sigterm_is_one_line_exit_143_and_leaves_no_temporary(world, tmp_path, command):
     """kill PID (SIGTERM) stops any command as Ctrl-C does: one line, exit 143, no temporary file left
     (here while each waits on a stdin that never ends, or writes to a FIFO nobody reads)."""
@@ -163,7 +163,8 @@ def test_sigterm_is_one_line_exit_143_and_leaves_no_temporary(world, tmp_path, c
 
 
 @pytest.mark.parametrize("command, expected", [
-    ("mkdir -p r && echo '{}' > r/config.json && maskkit predict r - <&-", "-: standard input is closed"),
+    pytest.param("mkdir -p r && echo '{}' > r/config.json && maskkit predict r - <&-", "-: standard input is closed",
+                 marks=pytest.mark.slow),
     ("maskkit runs . >&-", "standard output is closed")], ids=["predict-stdin-closed", "runs-stdout-closed"])
 def test_a_closed_stdin_or_stdout_is_one_line_exit_2(tmp_path, command, expected):
     """Issue 31 item 15: `predict RUN - <&-` and `runs DIR >&-` were AttributeError tracebacks."""

@@ -161,6 +161,7 @@ def group_share_of_variance(colours: np.ndarray, groups: np.ndarray) -> float:
     return 1 - within / total
 
 
+@pytest.mark.slow
 def test_shortcut_ties_backgrounds_to_groups_in_train_only(tmp_path):
     out = tmp_path / "data"
     synth_module.run(out, persons=30, eval_persons=30, size=Size(width=32, height=40), seed=11, shortcut=1.0, masks=True)

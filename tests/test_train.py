@@ -212,6 +212,7 @@ def test_a_run_failing_in_its_first_epoch_leaves_no_folder(tmp_path, manifest_pa
     assert not (tmp_path / "early").exists()
 
 
+@pytest.mark.slow
 def test_cli_trains_a_dataset_folder_with_an_on_the_fly_split(cli, drawn, tmp_path, monkeypatch):
     import maskkit.commands.train as train_module
     from maskkit.contract.layout import load_train
@@ -532,6 +533,7 @@ def test_a_recipe_key_is_read_by_its_flag():
         as_fields({"input_size": "64"}, "r.yaml")
 
 
+@pytest.mark.slow
 def test_a_run_killed_before_its_last_plots_draws_them_on_resume(tmp_path, manifest_path, monkeypatch):
     """Issue 31 (lower item): last.pt was written before the plots, so a run killed in between was
     "already finished" on resume and never drew them. Now the plots come first: resume redoes the epoch."""
