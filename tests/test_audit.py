@@ -344,6 +344,7 @@ def test_overconfident_predictions_are_calibrated_before_judging(drawn, tmp_path
     assert (gender.loc[doubted.index, "models"] == "1/1").all()
 
 
+@pytest.mark.slow
 def test_several_models_agreeing_make_a_label_more_suspect(drawn, tmp_path, cli):
     images = load_train(drawn / "train", report=False)
     persons = sorted(images["person"].unique())

@@ -69,12 +69,14 @@ def test_stdin_chains_vote_into_score(world):
     assert row[0] == "-" and row[1:] == expected[1:] and row[1] == str(ROWS)
 
 
+@pytest.mark.slow
 def test_process_substitution_and_dev_stdin_are_read_as_streams(world):
     result = sh("maskkit vote <(cat a.csv) /dev/stdin < b.csv > v1.csv; echo rc=$?; "
                 "maskkit vote a.csv b.csv > v2.csv; cmp v1.csv v2.csv && echo same", world)
     assert statuses(result) == [0] and "same" in result.stdout, result.stderr
 
 
+@pytest.mark.slow
 def test_stdin_named_twice_is_one_line_exit_2(world):
     result = sh("maskkit vote - - < a.csv; echo rc=$?; maskkit vote - /dev/stdin < a.csv; echo rc=$?", world)
     assert "rc=2" in result.stdout and statuses(result) == [2]
@@ -117,6 +119,7 @@ def test_a_broken_stderr_keeps_the_file_output(world):
     assert statuses(result) == [0, 0] and "same" in result.stdout, result.stderr
 
 
+@pytest.mark.slow
 def test_stdout_closed_or_full_is_one_line(world):
     """Issue 17 item 7: `>&-` was an AttributeError, `> /dev/full` an OSError traceback."""
     closed = sh("maskkit vote a.csv b.csv >&-; echo rc=$? >&2", world)
@@ -162,9 +165,9 @@ def test_sigterm_is_one_line_exit_143_and_leaves_no_temporary(world, tmp_path, c
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.csv"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command, expected", [
-    pytest.param("mkdir -p r && echo '{}' > r/config.json && maskkit predict r - <&-", "-: standard input is closed",
-                 marks=pytest.mark.slow),
+    ("mkdir -p r && echo '{}' > r/config.json && maskkit predict r - <&-", "-: standard input is closed"),
     ("maskkit runs . >&-", "standard output is closed")], ids=["predict-stdin-closed", "runs-stdout-closed"])
 def test_a_closed_stdin_or_stdout_is_one_line_exit_2(tmp_path, command, expected):
     """Issue 31 item 15: `predict RUN - <&-` and `runs DIR >&-` were AttributeError tracebacks."""

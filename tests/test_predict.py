@@ -519,5 +519,7 @@ def test_a_latin1_file_name_is_predicted(cli, world):
 
 for _slow in (test_paths_piped_into_a_real_process, test_run_without_best_pt_or_missing_run_is_one_line_and_exit_2,
               test_a_format_2_run_from_before_the_newer_options_predicts_the_same,
-              test_two_runs_on_files_folders_and_a_glob_average_the_single_runs):
-    pytest.mark.slow(_slow)  # over ~4 s: marked here so the lines above stay as they are
+              test_two_runs_on_files_folders_and_a_glob_average_the_single_runs,
+              test_one_photo_and_stdin_paths_and_names_columns_that_vote_and_score_ignore,
+              test_the_train_folder_and_a_manifest_are_keyed_like_the_manifest_so_score_matches):
+    pytest.mark.slow(_slow)  # over ~2 s: marked here so the lines above stay as they are

@@ -422,6 +422,7 @@ def test_batch_composite_on_a_device_matches_the_opencv_composite(data, fill):
         assert difference.max() <= 3 and difference.mean() < 0.5, (fill, difference.max(), difference.mean())
 
 
+@pytest.mark.slow
 def test_device_pipeline_writes_what_the_cpu_pipeline_writes_and_resumes(data, weights, segmented, tmp_path):
     _, out_cpu, masks_cpu, _ = segmented
     out, masks = tmp_path / "out", tmp_path / "masks"

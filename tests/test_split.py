@@ -207,6 +207,7 @@ def test_an_option_out_of_its_range_is_one_line_before_anything_is_written(world
     assert_refused_while_parsing(world, argv, option, monkeypatch, capsys)
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_exit_1_and_leaves_no_file(world):
     assert_full_disk_leaves_no_file(world, ["split", "X/train", "--folds", "2", "-o", "out/folds.csv"])
 

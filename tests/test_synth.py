@@ -274,6 +274,7 @@ def test_synth_overwrite_replaces_its_own_dataset_only(cli, tmp_path):
     assert (tmp_path / "d" / "train" / "notes.txt").read_text() == "mine\n"
 
 
+@pytest.mark.slow
 def test_synth_cleans_up_after_sigterm_and_after_kill_9(tmp_path):
     """A killed synth's work folder is removed by the next synth beside it (a live process's is
     kept); SIGTERM stops a synth like Ctrl-C: exit 143 (a terminated process) and no work folder."""

@@ -174,6 +174,7 @@ def test_interrupted_then_resumed_run_ends_with_the_same_weights(tmp_path, manif
     pd.testing.assert_frame_equal(metrics_a, metrics_b)  # appended on resume, one row per epoch
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, manifest_path, monkeypatch):
     from maskkit.engine.loss import MaskLoss
 
@@ -619,6 +620,7 @@ def test_a_full_disk_names_the_run_folder_not_the_manifest_it_copies(world):
     assert_full_disk_names_the_output(world, ["train", "folds.csv", *TINY_FLAGS, "--runs-dir", "out/runs"])
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_plotting_says_how_far_it_got_and_resume_works(cli, world, monkeypatch):
     """The disk fills while the plots are saved after epoch 1: exit 1, one line, and resume works."""
     import errno
@@ -695,6 +697,7 @@ def test_recipe_values_of_the_right_type_are_taken(cli, world):
     assert "epochs: 2\n" in result.stdout and "pretrained: false" in result.stdout and "lr: 1" in result.stdout
 
 
+@pytest.mark.slow
 def test_strange_training_images_are_named_in_one_warning(cli, world):
     strange_images(world)
     result = cli("train", "folds.csv", *TINY_FLAGS, "--name", "strange")
