@@ -103,6 +103,82 @@ def multi_run(tmp_path_factory, manifest_path) -> Path:
     return _trained(tmp_path_factory, manifest_path, "multi", heads="multi", age_weight=0.1, epochs=10)
 
 
+# --- the world of the bad-input rows (tests/hostile.py) ------------------------------------------
+
+@pytest.fixture(scope="session")
+def pristine(tmp_path_factory, single_run) -> Path:
+    """X (a drawn set, with masks), runs/base (the session's trained run), p.csv and q.csv (its
+    predictions), folds.csv (a 2-fold manifest of X/train, relative paths). Read-only: tests take `world`."""
+    import os
+
+    from maskkit.commands import synth
+    from maskkit.commands.predict import run as predict
+    from maskkit.contract.files import write_csv
+    from maskkit.contract.layout import load_train
+    from maskkit.data.folds import make_manifest
+    from maskkit.options import Size
+
+    root = tmp_path_factory.mktemp("hostile")
+    synth.run(root / "X", persons=30, eval_persons=8, size=Size(width=48, height=64), seed=1, masks=True)
+    shutil.copytree(single_run, root / "runs" / "base")
+    with one_thread():
+        predict(root / "runs" / "base", root / "X" / "eval", out=root / "p.csv", device="cpu", workers=0)
+    shutil.copyfile(root / "p.csv", root / "q.csv")
+    images = load_train(root / "X" / "train", report=False)
+    write_csv(make_manifest(images, 2, 42).assign(path=lambda m: [os.path.relpath(p, root) for p in m["path"]]),
+              root / "folds.csv")
+    return root
+
+
+@pytest.fixture
+def world(pristine, tmp_path, monkeypatch) -> Path:
+    """A private copy of `pristine`, the working directory of the command, torch on one thread."""
+    root = tmp_path / "w"
+    shutil.copytree(pristine, root)
+    monkeypatch.chdir(root)
+    with one_thread():
+        yield root
+
+
+@pytest.fixture(scope="session")
+def deeplab(tmp_path_factory) -> Path:
+    """Random DeepLabV3-mobilenet weights (segment only needs a loadable file here)."""
+    import torch
+    from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
+
+    path = tmp_path_factory.mktemp("deeplab") / "deeplab.pt"
+    torch.manual_seed(0)
+    torch.save(deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=21).state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def read_only(tmp_path) -> Path | None:
+    """A folder this process cannot write into (root ignores file modes: /sys is not writable even then)."""
+    import os
+
+    if os.geteuid() == 0:
+        yield Path("/sys") if os.path.isdir("/sys") and not _writable("/sys") else None
+        return
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    yield folder
+    folder.chmod(0o755)
+
+
+def _writable(folder: str) -> bool:
+    import os
+
+    try:
+        with open(os.path.join(folder, ".maskkit-probe"), "w"):
+            pass
+    except OSError:
+        return False
+    os.unlink(os.path.join(folder, ".maskkit-probe"))
+    return True
+
+
 # --- a throw-away PostgreSQL server for tune's --storage tests (issue 30) -------------------------
 
 def _postgres_bin() -> Path | None:

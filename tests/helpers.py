@@ -49,10 +49,14 @@ def one_thread():
         torch.set_num_threads(before)
 
 
-def assert_one_line_error(result, *needles: str, code: int = 2) -> None:
-    """A command refused with one line on stderr holding every needle, the exit code `code`, no traceback."""
+def assert_one_line_error(result, *needles: str, code: int = 2, after_messages: bool = False) -> None:
+    """A command refused with one line on stderr holding every needle, the exit code `code`, no traceback.
+    `after_messages`: the command's own messages (a report, progress) may come before that last line,
+    as when a write fails after the work."""
     assert result.exit_code == code, result.stderr
     lines = result.stderr.strip().splitlines()
+    if after_messages:
+        lines = lines[-1:]
     assert len(lines) == 1 and ": error: " in lines[0] and "Traceback" not in result.stderr, result.stderr
     for needle in needles:
         assert needle in lines[0], lines[0]

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from helpers import assert_one_line_error, one_thread
+from hostile import IMAGE, RUN, a_file, assert_refused_while_parsing, bad, run_bad, strange_images
 from maskkit.commands.audit import SUSPECT_COLUMNS, image_key
 from maskkit.contract.layout import load_train
 from maskkit.contract.labels import decode, encode
@@ -224,6 +225,7 @@ def noisy(tmp_path_factory):
     return root, oof, bench
 
 
+@pytest.mark.slow
 def test_injected_errors_found_with_honest_out_of_fold_predictions(noisy, cli):
     root, oof, bench = noisy
     train = root / "data" / "train"
@@ -261,6 +263,7 @@ def count_errors(suspects: pd.DataFrame) -> int:
     return len(labelled.assign(owner=owner).drop_duplicates(["owner", "column", "score"]))
 
 
+@pytest.mark.slow
 def test_top_is_a_review_budget_and_the_summary_says_how_many_errors_to_expect(noisy, tmp_path, cli):
     """--top N: the N likeliest label errors whatever their P(label wrong); the summary's expected count is
     the sum of P(label wrong) over every person's gender and likeliest swap, close to the errors put in."""
@@ -341,6 +344,7 @@ def test_overconfident_predictions_are_calibrated_before_judging(drawn, tmp_path
     assert (gender.loc[doubted.index, "models"] == "1/1").all()
 
 
+@pytest.mark.slow
 def test_several_models_agreeing_make_a_label_more_suspect(drawn, tmp_path, cli):
     images = load_train(drawn / "train", report=False)
     persons = sorted(images["person"].unique())
@@ -369,6 +373,7 @@ def test_several_models_agreeing_make_a_label_more_suspect(drawn, tmp_path, cli)
 # --- issue 25: --oof takes several paths, the sheet draws suspects, weak evidence says so -----------
 
 
+@pytest.mark.slow
 def test_oof_takes_one_or_more_paths_as_the_readme_writes_them(noisy, cli):
     """`--oof runs/f{0,1,2,3,4}` (the shell's brace expansion) is the same audit as --oof once per path,
     with DATA first or last; --help shows that --oof takes several paths."""
@@ -419,3 +424,37 @@ def test_near_chance_evidence_is_called_weak_in_the_summary_line(drawn, tmp_path
     runs, _ = crafted_oof(drawn, tmp_path)
     honest = cli("audit", drawn / "train", "--oof", *runs)
     assert "expects about" in honest.stderr and "weak evidence" not in honest.stderr
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+BAD_CALLS = [
+    bad("audit -o train.csv", ["audit", "X/train", "-o", "X/train/train.csv"]),
+    bad("audit -o the --manifest", ["audit", "X/train", "--manifest", "folds.csv", "-o", "folds.csv"]),
+    bad("audit -o the run's val_preds.csv", ["audit", "X/train", "--oof", RUN, "-o", f"{RUN}/val_preds.csv"]),
+    bad("audit --fixes-out injected_errors.csv", ["audit", "X/train", "--oof", RUN,
+                                                  "--fixes-out", "X/train/injected_errors.csv"]),
+    bad("audit --sheet image", ["audit", "X/train", "--sheet", IMAGE]),
+    bad("audit --sheet below a file", ["audit", "X/train", "--sheet", "afile/s.png"], a_file),
+    bad("audit --sheet read-only", ["audit", "X/train", "--sheet", "{ro}/s.png"]),
+]
+
+
+@pytest.mark.parametrize("row", BAD_CALLS)
+def test_bad_call_is_one_line_and_changes_no_input(cli, world, request, row):
+    run_bad(cli, world, request, row)
+
+
+def test_top_0_is_one_line_before_anything_is_written(world, monkeypatch, capsys):
+    assert_refused_while_parsing(world, ["audit", "X/train", "--top", "0"], "--top", monkeypatch, capsys)
+
+
+def test_strange_images_are_named_with_their_reason(cli, world):
+    strange_images(world)
+    result = cli("audit", "X/train", "-o", "s.csv")
+    assert result.exit_code == 0, result.stderr
+    suspects = pd.read_csv(world / "s.csv")
+    reasons = dict(zip(suspects["target"].str.rsplit("/", n=1).str[-1], suspects["reason"]))
+    assert reasons["mask1.jpg"] == "tiny image" and reasons["mask2.jpg"] == "odd aspect"
+    assert reasons["mask3.jpg"] == reasons["mask4.jpg"] == reasons["mask5.jpg"] == "wrong format"
+    assert "GIF data named .jpg" in " ".join(suspects["evidence"].astype(str))

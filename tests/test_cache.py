@@ -132,6 +132,7 @@ def test_an_unwritable_cache_folder_is_one_line(images, tmp_path):
         shared.shared_cache(images, WORK, folder=blocker / "caches")
 
 
+@pytest.mark.slow
 def test_training_with_the_shared_cache_equals_training_without_one(manifest_path, tmp_path):
     """Same seed, --cache none vs disk vs ram: the same val_f1 every epoch and the same weights."""
     from helpers import FAST

@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
+from hostile import (CAM, CAM_EVAL, IMAGE, RUN, absolute_id, assert_refused_while_parsing, bad, climbing_id,
+                     info_image_id, latin1_folder, manifest_climbing, run_bad)
 from maskkit.commands import cam
 from maskkit.engine import gradcam
 from maskkit.engine.heads import TASK_HEADS
@@ -94,6 +96,7 @@ def train_square_model(steps: int) -> torch.nn.Module:
     return model.eval()
 
 
+@pytest.mark.slow
 def test_cam_mass_concentrates_on_the_region_that_decides_the_class(tmp_path, cli):
     rng = np.random.default_rng(1)
     rows = []
@@ -389,3 +392,36 @@ def test_long_sheet_captions_keep_the_person_folder_and_the_file_name():
     short = cam.shorten(name, 20)
     assert len(short) == 20 and short.startswith("000123_f") and short.endswith("ct_mask") and "~" in short
     assert cam.shorten(name, len(name)) == name
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+BAD_CALLS = [
+    bad("cam --sheet image", ["cam", *CAM, "--sheet", IMAGE]),
+    bad("cam -o train.csv", ["cam", *CAM, "--summary", "--masks", "X/masks", "-o", "X/train/train.csv"]),
+    bad("cam -o a CSV of another kind", ["cam", *CAM, "--summary", "--masks", "X/masks", "-o", "p.csv"]),
+    bad("cam --out-dir a file", ["cam", *CAM, "--out-dir", "p.csv"]),
+    bad("cam --out-dir the dataset", ["cam", *CAM, "--out-dir", "X/train"]),
+    bad("cam --out-dir the images folder", ["cam", *CAM, "--out-dir", "X/train/images"]),
+    bad("cam --out-dir inside the run folder", [*CAM_EVAL[:-1], f"{RUN}/cam"], absent=[f"{RUN}/cam"]),
+    bad("cam ImageID ../../../victim", CAM_EVAL, info_image_id(climbing_id), absent=["camout"]),
+    bad("cam ImageID absolute", CAM_EVAL, info_image_id(absolute_id), absent=["camout"]),
+    bad("cam manifest path with ..", ["cam", RUN, "bad.csv", "--limit", "2", "--device", "cpu", "--out-dir", "camout"],
+        manifest_climbing, absent=["camout"]),
+]
+
+
+@pytest.mark.parametrize("row", BAD_CALLS)
+def test_bad_call_is_one_line_and_changes_no_input(cli, world, request, row):
+    run_bad(cli, world, request, row)
+
+
+def test_threads_beyond_the_cores_is_one_line_before_anything_is_written(world, monkeypatch, capsys):
+    assert_refused_while_parsing(world, ["cam", RUN, "X/eval", "--threads", "100000"], "--threads", monkeypatch, capsys)
+
+
+def test_a_latin1_file_name_gets_its_overlay_and_sheet(cli, world):
+    latin1_folder(world)
+    result = cli("cam", RUN, "odd", "--device", "cpu", "--out-dir", "camout")
+    assert result.exit_code == 0, result.stderr
+    assert len(list((world / "camout").rglob("*.png"))) >= 2  # the overlay and the sheet

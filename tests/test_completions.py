@@ -30,9 +30,16 @@ def test_completion_lists_the_subcommands(tmp_path):
     import subprocess
     import sys
 
-    env = dict(os.environ, _MASKKIT_COMPLETE="complete_bash", COMP_WORDS="maskkit sp", COMP_CWORD="1")
-    result = subprocess.run([sys.executable, "-m", "maskkit"], env=env, capture_output=True, text=True)
-    assert "split" in result.stdout.split()
+    from typer.main import get_command
+
+    from maskkit.cli import app
+
+    def complete(words: str) -> list[str]:
+        env = dict(os.environ, _MASKKIT_COMPLETE="complete_bash", COMP_WORDS=words, COMP_CWORD="1")
+        return subprocess.run([sys.executable, "-m", "maskkit"], env=env, capture_output=True, text=True).stdout.split()
+
+    assert sorted(complete("maskkit ")) == sorted(get_command(app).commands)  # every subcommand, nothing else
+    assert complete("maskkit sp") == ["split"]
 
 
 if __name__ == "__main__":  # regenerate completions/

@@ -8,6 +8,7 @@ import json
 import pandas as pd
 import pytest
 
+from helpers import assert_one_line_error
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.fixes import read_fixes
 from maskkit.contract.manifest import MANIFEST_COLUMNS, read_manifest
@@ -251,12 +252,15 @@ def test_a_write_error_names_the_output_not_the_copied_source():
     assert str(write_error("runs/x/manifest.csv", parent)).startswith("runs: cannot write: read-only")
 
 
-def test_messages_to_a_broken_stderr_are_dropped_not_raised(monkeypatch):
+def test_messages_to_a_broken_stderr_are_dropped_not_raised(monkeypatch, capsys):
     from maskkit.contract.files import console
     from maskkit.contract.streams import say
 
+    tried = []
+
     class Broken:
         def write(self, text):
+            tried.append(text)
             raise BrokenPipeError(32, "Broken pipe")
 
         def flush(self):
@@ -268,8 +272,14 @@ def test_messages_to_a_broken_stderr_are_dropped_not_raised(monkeypatch):
     monkeypatch.setattr("sys.stderr", Broken())
     console.print("a table nobody reads")
     say("maskkit x: error: nobody reads this either")
+    written = "".join(tried)
+    assert "a table nobody reads" in written and "nobody reads this either" in written  # tried, then dropped
     monkeypatch.setattr("sys.stderr", None)
     console.print("stderr closed")
+    say("maskkit x: error: stderr closed")
+    monkeypatch.undo()
+    say("maskkit x: error: heard again")  # nothing was left broken behind
+    assert capsys.readouterr().err == "maskkit x: error: heard again\n"
 
 
 # --- no write follows a link someone planted (a shared server) -----------------------------------
@@ -338,3 +348,31 @@ def test_an_info_csv_image_id_that_no_file_can_be_is_one_line(image_id, expected
     with pytest.raises(MaskkitError) as excinfo:
         load_eval(tmp_path / "eval")
     one_line(excinfo, "info.csv", "line 2", expected)
+
+
+# --- outputs: the replace rule and one run per folder ----------------------------------------------
+
+def test_an_output_of_the_same_kind_is_replaced_and_one_of_another_kind_refused(cli, world):
+    """The replace rule is not a refusal of everything: a split replaces a split, a vote a vote."""
+    assert cli("split", "X/train", "--folds", "2", "-o", "f2.csv").exit_code == 0
+    assert cli("split", "X/train", "--folds", "2", "--seed", "7", "-o", "f2.csv").exit_code == 0
+    assert cli("vote", "p.csv", "q.csv", "-o", "v.csv").exit_code == 0
+    assert cli("vote", "p.csv", "-o", "v.csv").exit_code == 0  # same header: a vote replaces a vote
+    assert pd.read_csv(world / "f2.csv")["fold"].nunique() == 2 and len(pd.read_csv(world / "v.csv")) > 0
+    result = cli("split", "X/train", "--folds", "2", "-o", "v.csv")
+    assert_one_line_error(result, "maskkit split: error: ", "delete it or choose another path")
+    result = cli("predict", "runs/base", "X/eval", "--device", "cpu", "-o", "eval_preds.csv")
+    assert result.exit_code == 0 and (world / "eval_preds.csv").is_file()
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
+    import os
+
+    from maskkit.contract.files import LOCK_FILE, folder_lock
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / LOCK_FILE).write_text("999999999 maskkit segment\n")  # no process holds it
+    with folder_lock(folder, "segment"):
+        assert (folder / LOCK_FILE).read_text().split()[0] == str(os.getpid())
+    assert not (folder / LOCK_FILE).exists()

@@ -24,6 +24,7 @@ SHRUNK = {"backbone": "lite0", "img_size": [64, 64], "epochs": 3, "batch_size": 
 SHRUNK_FLAGS = ["--backbone", "lite0", "--input-size", "64x64", "--epochs", "3", "--batch-size", "16"]
 MACHINE_FLAGS = ["--device", "cpu", "--threads", "1", "--workers", "0"]
 RUN = "runs/lite0-f0"
+pytestmark = pytest.mark.slow  # every test here stands on one real-defaults training (about 50 s)
 
 
 @pytest.fixture(scope="module")

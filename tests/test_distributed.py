@@ -39,6 +39,7 @@ def test_each_rank_takes_its_slice_of_the_seeded_order():
     assert list(resumed) == parts[1][2:]
 
 
+@pytest.mark.slow
 def test_two_processes_train_one_run_written_once_and_resume(manifest_path, tmp_path):
     runs = tmp_path / "runs"
     common = ["--backbone", "test_resnet", "--no-pretrained", "--input-size", "40x48", "--batch-size", 8,

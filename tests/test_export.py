@@ -150,3 +150,8 @@ def test_export_writes_nothing_into_its_run_or_through_a_sidecar_link(multi_run,
     assert_one_line_error(result, expected)
     assert {p: digest(p) for p in before} == before
     assert sorted(p.name for p in tmp_path.rglob("*")) == listing  # no model, no sidecar, no created target
+
+
+# --- slow marks (appended: the tests above stay as they are) ---
+
+pytest.mark.slow(test_exported_model_predicts_the_same_ans_as_its_run_folder)  # over ~4 s (-m "not slow" skips it)

@@ -28,6 +28,7 @@ def full_run(tmp_path_factory, manifest_path):
                      runs_dir=tmp_path_factory.mktemp("runs"), show_progress=False)
 
 
+@pytest.mark.slow
 def test_fold_all_trains_every_person_for_the_fixed_epochs_without_validation(full_run, manifest_path):
     assert full_run.name == "test_resnet-all"
     names = {p.name for p in full_run.iterdir()}
@@ -47,6 +48,7 @@ def test_fold_all_trains_every_person_for_the_fixed_epochs_without_validation(fu
         assert torch.equal(best["model"][key], value), key
 
 
+@pytest.mark.slow
 def test_a_full_data_model_predicts_votes_and_learned_on_held_out_persons(full_run, drawn, cli, tmp_path):
     with one_thread():
         result = cli("predict", full_run, drawn / "eval", "--device", "cpu", "--workers", "0", "-o", tmp_path / "p.csv")
@@ -60,6 +62,7 @@ def test_a_full_data_model_predicts_votes_and_learned_on_held_out_persons(full_r
     assert f1 > 0.15  # 8 persons never seen in training; chance is 0.056
 
 
+@pytest.mark.slow
 def test_runs_cam_and_audit_accept_a_full_data_run_or_say_why_not(full_run, multi_run, drawn, cli, tmp_path):
     with one_thread():
         runs = cli("runs", full_run, multi_run)
@@ -108,6 +111,7 @@ def test_the_crop_a_run_chose_is_stored_and_used_by_predict(multi_run, drawn, tm
     assert (cropped["p0"] - whole["p0"]).abs().max() > 1e-3
 
 
+@pytest.mark.slow
 def test_crop_auto_keeps_the_whole_frame_of_square_images(tmp_path, cli):
     from maskkit.commands import synth
     from maskkit.options import Size

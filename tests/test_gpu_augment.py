@@ -132,6 +132,7 @@ def test_padding_the_last_inference_batch_changes_no_prediction():
     assert np.allclose(padded.probs, plain.probs, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_trainer_augments_uint8_batches_on_the_device_when_the_device_side_says_so(manifest_path, tmp_path, monkeypatch):
     """train's CUDA data path (uint8 crops from the loader, the basic recipe and normalisation on
     the batch), forced on the CPU: every step goes through augment_batch, it learns, and a fixed

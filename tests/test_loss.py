@@ -49,6 +49,7 @@ def test_mask_loss_uses_the_age_weight_on_the_distribution():
     torch.testing.assert_close(weighted - base, expected)
 
 
+@pytest.mark.slow
 def test_dldl_head_learns_the_age_groups_on_drawn_data(manifest_path, tmp_path):
     from maskkit.commands import train
 

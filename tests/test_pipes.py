@@ -58,6 +58,7 @@ def no_traceback(result: subprocess.CompletedProcess) -> None:
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
 
 
+@pytest.mark.slow
 def test_stdin_chains_vote_into_score(world):
     """The issue's pipeline: `cat a.csv | maskkit vote - b.csv --soft | maskkit score - truth.csv`."""
     piped = sh("cat a.csv | maskkit vote - b.csv --soft | maskkit score - truth.csv 2>/dev/null; "
@@ -68,12 +69,14 @@ def test_stdin_chains_vote_into_score(world):
     assert row[0] == "-" and row[1:] == expected[1:] and row[1] == str(ROWS)
 
 
+@pytest.mark.slow
 def test_process_substitution_and_dev_stdin_are_read_as_streams(world):
     result = sh("maskkit vote <(cat a.csv) /dev/stdin < b.csv > v1.csv; echo rc=$?; "
                 "maskkit vote a.csv b.csv > v2.csv; cmp v1.csv v2.csv && echo same", world)
     assert statuses(result) == [0] and "same" in result.stdout, result.stderr
 
 
+@pytest.mark.slow
 def test_stdin_named_twice_is_one_line_exit_2(world):
     result = sh("maskkit vote - - < a.csv; echo rc=$?; maskkit vote - /dev/stdin < a.csv; echo rc=$?", world)
     assert "rc=2" in result.stdout and statuses(result) == [2]
@@ -91,6 +94,7 @@ def test_output_to_dev_stdout_through_head_does_not_hang(world):
     assert result.stderr == ""
 
 
+@pytest.mark.slow
 def test_output_to_dev_null_and_to_a_fifo(world):
     result = sh("maskkit vote a.csv b.csv -o /dev/null; echo rc=$?; "
                 "maskkit split d/train --folds 2 -o /dev/null 2>/dev/null; echo rc=$?; "
@@ -107,6 +111,7 @@ def test_a_reader_that_stops_early_ends_the_writer_quietly(world):
     assert result.stdout.startswith("ImageID,ans,p0,") and result.stderr == ""
 
 
+@pytest.mark.slow
 def test_a_broken_stderr_keeps_the_file_output(world):
     """`split ... -o f.csv 2>&1 | head -1`: the messages are lost, the manifest is not (it was exit 1, no file)."""
     result = sh("maskkit split d/train --folds 2 -o f.csv 2>&1 | head -1; echo rc=${PIPESTATUS[*]}; "
@@ -114,6 +119,7 @@ def test_a_broken_stderr_keeps_the_file_output(world):
     assert statuses(result) == [0, 0] and "same" in result.stdout, result.stderr
 
 
+@pytest.mark.slow
 def test_stdout_closed_or_full_is_one_line(world):
     """Issue 17 item 7: `>&-` was an AttributeError, `> /dev/full` an OSError traceback."""
     closed = sh("maskkit vote a.csv b.csv >&-; echo rc=$? >&2", world)
@@ -127,6 +133,7 @@ def test_stdout_closed_or_full_is_one_line(world):
     assert len(lines) == 1 and lines[0].startswith("maskkit vote: error: standard output: cannot write: no space left")
 
 
+@pytest.mark.slow
 def test_split_fixes_and_audit_manifest_read_from_pipes(world):
     """--fixes and --manifest take `-` and `<(...)` like any CSV input."""
     result = sh("printf 'target,column,old,new,reason\\n' | maskkit split d/train --folds 2 --fixes - -o f1.csv "
@@ -137,6 +144,7 @@ def test_split_fixes_and_audit_manifest_read_from_pipes(world):
     assert (world / "s.csv").read_text().startswith("target,column,")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["vote - {a}", "score - {truth}", "split {d}/train --folds 2 -o {out}"])
 def test_sigterm_is_one_line_exit_143_and_leaves_no_temporary(world, tmp_path, command):
     """kill PID (SIGTERM) stops any command as Ctrl-C does: one line, exit 143, no temporary file left
@@ -157,6 +165,7 @@ def test_sigterm_is_one_line_exit_143_and_leaves_no_temporary(world, tmp_path, c
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.csv"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command, expected", [
     ("mkdir -p r && echo '{}' > r/config.json && maskkit predict r - <&-", "-: standard input is closed"),
     ("maskkit runs . >&-", "standard output is closed")], ids=["predict-stdin-closed", "runs-stdout-closed"])

@@ -458,3 +458,68 @@ def test_junk_on_stdin_is_one_short_escaped_line(multi_run, tmp_path, runner, mo
     assert_one_line_error(result, expected)
     assert len(result.stderr) < 600 and "\x1b" not in result.stderr, result.stderr
     assert not (tmp_path / "out.csv").exists()
+
+
+# --- bad input (moved from test_hostile.py) ---
+
+from hostile import (PREDICT, RUN, absolute_id, assert_full_disk_leaves_no_file,  # noqa: E402
+                     assert_refused_while_parsing, bad, climbing_id, config_field, header_only_info, info_image_id,
+                     latin1_folder, link_out_of_eval, nan_weight, notes_file, run_bad)
+
+PREDICT_X = ["predict", RUN, "X/eval", "--device", "cpu"]
+BAD_CALLS = [
+    bad("predict -o info.csv", [*PREDICT_X, "-o", "X/eval/info.csv"]),
+    bad("predict -o truth.csv", [*PREDICT_X, "-o", "X/eval/truth.csv"]),
+    bad("predict -o inside the images folder", [*PREDICT_X, "-o", "X/eval/images/new.csv"]),
+    bad("predict -o a foreign file", [*PREDICT_X, "-o", "notes.txt"], notes_file),
+    bad("predict -o a file of the run", [*PREDICT_X, "-o", f"{RUN}/metrics.csv"]),
+    bad("predict -o the run's val_preds.csv", [*PREDICT_X, "-o", f"{RUN}/val_preds.csv"]),
+    bad("predict -o inside the run folder", [*PREDICT[:-1], f"{RUN}/new.csv"], absent=[f"{RUN}/new.csv"]),
+    bad("predict -o a folder", [*PREDICT_X, "-o", "runs"]),
+    bad("predict -o read-only", [*PREDICT_X, "-o", "{ro}/p.csv"]),
+    bad("predict header-only info.csv", ["predict", RUN, "E", "--device", "cpu"], header_only_info),
+    bad("predict ImageID ../../../victim", PREDICT, info_image_id(climbing_id), absent=["out.csv"]),
+    bad("predict ImageID absolute", PREDICT, info_image_id(absolute_id), absent=["out.csv"]),
+    bad("predict ImageID a symlink out", PREDICT, info_image_id(link_out_of_eval), absent=["out.csv"]),
+    bad("predict NaN in a best.pt weight", PREDICT, nan_weight, absent=["out.csv"]),
+    bad("predict config.json std [0,0,0]", PREDICT, config_field("std", [0, 0, 0]), absent=["out.csv"]),
+    bad("predict config.json NaN mean", PREDICT, config_field("mean", [float("nan"), 0.4, 0.4]), absent=["out.csv"]),
+    bad("predict config.json img_size [0,0]", PREDICT_X, config_field("img_size", [0, 0])),
+    bad("predict config.json img_size [-5,48]", PREDICT_X, config_field("img_size", [-5, 48])),
+    bad("predict config.json img_size [100000,100000]", PREDICT_X, config_field("img_size", [100000, 100000])),
+    bad("predict config.json crop [5,5]", PREDICT_X, config_field("crop", [5, 5])),
+    bad("predict config.json crop [0,0]", PREDICT_X, config_field("crop", [0, 0])),
+]
+
+
+@pytest.mark.parametrize("row", BAD_CALLS)
+def test_bad_call_is_one_line_and_changes_no_input(cli, world, request, row):
+    run_bad(cli, world, request, row)
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["predict", RUN, "X/eval", "--workers", "-2"], "--workers"),
+    (["predict", RUN, "X/eval", "--threads", "100000"], "--threads"),
+], ids=["--workers -2", "--threads 100000"])
+def test_an_option_out_of_its_range_is_one_line_before_anything_is_written(world, argv, option, monkeypatch, capsys):
+    assert_refused_while_parsing(world, argv, option, monkeypatch, capsys)
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_exit_1_and_leaves_no_file(world):
+    assert_full_disk_leaves_no_file(world, [*PREDICT_X, "--workers", "0", "-o", "out/p.csv"])  # no shared-memory files
+
+
+def test_a_latin1_file_name_is_predicted(cli, world):
+    latin1_folder(world)
+    result = cli("predict", RUN, "odd", "--device", "cpu", "--workers", "0", "-o", "odd.csv")
+    assert result.exit_code == 0, result.stderr
+    assert len(pd.read_csv(world / "odd.csv")) == 1
+
+
+for _slow in (test_paths_piped_into_a_real_process, test_run_without_best_pt_or_missing_run_is_one_line_and_exit_2,
+              test_a_format_2_run_from_before_the_newer_options_predicts_the_same,
+              test_two_runs_on_files_folders_and_a_glob_average_the_single_runs,
+              test_one_photo_and_stdin_paths_and_names_columns_that_vote_and_score_ignore,
+              test_the_train_folder_and_a_manifest_are_keyed_like_the_manifest_so_score_matches):
+    pytest.mark.slow(_slow)  # over ~2 s: marked here so the lines above stay as they are

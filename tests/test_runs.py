@@ -8,6 +8,7 @@ from io import StringIO
 import pandas as pd
 import pytest
 
+from hostile import RUN, bad, config_a_list, metrics_epoch_x, run_bad
 from maskkit.commands.runs import COLUMNS
 
 
@@ -299,3 +300,16 @@ def test_a_broken_run_is_skipped_with_its_reason_and_hides_no_other(cli, runs_di
         (root / run / "config.json").write_text("{oops")
     result = cli("runs", root)
     assert result.exit_code == 2 and "no run could be read" in result.stderr.strip().splitlines()[-1]
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+BAD_CALLS = [
+    bad("runs: metrics epoch x", ["runs", RUN], metrics_epoch_x),
+    bad("runs: config.json a list", ["runs", RUN], config_a_list),
+]
+
+
+@pytest.mark.parametrize("row", BAD_CALLS)
+def test_bad_call_is_one_line_and_changes_no_input(cli, world, request, row):
+    run_bad(cli, world, request, row)

@@ -11,6 +11,7 @@ import pytest
 from sklearn.metrics import f1_score
 
 from helpers import assert_one_line_error
+from hostile import bad, empty_prob_cell, run_bad
 from maskkit.commands.score import COLUMNS
 from maskkit.contract.labels import decode, encode
 
@@ -147,3 +148,16 @@ def test_a_manifest_is_a_truth(cli, manifest_path, tmp_path):
     broken = tmp_path / "broken.csv"
     manifest.assign(label=manifest["label"].where(manifest.index != 3, 40)).to_csv(broken, index=False)
     assert_one_line_error(cli("score", answers, broken), str(broken), "label outside 0..17")
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+BAD_CALLS = [
+    bad("score an empty probability cell", ["score", "q.csv", "X/eval/truth.csv", "-o", "s.csv"], empty_prob_cell,
+        absent=["s.csv"]),
+]
+
+
+@pytest.mark.parametrize("row", BAD_CALLS)
+def test_bad_call_is_one_line_and_changes_no_input(cli, world, request, row):
+    run_bad(cli, world, request, row)

@@ -22,6 +22,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from helpers import assert_one_line_error
+from hostile import (SEGMENT, SHORT_SIDE, assert_full_disk_names_the_output, assert_refused_while_parsing, bad,
+                     latin1_folder, looping_link, other_dataset, out_images_link_out, run_bad, same_stem_png)
 from maskkit.commands import segment
 from maskkit.contract.journal import JOURNAL, read_records
 from maskkit.data import masks as maskmath
@@ -269,6 +272,7 @@ main()
 """
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumed_ends_with_the_same_files(data, weights, segmented, tmp_path):
     _, out_whole, masks_whole, _ = segmented
     out, masks = tmp_path / "out", tmp_path / "masks"
@@ -418,6 +422,7 @@ def test_batch_composite_on_a_device_matches_the_opencv_composite(data, fill):
         assert difference.max() <= 3 and difference.mean() < 0.5, (fill, difference.max(), difference.mean())
 
 
+@pytest.mark.slow
 def test_device_pipeline_writes_what_the_cpu_pipeline_writes_and_resumes(data, weights, segmented, tmp_path):
     _, out_cpu, masks_cpu, _ = segmented
     out, masks = tmp_path / "out", tmp_path / "masks"
@@ -452,3 +457,57 @@ def test_device_pipeline_writes_what_the_cpu_pipeline_writes_and_resumes(data, w
                         workers=0, device="cpu", on_device=True, show_progress=False)
     assert again.skipped == len(table) and again.done == 0
     assert tree(out) == before
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+BAD_CALLS = [
+    bad("segment into another dataset", ["segment", "X/eval", "other/eval", *SEGMENT], other_dataset),
+    bad("segment into the dataset", ["segment", "X", "X/seg", "--device", "cpu"]),
+    bad("segment --masks into the dataset", ["segment", "X/eval", "seg", "--masks", "X/eval/masks", "--device", "cpu"]),
+    bad("segment a.jpg and a.png --masks", ["segment", "M", "seg", "--masks", "mk", *SEGMENT], same_stem_png),
+    bad("segment OUT/images a link out of OUT", ["segment", "X/eval", "seg", "--overwrite", *SEGMENT],
+        out_images_link_out),
+    bad("segment --short-side 1000000",
+        ["segment", "X/eval", "seg", *SEGMENT[:SHORT_SIDE], "1000000", *SEGMENT[SHORT_SIDE + 1:]], absent=["seg"]),
+    bad("segment a looping link in IN", ["segment", "X/eval", "seg", *SEGMENT], looping_link, absent=["seg"]),
+]
+
+
+@pytest.mark.parametrize("row", BAD_CALLS)
+def test_bad_call_is_one_line_and_changes_no_input(cli, world, request, row):
+    run_bad(cli, world, request, row)
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["segment", "X/eval", "seg", "--threshold", "1.5"], "--threshold"),
+    (["segment", "X/eval", "seg", "--batch-size", "0"], "--batch-size"),
+    (["segment", "X/eval", "seg", "--short-side", "8"], "--short-side"),
+    (["segment", "X/eval", "seg", "--workers", "-1"], "--workers"),
+    (["segment", "X/eval", "seg", "--workers", "1000000"], "--workers"),
+], ids=["--threshold 1.5", "--batch-size 0", "--short-side 8", "--workers -1", "--workers 1000000"])
+def test_an_option_out_of_its_range_is_one_line_before_anything_is_written(world, argv, option, monkeypatch, capsys):
+    assert_refused_while_parsing(world, argv, option, monkeypatch, capsys)
+    assert not (world / "seg").exists()
+
+
+@pytest.mark.slow
+def test_a_full_disk_names_the_output_not_the_info_csv_it_copies(world, deeplab):
+    argv = ["segment", "X/eval", "out/seg", *SEGMENT]
+    assert_full_disk_names_the_output(world, [a.replace("{deeplab}", str(deeplab)) for a in argv])
+
+
+def test_a_locked_output_folder_is_refused_naming_the_process_holding_it(cli, world):
+    from maskkit.contract.files import folder_lock
+
+    with folder_lock(world / "seg", "segment"):
+        result = cli("segment", "X/eval", "seg", "--device", "cpu")
+    assert_one_line_error(result, "maskkit segment: error: ", f"process {os.getpid()}")
+    assert not (world / "seg").exists()  # the lock's folder goes when the run that made it ends
+
+
+def test_a_latin1_file_name_is_segmented(cli, world, deeplab):
+    name = latin1_folder(world)
+    result = cli("segment", "odd", "segout", *[a.replace("{deeplab}", str(deeplab)) for a in SEGMENT])
+    assert result.exit_code == 0, result.stderr
+    assert (world / "segout" / name).is_file()

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
+from hostile import (assert_full_disk_leaves_no_file, assert_refused_while_parsing, bad, first_person, fixes_age,
+                     fixes_climbing, run_bad, train_csv_age)
 from maskkit.contract.labels import age_group
 from maskkit.contract.manifest import MANIFEST_COLUMNS
 
@@ -146,6 +150,7 @@ def test_fixes_never_touch_the_image_files(drawn_copy, cli, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in train.rglob("*")} == before
 
 
+@pytest.mark.slow
 def test_injected_errors_applied_as_fixes_restore_the_truth(tmp_path, cli):
     from maskkit.commands import synth
     from maskkit.options import Size
@@ -166,3 +171,53 @@ def test_injected_errors_applied_as_fixes_restore_the_truth(tmp_path, cli):
     fixed = labels(split_ok(cli, noisy / "train", "--folds", 2, "--fixes", fixes))
     assert (noisy_labels != truth).any()
     pd.testing.assert_series_equal(fixed, truth)
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+SPLIT = ["split", "X/train", "--folds", "2"]
+BAD_CALLS = [
+    bad("split -o train.csv", [*SPLIT, "-o", "X/train/train.csv"]),
+    bad("split -o a CSV of another kind", [*SPLIT, "-o", "p.csv"]),
+    bad("split -o below a file", [*SPLIT, "-o", "folds.csv/x.csv"]),
+    bad("split -o read-only", [*SPLIT, "-o", "{ro}/folds.csv"]),
+    bad("split -o inside the dataset", ["split", "X", "--folds", "2", "-o", "X/folds.csv"]),
+    bad("split -o the --fixes file", [*SPLIT, "--fixes", "X/train/injected_errors.csv",
+                                      "-o", "X/train/injected_errors.csv"]),
+    bad("split --fixes age inf", [*SPLIT, "--fixes", "fixes.csv"], fixes_age("inf")),
+    bad("split --fixes age 1e300", [*SPLIT, "--fixes", "fixes.csv"], fixes_age("1e300")),
+    bad("split --fixes age -40", [*SPLIT, "--fixes", "fixes.csv"], fixes_age("-40")),
+    bad("split --fixes target with ..", [*SPLIT, "--fixes", "fixes.csv", "-o", "f2.csv"], fixes_climbing,
+        absent=["f2.csv"]),
+    bad("split train.csv age inf", SPLIT, train_csv_age("inf")),
+    bad("split train.csv age 250", SPLIT, train_csv_age("250")),
+]
+
+
+@pytest.mark.parametrize("row", BAD_CALLS)
+def test_bad_call_is_one_line_and_changes_no_input(cli, world, request, row):
+    run_bad(cli, world, request, row)
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["split", "X/train", "--folds", "two"], "--folds"),
+    (["split", "X/train", "--folds", "2", "--seed", "-1"], "--seed"),
+], ids=["--folds two", "--seed -1"])
+def test_an_option_out_of_its_range_is_one_line_before_anything_is_written(world, argv, option, monkeypatch, capsys):
+    assert_refused_while_parsing(world, argv, option, monkeypatch, capsys)
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_exit_1_and_leaves_no_file(world):
+    assert_full_disk_leaves_no_file(world, ["split", "X/train", "--folds", "2", "-o", "out/folds.csv"])
+
+
+def test_a_looping_link_in_a_person_folder_is_reported_not_a_traceback(cli, world):
+    """Layout reading: a self-looping mask1.jpg is no image; split names it and goes on without it."""
+    folder = world / "X" / "train" / "images" / first_person(world)
+    (folder / "mask1.jpg").unlink()
+    os.symlink("mask1.jpg", folder / "mask1.jpg")
+    result = cli("split", "X/train", "--folds", "2", "-o", "f.csv")
+    assert result.exit_code == 0, result.stderr
+    assert "missing images" in result.stderr and f"{first_person(world)} (mask1)" in result.stderr
+    assert str(folder / "mask1.jpg") not in (world / "f.csv").read_text()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -11,6 +15,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from helpers import assert_one_line_error
+from hostile import SYNTH_TINY, a_file, bad, run_bad, synth_lookalike
 from maskkit.commands import synth as synth_module
 from maskkit.options import Size
 from maskkit.cli import app
@@ -155,6 +161,7 @@ def group_share_of_variance(colours: np.ndarray, groups: np.ndarray) -> float:
     return 1 - within / total
 
 
+@pytest.mark.slow
 def test_shortcut_ties_backgrounds_to_groups_in_train_only(tmp_path):
     out = tmp_path / "data"
     synth_module.run(out, persons=30, eval_persons=30, size=Size(width=32, height=40), seed=11, shortcut=1.0, masks=True)
@@ -239,3 +246,52 @@ def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         synth_module.run(tmp_path / "d", persons=3, eval_persons=1, size=SIZE)
     assert list(tmp_path.iterdir()) == []
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+BAD_CALLS = [
+    bad("synth into a drawn dataset", ["synth", "X", *SYNTH_TINY]),
+    bad("synth below a file", ["synth", "afile/d", *SYNTH_TINY], a_file),
+    bad("synth read-only", ["synth", "{ro}/d", *SYNTH_TINY]),
+    bad("synth --overwrite user data", ["synth", "real", *SYNTH_TINY, "--overwrite"], synth_lookalike),
+    bad("synth --size 100000x100000", ["synth", "big", "--persons", "1", "--size", "100000x100000"], absent=["big"]),
+    bad("synth --persons 1000000000", ["synth", "big", "--persons", "1000000000"], absent=["big"]),
+]
+
+
+@pytest.mark.parametrize("row", BAD_CALLS)
+def test_bad_call_is_one_line_and_changes_no_input(cli, world, request, row):
+    run_bad(cli, world, request, row)
+
+
+def test_synth_overwrite_replaces_its_own_dataset_only(cli, tmp_path):
+    assert cli("synth", tmp_path / "d", *SYNTH_TINY).exit_code == 0
+    assert cli("synth", tmp_path / "d", *SYNTH_TINY, "--seed", "3", "--overwrite").exit_code == 0
+    (tmp_path / "d" / "train" / "notes.txt").write_text("mine\n")
+    result = cli("synth", tmp_path / "d", *SYNTH_TINY, "--overwrite")
+    assert_one_line_error(result, "maskkit synth: error: ", "notes.txt")
+    assert (tmp_path / "d" / "train" / "notes.txt").read_text() == "mine\n"
+
+
+@pytest.mark.slow
+def test_synth_cleans_up_after_sigterm_and_after_kill_9(tmp_path):
+    """A killed synth's work folder is removed by the next synth beside it (a live process's is
+    kept); SIGTERM stops a synth like Ctrl-C: exit 143 (a terminated process) and no work folder."""
+    dead, live = tmp_path / ".old.synth-tmp999999999", tmp_path / f".mine.synth-tmp{os.getpid()}"
+    for folder in (dead, live):
+        (folder / "train").mkdir(parents=True)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    job = subprocess.Popen([sys.executable, "-m", "maskkit", "synth", "d", "--persons", "3000", "--size", "32x32"],
+                           cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    work = tmp_path / f".d.synth-tmp{job.pid}"
+    for _ in range(600):
+        if (work / "train").exists() or job.poll() is not None:
+            break
+        subprocess.run(["sleep", "0.05"])
+    assert not dead.exists() and live.exists()
+    job.send_signal(signal.SIGTERM)
+    _, err = job.communicate(timeout=120)
+    assert job.returncode == 143, err
+    assert "interrupted (SIGTERM)" in err and "Traceback" not in err
+    assert not work.exists() and not (tmp_path / "d").exists()

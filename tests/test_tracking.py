@@ -34,6 +34,7 @@ def tracked(manifest_path, tmp_path_factory, runner):
     return root, results
 
 
+@pytest.mark.slow
 def test_tensorboard_and_steps_csv_hold_each_step_and_epoch(tracked):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -51,6 +52,7 @@ def test_tensorboard_and_steps_csv_hold_each_step_and_epoch(tracked):
     assert val_f1 == pytest.approx(pd.read_csv(run / "metrics.csv")["val_f1"].tolist(), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_heartbeat_lines_give_the_whole_runs_eta_when_stderr_is_a_log(tracked):
     _, results = tracked
     beats = [line for line in results["tb"].stderr.splitlines() if "ETA" in line]
@@ -60,6 +62,7 @@ def test_heartbeat_lines_give_the_whole_runs_eta_when_stderr_is_a_log(tracked):
     assert done == total  # the last step of the last epoch
 
 
+@pytest.mark.slow
 def test_fold_all_marks_no_best_and_draws_no_validation_panel(tracked):
     root, results = tracked
     epoch_lines = [line for line in results["all"].stderr.splitlines() if line.startswith("epoch ") and "img/s" in line

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,11 @@ from maskkit.data.sampling import targets_of
 from maskkit.engine.loss import task_loss
 from maskkit.engine.trainer import Interrupted
 from maskkit.options import TrainOptions
-from helpers import FAST, one_thread
+from helpers import FAST, assert_one_line_error, one_thread
+from hostile import (ABSOLUTE_NAME, MARKER, RUN, TINY_FLAGS, assert_full_disk_names_the_output,
+                     assert_refused_while_parsing, bad, config_field, duplicated_rows, empty_path_row, first_image,
+                     foreign_last, junk_images, manifest_climbing, mixed_gender, planted_last, recipe, run_bad,
+                     source_changed, strange_images, train_csv_age)
 
 CHANCE = 1 / NUM_CLASSES
 F1_FLOOR = 0.25  # measured 0.30-0.42 for these tiny from-scratch runs; chance is 0.056
@@ -143,6 +148,7 @@ def _weights(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+@pytest.mark.slow
 def test_interrupted_then_resumed_run_ends_with_the_same_weights(tmp_path, manifest_path):
     # Everything random at once: augmentation, cutmix, dropout, balanced sampling, EMA.
     options = dict(FAST, aug="basic", cutmix=0.5, dropout=0.2, balanced=True, ema=True, ema_decay=0.9, epochs=2)
@@ -168,6 +174,7 @@ def test_interrupted_then_resumed_run_ends_with_the_same_weights(tmp_path, manif
     pd.testing.assert_frame_equal(metrics_a, metrics_b)  # appended on resume, one row per epoch
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, manifest_path, monkeypatch):
     from maskkit.engine.loss import MaskLoss
 
@@ -206,6 +213,7 @@ def test_a_run_failing_in_its_first_epoch_leaves_no_folder(tmp_path, manifest_pa
     assert not (tmp_path / "early").exists()
 
 
+@pytest.mark.slow
 def test_cli_trains_a_dataset_folder_with_an_on_the_fly_split(cli, drawn, tmp_path, monkeypatch):
     import maskkit.commands.train as train_module
     from maskkit.contract.layout import load_train
@@ -329,6 +337,7 @@ def test_bad_inputs_give_one_line_and_exit_2(case, cli, tmp_path, manifest_path,
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["taken"]  # nothing written
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_ctrl_c_or_sigterm_writes_last_pt_and_resume_finishes(stop, code, tmp_path, manifest_path, cli):
     """A real SIGINT (Ctrl-C) or SIGTERM (kill, a scheduler) to `maskkit train` in a subprocess, then `--resume`."""
@@ -420,6 +429,7 @@ def test_choice_options_refuse_values_outside_their_list(cli, manifest_path):
     assert result.exit_code == 2 and "'wild' is not one of" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_larger_epochs_extends_a_run_onto_the_longer_schedule(tmp_path, manifest_path):
     """Resumed with --epochs 3, a 2-epoch run continues on the 3-epoch schedule: its third epoch ends
     at the learning rate of a run planned for 3 epochs (the first two ran on the 2-epoch plan)."""
@@ -524,6 +534,7 @@ def test_a_recipe_key_is_read_by_its_flag():
         as_fields({"input_size": "64"}, "r.yaml")
 
 
+@pytest.mark.slow
 def test_a_run_killed_before_its_last_plots_draws_them_on_resume(tmp_path, manifest_path, monkeypatch):
     """Issue 31 (lower item): last.pt was written before the plots, so a run killed in between was
     "already finished" on resume and never drew them. Now the plots come first: resume redoes the epoch."""
@@ -547,3 +558,149 @@ def test_a_run_killed_before_its_last_plots_draws_them_on_resume(tmp_path, manif
         train.run(None, options, resume=tmp_path / "killed", show_progress=False)
     assert len(pd.read_csv(tmp_path / "killed" / "metrics.csv")) == 2
     assert (tmp_path / "killed" / "curves.png").is_file() and (tmp_path / "killed" / "confusion.png").is_file()
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+RESUME = ["train", "--resume", RUN, "--device", "cpu"]
+RECIPE = ["train", "folds.csv", *TINY_FLAGS, "--config", "r.yaml"]
+BAD_CALLS = [
+    bad("train: manifest row with empty path", ["train", "bad.csv", *TINY_FLAGS], empty_path_row),
+    bad("train: every row twice", ["train", "bad.csv", *TINY_FLAGS], duplicated_rows),
+    bad("train: a person with two genders", ["train", "bad.csv", *TINY_FLAGS], mixed_gender),
+    bad("train manifest path with ..", ["train", "bad.csv", *TINY_FLAGS], manifest_climbing,
+        absent=["runs/test_resnet-f0"]),
+    bad("train on unreadable images", ["train", "bad.csv", *TINY_FLAGS, "--name", "junk"], junk_images),
+    bad("train train.csv age -3", ["train", "X/train", *TINY_FLAGS], train_csv_age("-3")),
+    bad("train --runs-dir inside the dataset", ["train", "X/train", "--runs-dir", "X/train", *TINY_FLAGS]),
+    bad("train --overwrite the run whose manifest it reads",
+        ["train", f"{RUN}/manifest.csv", "--runs-dir", "runs", "--name", "base", "--overwrite", *TINY_FLAGS]),
+    bad("train --name ../../escaped", ["train", "folds.csv", *TINY_FLAGS, "--name", "../../escaped"],
+        absent=["../escaped", "../../escaped", "runs/../../escaped"]),
+    bad("train --name /abs", ["train", "folds.csv", *TINY_FLAGS, "--name", ABSOLUTE_NAME], absent=[ABSOLUTE_NAME]),
+    bad("train --warmup 1e308", ["train", "folds.csv", *TINY_FLAGS, "--warmup", "1e308"]),
+    bad("train --input-size 100000x100000", ["train", "folds.csv", *TINY_FLAGS, "--input-size", "100000x100000"]),
+    # recipes of the wrong type or out of range
+    bad("train --config epochs: ten", RECIPE, recipe("epochs: ten\n")),
+    bad("train --config lr: [1, 2]", RECIPE, recipe("lr: [1, 2]\n")),
+    bad("train --config batch_size: 1e400", RECIPE, recipe("batch_size: 1e400\n")),
+    bad("train --config epochs: 1.5", RECIPE, recipe("epochs: 1.5\n")),
+    bad("train --config epochs: true", RECIPE, recipe("epochs: true\n")),
+    bad("train --config pretrained: no-string", RECIPE, recipe('pretrained: "no"\n')),
+    bad("train --config seed: -1", RECIPE, recipe("seed: -1\n")),
+    bad("train --config workers: 1000000", RECIPE, recipe("workers: 1000000\n")),
+    bad("train --config r.json lr: fast", [*RECIPE[:-1], "r.json"], recipe('{"lr": "fast"}\n', "r.json")),
+    # resume: a checkpoint never runs code, and the run folder is the one it was
+    bad("train --resume a planted last.pt", RESUME, planted_last, absent=[MARKER]),
+    bad("train --resume a last.pt of other states", RESUME, foreign_last),
+    bad("train --resume config.json seed -1", RESUME, config_field("options.seed", -1)),
+    bad("train --resume after its source CSV changed", RESUME, source_changed),
+    bad("train --resume --name other", [*RESUME, "--name", "other"], absent=["runs/other"]),
+    bad("train --resume --runs-dir elsewhere", [*RESUME, "--runs-dir", "elsewhere"], absent=["elsewhere"]),
+]
+
+
+@pytest.mark.parametrize("row", BAD_CALLS)
+def test_bad_call_is_one_line_and_changes_no_input(cli, world, request, row):
+    run_bad(cli, world, request, row)
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["train", "folds.csv", *TINY_FLAGS, "--seed", "-1", "--name", "s"], "--seed"),
+    (["train", "folds.csv", *TINY_FLAGS, "--seed", "99999999999999999999", "--name", "s"], "--seed"),
+    (["train", "folds.csv", *TINY_FLAGS, "--workers", "1000000", "--name", "s"], "--workers"),
+], ids=["--seed -1", "--seed 99999999999999999999", "--workers 1000000"])
+def test_an_option_beyond_its_bound_is_one_line_before_anything_is_written(world, argv, option, monkeypatch, capsys):
+    """The bound of --seed and --workers (cores x 4) is one rule for every command, checked while parsing."""
+    assert_refused_while_parsing(world, argv, option, monkeypatch, capsys)
+
+
+@pytest.mark.slow
+def test_a_full_disk_names_the_run_folder_not_the_manifest_it_copies(world):
+    assert_full_disk_names_the_output(world, ["train", "folds.csv", *TINY_FLAGS, "--runs-dir", "out/runs"])
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_plotting_says_how_far_it_got_and_resume_works(cli, world, monkeypatch):
+    """The disk fills while the plots are saved after epoch 1: exit 1, one line, and resume works."""
+    import errno
+
+    from maskkit.contract.files import atomic_path
+    from maskkit.engine import checkpoint
+
+    def full_disk(run_dir):
+        with atomic_path(run_dir / "curves.png"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint, "plot_run", full_disk)
+        result = cli("train", "folds.csv", *TINY_FLAGS, "--name", "full")
+    assert_one_line_error(result, "maskkit train: error: ", "no space left", "1 epoch(s) finished",
+                          "--resume runs/full", code=1, after_messages=True)
+    assert cli("train", "--resume", "runs/full", "--device", "cpu").exit_code == 0
+
+
+@pytest.mark.slow
+def test_a_full_disk_in_torch_save_is_one_line_and_resume_works(cli, world, monkeypatch):
+    """torch.save on a full disk may fail in C++ with `basic_ios::clear`: exit 1, one line, then resume."""
+    real_save, saves = torch.save, []
+
+    def failing_save(obj, path, *args, **kwargs):
+        saves.append(Path(path).name)
+        if Path(path).name.startswith(".last.pt") and sum(n.startswith(".last.pt") for n in saves) == 3:  # epoch 2's
+            raise RuntimeError("basic_ios::clear: iostream error")
+        return real_save(obj, path, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "save", failing_save)
+        result = cli("train", "folds.csv", *TINY_FLAGS, "--epochs", "2", "--name", "full")
+    assert_one_line_error(result, "maskkit train: error: ", "runs/full/last.pt: cannot write", "--resume runs/full",
+                          code=1, after_messages=True)
+    assert cli("train", "--resume", "runs/full", "--device", "cpu").exit_code == 0
+    assert len(pd.read_csv(world / "runs" / "full" / "metrics.csv")) == 2
+
+
+def test_a_locked_run_folder_is_refused_naming_the_process_holding_it(cli, world):
+    from maskkit.contract.files import folder_lock
+
+    with folder_lock(world / "runs" / "base", "train"):
+        result = cli("train", "--resume", RUN, "--device", "cpu")
+    assert_one_line_error(result, "maskkit train: error: ", f"process {os.getpid()}")
+
+
+def test_resume_removes_the_temporary_file_of_a_killed_save(cli, world):
+    stale = world / RUN / ".last.pt.tmp4242.pt"
+    stale.write_bytes(b"half a checkpoint")
+    result = cli("train", "--resume", RUN, "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    assert not stale.exists()
+
+
+@pytest.mark.slow
+def test_resume_with_its_own_name_and_runs_dir_extends_the_same_run(cli, world):
+    """--name and --runs-dir that say where the run already is are no change: the run goes on in its folder."""
+    before = pd.read_csv(world / RUN / "metrics.csv")
+    result = cli("train", "--resume", RUN, "--name", "base", "--runs-dir", "runs", "--device", "cpu",
+                 "--epochs", str(len(before) + 1))
+    assert result.exit_code == 0, result.stderr
+    after = pd.read_csv(world / RUN / "metrics.csv")
+    assert after["epoch"].tolist() == [*before["epoch"], len(before) + 1]
+    pd.testing.assert_frame_equal(after.iloc[:len(before)], before)  # the epochs it had are kept as they were
+    assert sorted(p.name for p in (world / "runs").iterdir()) == ["base"]
+
+
+def test_recipe_values_of_the_right_type_are_taken(cli, world):
+    """The type rule refuses only wrong types: an int for a float field is a number, false is a bool."""
+    (world / "r.yaml").write_text("epochs: 2\nlr: 1\npretrained: false\nfold: 1\nworkers: 0\ninput_size: 32x48\n")
+    result = cli("train", "folds.csv", "--config", "r.yaml", "--print-config")
+    assert result.exit_code == 0, result.stderr
+    assert "epochs: 2\n" in result.stdout and "pretrained: false" in result.stdout and "lr: 1" in result.stdout
+
+
+@pytest.mark.slow
+def test_strange_training_images_are_named_in_one_warning(cli, world):
+    strange_images(world)
+    result = cli("train", "folds.csv", *TINY_FLAGS, "--name", "strange")
+    assert result.exit_code == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "strange training image" in line]
+    assert len(warnings) == 1 and "5 strange" in warnings[0] and first_image(world) in warnings[0]

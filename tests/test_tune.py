@@ -664,3 +664,15 @@ def test_a_space_value_of_the_wrong_type_is_one_line_naming_file_and_key(world, 
     refused(cli("tune", "manifest.csv", "--study", "t", "--trials", "1", "--space", "typed.yaml", "--runs-dir", "runs",
                 *flags), "typed.yaml", key)
     assert tree_hashes(world) == before and not (world / "runs" / "tune-t").exists()
+
+
+# --- slow marks (appended: the tests above stay as they are) ---
+
+for _slow in (test_two_workers_finish_the_asked_trials_with_the_fixed_flags_and_best_reproduces,
+              test_a_killed_worker_loses_nothing_and_its_run_folder_is_not_reused,
+              test_ctrl_c_is_one_line_saying_how_to_continue_and_the_same_command_does,
+              test_oof_objective_pools_the_folds_and_a_changed_study_is_refused,
+              test_an_enqueued_trial_outside_the_space_is_refused_before_training,
+              test_a_pruned_trial_stops_after_the_epoch_and_keeps_its_run_folder,
+              test_a_study_another_program_or_objective_made_is_refused_in_one_line):
+    pytest.mark.slow(_slow)  # over ~4 s (-m "not slow" skips them)

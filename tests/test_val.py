@@ -51,6 +51,7 @@ def test_val_of_a_fresh_run_reproduces_its_best_val_f1(which, request, cli, tmp_
     assert again[list(SCORE_COLUMNS[1:])].tolist() == row[list(SCORE_COLUMNS[1:])].tolist()
 
 
+@pytest.mark.slow
 def test_val_on_a_manifest_and_on_the_train_folder_and_flip_tta(multi_run, manifest_path, drawn, cli, tmp_path):
     """MANIFEST: every labelled image in it, the run's training images counted in a warning; DATA/train
     scores the same images as the manifest split wrote from it; --tta flip changes the probabilities."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections import Counter
 from io import StringIO
 from pathlib import Path
@@ -11,6 +14,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from hostile import bad, empty_prob_cell, hard_link_q, header_only_preds, nan_prob_cell, run_bad, soft_sum_three
 from maskkit.cli import app
 
 P = [f"p{i}" for i in range(18)]
@@ -182,3 +186,40 @@ def test_info_mismatch_names_the_input(tmp_path):
     result = invoke(*files, "--info", info)
     assert result.exit_code == 2
     assert f"{files[0]}: 1 rows differ from {info}" in result.output
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+BAD_CALLS = [
+    bad("vote -o input", ["vote", "p.csv", "q.csv", "-o", "q.csv"]),
+    bad("vote -o the first input", ["vote", "p.csv", "q.csv", "-o", "p.csv"]),
+    bad("vote -o hard link of input", ["vote", "p.csv", "q.csv", "-o", "h.csv"], hard_link_q),
+    bad("vote -o the --info file", ["vote", "p.csv", "q.csv", "--info", "X/eval/info.csv", "-o", "X/eval/info.csv"]),
+    bad("vote -o below a file", ["vote", "p.csv", "-o", "p.csv/v.csv"]),
+    bad("vote -o read-only", ["vote", "p.csv", "-o", "{ro}/v.csv"]),
+    bad("vote --soft sums to 3", ["vote", "p.csv", "q.csv", "--soft"], soft_sum_three),
+    bad("vote one empty file", ["vote", "empty.csv"], header_only_preds),
+    bad("vote an empty probability cell", ["vote", "p.csv", "q.csv", "-o", "v.csv"], empty_prob_cell, absent=["v.csv"]),
+    bad("vote --soft NaN and inf cells", ["vote", "p.csv", "q.csv", "--soft", "-o", "v.csv"], nan_prob_cell,
+        absent=["v.csv"]),
+]
+
+
+@pytest.mark.parametrize("row", BAD_CALLS)
+def test_bad_call_is_one_line_and_changes_no_input(cli, world, request, row):
+    run_bad(cli, world, request, row)
+
+
+def test_a_killed_vote_leaves_a_temporary_file_the_next_vote_removes(cli, world):
+    """kill -9 during `vote -o v.csv` left `.v.csv.tmp<pid>.csv` forever."""
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    stale = world / f".v.csv.tmp{victim.pid}.csv"
+    stale.write_text("ImageID,ans\nhalf a vote")
+    victim.kill()  # the writer dies with its temporary file in place, as under kill -9
+    victim.wait()
+    busy = world / f".v.csv.tmp{os.getppid()}.csv"  # a live process's file is left alone
+    busy.write_text("being written")
+    result = cli("vote", "p.csv", "q.csv", "-o", "v.csv")
+    assert result.exit_code == 0, result.stderr
+    assert not stale.exists() and busy.exists()
+    assert (world / "v.csv").read_text().startswith("ImageID,ans\n")
