@@ -3,7 +3,8 @@ cli.py reads these to build `--help` and shell completion; timm is imported only
 that ask it). It imports no other maskkit module but contract.errors: engine and data read it.
 
 One name, one meaning, in every subcommand:
-- sizes are WIDTHxHEIGHT (`--size` of drawn images, `--input-size` of a model's input);
+- sizes are WIDTHxHEIGHT at the edges (`--size` of drawn images, `--input-size` of a model's input),
+  and a `Size(height, width)` inside (the order arrays use);
 - `-o/--out` is always a file (stdout when absent); folders are positional or `--*-dir`;
 - `--weights FILE` is always a local weights file for the network the command builds;
 - `--masks DIR` is always a folder of person masks; `--overwrite` replaces earlier outputs;
@@ -367,8 +368,6 @@ class TrainOptions:
             if not _has_type(value, hints[name]):
                 raise MaskkitError(f"{source}: {name}: {value!r} is not {_type_words(hints[name])}; "
                                    f"write it as `maskkit train --print-config` does")
-        if values.get("img_size") is not None:
-            values["img_size"] = Size(*values["img_size"])
         options = cls(**values)
         try:
             if ranges:
