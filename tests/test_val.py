@@ -75,6 +75,7 @@ def test_val_on_a_manifest_and_on_the_train_folder_and_flip_tta(multi_run, manif
     assert score_row(whole)["images"] == len(manifest)
     assert folder.exit_code == 0, folder.stderr
     assert folder.stdout.strip().split(",")[2:] == whole.stdout.splitlines()[1].split(",")[2:]  # same images, same scores
+    assert flip.exit_code == 0 and plain.exit_code == 0, flip.stderr + plain.stderr
     with_flip, without = (pd.read_csv(tmp_path / f"{name}.csv") for name in ("flip", "plain"))
     assert flip.exit_code == 0 and (with_flip["ImageID"] == without["ImageID"]).all()
     assert (with_flip[PROB_COLUMNS] - without[PROB_COLUMNS]).abs().to_numpy().max() > 1e-3
