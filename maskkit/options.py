@@ -206,10 +206,6 @@ def option(default: typing.Any, *decls: str, help: str, **spelling: typing.Any) 
     return dataclasses.field(default=default, metadata={"flag": Flag(decls, help, **spelling)})
 
 
-def _size_field(text: object, where: str) -> Size:
-    return Size.parse(text, where)
-
-
 def _size_text(size: typing.Sequence[int]) -> str:
     return Size(*size).text
 
@@ -291,7 +287,7 @@ class TrainOptions:
     cutmix: float = option(0.45, "--cutmix", panel=AUG, valid=_between(0, 1), rule="use a probability in [0, 1]",
                            help="Probability of CutMix per batch.")
     img_size: tuple[int, int] = option(
-        Size(height=320, width=256), "--input-size", panel=MODEL, key="input_size", cli_type="str", parse=_size_field,
+        Size(height=320, width=256), "--input-size", panel=MODEL, key="input_size", cli_type="str", parse=Size.parse,
         show=_size_text,
         valid=lambda size: len(size) == 2 and all(INPUT_SIDE_RANGE[0] <= v <= INPUT_SIDE_RANGE[1] for v in size),
         rule=f"use {INPUT_SIDE_RANGE[0]}..{INPUT_SIDE_RANGE[1]} pixels a side",

@@ -221,7 +221,7 @@ def open_storage(study: Study) -> optuna.storages.RDBStorage:
         password = _password(url)
         if password:
             reason = reason.replace(password, "***")
-        fix = "; pip install 'maskkit[tune]' installs the PostgreSQL driver" if isinstance(exc, ImportError) else ""
+        fix = "; python3 -m pip install -e '.[tune]' installs the PostgreSQL driver" if isinstance(exc, ImportError) else ""
         raise MaskkitError(f"--storage {study.shown}: cannot open the study database ({reason[:200]}){fix}") from None
 
 
