@@ -63,7 +63,7 @@ def rates(found: pd.DataFrame, injected: pd.DataFrame, confirmed: set[str], cut:
     pairs = list(zip(chosen["person"], chosen["column"]))
     hit = [(p, c) in truth or p in confirmed for p, c in pairs]
     by_column = {}
-    for column in ("gender", "mask"):
+    for column in ("gender", "mask", "age"):
         found = sum((p, c) in truth for p, c in pairs if c == column)
         extra = sum((p, c) not in truth and p in confirmed for p, c in pairs if c == column)
         by_column[column] = (f"{found}/{int((injected['column'] == column).sum())}" + (f"+{extra}" if extra else "")
@@ -72,7 +72,7 @@ def rates(found: pd.DataFrame, injected: pd.DataFrame, confirmed: set[str], cut:
     return {"cut": cut, "suggested": len(chosen), "hits": sum(hit),
             "recall": found_injected / len(truth) if truth else float("nan"),
             "precision": sum(hit) / len(chosen) if len(chosen) else float("nan"),
-            "gender": by_column["gender"], "mask": by_column["mask"]}
+            "gender": by_column["gender"], "mask": by_column["mask"], "age": by_column["age"]}
 
 
 def proxy_oof(train: Path, out: Path) -> list[Path]:
@@ -153,7 +153,7 @@ def main() -> None:
     table = pd.concat([table, pd.DataFrame([review | {"cut": f"top {budget}", "default": "2x expected"}])],
                       ignore_index=True)
     print(f"audit expects {expected:.1f} wrong labels (sum of P(label wrong)); the top {budget} = twice that")
-    print("gender / mask: injected found/injected (+confirmed source errors found) of suggested")
+    print("gender / mask / age: injected found/injected (+confirmed source errors found) of suggested")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     if args.csv:
         table.to_csv(args.csv, index=False)

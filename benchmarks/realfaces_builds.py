@@ -11,6 +11,7 @@ faces stay unused. Images are written only under OUT (never commit them).
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib.util
 import random
 import sys
@@ -49,6 +50,43 @@ def build(builder, gitdir: str, out: Path, seed: int, args, rows: list[dict] | N
         builder.faces, builder.RESERVED = original_faces, original_reserved
 
 
+def wrong_age(age: int, rng: random.Random) -> int:
+    """An age 10-25 years past the nearest age-group boundary (30 or 60), on its other side."""
+    step = rng.randint(10, 25)
+    if age < 30:
+        return 29 + step
+    if age >= 60:
+        return 60 - step
+    return 30 - step if age - 30 < 60 - age else 59 + step
+
+
+def add_age_errors(build_dir: Path, share: float, seed: int) -> int:
+    """Give `share` of the persons with no injected error a recorded age in another group."""
+    rng = random.Random(seed)
+    errors_path, table_path = build_dir / "injected_errors.csv", build_dir / "train" / "train.csv"
+    errors = list(csv.DictReader(errors_path.open()))
+    taken = {row["person"] for row in errors}
+    rows = list(csv.DictReader(table_path.open()))
+    count = 0
+    for row in rows:
+        if row["id"] in taken or rng.random() >= share:
+            continue
+        true_age = int(row["age"])
+        recorded = max(1, min(90, wrong_age(true_age, rng)))
+        folder = f"{row['id']}_{row['gender']}_{row['race']}_{recorded}"
+        (build_dir / "train" / "images" / row["path"]).rename(build_dir / "train" / "images" / folder)
+        row["age"], row["path"] = str(recorded), folder
+        errors.append({"person": row["id"], "column": "age", "true": str(true_age), "recorded": str(recorded)})
+        count += 1
+    for path, fields, table in ((table_path, ["id", "gender", "race", "age", "path"], rows),
+                                (errors_path, ["person", "column", "true", "recorded"], errors)):
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(table)
+    return count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("gitdir")
@@ -58,6 +96,7 @@ def main() -> None:
     parser.add_argument("--eval", type=int, default=400)
     parser.add_argument("--cache", default="/tmp/realfaces-src")
     parser.add_argument("--builder", type=Path, default=BUILDER)
+    parser.add_argument("--age-noise", type=float, default=0.0, help="share of the other train persons given an age error")
     args = parser.parse_args()
     builder = load_builder(args.builder)
     builder.extract(args.gitdir, args.cache)
@@ -69,6 +108,9 @@ def main() -> None:
     rest = [row for row in every if row["path"] not in used_by_a | reserved]
     build(builder, args.gitdir, args.out / "A", 11, args, None)
     build(builder, args.gitdir, args.out / "B", 12, args, rest)
+    for name, seed in (("A", 11), ("B", 12)):
+        if args.age_noise > 0:
+            print(f"{name}: {add_age_errors(args.out / name, args.age_noise, seed)} age errors added")
     print(f"A and B share no face: {len(used_by_a)} faces in A, {len(rest)} left for B, "
           f"{len(reserved)} reserved and unused")
 
