@@ -11,6 +11,7 @@ from pathlib import Path, PurePath
 import pandas as pd
 import pytest
 
+from helpers import assert_one_line_error
 from maskkit.contract.fixes import COMMUNITY, KNOWN, SHIPPED, apply_fixes, read_fixes
 from maskkit.contract.labels import age_group, task_labels
 from maskkit.contract.layout import load_train, parse_folder_name
@@ -129,3 +130,10 @@ def test_an_age_fix_changes_the_age_group_of_every_image_of_the_person(drawn):
     assert set(task_labels(fixed.loc[mine, "label"].to_numpy())["age"]) == {2}  # >= 60
     assert set(task_labels(images.loc[mine, "label"].to_numpy())["age"]) == {1}
     pd.testing.assert_frame_equal(fixed[~mine], images[~mine])
+
+
+def test_a_misspelt_list_name_is_one_line_naming_the_shipped_lists(drawn, cli, tmp_path):
+    out = tmp_path / "folds.csv"
+    result = cli("split", drawn / "train", "--fixes", "comunity", "-o", out)
+    assert_one_line_error(result, "comunity: file not found", "known, community")
+    assert not out.exists()

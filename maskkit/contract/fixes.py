@@ -44,7 +44,7 @@ def shipped_fixes_path(name: str) -> Path:
 def read_fixes(path: str | Path) -> pd.DataFrame:
     """Read and validate a fixes CSV (`known` and `community` read the shipped ones)."""
     path = shipped_fixes_path(str(path)) if str(path) in SHIPPED else Path(path)
-    fix = "a fixes CSV has columns target,column,old,new,reason"
+    fix = f"a fixes CSV has columns target,column,old,new,reason, or name a shipped list: {', '.join(SHIPPED)}"
     fixes = read_csv(path, FIXES_COLUMNS, fix=fix, dtype=str, keep_default_na=False)
     unknown = sorted(set(fixes["column"]) - set(FIXABLE))
     if unknown:
