@@ -132,9 +132,13 @@ TRAIN_RUN_PARAMETERS = (("source", TrainSource, Path("data/train")), ("config", 
                         ("overwrite", TrainOverwrite, False), ("resume", Resume, None))
 
 Fixes = Annotated[Optional[List[str]], typer.Option(
-    "--fixes", metavar="FILE", help="Fixes CSV to apply first (from `maskkit audit --fixes-out`), or 'known' for the "
-    "agreed corrections of the real competition data (matched on whole folder names such as 000020_female_Asian_50, "
-    "so a drawn dataset is untouched). Repeat to apply several, in the order given.")]
+    "--fixes", metavar="FILE", help="Fixes CSV to apply first (from `maskkit audit --fixes-out`), or a shipped list of "
+    "corrections of the real competition data: 'known' (what two published lists agree on) or 'community' (the "
+    "gender and age fixes only one of them gives). The lists: boostcampaitech3/level1-image-classification-level1-"
+    "nlp-01 label_corrections.py and boostcampaitech4cv2/level1_imageclassification_cv-level1-cv-09 "
+    "utils/mislabeled.csv; each row's reason names its sources (docs/formats.md). Both match whole folder names such "
+    "as 000020_female_Asian_50 and apply only to a dataset holding at least half of their persons, so a drawn "
+    "dataset is untouched. Repeat to apply several, in the order given.")]
 
 # --- segment and cam -----------------------------------------------------------------------------
 SegmentModel = Annotated[Literal[vocab.SEGMENT_MODELS], typer.Option("--model", help="DeepLabV3 backbone.")]

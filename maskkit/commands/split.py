@@ -14,7 +14,7 @@ from rich.table import Table
 
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import Inputs, console
-from maskkit.contract.fixes import KNOWN, apply_fixes, read_fixes
+from maskkit.contract.fixes import SHIPPED, apply_fixes, read_fixes
 from maskkit.contract.labels import NUM_CLASSES, class_name
 from maskkit.contract.layout import load_train
 from maskkit.contract.manifest import MANIFEST_COLUMNS, write_manifest
@@ -47,7 +47,7 @@ def run(data: Path, folds: int = 5, seed: int = SEED, fixes: str | Sequence[str]
     if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
         raise MaskkitError(f"--seed {seed}: use {SEED_RANGE[0]}..{SEED_RANGE[1]}")
     fixes = [fixes] if isinstance(fixes, (str, Path)) else list(fixes or [])
-    inputs = Inputs.of(data, [f for f in fixes if str(f) != KNOWN])
+    inputs = Inputs.of(data, [f for f in fixes if str(f) not in SHIPPED])
     inputs.check(out, header=MANIFEST_COLUMNS)
     fix_tables = [(str(f), read_fixes(f)) for f in fixes]  # every file checked before any is applied
     images = load_train(data)

@@ -5,6 +5,10 @@ mask): an image is named by its path or by `<person or folder>/<file name or ste
 its last two path parts. The shipped known fixes (`known`) name whole folders of the real data
 (`000020_female_Asian_50`: id, gender, race, age), so a dataset that only shares an id (a drawn
 one) is left alone. Applying fixes changes the table only, never the image files.
+
+The shipped lists (`known`: what two published sources agree on; `community`: what one source
+lists) apply only to a dataset holding at least half of the persons they name: the real data holds
+all, a drawn one at most the few whose folder name it drew by chance (its names have the same form).
 """
 
 from __future__ import annotations
@@ -22,17 +26,25 @@ from maskkit.contract.paths import check_no_parent
 FIXES_COLUMNS = ("target", "column", "old", "new", "reason")
 FIXABLE = ("gender", "age", "mask")
 KNOWN = "known"
+COMMUNITY = "community"
+SHIPPED = {KNOWN: "known_fixes.csv", COMMUNITY: "community_fixes.csv"}  # --fixes NAME -> maskkit/data/FILE
+SHIPPED_QUORUM = 0.5  # share of a shipped list's persons a dataset must hold for the list to apply
 
 
 def known_fixes_path() -> Path:
-    """The corrections of the real competition data that many teams agree on, shipped in the package."""
-    return Path(str(resources.files("maskkit") / "data" / "known_fixes.csv"))
+    """The corrections of the real competition data that two published lists agree on, shipped in the package."""
+    return shipped_fixes_path(KNOWN)
+
+
+def shipped_fixes_path(name: str) -> Path:
+    """The file of a shipped fix list (`known`, `community`) in the package."""
+    return Path(str(resources.files("maskkit") / "data" / SHIPPED[name]))
 
 
 def read_fixes(path: str | Path) -> pd.DataFrame:
-    """Read and validate a fixes CSV (`known` reads the shipped one)."""
-    path = known_fixes_path() if str(path) == KNOWN else Path(path)
-    fix = "a fixes CSV has columns target,column,old,new,reason"
+    """Read and validate a fixes CSV (`known` and `community` read the shipped ones)."""
+    path = shipped_fixes_path(str(path)) if str(path) in SHIPPED else Path(path)
+    fix = f"a fixes CSV has columns target,column,old,new,reason, or name a shipped list: {', '.join(SHIPPED)}"
     fixes = read_csv(path, FIXES_COLUMNS, fix=fix, dtype=str, keep_default_na=False)
     unknown = sorted(set(fixes["column"]) - set(FIXABLE))
     if unknown:
@@ -67,9 +79,31 @@ def _image_index(images: pd.DataFrame) -> dict[tuple[str, str], list[int]]:
     return index
 
 
+def _person_of(target: str, column: str) -> str:
+    """The person (id or folder name) a fix's target names."""
+    parts = PurePath(target.replace("\\", "/")).parts
+    return parts[-2] if column == "mask" and len(parts) >= 2 else target
+
+
+def _too_few_persons(images: pd.DataFrame, fixes: pd.DataFrame, source: str) -> bool:
+    """True (and said on stderr) when a shipped list names persons this dataset mostly lacks."""
+    named = {_person_of(t, c) for t, c in zip(fixes["target"], fixes["column"])}
+    held = named & (set(images["person"].astype(str)) | set(images["folder"].astype(str)))
+    if len(held) >= SHIPPED_QUORUM * len(named):
+        return False
+    console.print(f"{source}: 0 of {len(fixes)} fixes applied")
+    console.print(f"  only {len(held)} of the {len(named)} persons it names are in this dataset: not the real "
+                  f"competition data, so none applied (pass the file {shipped_fixes_path(source)} to apply its "
+                  f"rows one by one)")
+    return True
+
+
 def apply_fixes(images: pd.DataFrame, fixes: pd.DataFrame, source: str = "fixes") -> pd.DataFrame:
-    """A copy of the image table with the fixes applied and labels recomputed; unmatched fixes reported."""
+    """A copy of the image table with the fixes applied and labels recomputed; unmatched fixes reported.
+    A shipped list (`source` is its name) applies only where the dataset holds most of its persons."""
     images = images.copy().reset_index(drop=True)
+    if str(source) in SHIPPED and _too_few_persons(images, fixes, str(source)):
+        return images
     index = _image_index(images)
     applied, not_found, stale = 0, [], []
     for fix in fixes.itertuples(index=False):
