@@ -151,6 +151,49 @@ def test_vertical_cutmix_joins_two_images_of_one_class_and_keeps_the_labels():
     assert float(loss_fn.mixed(outputs, targets, perm, lam)) == pytest.approx(float(loss_fn(outputs, targets)))
 
 
+class Seeing(torch.nn.Module):
+    """A linear 18-way model that keeps the images of its last forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear, self.seen = torch.nn.Linear(3 * 8 * 6, 18), None
+
+    def forward(self, images):
+        self.seen = images.detach().clone()
+        return {"class": self.linear(images.flatten(1))}
+
+
+@pytest.mark.parametrize("cutmix, mode, mixup", [(0.0, "box", 0.0), (1.0, "vertical", 0.0), (0.0, "box", 1.0)])
+def test_a_training_step_mixes_the_batch_as_its_probabilities_say(cutmix, mode, mixup):
+    from maskkit.engine.loop import OnDevice, Optimisation, train_step
+
+    model, images = Seeing(), torch.randn(B, 3, 8, 6)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])  # every image has a partner of its class
+    opt = Optimisation(torch.optim.SGD(model.parameters(), lr=0.1), None, torch.amp.GradScaler("cpu", enabled=False),
+                       cutmix=cutmix, cutmix_generator=torch.Generator().manual_seed(0), cutmix_mode=mode,
+                       mixup=mixup, mixup_alpha=10.0)  # alpha 10: lam near 1/2, so a blend changes every pixel
+    loss = train_step(model, images, {"label": labels}, MaskLoss(), opt, OnDevice(torch.device("cpu")))
+    assert torch.isfinite(loss)
+    close = torch.isclose(model.seen, images, atol=1e-6)
+    same = close.flatten(1).all(1)  # per image: unchanged
+    if mixup:  # images blended with another (randperm may pair one with itself): every pixel of them changed
+        changed = ~same
+        assert changed.sum() >= B // 2 and not close[changed].any()
+    elif cutmix:  # tops kept, bottoms from the partner of the same class
+        assert torch.equal(model.seen[:, :, :4], images[:, :, :4]) and not same.any()
+    else:
+        assert same.all()
+
+
+def test_the_runs_table_names_the_new_objectives():
+    from maskkit.commands.runs import loss_name
+
+    options = {"f1_loss": 0.5, "cutmix": 0.3, "cutmix_mode": "vertical", "mixup": 0.2, "drop_ages": "57-59",
+               "drop_ages_mode": "skip"}
+    assert loss_name(options) == "ce+f1w0.5+vcutmix0.3+mixup0.2+skip57-59"
+    assert loss_name({**options, "drop_ages_mode": "loss", "cutmix_mode": "box"}) == "ce+f1w0.5+cutmix0.3+mixup0.2+drop57-59"
+
+
 # --- the soft macro-F1 loss ----------------------------------------------------------------------
 
 def test_the_f1_loss_falls_as_predictions_match_the_labels_and_is_differentiable():
