@@ -292,3 +292,21 @@ def test_a_run_with_every_new_option_learns_on_drawn_data(manifest_path, tmp_pat
     val = pd.read_csv(run / "val_preds.csv")
     assert val["person"].nunique() == manifest.loc[manifest["fold"] == 0, "person"].nunique()
     assert np.isfinite(metrics["val_loss"]).all()
+
+
+@pytest.mark.slow  # about 10 s of CPU: two short runs
+def test_a_run_with_the_new_mixes_resumes_to_the_same_weights(manifest_path, tmp_path):
+    from maskkit.commands import train
+    from maskkit.engine.trainer import Interrupted
+
+    manifest = read_manifest(manifest_path)
+    options = TrainOptions(**{**FAST, "epochs": 2, "heads": "single", "drop_ages": band_of(manifest), "f1_loss": 0.5,
+                              "mixup": 0.5, "cutmix": 0.5, "cutmix_mode": "vertical"})
+    with one_thread():
+        straight = train.run(manifest_path, options, runs_dir=tmp_path, name="straight", show_progress=False)
+        with pytest.raises(Interrupted):
+            train.run(manifest_path, options, runs_dir=tmp_path, name="resumed", show_progress=False,
+                      stop=lambda epoch, step: (epoch, step) == (0, 3))
+        resumed = train.run(None, options, resume=tmp_path / "resumed", show_progress=False)
+    a, b = (torch.load(r / "last.pt", map_location="cpu", weights_only=True)["model"] for r in (straight, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the mixes' draws are restored with last.pt
