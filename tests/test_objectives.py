@@ -208,7 +208,7 @@ def test_the_f1_loss_falls_as_predictions_match_the_labels_and_is_differentiable
         losses.append(float(loss.detach()))
     assert all(a > b for a, b in zip(losses, losses[1:])) and losses[0] > 0.8 and losses[-1] < 0.01
 
-    outputs, targets = leaf_outputs(), batch_targets()
+    outputs, targets = {k: v.detach() for k, v in leaf_outputs().items()}, batch_targets()
     plain, with_f1 = MaskLoss(heads="multi"), MaskLoss(heads="multi", f1_loss=0.7)
     f1_terms = sum(soft_f1_loss(outputs[t], targets[t]) for t in TASKS)
     assert float(with_f1(outputs, targets)) == pytest.approx(float(plain(outputs, targets) + 0.7 * f1_terms), rel=1e-6)
