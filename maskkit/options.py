@@ -50,6 +50,9 @@ FILLS = ("black", "white", "gray", "mean", "blur")  # segment's backgrounds
 SEGMENT_MODELS = ("resnet50", "resnet101", "mobilenet")
 CAM_METHODS = ("gradcam", "gradcam++", "eigencam")
 CAM_HEADS = ("class", "mask", "gender", "age", "all")
+DROP_AGES_MODES = ("loss", "skip")  # train --drop-ages: the band's persons give no age loss, or do not train
+CUTMIX_MODES = ("box", "vertical")  # train --cutmix-mode: a random box of any image, or the bottom half of one of its class
+AGE_BAND_RANGE = (0, 120)  # --drop-ages LOW-HIGH: years (contract.labels.AGE_RANGE)
 
 BACKBONES = {
     "resnet18": "resnet18",
@@ -168,6 +171,33 @@ def parse_crop(text: str) -> tuple[float, float] | None:
     return height, width
 
 
+def parse_age_band(text: object, source: str = "--drop-ages") -> str | None:
+    """`--drop-ages LOW-HIGH` (years, both included) as its canonical text "57-59"; none (or None) -> None."""
+    if text is None or str(text).strip().lower() in ("", "none"):
+        return None
+    try:
+        low, high = (int(v) for v in str(text).strip().split("-"))
+        if not AGE_BAND_RANGE[0] <= low <= high <= AGE_BAND_RANGE[1]:
+            raise ValueError
+    except ValueError:
+        raise MaskkitError(f"{source} {text!r}: use LOW-HIGH, two ages in {AGE_BAND_RANGE[0]}..{AGE_BAND_RANGE[1]} "
+                           "with LOW <= HIGH, like 57-59 (or none)") from None
+    return f"{low}-{high}"
+
+
+def age_band(text: str | None) -> tuple[int, int] | None:
+    """(low, high) years of a canonical --drop-ages value; None for none."""
+    band = parse_age_band(text)
+    return None if band is None else tuple(int(v) for v in band.split("-"))
+
+
+def _is_age_band(text: object) -> bool:
+    try:
+        return text is None or parse_age_band(text) == text
+    except MaskkitError:
+        return False
+
+
 
 # --- how an option is spelt: one declaration for the command line, recipes and messages ----------
 
@@ -263,6 +293,17 @@ class TrainOptions:
     old_age: int = option(60, "--old-age", panel=LOSS, valid=lambda age: 30 < age <= 120, rule="use an age in 31..120",
                           help="Train with age >= N as the oldest group (e.g. 58); validation always scores the true "
                                "groups (60).")
+    drop_ages: str | None = option(
+        None, "--drop-ages", panel=LOSS, cli_type="str", parse=parse_age_band, metavar="LOW-HIGH", valid=_is_age_band,
+        rule=f"use LOW-HIGH, two ages in {AGE_BAND_RANGE[0]}..{AGE_BAND_RANGE[1]} with LOW <= HIGH, like 57-59 (or none)",
+        help="Persons whose age is in LOW..HIGH years (e.g. 57-59, the ages near the cut) give no age loss (or do not "
+             "train: --drop-ages-mode); validation always scores every person.")
+    drop_ages_mode: str = option(
+        "loss", "--drop-ages-mode", panel=LOSS, choices=DROP_AGES_MODES,
+        help="--drop-ages: loss (their images train mask and gender, no age loss: no age group term, no age branch "
+             "term; --single trains their mask x gender marginal) or skip (their images do not train).")
+    f1_loss: float = option(0.0, "--f1-loss", panel=LOSS, valid=_between(0, 100), rule="use a weight in 0..100",
+                            help="Adds W x (1 - soft macro F1) to the cross-entropy of each class head (0 = off).")
     pretrained: bool = option(True, "--pretrained/--no-pretrained", panel=MODEL, help="Start from ImageNet weights.")
     weights: str | None = option(None, "--weights", panel=MODEL, cli_type="path",
                                  help="Local weights file for the backbone (offline servers; ViTs at any size).")
@@ -286,6 +327,15 @@ class TrainOptions:
              "competition otherwise. Stored in config.json; predict and cam reuse it.")
     cutmix: float = option(0.45, "--cutmix", panel=AUG, valid=_between(0, 1), rule="use a probability in [0, 1]",
                            help="Probability of CutMix per batch.")
+    cutmix_mode: str = option(
+        "box", "--cutmix-mode", panel=AUG, choices=CUTMIX_MODES,
+        help="box (a random box of another image, targets mixed by area) or vertical (the bottom half of another "
+             "image of the same class in the batch: the labels stay).")
+    mixup: float = option(0.0, "--mixup", panel=AUG, valid=_between(0, 1), rule="use a probability in [0, 1]",
+                          help="Probability of MixUp per batch (a batch is mixed one way at most: --cutmix + --mixup "
+                               "<= 1); every head's target is mixed as CutMix's.")
+    mixup_alpha: float = option(0.4, "--mixup-alpha", panel=AUG, valid=lambda a: 0 < a <= 10, rule="use a value in (0, 10]",
+                                help="MixUp's Beta(alpha, alpha) of the mixing weight.")
     img_size: tuple[int, int] = option(
         Size(height=320, width=256), "--input-size", panel=MODEL, key="input_size", cli_type="str", parse=Size.parse,
         show=_size_text,
@@ -391,6 +441,9 @@ class TrainOptions:
                 raise MaskkitError(f"{flag.name} {shown}: {flag.rule}")
             if flag.valid is None and flag.choices is not None and value not in flag.choices:
                 raise MaskkitError(f"{flag.name} {value!r}: use {', '.join(flag.choices)}")
+        if self.cutmix + self.mixup > 1 + 1e-9:
+            raise MaskkitError(f"--mixup {self.mixup}: with --cutmix {self.cutmix} the two exceed 1 (a batch is mixed "
+                               "one way at most); lower one")
         if self.wandb is not None and self.logger != "wandb":
             raise MaskkitError(f"--wandb {self.wandb}: names the project of --logger wandb (drop it, or use --logger wandb)")
         check_workers_threads(self.workers, self.threads)

@@ -80,14 +80,21 @@ def find_runs(folders: Sequence[str | Path]) -> list[Path]:
 
 
 def loss_name(options: dict) -> str:
-    """A short name of the objective: ce, focal2, +ls0.1, +balanced, +cutmix0.5, +ema."""
+    """A short name of the objective: ce, focal2, +f1w0.5, +ls0.1, +balanced, +cutmix0.5, +vcutmix0.5, +mixup0.3,
+    +drop57-59, +skip57-59, +ema."""
     parts = [f"focal{options['focal']:g}" if options.get("focal") else "ce"]
+    if options.get("f1_loss"):
+        parts.append(f"f1w{options['f1_loss']:g}")
     if options.get("label_smoothing"):
         parts.append(f"ls{options['label_smoothing']:g}")
     if options.get("balanced"):
         parts.append("balanced")
     if options.get("cutmix"):
-        parts.append(f"cutmix{options['cutmix']:g}")
+        parts.append(f"{'v' if options.get('cutmix_mode') == 'vertical' else ''}cutmix{options['cutmix']:g}")
+    if options.get("mixup"):
+        parts.append(f"mixup{options['mixup']:g}")
+    if options.get("drop_ages"):
+        parts.append(f"{'skip' if options.get('drop_ages_mode') == 'skip' else 'drop'}{options['drop_ages']}")
     if options.get("ema"):
         parts.append("ema")
     return "+".join(parts)

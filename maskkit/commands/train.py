@@ -53,7 +53,7 @@ from maskkit.contract.streams import is_stream, read_input
 from maskkit.data.folds import make_manifest
 from maskkit.data.loader import image_size
 from maskkit.data.presets import resolve_crop
-from maskkit.engine.build import training_rows
+from maskkit.engine.build import skipped_rows, training_rows
 from maskkit.engine.devices import resolve_device, use_threads
 from maskkit.engine.distributed import Distributed, env_rank
 from maskkit.engine.heads import AGE_HEAD_KINDS
@@ -117,6 +117,7 @@ def build_config(options: TrainOptions, manifest_path: Path, source: str, manife
     Returned as the view `runfolder.read_config` gives (what is written is `stored_config` of it)."""
     defaults = model_defaults(options.backbone)
     train_rows = training_rows(manifest, options)
+    trained = train_rows & ~skipped_rows(manifest, options)  # --drop-ages-mode skip: the band's persons do not train
     stored = {
         "format": runfolder.CONFIG_FORMAT,
         "options": options.to_dict(),
@@ -127,9 +128,9 @@ def build_config(options: TrainOptions, manifest_path: Path, source: str, manife
         "source": source,
         "manifest": runfolder.MANIFEST,
         "manifest_sha256": file_sha256(manifest_path),
-        "train_images": int(train_rows.sum()),
+        "train_images": int(trained.sum()),
         "val_images": int((~train_rows).sum()),
-        "train_persons": int(manifest.loc[train_rows, "person"].nunique()),
+        "train_persons": int(manifest.loc[trained, "person"].nunique()),
         "val_persons": int(manifest.loc[~train_rows, "person"].nunique()),
         "versions": package_versions(),
         "command": sys.argv,
@@ -148,6 +149,10 @@ def _check_new_run(source: str | Path, options: TrainOptions, manifest: pd.DataF
     n_train = int(training_rows(manifest, options).sum())
     if n_train == 0:
         raise MaskkitError(f"{source}: nothing left to train on outside fold {options.fold}")
+    n_train -= int((training_rows(manifest, options) & skipped_rows(manifest, options)).sum())
+    if n_train == 0:
+        raise MaskkitError(f"--drop-ages {options.drop_ages}: --drop-ages-mode skip leaves no training image in "
+                           f"{source}; narrow the band or use --drop-ages-mode loss")
     if n_train < options.batch_size:
         raise MaskkitError(f"--batch-size {options.batch_size}: larger than the {n_train} training images; use a smaller one")
     check_images_exist(manifest, str(source))

@@ -10,8 +10,15 @@ from maskkit.contract.labels import GENDERS, MASKS, NUM_CLASSES, age_group, age_
 from maskkit.data.loader import SeededSampler
 
 
-def targets_of(rows: pd.DataFrame, old_age: int) -> dict[str, np.ndarray]:
-    """Per-image targets: training groups use `old_age`; `true_label` always uses the true groups (60)."""
+def in_age_band(rows: pd.DataFrame, band: tuple[int, int] | None) -> np.ndarray:
+    """Which rows' recorded age lies in `band` (low, high years, both included; None: none)."""
+    age = rows["age"].to_numpy(np.float64)
+    return np.zeros(len(age), bool) if band is None else (age >= band[0]) & (age <= band[1])
+
+
+def targets_of(rows: pd.DataFrame, old_age: int, drop_ages: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+    """Per-image targets: training groups use `old_age`; `true_label` always uses the true groups (60).
+    `drop_ages` (a band of years): also "age_keep", 0 for the band's images (no age loss), else 1."""
     mask = rows["mask"].map(MASKS.index).to_numpy(np.int64)
     gender = rows["gender"].map(GENDERS.index).to_numpy(np.int64)
     age = rows["age"].to_numpy(np.float64)
@@ -23,7 +30,7 @@ def targets_of(rows: pd.DataFrame, old_age: int) -> dict[str, np.ndarray]:
         "age": train_group,
         "age_years": age_to_target(age).astype(np.float32),
         "true_label": encode(mask, gender, age_group(age)).astype(np.int64),
-    }
+    } | ({} if drop_ages is None else {"age_keep": (~in_age_band(rows, drop_ages)).astype(np.float32)})
 
 
 def balanced_weights(labels: np.ndarray) -> np.ndarray:

@@ -21,12 +21,12 @@ from maskkit.data.cache import CacheFolderError, available_memory, cache_bytes, 
 from maskkit.data.gpu_augment import BatchAugment
 from maskkit.data.loader import ImageDataset, build_cache, make_loader
 from maskkit.data.presets import build_transform, eval_transform, work_size
-from maskkit.data.sampling import ResumableSampler, ShardSampler, balanced_weights, targets_of
+from maskkit.data.sampling import ResumableSampler, ShardSampler, balanced_weights, in_age_band, targets_of
 from maskkit.engine.devices import default_workers
 from maskkit.engine.distributed import Distributed
 from maskkit.engine.loop import OnDevice, Optimisation
 from maskkit.engine.models import build_model, to_channels_last
-from maskkit.options import TrainOptions
+from maskkit.options import TrainOptions, age_band
 
 NO_CACHE = (None, None)  # (images, valid) of a dataset read from disk
 
@@ -36,6 +36,13 @@ def training_rows(manifest: pd.DataFrame, options: TrainOptions) -> pd.Series:
     if options.all_folds:
         return pd.Series(True, index=manifest.index)
     return manifest["fold"] != options.fold
+
+
+def skipped_rows(manifest: pd.DataFrame, options: TrainOptions) -> pd.Series:
+    """The rows `--drop-ages-mode skip` leaves out of training (validation keeps them)."""
+    if options.drop_ages_mode != "skip":
+        return pd.Series(False, index=manifest.index)
+    return pd.Series(in_age_band(manifest, age_band(options.drop_ages)), index=manifest.index)
 
 
 def device_side(device: torch.device, aug: str) -> tuple[bool, bool]:
@@ -88,13 +95,15 @@ def build_datasets(options: TrainOptions, config: dict, manifest: pd.DataFrame, 
     """(training set, validation set or None with `--fold all`), both reading the manifest's cache."""
     img_size, mean, std, crop = tuple(config["img_size"]), config["mean"], config["std"], tuple(config["crop"])
     images, valid = build_cache_of_manifest(options, config, manifest)
-    train_at, val_at = np.flatnonzero(trains.to_numpy()), np.flatnonzero(~trains.to_numpy())
+    train_at = np.flatnonzero((trains & ~skipped_rows(manifest, options)).to_numpy())
+    val_at = np.flatnonzero(~trains.to_numpy())
     train_rows, val_rows = manifest.iloc[train_at].reset_index(drop=True), manifest.iloc[val_at].reset_index(drop=True)
     train_transform = build_transform("none" if augment_on_device else options.aug, img_size, mean, std, crop,
                                       normalize=not normalize_on_device)
     # uint8 crops with nothing random on the host: whole batches are cut from the cache at once
     gather_train = normalize_on_device and (augment_on_device or options.aug == "none")
-    train_set = ImageDataset(train_rows["path"], targets_of(train_rows, options.old_age), img_size, train_transform,
+    drop = age_band(options.drop_ages) if options.drop_ages_mode == "loss" else None
+    train_set = ImageDataset(train_rows["path"], targets_of(train_rows, options.old_age, drop), img_size, train_transform,
                              cache=images, valid=None if valid is None else valid[train_at], crop=crop,
                              seed=options.seed, cache_rows=train_at, gather=gather_train)
     if options.all_folds:
@@ -110,7 +119,8 @@ def build_data(manifest: pd.DataFrame, options: TrainOptions, config: dict, devi
                amp_dtype: torch.dtype | None, dist: Distributed) -> TrainData:
     """Datasets, sampler and loaders of the fold, and how batches move to `device`."""
     trains = training_rows(manifest, options)
-    train_rows, val_rows = manifest[trains].reset_index(drop=True), manifest[~trains].reset_index(drop=True)
+    train_rows = manifest[trains & ~skipped_rows(manifest, options)].reset_index(drop=True)
+    val_rows = manifest[~trains].reset_index(drop=True)
     normalize_on_device, augment_on_device = device_side(device, options.aug)
     mean, std = config["mean"], config["std"]
     on_device = OnDevice(device, amp_dtype, (mean, std) if normalize_on_device else None,
@@ -171,10 +181,12 @@ def make_scheduler(optimizer: torch.optim.Optimizer, options: TrainOptions, step
 def build_optimisation(model: torch.nn.Module, options: TrainOptions, steps: int, device: torch.device,
                        amp_dtype: torch.dtype | None) -> Optimisation:
     """timm's optimiser (weight decay on weights only, norms and biases excluded), its schedule,
-    the fp16 grad scaler, the CutMix generator and, with `--ema`, timm's EMA of the weights."""
+    the fp16 grad scaler, the generator of the batch mixes (CutMix, MixUp) and, with `--ema`, timm's EMA
+    of the weights."""
     optimizer = create_optimizer_v2(model, opt=options.opt, lr=options.lr, weight_decay=options.weight_decay)
     return Optimisation(
         optimizer=optimizer, scheduler=make_scheduler(optimizer, options, steps),
         scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
         ema=ModelEmaV3(model, decay=options.ema_decay, use_warmup=True) if options.ema else None,
-        cutmix=options.cutmix, cutmix_generator=torch.Generator().manual_seed(options.seed + 1))
+        cutmix=options.cutmix, cutmix_generator=torch.Generator().manual_seed(options.seed + 1),
+        cutmix_mode=options.cutmix_mode, mixup=options.mixup, mixup_alpha=options.mixup_alpha)

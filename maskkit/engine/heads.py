@@ -51,7 +51,8 @@ class TaskHeads:
         raise NotImplementedError
 
     def loss(self, outputs: Outputs, targets: Outputs, criterion: Criterion) -> torch.Tensor:
-        """`criterion(logits, target)` summed over the heads."""
+        """`criterion(logits, target)` summed over the heads; with targets["age_keep"] (train --drop-ages)
+        `criterion(logits, target, weight)` leaves out the age of the images whose weight is 0."""
         raise NotImplementedError
 
 
@@ -76,7 +77,13 @@ class SingleHead(TaskHeads):
         return torch.logsumexp(grid, dim=summed)  # the log of the marginal probability
 
     def loss(self, outputs: Outputs, targets: Outputs, criterion: Criterion) -> torch.Tensor:
-        return criterion(outputs["class"], targets["label"])
+        keep = targets.get("age_keep")
+        if keep is None:
+            return criterion(outputs["class"], targets["label"])
+        # The images without age train the mask x gender marginal (6 classes, label // 3), the age summed out.
+        grid = torch.log_softmax(outputs["class"].float(), 1).view(-1, *TASKS.values())
+        return (criterion(outputs["class"], targets["label"], keep)
+                + criterion(torch.logsumexp(grid, dim=3).flatten(1), targets["label"] // 3, 1 - keep))
 
 
 class MultiHead(TaskHeads):
@@ -102,7 +109,11 @@ class MultiHead(TaskHeads):
         return joint.flatten(1)  # log p_mask + log p_gender + log p_age
 
     def loss(self, outputs: Outputs, targets: Outputs, criterion: Criterion) -> torch.Tensor:
-        return sum(criterion(outputs[task], targets[task]) for task in TASKS)
+        keep = targets.get("age_keep")
+        if keep is None:
+            return sum(criterion(outputs[task], targets[task]) for task in TASKS)
+        return (criterion(outputs["mask"], targets["mask"]) + criterion(outputs["gender"], targets["gender"])
+                + criterion(outputs["age"], targets["age"], keep))
 
 
 TASK_HEADS: dict[str, TaskHeads] = {kind.name: kind() for kind in (SingleHead, MultiHead)}
@@ -156,8 +167,14 @@ class AgeHead(nn.Module):
         """Turn the linear outputs in `out` into the branch's outputs, in place."""
 
     def loss(self, outputs: Outputs, targets: Outputs) -> torch.Tensor | None:
-        """The age term (before `age_weight`); None: no term."""
+        """The age term (before `age_weight`), without the images whose targets["age_keep"] is 0; None: no term."""
         return None
+
+
+def kept_mean(per_image: torch.Tensor, targets: Outputs) -> torch.Tensor:
+    """The batch mean of a per-image loss, the images of targets["age_keep"] 0 counting zero (train --drop-ages)."""
+    keep = targets.get("age_keep")
+    return per_image.mean() if keep is None else (per_image * keep.float()).sum() / len(per_image)
 
 
 @register_age_head
@@ -180,7 +197,7 @@ class MseAgeHead(AgeHead):
         out["age_years"] = out["age_years"].squeeze(-1)
 
     def loss(self, outputs: Outputs, targets: Outputs) -> torch.Tensor:
-        return F.mse_loss(outputs["age_years"].float(), targets["age_years"].float())
+        return kept_mean(F.mse_loss(outputs["age_years"].float(), targets["age_years"].float(), reduction="none"), targets)
 
 
 def year_distribution(years: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -190,12 +207,18 @@ def year_distribution(years: torch.Tensor, sigma: float) -> torch.Tensor:
     return (-((support - centre) ** 2) / (2 * sigma**2)).softmax(dim=1)
 
 
-def dldl_loss(logits: torch.Tensor, years: torch.Tensor, sigma: float) -> torch.Tensor:
+def dldl_loss(logits: torch.Tensor, years: torch.Tensor, sigma: float,
+              weight: torch.Tensor | None = None) -> torch.Tensor:
     """DLDL-v2 (Gao et al. 2018): KL(Gaussian around the year || softmax over 0..100) + L1 of the
-    distribution's expectation (in AGE_SCALE units, so both terms are about one at the start)."""
+    distribution's expectation (in AGE_SCALE units, so both terms are about one at the start);
+    `weight` (B,): each image's share (0: no loss), the sum still divided by the batch size."""
     log_p = logits.float().log_softmax(dim=1)
-    kl = F.kl_div(log_p, year_distribution(years, sigma), reduction="batchmean")
     expectation = log_p.exp() @ torch.arange(AGE_YEARS, device=logits.device, dtype=torch.float32)
+    if weight is not None:
+        kl = F.kl_div(log_p, year_distribution(years, sigma), reduction="none").sum(1)
+        per_image = kl + (expectation - years.float()).abs() / AGE_SCALE
+        return (per_image * weight.float()).sum() / len(per_image)
+    kl = F.kl_div(log_p, year_distribution(years, sigma), reduction="batchmean")
     return kl + (expectation - years.float()).abs().mean() / AGE_SCALE
 
 
@@ -227,7 +250,8 @@ class DldlAgeHead(AgeHead):
                 out["age"] = mass.clamp_min(1e-12).log()  # log-probabilities: their softmax is the mass
 
     def loss(self, outputs: Outputs, targets: Outputs) -> torch.Tensor:
-        return dldl_loss(outputs["age_dist"], target_to_age(targets["age_years"].float()), self.sigma)
+        return dldl_loss(outputs["age_dist"], target_to_age(targets["age_years"].float()), self.sigma,
+                         targets.get("age_keep"))
 
 
 def create_age_head(name: str, old_age: int = 60, sigma: float = 3.0) -> AgeHead:

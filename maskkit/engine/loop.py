@@ -20,7 +20,7 @@ from maskkit.data.gpu_augment import augment_batch, image_seeds
 from maskkit.data.loader import DataWait, UnreadableImage
 from maskkit.data.presets import normalize_batch
 from maskkit.engine.distributed import Distributed, unwrap
-from maskkit.engine.loss import cutmix
+from maskkit.engine.loss import cutmix, mixup, vertical_cutmix
 from maskkit.engine.metrics import scores
 from maskkit.engine.models import class_probs, head_task_probs
 from maskkit.contract.progress import ProgressBar, progress_bar
@@ -113,7 +113,10 @@ class Optimisation:
     scaler: torch.amp.GradScaler
     ema: object | None = None  # timm.utils.ModelEmaV3
     cutmix: float = 0.0  # probability of CutMix per batch
-    cutmix_generator: torch.Generator | None = None
+    cutmix_generator: torch.Generator | None = None  # draws every batch mix (CutMix and MixUp)
+    cutmix_mode: str = "box"  # or vertical: options.CUTMIX_MODES
+    mixup: float = 0.0  # probability of MixUp per batch (cutmix + mixup <= 1: one mix at most)
+    mixup_alpha: float = 0.4
 
 
 class NonFiniteLoss(RuntimeError):
@@ -126,11 +129,17 @@ class NonFiniteLoss(RuntimeError):
 
 def train_step(model: torch.nn.Module, images: torch.Tensor, targets: dict[str, torch.Tensor], loss_fn,
                opt: Optimisation, on_device: OnDevice) -> torch.Tensor:
-    """One optimiser update on a batch (CutMix with probability `opt.cutmix`); returns the loss."""
-    mix = opt.cutmix > 0 and float(torch.rand((), generator=opt.cutmix_generator)) < opt.cutmix
+    """One optimiser update on a batch (CutMix with probability `opt.cutmix`, else MixUp with probability
+    `opt.mixup`); returns the loss."""
+    generator = opt.cutmix_generator
+    draw = float(torch.rand((), generator=generator)) if opt.cutmix > 0 or opt.mixup > 0 else 1.0
     with on_device.autocast():
-        if mix:
-            images, perm, lam = cutmix(images, opt.cutmix_generator)
+        if draw < opt.cutmix:
+            images, perm, lam = (vertical_cutmix(images, targets["label"], generator) if opt.cutmix_mode == "vertical"
+                                 else cutmix(images, generator))
+            loss = loss_fn.mixed(model(images), targets, perm, lam)
+        elif draw < opt.cutmix + opt.mixup:
+            images, perm, lam = mixup(images, generator, opt.mixup_alpha)
             loss = loss_fn.mixed(model(images), targets, perm, lam)
         else:
             loss = loss_fn(model(images), targets)
