@@ -383,6 +383,7 @@ def audit(
         help="List gender and mask suspects from this P(label wrong) on, 0..1 (default 0.4, measured in "
              "benchmarks/realfaces_audit.py)."),
     out: o.Out = None,
+    expert: o.AuditExpert = None,
 ) -> None:
     """Rank suspect files and labels: structural checks, plus label checks from out-of-fold predictions.
 
@@ -393,7 +394,19 @@ def audit(
 
     with reported("audit"):
         audit_module.run(data, oof=oof or [], manifest=manifest, fixes_out=fixes_out, sheet=sheet, out=out,
-                         min_score=min_score, top=top)
+                         min_score=min_score, top=top, expert=expert)
+
+
+@app.command()
+def expert(data: o.ExpertData, out: o.ExpertOut = None, workers: o.ExpertWorkers = None) -> None:
+    """An outside face model's opinion of each person's gender and age, for `audit --expert`.
+
+    Example: maskkit expert data/train -o opinions.csv --workers 2
+    """
+    from maskkit.commands import expert as expert_module
+
+    with reported("expert"):
+        expert_module.run(data, out=out, workers=workers)
 
 
 @app.command()
