@@ -160,6 +160,7 @@ def test_person_level_rules_on_crafted_predictions(drawn, tmp_path, cli):
     }
     assert set(zip(got["target"], got["column"], got["given"], got["suggested"])) == expected
     assert info["odd"] not in set(got["target"])  # one odd image never overrules six others
+    assert set(got.loc[got["column"] == "mask", "wrong_by"]) == {"oof1"}  # two runs of other persons: one set
     written = pd.read_csv(fixes, dtype=str)
     assert list(written.columns[:5]) == ["target", "column", "old", "new", "reason"]
     assert set(zip(written["target"], written["column"], written["new"])) == {
@@ -437,6 +438,7 @@ BAD_CALLS = [
     bad("audit --sheet image", ["audit", "X/train", "--sheet", IMAGE]),
     bad("audit --sheet below a file", ["audit", "X/train", "--sheet", "afile/s.png"], a_file),
     bad("audit --sheet read-only", ["audit", "X/train", "--sheet", "{ro}/s.png"]),
+    bad("audit --expert without --oof", ["audit", "X/train", "--expert", "run", "-o", "s.csv"], absent=("s.csv",)),
 ]
 
 

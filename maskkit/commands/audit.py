@@ -401,7 +401,7 @@ def swap_suspects(evidence: Evidence, idx: np.ndarray, min_score: float) -> tupl
                     f"{PurePath(path[a]).name} and {PurePath(path[b]).name} look swapped",
                     f"P({MASKS[mask[b]]}) {pm[a, mask[b]]:.2f} here, P({MASKS[mask[a]]}) {pm[b, mask[a]]:.2f} "
                     f"on the other; " + cleanlab_counts(evidence, np.array([a, b]), "mask"),
-                    p_wrong=score, models=agree) | FIX
+                    p_wrong=score, models=agree, wrong_by=evidence.mask_wrong_by((i, j), swapped=True)) | FIX
             for a, b in ((i, j), (j, i))]
     return rows, {i, j}
 
@@ -421,7 +421,8 @@ def lone_mask_suspects(evidence: Evidence, idx: np.ndarray, skip: set[int], min_
                                 f"this image alone looks {MASKS[predicted]}",
                                 f"cleanlab flags it (label quality {evidence.quality['mask'][a]:.2f}); "
                                 "no other image of the person looks swapped with it",
-                                p_wrong=1 - pm[a, mask[a]], models=agree))
+                                p_wrong=1 - pm[a, mask[a]], models=agree,
+                                wrong_by=evidence.mask_wrong_by((a,), swapped=False)))
     return rows
 
 

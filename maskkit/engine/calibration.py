@@ -235,6 +235,22 @@ class Evidence:
         score, pair = max(scored)
         return score, pair, [found.get(pair, 0.0) for found in per_set if found]
 
+    def mask_wrong_by(self, images: Sequence[int], swapped: bool) -> list[str]:
+        """The sets (oof1..) that on their own call the mask label wrong: the pair `images` swapped
+        (P > 0.5), or one image's mask (its calibrated verdict another mask)."""
+        mask, names = self.given["mask"], []
+        for k, (rows, tasks) in enumerate(self.sets):
+            if not rows[list(images)].all():
+                continue
+            if swapped:
+                i, j = images
+                calls = swap_probabilities(np.array([i, j]), mask, tasks["mask"]).get((int(i), int(j)), 0.0) > 0.5
+            else:
+                calls = tasks["mask"][images[0]].argmax() != mask[images[0]]
+            if calls:
+                names.append(f"oof{k + 1}")
+        return names
+
     def mask_votes(self, image: int) -> list[np.ndarray]:
         """Each covering set's calibrated mask probabilities for one image."""
         return [tasks["mask"][image] for rows, tasks in self.sets if rows[image]]
