@@ -120,3 +120,23 @@ BAD_CALLS = [
 @pytest.mark.parametrize("row", BAD_CALLS)
 def test_bad_call_is_one_line_and_changes_no_input(cli, world, request, row):
     run_bad(cli, world, request, row)
+
+
+def test_audit_expert_run_computes_the_opinions_on_the_fly(faces, tmp_path, cli):
+    needs_model()
+    from maskkit.contract.labels import decode, encode
+
+    images = load_train(faces / "train", report=False)
+    mask, gender, age = (np.array(v) for v in decode(images["label"].to_numpy()))
+    probs = np.full((len(images), 18), 0.2 / 17)
+    probs[np.arange(len(images)), encode(mask, gender, age)] = 0.8
+    oof = pd.DataFrame(probs, columns=[f"p{i}" for i in range(18)])
+    oof.insert(0, "ans", probs.argmax(axis=1))
+    oof.insert(0, "ImageID", images["path"].to_numpy())
+    oof.to_csv(tmp_path / "oof.csv", index=False)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = cli("audit", faces / "train", "--oof", tmp_path / "oof.csv", "--expert", "run", "-o", tmp_path / "s.csv")
+    assert result.exit_code == 0, result.stderr
+    assert "expert opinions on 6 of 6 persons" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "s.csv"])  # no opinions file left
+    assert list(pd.read_csv(tmp_path / "s.csv").columns)[-1] == "wrong_by"

@@ -15,6 +15,9 @@ and `models`, how many sets on their own agree; suspects and the contact sheet a
 image cleanlab flags whose mask no swap explains is listed on its own ("this image alone"), for
 review only. `--fixes-out` writes the person-level gender and mask-swap suggestions, the ones whose
 hit rate benchmarks/audit.py (drawn) and benchmarks/realfaces_audit.py (real faces) measure.
+`--expert` adds an outside face model's opinions (contract/opinions.py, `maskkit expert`): one more
+evidence set for gender, and age suspects with a fix of the years where it and the fold models
+agree (`expert_age_suspects`); column `wrong_by` names the sets that call a label wrong.
 
 Why over 400 lines: the structural checks and the label checks are two halves of one report, and
 the rules that score suspects are kept together so their cut-offs stay next to the code they tune.

@@ -6,7 +6,8 @@ Each prediction set's probabilities are temperature-scaled per task, fitted on t
 evidence, not seven votes: gender and age group are judged on the mean of the person's calibrated
 log-probabilities, scaled by a second, person-level temperature, then weighed against the label with
 cleanlab's noise matrix. Sets are combined by the mean of their log-probabilities (a person) or of
-their log-odds (a swapped pair of images).
+their log-odds (a swapped pair of images). An outside expert that never saw the labels (audit
+--expert, `add_expert`) is independent evidence: its calibrated gender probabilities multiply in.
 """
 
 from __future__ import annotations
