@@ -372,7 +372,7 @@ def audit(
     manifest: Optional[Path] = typer.Option(
         None, "--manifest", help="Judge this manifest's labels (e.g. after split --fixes) instead of train.csv's."),
     fixes_out: Optional[Path] = typer.Option(
-        None, "--fixes-out", help="Write the gender and mask-swap suggestions as a fixes CSV for `split --fixes` (needs --oof)."),
+        None, "--fixes-out", help="Write the gender and mask-swap suggestions as a fixes CSV for `split --fixes` (needs --oof or --expert)."),
     sheet: Optional[Path] = typer.Option(None, "--sheet", help="Draw a contact sheet of the top suspects (PNG)."),
     top: Optional[int] = typer.Option(
         None, "--top", min=1, help="A review budget: list (and write with --fixes-out, draw with --sheet) the N "

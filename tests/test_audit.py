@@ -438,7 +438,8 @@ BAD_CALLS = [
     bad("audit --sheet image", ["audit", "X/train", "--sheet", IMAGE]),
     bad("audit --sheet below a file", ["audit", "X/train", "--sheet", "afile/s.png"], a_file),
     bad("audit --sheet read-only", ["audit", "X/train", "--sheet", "{ro}/s.png"]),
-    bad("audit --expert without --oof", ["audit", "X/train", "--expert", "run", "-o", "s.csv"], absent=("s.csv",)),
+    bad("audit --expert of another dataset", ["audit", "X/train", "--expert", "X/train/train.csv", "-o", "s.csv"],
+        absent=("s.csv",)),
 ]
 
 
@@ -534,6 +535,17 @@ def test_the_experts_age_far_across_a_boundary_is_an_age_fix_only_where_the_fold
     assert list(zip(age_fixes["target"], age_fixes["new"])) == [(crafted["aged"], "45")]
     images = load_train(drawn / "train", report=False)
     assert age_fixes["old"].iloc[0] == str(images.loc[images["person"] == crafted["aged"], "age"].iloc[0])
+
+
+def test_the_expert_alone_suggests_its_confident_flip_and_not_its_doubt(drawn, tmp_path, cli):
+    crafted = crafted_expert(drawn, tmp_path)
+    fixes = tmp_path / "fixes.csv"
+    got = suspects_of(cli("audit", drawn / "train", "--expert", tmp_path / "opinions.csv", "--fixes-out", fixes))
+    gender = got[got["column"] == "gender"].set_index("target")
+    assert list(gender.index) == [crafted["flip"]], got
+    assert gender.loc[crafted["flip"], "models"] == "1/1" and gender.loc[crafted["flip"], "wrong_by"] == "expert"
+    written = pd.read_csv(fixes, dtype=str)
+    assert list(zip(written["target"], written["column"])) == [(crafted["flip"], "gender")]
 
 
 EXPERT_BAD = {

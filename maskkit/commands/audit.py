@@ -49,7 +49,7 @@ from maskkit.contract.predictions import PROB_COLUMNS, read_predictions
 from maskkit.contract.runfolder import VAL_PREDS, read_config
 from maskkit.data.fingerprints import SCAN_COLUMNS, near_duplicates, scan_file
 from maskkit.data.images import contact_sheet, image_magic, read_image, write_image
-from maskkit.engine.calibration import Evidence, pooled
+from maskkit.engine.calibration import Evidence, calibrated, label_noise_posterior, log_probs, pooled
 from maskkit.engine.expert import compute, persons_of
 from maskkit.engine.metrics import scores
 from maskkit.contract.progress import progress_bar
@@ -470,6 +470,34 @@ def label_suspects(images: pd.DataFrame, probs: np.ndarray, min_score: float = M
     return kept.reset_index(drop=True), expected
 
 
+def expert_gender_suspects(images: pd.DataFrame, opinions: pd.DataFrame, min_score: float = MIN_SCORE,
+                           top: int | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
+    """--expert without --oof: the expert alone judges gender, as one prediction set would (its P(female)
+    temperature-scaled against the labels, weighed against cleanlab's noise matrix). No age suspects:
+    those need the fold models to agree. Returns what label_suspects does."""
+    given_of = images.groupby("person", sort=True)["gender"].first()
+    found = opinions[(opinions["status"] == "found") & opinions["person"].isin(given_of.index)]
+    given = np.array([GENDERS.index(given_of[p]) for p in found["person"]], dtype=np.int64)
+    female = found["p_female"].to_numpy(float)
+    rows, cases = [], []
+    if len(found):
+        probs = calibrated(log_probs(np.stack([1 - female, female], axis=1)), given)
+        posterior = label_noise_posterior(probs, given)
+        for k, opinion in enumerate(found.itertuples()):
+            other = 1 - given[k]
+            calls = bool(probs[k].argmax() != given[k])
+            rows.append(suspect(opinion.person, "gender", GENDERS[given[k]], GENDERS[other], posterior[k, other],
+                                f"expert: {opinion.gender} ({int(opinion.gender_confidence)}%)",
+                                f"expert P(female) {female[k]:.2f} on {opinion.photo}, calibrated {probs[k, 1]:.2f}",
+                                p_wrong=posterior[k, other], models=f"{int(calls)}/1", wrong_by=["expert"] * calls)
+                        | FIX)
+            cases.append(f"{opinion.person}/gender")
+    every = rank(frame(rows, extra=("fix",)).assign(case=cases))
+    expected = {"gender": float(every["score"].sum()), "mask": 0.0}
+    kept = every[every["score"] >= min_score] if top is None else every.head(top)
+    return kept.reset_index(drop=True), expected
+
+
 def rank(suspects: pd.DataFrame) -> pd.DataFrame:
     """Most likely first; stable for equal scores."""
     return suspects.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
@@ -710,12 +738,9 @@ def run(data: Path, oof: Sequence[Path] = (), manifest: Path | None = None, fixe
     min_score = MIN_SCORE if min_score is None else min_score
     if not 0 <= min_score <= 1:
         raise MaskkitError(f"--min-score {min_score}: must be between 0 and 1")
-    if fixes_out is not None and not oof:
+    if fixes_out is not None and not oof and expert is None:
         raise MaskkitError("--fixes-out writes label suggestions, which need --oof "
-                           "(out-of-fold predictions of maskkit train)")
-    if expert is not None and not oof:
-        raise MaskkitError(f"--expert {expert}: the expert is weighed against the fold models, which need --oof "
-                           "(out-of-fold predictions of maskkit train)")
+                           "(out-of-fold predictions of maskkit train) or --expert")
     expert_file = None if expert is None or str(expert) == EXPERT_RUN else Path(expert)
     inputs = Inputs.of(data, [f for source in oof for f in files_in(source)], manifest, expert_file)
     inputs.check(out, header=SUSPECT_COLUMNS)
@@ -731,6 +756,8 @@ def run(data: Path, oof: Sequence[Path] = (), manifest: Path | None = None, fixe
         covered, probs = join_oof(judged, read_oof(oof), ", ".join(map(str, oof)))
         labels, expected = label_suspects(covered, probs, min_score=min_score, top=top, opinions=opinions)
         quality = scores(covered["label"].to_numpy(), pooled(probs).argmax(axis=1))
+    elif opinions is not None:
+        labels, expected = expert_gender_suspects(judged, opinions, min_score=min_score, top=top)
     structural = structural_suspects(images, quirks.found, root / "images")
     structural["case"] = [f"structural {k}" for k in range(len(structural))]
     parts = [p for p in (structural, labels.drop(columns="fix", errors="ignore")) if len(p)]
