@@ -372,7 +372,7 @@ def audit(
     manifest: Optional[Path] = typer.Option(
         None, "--manifest", help="Judge this manifest's labels (e.g. after split --fixes) instead of train.csv's."),
     fixes_out: Optional[Path] = typer.Option(
-        None, "--fixes-out", help="Write the gender and mask-swap suggestions as a fixes CSV for `split --fixes` (needs --oof)."),
+        None, "--fixes-out", help="Write the gender and mask-swap suggestions as a fixes CSV for `split --fixes` (needs --oof or --expert)."),
     sheet: Optional[Path] = typer.Option(None, "--sheet", help="Draw a contact sheet of the top suspects (PNG)."),
     top: Optional[int] = typer.Option(
         None, "--top", min=1, help="A review budget: list (and write with --fixes-out, draw with --sheet) the N "
@@ -383,6 +383,7 @@ def audit(
         help="List gender and mask suspects from this P(label wrong) on, 0..1 (default 0.4, measured in "
              "benchmarks/realfaces_audit.py)."),
     out: o.Out = None,
+    expert: o.AuditExpert = None,
 ) -> None:
     """Rank suspect files and labels: structural checks, plus label checks from out-of-fold predictions.
 
@@ -393,7 +394,19 @@ def audit(
 
     with reported("audit"):
         audit_module.run(data, oof=oof or [], manifest=manifest, fixes_out=fixes_out, sheet=sheet, out=out,
-                         min_score=min_score, top=top)
+                         min_score=min_score, top=top, expert=expert)
+
+
+@app.command()
+def expert(data: o.ExpertData, out: o.ExpertOut = None, workers: o.ExpertWorkers = None) -> None:
+    """An outside face model's opinion of each person's gender and age, for `audit --expert`.
+
+    Example: maskkit expert data/train -o opinions.csv --workers 2
+    """
+    from maskkit.commands import expert as expert_module
+
+    with reported("expert"):
+        expert_module.run(data, out=out, workers=workers)
 
 
 @app.command()

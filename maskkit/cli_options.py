@@ -205,6 +205,17 @@ RunsColumns = Annotated[Optional[str], typer.Option(
     "name,status,fold,epochs,best_epoch,val_f1,oof_folds,oof_f1; piped CSV: every column).")]
 
 
+# --- expert (issue 27) -----------------------------------------------------------------------------
+ExpertData = Annotated[Path, typer.Argument(help="DATA/train (or DATA) of the competition layout.")]
+ExpertOut = Annotated[Optional[Path], typer.Option(
+    "-o", "--out", help="Write the opinions CSV here (resumable: a re-run continues a killed one) instead of stdout.")]
+ExpertWorkers = Annotated[Optional[int], typer.Option(
+    "--workers", "-j", min=0, help="Worker processes, each loading the face model once (default 1: this process).")]
+AuditExpert = Annotated[Optional[str], typer.Option(
+    "--expert", metavar="FILE", help="Opinions CSV of `maskkit expert` (or 'run': compute them now), one more "
+    "evidence set beside --oof for gender, and age suspects where it and the fold models agree.")]
+
+
 # --- help text as click and every other CLI write it ---------------------------------------------
 # typer 0.29 writes `{run}` for required arguments in usage lines, `<list[Path]>` as their type and
 # `<bool>` beside plain flags (which makes `--soft true` look right; `true` is then read as a file).

@@ -160,6 +160,7 @@ def test_person_level_rules_on_crafted_predictions(drawn, tmp_path, cli):
     }
     assert set(zip(got["target"], got["column"], got["given"], got["suggested"])) == expected
     assert info["odd"] not in set(got["target"])  # one odd image never overrules six others
+    assert set(got.loc[got["column"] == "mask", "wrong_by"]) == {"oof1"}  # two runs of other persons: one set
     written = pd.read_csv(fixes, dtype=str)
     assert list(written.columns[:5]) == ["target", "column", "old", "new", "reason"]
     assert set(zip(written["target"], written["column"], written["new"])) == {
@@ -437,6 +438,8 @@ BAD_CALLS = [
     bad("audit --sheet image", ["audit", "X/train", "--sheet", IMAGE]),
     bad("audit --sheet below a file", ["audit", "X/train", "--sheet", "afile/s.png"], a_file),
     bad("audit --sheet read-only", ["audit", "X/train", "--sheet", "{ro}/s.png"]),
+    bad("audit --expert of another dataset", ["audit", "X/train", "--expert", "X/train/train.csv", "-o", "s.csv"],
+        absent=("s.csv",)),
 ]
 
 
@@ -458,3 +461,109 @@ def test_strange_images_are_named_with_their_reason(cli, world):
     assert reasons["mask1.jpg"] == "tiny image" and reasons["mask2.jpg"] == "odd aspect"
     assert reasons["mask3.jpg"] == reasons["mask4.jpg"] == reasons["mask5.jpg"] == "wrong format"
     assert "GIF data named .jpg" in " ".join(suspects["evidence"].astype(str))
+
+
+# --- issue 27: the outside expert (audit --expert) ---------------------------------------------
+
+
+def crafted_expert(drawn: Path, tmp_path: Path) -> dict:
+    """Fold predictions (one run) as good as real ones: wrong about the gender of one person in six (never
+    the persons below), and seeing `aged` as 30-59; an opinions CSV that agrees with every label except: `flip` (the other gender at 99%, which the folds
+    miss), `doubt` (the other gender at 55%), `aged` and `alone` (45 and 50 years for persons under
+    30; only for `aged` do the folds lean that way), `faceless` (no face found)."""
+    images = load_train(drawn / "train", report=False)
+    first = images.groupby("person", sort=True).first()
+    young = sorted(first.index[first["age"] < 30])
+    flip, doubt, faceless = sorted(set(first.index) - set(young[:2]))[:3]
+    aged, alone = young[:2]
+    mask, gender, age = (np.array(v) for v in decode(images["label"].to_numpy()))
+    folds_wrong = set(sorted(set(first.index) - {flip, doubt, faceless, aged, alone})[::6])
+    gender = np.where(images["person"].isin(folds_wrong), 1 - gender, gender)
+    age = np.where(images["person"] == aged, 1, age)
+    probs = np.full((len(images), 18), 0.1 / 17)
+    probs[np.arange(len(images)), encode(mask, gender, age)] = 0.9
+    preds = pd.DataFrame(probs, columns=P)
+    preds.insert(0, "ans", probs.argmax(axis=1))
+    preds.insert(0, "ImageID", images["path"].to_numpy())
+    preds.to_csv(tmp_path / "oof.csv", index=False)
+    female = first["gender"].eq("female")
+    rows = pd.DataFrame({"person": first.index, "folder": first["folder"], "photo": "normal", "status": "found",
+                         "gender": first["gender"], "p_female": np.where(female, 0.97, 0.03),
+                         "gender_confidence": 97, "age": first["age"], "age_confidence": 50}).reset_index(drop=True)
+    at = rows.set_index("person").index.get_loc
+    other = {"male": "female", "female": "male"}
+    for person, sure in ((flip, 0.99), (doubt, 0.55)):
+        turned = other[rows.at[at(person), "gender"]]
+        rows.loc[at(person), ["gender", "p_female", "gender_confidence"]] = \
+            [turned, sure if turned == "female" else 1 - sure, int(sure * 100)]
+    rows.loc[at(aged), "age"], rows.loc[at(alone), "age"] = 45, 50
+    rows = rows.astype(object)
+    rows.loc[at(faceless), ["photo", "status", "gender", "p_female", "gender_confidence", "age", "age_confidence"]] = \
+        ["", "no face", "", "", "", "", ""]
+    rows.to_csv(tmp_path / "opinions.csv", index=False)
+    return {"flip": flip, "doubt": doubt, "aged": aged, "alone": alone, "faceless": faceless, "rows": rows}
+
+
+def test_a_flip_only_the_expert_sees_at_high_confidence_is_suggested_and_a_doubtful_one_is_not(drawn, tmp_path,
+                                                                                               cli):
+    crafted = crafted_expert(drawn, tmp_path)
+    fixes, sheet = tmp_path / "fixes.csv", tmp_path / "sheet.png"
+    got = suspects_of(cli("audit", drawn / "train", "--oof", tmp_path / "oof.csv", "--expert",
+                          tmp_path / "opinions.csv", "--fixes-out", fixes, "--sheet", sheet))
+    gender = got[got["column"] == "gender"].set_index("target")
+    assert crafted["flip"] in gender.index, got
+    assert gender.loc[crafted["flip"], "wrong_by"] == "expert" and gender.loc[crafted["flip"], "models"] == "1/2"
+    assert float(gender.loc[crafted["flip"], "p_wrong"]) >= 0.4
+    assert crafted["doubt"] not in gender.index  # the expert alone, at 55%, is not enough
+    written = pd.read_csv(fixes, dtype=str)
+    assert (crafted["flip"], "gender") in set(zip(written["target"], written["column"]))
+    assert crafted["doubt"] not in set(written["target"])
+    picture = cv2.imread(str(sheet))
+    assert picture is not None and picture.shape[0] % (200 + 93) == 0  # a caption line more: the expert's
+
+
+def test_the_experts_age_far_across_a_boundary_is_an_age_fix_only_where_the_folds_agree(drawn, tmp_path, cli):
+    crafted = crafted_expert(drawn, tmp_path)
+    fixes = tmp_path / "fixes.csv"
+    got = suspects_of(cli("audit", drawn / "train", "--oof", tmp_path / "oof.csv", "--expert",
+                          tmp_path / "opinions.csv", "--fixes-out", fixes))
+    ages = got[got["column"] == "age"].set_index("target")
+    assert ages.loc[crafted["aged"], "suggested"] == "45" and "expert" in ages.loc[crafted["aged"], "wrong_by"]
+    assert crafted["alone"] not in ages.index  # the folds do not lean that way
+    written = pd.read_csv(fixes, dtype=str)
+    age_fixes = written[written["column"] == "age"]
+    assert list(zip(age_fixes["target"], age_fixes["new"])) == [(crafted["aged"], "45")]
+    images = load_train(drawn / "train", report=False)
+    assert age_fixes["old"].iloc[0] == str(images.loc[images["person"] == crafted["aged"], "age"].iloc[0])
+
+
+def test_the_expert_alone_suggests_its_confident_flip_and_not_its_doubt(drawn, tmp_path, cli):
+    crafted = crafted_expert(drawn, tmp_path)
+    fixes = tmp_path / "fixes.csv"
+    got = suspects_of(cli("audit", drawn / "train", "--expert", tmp_path / "opinions.csv", "--fixes-out", fixes))
+    gender = got[got["column"] == "gender"].set_index("target")
+    assert list(gender.index) == [crafted["flip"]], got
+    assert gender.loc[crafted["flip"], "models"] == "1/1" and gender.loc[crafted["flip"], "wrong_by"] == "expert"
+    written = pd.read_csv(fixes, dtype=str)
+    assert list(zip(written["target"], written["column"])) == [(crafted["flip"], "gender")]
+
+
+EXPERT_BAD = {
+    "unknown person": (lambda rows: rows.assign(person=rows["person"].where(rows.index > 0, "999999")), "999999"),
+    "duplicate": (lambda rows: pd.concat([rows, rows.iloc[:1]]), "more than one row"),
+    "NaN": (lambda rows: rows.assign(p_female=rows["p_female"].where(rows.index > 1, "nan")), "NaN"),
+    "wrong header": (lambda rows: rows.rename(columns={"p_female": "female"}), "header"),
+    "another dataset": (lambda rows: rows.assign(folder=rows["folder"] + "x"), "another dataset"),
+}
+
+
+@pytest.mark.parametrize("case", EXPERT_BAD)
+def test_a_bad_opinions_file_is_one_line_and_nothing_is_written(drawn, tmp_path, cli, case):
+    crafted = crafted_expert(drawn, tmp_path)
+    change, needle = EXPERT_BAD[case]
+    change(crafted["rows"]).to_csv(tmp_path / "bad.csv", index=False)
+    out, fixes = tmp_path / "s.csv", tmp_path / "fixes.csv"
+    result = cli("audit", drawn / "train", "--oof", tmp_path / "oof.csv", "--expert", tmp_path / "bad.csv",
+                 "-o", out, "--fixes-out", fixes)
+    assert_one_line_error(result, "bad.csv", needle)
+    assert not out.exists() and not fixes.exists()

@@ -15,6 +15,9 @@ and `models`, how many sets on their own agree; suspects and the contact sheet a
 image cleanlab flags whose mask no swap explains is listed on its own ("this image alone"), for
 review only. `--fixes-out` writes the person-level gender and mask-swap suggestions, the ones whose
 hit rate benchmarks/audit.py (drawn) and benchmarks/realfaces_audit.py (real faces) measure.
+`--expert` adds an outside face model's opinions (contract/opinions.py, `maskkit expert`): one more
+evidence set for gender, and age suspects with a fix of the years where it and the fold models
+agree (`expert_age_suspects`); column `wrong_by` names the sets that call a label wrong.
 
 Why over 400 lines: the structural checks and the label checks are two halves of one report, and
 the rules that score suspects are kept together so their cut-offs stay next to the code they tune.
@@ -37,19 +40,23 @@ from maskkit.contract import layout
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import Inputs, console, examples, files_in, write_csv
 from maskkit.contract.fixes import FIXES_COLUMNS
-from maskkit.contract.labels import AGE_GROUPS, GENDERS, IMAGE_STEMS, MASKS, NUM_CLASSES, OLD_FROM, YOUNG_BELOW
+from maskkit.contract.labels import (AGE_GROUPS, GENDERS, IMAGE_STEMS, MASKS, NUM_CLASSES, OLD_FROM, YOUNG_BELOW,
+                                    age_group)
 from maskkit.contract.manifest import read_manifest
+from maskkit.contract.opinions import check_opinions, opinions_table, read_opinions
 from maskkit.contract.paths import as_text
 from maskkit.contract.predictions import PROB_COLUMNS, read_predictions
 from maskkit.contract.runfolder import VAL_PREDS, read_config
 from maskkit.data.fingerprints import SCAN_COLUMNS, near_duplicates, scan_file
 from maskkit.data.images import contact_sheet, image_magic, read_image, write_image
-from maskkit.engine.calibration import Evidence, pooled
+from maskkit.engine.calibration import Evidence, calibrated, label_noise_posterior, log_probs, pooled
+from maskkit.engine.expert import compute, persons_of
 from maskkit.engine.metrics import scores
 from maskkit.contract.progress import progress_bar
 from maskkit.options import ALL_FOLDS
 
-SUSPECT_COLUMNS = ["target", "column", "given", "suggested", "score", "p_wrong", "models", "reason", "evidence"]
+SUSPECT_COLUMNS = ["target", "column", "given", "suggested", "score", "p_wrong", "models", "reason", "evidence",
+                   "wrong_by"]
 FIXES_OUT_COLUMNS = [*FIXES_COLUMNS, "score"]  # the fixes CSV plus audit's score (P(label wrong))
 FIX = {"fix": True}  # marks the label suspects that --fixes-out writes
 
@@ -64,18 +71,22 @@ SHEET_TILES = 30  # suspects on the contact sheet (a line of images each), unles
 # below every model the audit's hit rates were measured with (drawn proxy: ~92% gender, ~96% mask
 # accuracy; real faces: gender F1 0.87-0.89) and above the near-chance model of issue 25 (macro F1
 # 0.18), whose 21 suspects and "about 15 wrong labels" were its own mistakes (no label was wrong).
+# audit --expert's age suspects (issue 27): the expert's years this far across a group boundary, at
+# this age confidence (the package's top-class percentage) or more. Not yet fitted on real faces.
+EXPERT_AGE_MARGIN = 10
+EXPERT_AGE_CONFIDENCE = 20
 WEAK_F1 = {"gender": (1 + 1 / 2) / 2, "mask": (1 + 1 / 3) / 2}
 HASH_BITS = 8  # dHash candidates: at most this many of 64 bits differ
 THUMB_CORRELATION = 0.98  # confirmed near-duplicate: grayscale thumbnails correlate at least this much
 
 
 def suspect(target: str, column: str, given: object, suggested: object, score: float, reason: str,
-            evidence: str = "", p_wrong: float | None = None, models: str = "") -> dict:
-    """One row of the suspects CSV (p_wrong and models: label checks only)."""
+            evidence: str = "", p_wrong: float | None = None, models: str = "", wrong_by: Sequence[str] = ()) -> dict:
+    """One row of the suspects CSV (p_wrong, models and wrong_by: label checks only)."""
     return {"target": str(target), "column": column, "given": "" if given is None else str(given),
             "suggested": "" if suggested is None else str(suggested), "score": round(float(score), 4),
             "p_wrong": "" if p_wrong is None else round(float(p_wrong), 4), "models": models,
-            "reason": reason, "evidence": evidence}
+            "reason": reason, "evidence": evidence, "wrong_by": " ".join(wrong_by)}
 
 
 def frame(rows: Sequence[dict], extra: Sequence[str] = ()) -> pd.DataFrame:
@@ -323,8 +334,15 @@ def gender_suspects(evidence: Evidence, person: str, idx: np.ndarray, min_score:
     return [suspect(person, "gender", GENDERS[given], GENDERS[other], combined[other],
                     f"{int((p_other > 0.5).sum())}/{len(idx)} images look {GENDERS[other]}",
                     f"mean calibrated P({GENDERS[other]}) {p_other.mean():.2f} over {len(idx)} images; "
-                    + cleanlab_counts(evidence, idx, "gender"), p_wrong=combined[other], models=f"{agree}/{models}")
+                    + cleanlab_counts(evidence, idx, "gender") + expert_note(evidence, person), p_wrong=combined[other],
+                    models=f"{agree}/{models}", wrong_by=evidence.wrong_by("gender", person))
             | FIX]
+
+
+def expert_note(evidence: Evidence, person: str) -> str:
+    """'; expert: calibrated P(female) 0.93' where the outside expert judged the person."""
+    found = evidence.expert.get(person)
+    return "" if found is None else f"; expert: calibrated P({GENDERS[1]}) {found[1]:.2f}"
 
 
 def age_suspects(evidence: Evidence, person: str, idx: np.ndarray, min_score: float) -> list[dict]:
@@ -341,7 +359,37 @@ def age_suspects(evidence: Evidence, person: str, idx: np.ndarray, min_score: fl
                     f"images look {AGE_GROUPS[best]}, labelled {AGE_GROUPS[given]}",
                     "P(age group) " + ", ".join(f"{g} {p:.2f}" for g, p in zip(AGE_GROUPS, combined))
                     + f" over {len(idx)} images; " + cleanlab_counts(evidence, idx, "age"),
-                    p_wrong=1 - combined[given], models=f"{agree}/{models}")]
+                    p_wrong=1 - combined[given], models=f"{agree}/{models}", wrong_by=evidence.wrong_by("age", person))]
+
+
+def group_boundary(given: int, other: int) -> int:
+    """The first year of the group next to `given` on `other`'s side: the boundary an age crosses."""
+    return (YOUNG_BELOW, OLD_FROM)[given] if other > given else (YOUNG_BELOW, OLD_FROM)[given - 1]
+
+
+def expert_age_suspects(evidence: Evidence, person: str, idx: np.ndarray, opinion: dict | None) -> list[dict]:
+    """The outside expert puts the person's age EXPERT_AGE_MARGIN years or more across a group
+    boundary, at EXPERT_AGE_CONFIDENCE or more, and the fold models lean the same way: a fix of the
+    years to the expert's estimate (its own rows in --fixes-out)."""
+    if opinion is None or opinion["status"] != "found" or opinion["age_confidence"] < EXPERT_AGE_CONFIDENCE:
+        return []
+    years, guess = int(evidence.images.at[idx[0], "age"]), int(opinion["age"])
+    given, other = int(evidence.given["age"][idx[0]]), int(age_group(np.array([guess]))[0])
+    verdict = evidence.verdict("age", person)
+    if other == given or verdict is None or verdict[other] <= verdict[given]:
+        return []
+    boundary = group_boundary(given, other)
+    margin = guess - boundary if other > given else boundary - guess
+    if margin < EXPERT_AGE_MARGIN:
+        return []
+    share = float(verdict[other] / (verdict[other] + verdict[given]))  # the folds' lean, given one of the two
+    _, models, agree = evidence.person("age", person)
+    return [suspect(person, "age", years, guess, share,
+                    f"expert: {guess} years ({AGE_GROUPS[other]}), labelled {AGE_GROUPS[given]}",
+                    f"{margin} years across {boundary}, age confidence {int(opinion['age_confidence'])}%; fold "
+                    "models' P(age group) " + ", ".join(f"{g} {p:.2f}" for g, p in zip(AGE_GROUPS, verdict)),
+                    p_wrong=share, models=f"{agree + 1}/{models + 1}",
+                    wrong_by=[*evidence.wrong_by("age", person), "expert"]) | FIX]
 
 
 def swap_suspects(evidence: Evidence, idx: np.ndarray, min_score: float) -> tuple[list[dict], set[int]]:
@@ -356,7 +404,7 @@ def swap_suspects(evidence: Evidence, idx: np.ndarray, min_score: float) -> tupl
                     f"{PurePath(path[a]).name} and {PurePath(path[b]).name} look swapped",
                     f"P({MASKS[mask[b]]}) {pm[a, mask[b]]:.2f} here, P({MASKS[mask[a]]}) {pm[b, mask[a]]:.2f} "
                     f"on the other; " + cleanlab_counts(evidence, np.array([a, b]), "mask"),
-                    p_wrong=score, models=agree) | FIX
+                    p_wrong=score, models=agree, wrong_by=evidence.mask_wrong_by((i, j), swapped=True)) | FIX
             for a, b in ((i, j), (j, i))]
     return rows, {i, j}
 
@@ -376,30 +424,37 @@ def lone_mask_suspects(evidence: Evidence, idx: np.ndarray, skip: set[int], min_
                                 f"this image alone looks {MASKS[predicted]}",
                                 f"cleanlab flags it (label quality {evidence.quality['mask'][a]:.2f}); "
                                 "no other image of the person looks swapped with it",
-                                p_wrong=1 - pm[a, mask[a]], models=agree))
+                                p_wrong=1 - pm[a, mask[a]], models=agree,
+                                wrong_by=evidence.mask_wrong_by((a,), swapped=False)))
     return rows
 
 
 def label_suspects(images: pd.DataFrame, probs: np.ndarray, min_score: float = MIN_SCORE, top: int | None = None,
                    age_min_score: float = AGE_MIN_SCORE,
-                   image_min_score: float = IMAGE_MIN_SCORE) -> tuple[pd.DataFrame, dict[str, float]]:
+                   image_min_score: float = IMAGE_MIN_SCORE,
+                   opinions: pd.DataFrame | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
     """Gender, age group and mask swaps per person, then lone odd masks per image; ranked by score.
 
     probs: (sets, n, 18) out-of-fold probabilities, NaN where a set does not predict an image
     (an (n, 18) array is one set). The `fix` column marks the rows that --fixes-out writes, `case`
     the error a row belongs to (a swap's two rows share one; the sheet draws by case). Suspects
     are kept from `min_score` on or, with `top`, the `top` likeliest label errors whatever their
-    score (a swap's two rows are one error). Also returns, per column (gender, mask), the sum of
+    score (a swap's two rows are one error). `opinions` (contract/opinions.py): the outside expert's,
+    one more evidence set for gender and the source of `expert_age_suspects`. Also returns, per column (gender, mask), the sum of
     P(label wrong) over every person's gender and likeliest swap: the errors the evidence expects.
     """
     probs = np.asarray(probs, float)
     evidence = Evidence(images, probs[None] if probs.ndim == 2 else probs)
+    by_person = {} if opinions is None else {row["person"]: row for row in opinions.to_dict("records")}
+    if opinions is not None:
+        evidence.add_expert({p: row["p_female"] for p, row in by_person.items()})
     floor = 0.0 if top is not None else min_score
     rows, cases = [], []  # cases: one per error (a swap's two rows share the person's)
     for person, idx in evidence.persons.items():
         swap_rows, pair = swap_suspects(evidence, idx, 0.0)
-        for row in [*gender_suspects(evidence, person, idx, 0.0),
-                    *age_suspects(evidence, person, idx, max(floor, age_min_score)), *swap_rows]:
+        ages = expert_age_suspects(evidence, person, idx, by_person.get(person)) \
+            or age_suspects(evidence, person, idx, max(floor, age_min_score))
+        for row in [*gender_suspects(evidence, person, idx, 0.0), *ages, *swap_rows]:
             rows.append(row)
             cases.append(f"{person}/{row['column']}")
         for row in lone_mask_suspects(evidence, idx, pair, max(floor, image_min_score)):
@@ -415,6 +470,34 @@ def label_suspects(images: pd.DataFrame, probs: np.ndarray, min_score: float = M
     return kept.reset_index(drop=True), expected
 
 
+def expert_gender_suspects(images: pd.DataFrame, opinions: pd.DataFrame, min_score: float = MIN_SCORE,
+                           top: int | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
+    """--expert without --oof: the expert alone judges gender, as one prediction set would (its P(female)
+    temperature-scaled against the labels, weighed against cleanlab's noise matrix). No age suspects:
+    those need the fold models to agree. Returns what label_suspects does."""
+    given_of = images.groupby("person", sort=True)["gender"].first()
+    found = opinions[(opinions["status"] == "found") & opinions["person"].isin(given_of.index)]
+    given = np.array([GENDERS.index(given_of[p]) for p in found["person"]], dtype=np.int64)
+    female = found["p_female"].to_numpy(float)
+    rows, cases = [], []
+    if len(found):
+        probs = calibrated(log_probs(np.stack([1 - female, female], axis=1)), given)
+        posterior = label_noise_posterior(probs, given)
+        for k, opinion in enumerate(found.itertuples()):
+            other = 1 - given[k]
+            calls = bool(probs[k].argmax() != given[k])
+            rows.append(suspect(opinion.person, "gender", GENDERS[given[k]], GENDERS[other], posterior[k, other],
+                                f"expert: {opinion.gender} ({int(opinion.gender_confidence)}%)",
+                                f"expert P(female) {female[k]:.2f} on {opinion.photo}, calibrated {probs[k, 1]:.2f}",
+                                p_wrong=posterior[k, other], models=f"{int(calls)}/1", wrong_by=["expert"] * calls)
+                        | FIX)
+            cases.append(f"{opinion.person}/gender")
+    every = rank(frame(rows, extra=("fix",)).assign(case=cases))
+    expected = {"gender": float(every["score"].sum()), "mask": 0.0}
+    kept = every[every["score"] >= min_score] if top is None else every.head(top)
+    return kept.reset_index(drop=True), expected
+
+
 def rank(suspects: pd.DataFrame) -> pd.DataFrame:
     """Most likely first; stable for equal scores."""
     return suspects.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
@@ -424,11 +507,13 @@ def rank(suspects: pd.DataFrame) -> pd.DataFrame:
 
 
 def fixes_table(labels: pd.DataFrame) -> pd.DataFrame:
-    """Person-level gender and mask-swap suggestions as a fixes CSV (docs/formats.md) plus their score.
+    """Person-level gender and mask-swap suggestions, and the expert's age suspects (audit --expert),
+    as a fixes CSV (docs/formats.md) plus their score.
 
-    Age suspects and single-image masks stay in the suspects CSV only: age-group evidence cannot say
-    how many years to write and mostly sits at a group boundary; a lone image is not judged against
-    the person's other images. On drawn data both were nearly all false alarms (benchmarks/audit.py).
+    The fold models' own age suspects and single-image masks stay in the suspects CSV only: age-group
+    evidence cannot say how many years to write and mostly sits at a group boundary; a lone image is
+    not judged against the person's other images. On drawn data both were nearly all false alarms
+    (benchmarks/audit.py). The expert's age suspects carry its estimate of the years.
     """
     labels = labels[labels["fix"]] if "fix" in labels else labels.iloc[:0]
     return pd.DataFrame({"target": labels["target"], "column": labels["column"], "old": labels["given"],
@@ -481,30 +566,42 @@ def sheet_tile(file: str, lines: Sequence[str], size: tuple[int, int, int]) -> n
     return tile
 
 
-def suspect_lines(row: pd.Series) -> list[str]:
-    """A suspect's caption: what it is, given -> suggested, and how sure."""
+def suspect_lines(row: pd.Series, expert: str | None = None) -> list[str]:
+    """A suspect's caption: what it is, given -> suggested, how sure, and the expert's opinion (if any)."""
     target = PurePath(row["target"])
     head = [target.parent.name, f"{target.name}: {row['column']}"] if Path(row["target"]).is_file() \
         else [target.name, row["column"]]
     judged = str(row.get("p_wrong", "")) not in ("", "nan")
     return [*head, f"{row['given']} -> {row['suggested']}",
-            f"P(wrong) {float(row['p_wrong']):.2f} {row['models']}" if judged else f"score {float(row['score']):.2f}"]
+            f"P(wrong) {float(row['p_wrong']):.2f} {row['models']}" if judged else f"score {float(row['score']):.2f}",
+            *([expert] if expert else [])]
+
+
+def expert_captions(opinions: pd.DataFrame | None) -> dict[str, str]:
+    """person -> 'expert: female 97% 34y' (or 'expert: no face'), the contact sheet's line."""
+    if opinions is None:
+        return {}
+    return {row.person: f"expert: {row.gender} {int(row.gender_confidence)}% {int(row.age)}y" if row.status == "found"
+            else "expert: no face" for row in opinions.itertuples()}
 
 
 def draw_sheet(suspects: pd.DataFrame, images: pd.DataFrame, path: Path, top: int = 30,
-               inputs: Inputs | None = None) -> tuple[int, int]:
+               inputs: Inputs | None = None, experts: dict[str, str] | None = None) -> tuple[int, int]:
     """A PNG of the `top` first suspects (by `case` when the table has it: a swap's two rows are one),
     one suspect per line: every image it concerns (a doubted person's photos, both images of a swap),
-    the first captioned with target, given -> suggested and P(wrong). Returns (suspects, images) drawn."""
-    size, tile_w = (160, 200, 76), 160
+    the first captioned with target, given -> suggested and P(wrong) (and `experts`' line for a doubted
+    person's gender or age). Returns (suspects, images) drawn."""
+    experts = experts or {}
+    size, tile_w = (160, 200, 93 if experts else 76), 160
     cases = suspects["case"] if "case" in suspects else pd.Series(range(len(suspects)), index=suspects.index)
     chosen = list(dict.fromkeys(cases))[:top]
     strips = []
     for case in chosen:
         tiles = []
         for _, row in suspects[cases == case].iterrows():
+            expert = experts.get(row["target"]) if row["column"] in ("gender", "age") else None
             for k, file in enumerate(case_images(row, images)):
-                tile = sheet_tile(file, suspect_lines(row) if k == 0 else [PurePath(file).name], size)
+                tile = sheet_tile(file, suspect_lines(row, expert) if k == 0 else [PurePath(file).name], size)
                 if tile is not None:
                     tiles.append(tile)
         if tiles:
@@ -588,12 +685,14 @@ def sheet_cases(suspects: pd.DataFrame, top: int | None) -> pd.DataFrame:
 
 def write_outputs(suspects: pd.DataFrame, labels: pd.DataFrame, judged: pd.DataFrame, inputs: Inputs,
                   data: Path, fixes_out: Path | None, sheet: Path | None, top: int | None,
-                  expected: dict[str, float] | None, quality: dict[str, float] | None = None) -> None:
+                  expected: dict[str, float] | None, quality: dict[str, float] | None = None,
+                  opinions: pd.DataFrame | None = None) -> None:
     """The contact sheet and the fixes CSV, when asked for, and the summary on stderr (with the
     errors the evidence expects and how strong it is, when there are label checks)."""
     if sheet is not None:
         chosen = sheet_cases(suspects, top)
-        cases, tiles = draw_sheet(chosen, judged, sheet, top=len(chosen), inputs=inputs)
+        cases, tiles = draw_sheet(chosen, judged, sheet, top=len(chosen), inputs=inputs,
+                                  experts=expert_captions(opinions))
         console.print(f"audit: contact sheet of {cases} suspects ({tiles} images) written to {sheet}")
     if fixes_out is not None:
         fixes = fixes_table(labels)
@@ -606,10 +705,29 @@ def write_outputs(suspects: pd.DataFrame, labels: pd.DataFrame, judged: pd.DataF
         console.print(expected_line(expected, quality), markup=False, highlight=False)
 
 
+EXPERT_RUN = "run"  # --expert run: the opinions computed here, not read from a file
+
+
+def expert_opinions(expert: str | Path, images: pd.DataFrame) -> pd.DataFrame:
+    """The outside expert's opinions of the dataset's persons: read (strictly) or computed now."""
+    persons = dict(zip(images["person"].astype(str), images["folder"].astype(str)))
+    if str(expert) == EXPERT_RUN:
+        people = persons_of(images)
+        table = opinions_table(compute(people, workers=1), [p for p, _, _ in people])
+        opinions = check_opinions(table, Path(f"--expert {EXPERT_RUN}"), persons)
+    else:
+        opinions = read_opinions(expert, persons)
+    found = int((opinions["status"] == "found").sum())
+    console.print(f"audit: expert opinions on {len(opinions)} of {len(persons)} persons ({found} with a face)")
+    return opinions
+
+
 def run(data: Path, oof: Sequence[Path] = (), manifest: Path | None = None, fixes_out: Path | None = None,
         sheet: Path | None = None, out: Path | None = None, min_score: float | None = None,
-        top: int | None = None) -> pd.DataFrame:
+        top: int | None = None, expert: str | Path | None = None) -> pd.DataFrame:
     """`maskkit audit`: suspects CSV to stdout or `out`; optional fixes CSV and contact sheet.
+
+    `expert`: an opinions CSV of `maskkit expert`, or EXPERT_RUN to compute the opinions here.
 
     Label suspects from `min_score` on, or with `top` the `top` likeliest label errors (a review budget).
     """
@@ -620,10 +738,11 @@ def run(data: Path, oof: Sequence[Path] = (), manifest: Path | None = None, fixe
     min_score = MIN_SCORE if min_score is None else min_score
     if not 0 <= min_score <= 1:
         raise MaskkitError(f"--min-score {min_score}: must be between 0 and 1")
-    if fixes_out is not None and not oof:
+    if fixes_out is not None and not oof and expert is None:
         raise MaskkitError("--fixes-out writes label suggestions, which need --oof "
-                           "(out-of-fold predictions of maskkit train)")
-    inputs = Inputs.of(data, [f for source in oof for f in files_in(source)], manifest)
+                           "(out-of-fold predictions of maskkit train) or --expert")
+    expert_file = None if expert is None or str(expert) == EXPERT_RUN else Path(expert)
+    inputs = Inputs.of(data, [f for source in oof for f in files_in(source)], manifest, expert_file)
     inputs.check(out, header=SUSPECT_COLUMNS)
     inputs.check(fixes_out, header=FIXES_OUT_COLUMNS)
     inputs.check(sheet, magic=image_magic(sheet))
@@ -632,15 +751,18 @@ def run(data: Path, oof: Sequence[Path] = (), manifest: Path | None = None, fixe
     quirks.report()
     judged = judged_table(images, manifest)
     labels, expected, quality = frame([]), None, None
+    opinions = None if expert is None else expert_opinions(expert, images)
     if oof:
         covered, probs = join_oof(judged, read_oof(oof), ", ".join(map(str, oof)))
-        labels, expected = label_suspects(covered, probs, min_score=min_score, top=top)
+        labels, expected = label_suspects(covered, probs, min_score=min_score, top=top, opinions=opinions)
         quality = scores(covered["label"].to_numpy(), pooled(probs).argmax(axis=1))
+    elif opinions is not None:
+        labels, expected = expert_gender_suspects(judged, opinions, min_score=min_score, top=top)
     structural = structural_suspects(images, quirks.found, root / "images")
     structural["case"] = [f"structural {k}" for k in range(len(structural))]
     parts = [p for p in (structural, labels.drop(columns="fix", errors="ignore")) if len(p)]
     suspects = rank(pd.concat(parts, ignore_index=True)) if parts else frame([])
-    write_outputs(suspects, labels, judged, inputs, data, fixes_out, sheet, top, expected, quality)
+    write_outputs(suspects, labels, judged, inputs, data, fixes_out, sheet, top, expected, quality, opinions)
     suspects = suspects.drop(columns="case", errors="ignore")
     write_csv(suspects, out, inputs=inputs)
     return suspects

@@ -6,7 +6,8 @@ Each prediction set's probabilities are temperature-scaled per task, fitted on t
 evidence, not seven votes: gender and age group are judged on the mean of the person's calibrated
 log-probabilities, scaled by a second, person-level temperature, then weighed against the label with
 cleanlab's noise matrix. Sets are combined by the mean of their log-probabilities (a person) or of
-their log-odds (a swapped pair of images).
+their log-odds (a swapped pair of images). An outside expert that never saw the labels (audit
+--expert, `add_expert`) is independent evidence: its calibrated gender probabilities multiply in.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from scipy.special import log_softmax, softmax
 from maskkit.contract.labels import AGE_GROUPS, TASKS, decode, logit, task_probs
 
 SWAP_PRIOR = (0.5, 0.25, 0.25)  # as labelled, swapped, any other pair of true masks (shared by those 7)
+# How much the outside expert's evidence counts (audit --expert): its calibrated likelihood ratio to
+# this power. 1 is plain Bayes for independent evidence; to fit on a realfaces build A (issue 27).
+EXPERT_WEIGHT = 1.0
 
 
 def log_probs(probs: np.ndarray) -> np.ndarray:
@@ -146,6 +150,35 @@ class Evidence:
         self.flags, self.quality = {}, {}
         for task in self.probs:
             self.flags[task], self.quality[task] = cleanlab_issues(self.given[task], self.probs[task])
+        self.expert: dict[str, np.ndarray] = {}  # person -> the expert's calibrated P(male, female)
+
+    def add_expert(self, p_female: dict[str, float]) -> None:
+        """An outside model's P(female) per person (audit --expert), calibrated by temperature against
+        the given genders like a prediction set. It never saw the labels, so `person` multiplies its
+        likelihood ratio into the fold models' posterior (Bayes for independent evidence) instead of
+        averaging it in: the better it knows gender, the less its calibration flattens it."""
+        names = [p for p in self.persons if p in p_female and np.isfinite(p_female[p])]
+        if not names:
+            return
+        female = np.array([p_female[p] for p in names], float)
+        given = np.array([int(self.given["gender"][self.persons[p][0]]) for p in names])
+        probs = calibrated(log_probs(np.stack([1 - female, female], axis=1)), given)
+        self.expert = dict(zip(names, probs))
+
+    def wrong_by(self, task: str, person: str) -> list[str]:
+        """The evidence sets whose own verdict is another class than the label: oof1.. (the --oof sets in
+        order) and `expert`."""
+        given = int(self.given[task][self.persons[person][0]])
+        names = [f"oof{k + 1}" for k, probs in enumerate(self.person_probs[task])
+                 if person in probs and probs[person][1].argmax() != given]
+        if task == "gender" and person in self.expert and self.expert[person].argmax() != given:
+            names.append("expert")
+        return names
+
+    def verdict(self, task: str, person: str) -> np.ndarray | None:
+        """The sets' own calibrated P(class | photos) of a person, pooled (no label-noise prior); None if no set covers it."""
+        found = [probs[person][1] for probs in self.person_probs[task] if person in probs]
+        return pooled(np.array(found)) if found else None
 
     def _calibrated_set(self, set_probs: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(rows the set covers, {task: calibrated (n, k) probabilities, NaN elsewhere})."""
@@ -184,7 +217,12 @@ class Evidence:
         if not found:
             return np.full(len(AGE_GROUPS) if task == "age" else 2, np.nan), 0, 0
         combined = pooled(np.array([posterior for posterior, _ in found]))
-        return combined, len(found), int(sum(verdict.argmax() != given for _, verdict in found))
+        agree = int(sum(verdict.argmax() != given for _, verdict in found))
+        expert = self.expert.get(person) if task == "gender" else None
+        if expert is None:
+            return combined, len(found), agree
+        combined = combined * np.clip(expert, 1e-7, 1.0) ** EXPERT_WEIGHT  # flat prior: P_expert is its likelihood
+        return combined / combined.sum(), len(found) + 1, agree + int(expert.argmax() != given)
 
     def likeliest_swap(self, idx: np.ndarray) -> tuple[float, tuple[int, int], list[float]] | None:
         """The person's likeliest swapped pair of images: (P(swapped) over sets, the pair, each set's P)."""
@@ -197,6 +235,22 @@ class Evidence:
         scored = [(mean_of_logits([found.get(pair, 0.0) for found in per_set if found]), pair) for pair in pairs]
         score, pair = max(scored)
         return score, pair, [found.get(pair, 0.0) for found in per_set if found]
+
+    def mask_wrong_by(self, images: Sequence[int], swapped: bool) -> list[str]:
+        """The sets (oof1..) that on their own call the mask label wrong: the pair `images` swapped
+        (P > 0.5), or one image's mask (its calibrated verdict another mask)."""
+        mask, names = self.given["mask"], []
+        for k, (rows, tasks) in enumerate(self.sets):
+            if not rows[list(images)].all():
+                continue
+            if swapped:
+                i, j = images
+                calls = swap_probabilities(np.array([i, j]), mask, tasks["mask"]).get((int(i), int(j)), 0.0) > 0.5
+            else:
+                calls = tasks["mask"][images[0]].argmax() != mask[images[0]]
+            if calls:
+                names.append(f"oof{k + 1}")
+        return names
 
     def mask_votes(self, image: int) -> list[np.ndarray]:
         """Each covering set's calibrated mask probabilities for one image."""
