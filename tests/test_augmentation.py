@@ -195,11 +195,14 @@ def test_the_recipe_of_a_yaml_run_is_its_pipeline_content_not_its_path():
 
 
 @pytest.mark.slow
-def test_a_short_run_with_trivialaugment_and_erasing_learns(tmp_path, manifest_path):
+def test_a_short_run_with_randaugment_learns(tmp_path, manifest_path):
+    """Six epochs of the tiny model (about 40 s): the same F1 as --aug none reaches in six epochs here
+    (measured 0.166 and 0.160; the mask head needs more epochs on the drawn faces with either)."""
     with one_thread():
-        run = train.run(manifest_path, TrainOptions(**dict(FAST, aug="trivialaugment", erasing=0.25, epochs=8)),
-                        runs_dir=tmp_path, name="ta", show_progress=False)
+        run = train.run(manifest_path, TrainOptions(**dict(FAST, aug="randaugment", epochs=6)),
+                        runs_dir=tmp_path, name="ra", show_progress=False)
     metrics = pd.read_csv(run / "metrics.csv")
-    assert metrics["val_f1"].max() > 0.2 > 3 / 18  # chance is 1/18
-    assert metrics["train_loss"].iloc[-1] < metrics["train_loss"].iloc[0]
+    assert metrics["val_f1"].max() > 2 / 18  # twice chance
+    assert metrics["f1_gender"].max() > 0.6 and metrics["f1_age"].max() > 0.6
+    assert metrics["train_loss"].iloc[-1] < 0.8 * metrics["train_loss"].iloc[0]
     assert cv2.imread(str(run / "train_batch.jpg")) is not None
