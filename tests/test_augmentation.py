@@ -63,6 +63,17 @@ def test_each_new_preset_is_deterministic_per_image_seed_and_varies_between_seed
     assert any(not torch.equal(out, plain) for out in outputs)
 
 
+def test_strong_shifts_before_it_crops_and_the_others_crop_first():
+    """strong's Affine sees the pixels around the crop (resize, Affine, crop); every other recipe
+    starts with the eval geometry (resize, crop) and augments the crop."""
+    def first_steps(aug):
+        return [type(t).__name__ for t in build_transform(aug, IMG, MEAN, STD, CROP).transforms[:3]]
+
+    assert first_steps("strong") == ["Resize", "Affine", "CenterCrop"]
+    for aug in ("none", "basic", *POLICIES):
+        assert first_steps(aug)[:2] == ["Resize", "CenterCrop"], aug
+
+
 def test_a_policy_leaves_torch_global_generator_where_it_was():
     """torchvision's v2 policies draw from torch's global generator: the preset forks it, so the
     model's initialisation and dropout draw the same numbers whatever the loader augments."""

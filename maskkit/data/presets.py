@@ -22,7 +22,7 @@ import torch
 from albumentations.pytorch import ToTensorV2
 
 from maskkit.contract.errors import MaskkitError
-from maskkit.options import AUG_NAMES, AUGMENTATIONS, DEFAULT_CROP, FULL_CROP, POLICIES, is_aug_file, parse_crop
+from maskkit.options import AUG_NAMES, DEFAULT_CROP, FULL_CROP, POLICIES, is_aug_file, parse_crop
 
 SQUARE_RATIO = (0.9, 1.1)  # width / height counted as square by `--crop auto`
 
@@ -92,24 +92,25 @@ def build_transform(aug: str, img_size: Sequence[int], mean: Sequence[float], st
     Seed it per item with `set_random_state` (ImageDataset does) for reproducible augmentation.
     normalize=False leaves out Normalize (uint8 tensors; see `normalize_batch`).
     """
-    steps = [*geometry_steps(img_size, crop), *augmentation_steps(aug, img_size, crop)]
+    steps = training_steps(aug, img_size, crop)
     if erasing > 0:
         steps.append(A.Erasing(scale=(0.02, 0.33), ratio=(0.3, 3.3), fill="random", p=float(erasing)))
     return A.Compose([*steps, *finish_steps(mean, std, normalize)])
 
 
-def augmentation_steps(aug: str, img_size: Sequence[int], crop: Sequence[float] = DEFAULT_CROP) -> list:
-    """The random part of a training recipe (after `geometry_steps`; strong redoes the geometry
-    around its Affine so that the shift uses the pixels outside the crop)."""
-    if is_aug_file(aug):
-        return [load_pipeline(aug, img_size)]
-    if aug not in AUG_NAMES:
+def training_steps(aug: str, img_size: Sequence[int], crop: Sequence[float] = DEFAULT_CROP) -> list:
+    """The geometry and the random part of a training recipe, before `finish` (strong puts its
+    Affine between the resize and the crop, so that a shift shows the pixels around the crop)."""
+    if aug not in AUG_NAMES and not is_aug_file(aug):
         raise MaskkitError(f"unknown augmentation {aug!r}: use none, basic or strong, {', '.join(POLICIES)}, or an "
-                          "albumentations FILE.yaml")
+                           "albumentations FILE.yaml")
+    geometry = geometry_steps(img_size, crop)
+    if is_aug_file(aug):
+        return [*geometry, load_pipeline(aug, img_size)]
     if aug == "none":
-        return []
+        return geometry
     if aug in POLICIES:
-        return policy_steps(aug)
+        return [*geometry, *policy_steps(aug)]
     work = work_size(img_size, crop)
     photometric = [
         A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
@@ -117,7 +118,7 @@ def augmentation_steps(aug: str, img_size: Sequence[int], crop: Sequence[float] 
         A.HorizontalFlip(p=0.5),
     ]
     if aug == "basic":
-        return photometric
+        return [*geometry, *photometric]
     return [
         A.Resize(*work, interpolation=cv2.INTER_AREA),
         A.Affine(scale=(0.9, 1.1), translate_percent=(-0.06, 0.06), rotate=(-12, 12),
