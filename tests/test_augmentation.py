@@ -166,13 +166,20 @@ def test_a_bad_pipeline_file_is_one_line_and_exit_2_before_any_run_folder(cli, m
 
 # --- runs: the copy of the pipeline, train_batch.jpg ----------------------------------------------
 
-def test_a_yaml_run_keeps_its_pipeline_and_train_batch_jpg_and_resume_keeps_both(tmp_path, manifest_path, cli):
+def test_a_yaml_run_keeps_its_pipeline_and_train_batch_jpg_and_resume_keeps_both(tmp_path, manifest_path, cli,
+                                                                                  monkeypatch):
+    from maskkit.engine.loop import OnDevice
+
+    batches = []  # what OnDevice hands on: train_batch.jpg's batch first, then the training steps'
+    original = OnDevice.train_images
+    monkeypatch.setattr(OnDevice, "train_images", lambda *args: batches.append(original(*args)) or batches[-1])
     mine = save_pipeline(tmp_path / "mine.yaml", A.InvertImg(p=1))
     options = dict(FAST, aug=mine, erasing=0.5, epochs=1)
     with one_thread(), pytest.raises(Interrupted):
         train.run(manifest_path, TrainOptions(**options), runs_dir=tmp_path, name="r", show_progress=False,
                   stop=lambda epoch, step: (epoch, step) == (0, 2))
     run = tmp_path / "r"
+    assert len(batches) == 3 and torch.equal(batches[0], batches[1])  # the picture shows the first step's batch
     stored = json.loads((run / "config.json").read_text())
     assert (run / "aug.yaml").read_bytes() == (tmp_path / "mine.yaml").read_bytes()
     assert stored["aug_file"] == "aug.yaml" and len(stored["aug_sha256"]) == 64 and stored["options"]["aug"] == mine

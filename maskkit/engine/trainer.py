@@ -26,7 +26,7 @@ from maskkit.engine.devices import autocast_dtype, resolve_device
 from maskkit.engine.distributed import Distributed
 from maskkit.engine.loop import EpochState, NonFiniteLoss, TrainingState, evaluate, train_one_epoch
 from maskkit.engine.loss import MaskLoss
-from maskkit.engine.plots import draw_train_batch
+from maskkit.engine.plots import BATCH_TILES, draw_train_batch
 from maskkit.contract.progress import RunClock, progress_bar
 from maskkit.engine.runtime import seed_everything, stop_signals_set_flag
 from maskkit.engine.tracking import Tracker
@@ -116,12 +116,13 @@ class Trainer:
     # -- train_batch.jpg --
 
     def first_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(images, labels) of epoch 1's first training batch as the model gets it, before CutMix:
-        drawn from a copy of the sampler, so training's own loader and generators are untouched."""
+        """(images, labels) of epoch 1's first training batch (its first BATCH_TILES images: each is
+        augmented from its own seed) as the model gets it, before CutMix: drawn from a copy of the
+        sampler, so training's own loader and generators are untouched."""
         sampler = copy.copy(self.data.sampler)
         sampler.set_epoch(0)
         sampler.skip = 0
-        keys = list(itertools.islice(iter(sampler), self.options.batch_size))
+        keys = list(itertools.islice(iter(sampler), min(self.options.batch_size, BATCH_TILES)))
         images, targets, _ = collate(self.data.train_set.__getitems__(keys))
         with torch.no_grad():
             images = self.data.train_on_device.train_images(images, targets["draw"], 0)
