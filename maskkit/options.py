@@ -25,6 +25,10 @@ from maskkit.contract.errors import MaskkitError
 
 SEED = 42
 AUGMENTATIONS = ("none", "basic", "strong")
+# torchvision.transforms.v2's policies, each after a horizontal flip (data/presets.py): --aug's other names
+POLICIES = ("randaugment", "trivialaugment", "augmix")
+AUG_NAMES = (*AUGMENTATIONS, *POLICIES)
+AUG_FILE_SUFFIXES = (".yaml", ".yml")  # --aug FILE.yaml: a serialized albumentations pipeline (A.save)
 CROP_MODES = ("auto", "full", "competition")  # or two fractions "H,W"
 ALL_FOLDS = "all"  # train --fold all: every person trains, no validation
 HEADS = ("single", "multi")
@@ -236,6 +240,11 @@ def option(default: typing.Any, *decls: str, help: str, **spelling: typing.Any) 
     return dataclasses.field(default=default, metadata={"flag": Flag(decls, help, **spelling)})
 
 
+def is_aug_file(aug: str) -> bool:
+    """Whether an --aug value names an albumentations pipeline file (FILE.yaml) rather than a preset."""
+    return str(aug).lower().endswith(AUG_FILE_SUFFIXES)
+
+
 def _size_text(size: typing.Sequence[int]) -> str:
     return Size(*size).text
 
@@ -316,10 +325,19 @@ class TrainOptions:
     balanced: bool = option(True, "--balanced/--no-balanced", panel=LOSS,
                             help="Class-balanced sampling (with replacement).")
     aug: str = option(
-        "strong", "--aug", panel=AUG, choices=AUGMENTATIONS,
+        "strong", "--aug", panel=AUG, choices=AUG_NAMES, cli_type="str", complete=AUG_NAMES, metavar="NAME|FILE.yaml",
+        valid=lambda aug: aug in AUG_NAMES or is_aug_file(aug),
+        rule=f"use {', '.join(AUG_NAMES)} or an albumentations pipeline FILE.yaml (A.save(pipeline, path, "
+             "data_format='yaml'))",
         help="none (as validation: centre crop and resize), basic (+ brightness/contrast, Gaussian noise, horizontal "
-             "flip) or strong (basic + a random shift, scale and rotation, hue/saturation or colour jitter, and "
-             "CoarseDropout holes).")
+             "flip), strong (basic + a random shift, scale and rotation, hue/saturation or colour jitter, and "
+             "CoarseDropout holes), randaugment, trivialaugment or augmix (a horizontal flip + torchvision's "
+             "RandAugment, TrivialAugmentWide or AugMix), or FILE.yaml: your albumentations pipeline "
+             "(A.save(pipeline, path, data_format='yaml')) between maskkit's resize/crop and normalisation; the run "
+             "keeps a copy (RUN/aug.yaml).")
+    erasing: float = option(0.0, "--erasing", panel=AUG, valid=_between(0, 1), rule="use a probability in [0, 1]",
+                            help="Probability of RandomErasing per image after --aug (a rectangle of 2-33% of the "
+                                 "image filled with noise; 0 = off).")
     crop: str = option(
         "auto", "--crop", panel=AUG, complete=CROP_MODES,
         help="Centre crop before resizing: full (the whole frame), competition (0.8 of the height, 0.85 of the width: "

@@ -48,7 +48,7 @@ if __name__ == "__main__":  # regenerate completions/
 
 
 @pytest.mark.parametrize("words, expected", [
-    ("maskkit train --aug ", {"none", "basic", "strong"}),
+    ("maskkit train --aug ", {"none", "basic", "strong", "randaugment", "trivialaugment", "augmix"}),
     ("maskkit train --sched co", {"cosine", "constant"}),
     ("maskkit segment in out --fill g", {"gray"}),
     ("maskkit cam run img --head mask,ge", {"mask,gender"}),

@@ -144,7 +144,7 @@ def test_trainer_augments_uint8_batches_on_the_device_when_the_device_side_says_
     from maskkit.contract.runfolder import LAST
     from maskkit.engine import loop
 
-    monkeypatch.setattr(build, "device_side", lambda device, aug: (True, aug == "basic"))
+    monkeypatch.setattr(build, "device_side", lambda device, aug, erasing=0.0: (True, aug == "basic" and not erasing))
     calls = []
     original = ga.augment_batch
 
@@ -157,7 +157,8 @@ def test_trainer_augments_uint8_batches_on_the_device_when_the_device_side_says_
     runs = [train.run(manifest_path, options, runs_dir=tmp_path, name=f"run{i}", show_progress=False) for i in range(2)]
     metrics = pd.read_csv(runs[0] / "metrics.csv")
     steps = json.loads((runs[0] / "config.json").read_text())["train_images"] // FAST["batch_size"]
-    assert len(calls) == 2 * 3 * steps and set(calls) == {torch.uint8}  # every step of both runs, uint8 in
+    # every step of both runs and each run's train_batch.jpg (its first batch, as the model gets it), uint8 in
+    assert len(calls) == 2 * (3 * steps + 1) and set(calls) == {torch.uint8}
     assert np.isfinite(metrics["train_loss"]).all() and metrics["train_loss"].iloc[-1] < metrics["train_loss"].iloc[0]
     states = [torch.load(run / LAST, map_location="cpu", weights_only=False)["model"] for run in runs]
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

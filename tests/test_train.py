@@ -425,8 +425,10 @@ def test_a_runs_config_json_seeds_a_new_run_on_another_fold(cli, multi_run, mani
 
 
 def test_choice_options_refuse_values_outside_their_list(cli, manifest_path):
-    result = cli("train", manifest_path, "--aug", "wild")
+    result = cli("train", manifest_path, "--sched", "wild")
     assert result.exit_code == 2 and "'wild' is not one of" in result.stderr
+    # --aug also takes a FILE.yaml, so train's own check names its values
+    assert_one_line_error(cli("train", manifest_path, "--aug", "wild"), "--aug wild", "none, basic, strong", "FILE.yaml")
 
 
 @pytest.mark.slow

@@ -177,7 +177,10 @@ def recipe_key(config: dict) -> str:
     of an older maskkit keeps its recipe) but NOT_RECIPE, and the manifest's hash, as canonical JSON."""
     options = {**TrainOptions().to_dict(), **config.get("options", {})}
     options = {k: v for k, v in options.items() if k not in NOT_RECIPE}
-    return json.dumps({"options": options, "manifest_sha256": config.get("manifest_sha256")}, sort_keys=True)
+    key = {"options": options, "manifest_sha256": config.get("manifest_sha256")}
+    if config.get("aug_sha256"):  # --aug FILE.yaml: the pipeline's content, not its path, is the recipe
+        key["aug_sha256"] = config["aug_sha256"]
+    return json.dumps(key, sort_keys=True)
 
 
 def recipe_id(key: str) -> str:

@@ -52,7 +52,7 @@ from maskkit.data.fingerprints import strange_images
 from maskkit.contract.streams import is_stream, read_input
 from maskkit.data.folds import make_manifest
 from maskkit.data.loader import image_size
-from maskkit.data.presets import resolve_crop
+from maskkit.data.presets import load_pipeline, resolve_crop
 from maskkit.engine.build import skipped_rows, training_rows
 from maskkit.engine.devices import resolve_device, use_threads
 from maskkit.engine.distributed import Distributed, env_rank
@@ -61,7 +61,7 @@ from maskkit.engine.models import check_backbone, model_defaults
 from maskkit.engine.runtime import deterministic
 from maskkit.engine.tracking import logger_module
 from maskkit.engine.trainer import Interrupted, Trainer
-from maskkit.options import MACHINE_OPTIONS, SEED, TrainOptions, parse_crop, resolve_backbone
+from maskkit.options import MACHINE_OPTIONS, SEED, TrainOptions, is_aug_file, parse_crop, resolve_backbone
 
 AUTO_FOLDS, AUTO_SPLIT_SEED = 5, SEED  # the split made on the fly from a dataset folder
 # Options that may differ when resuming (they change where and how fast, not what is learned).
@@ -177,6 +177,7 @@ def _new_run(source: str | Path, options: TrainOptions, runs_dir: Path, name: st
     manifest, data = load_source(source)
     made_here = data is None
     _check_new_run(source, options, manifest)
+    pipeline = _aug_file_bytes(options)
     run_dir = runfolder.prepare_run_dir(Path(runs_dir), name or options.run_name, overwrite)
     try:  # the folder holds no run files now: what fails from here leaves none
         if made_here:
@@ -185,6 +186,11 @@ def _new_run(source: str | Path, options: TrainOptions, runs_dir: Path, name: st
             with atomic_path(run_dir / runfolder.MANIFEST) as tmp:
                 tmp.write_bytes(data)
         config = build_config(options, run_dir / runfolder.MANIFEST, str(source), manifest)
+        if pipeline is not None:  # the run trains with its own copy: resume and --config stay exact
+            with atomic_path(run_dir / runfolder.AUG_PIPELINE) as tmp:
+                tmp.write_bytes(pipeline)
+            config["aug_file"] = runfolder.AUG_PIPELINE
+            config["aug_sha256"] = file_sha256(run_dir / runfolder.AUG_PIPELINE)
         runfolder.write_json(runfolder.stored_config(config), run_dir / runfolder.CONFIG)
     except BaseException:
         runfolder.remove_run(run_dir)
@@ -193,6 +199,15 @@ def _new_run(source: str | Path, options: TrainOptions, runs_dir: Path, name: st
         console.print(f"split {source} into {AUTO_FOLDS} person folds (seed {AUTO_SPLIT_SEED}): "
                       f"{run_dir / runfolder.MANIFEST}")
     return run_dir, config, manifest
+
+
+def _aug_file_bytes(options: TrainOptions) -> bytes | None:
+    """The bytes of `--aug FILE.yaml` once its pipeline loads and keeps the image (one line naming the
+    file otherwise, before any run file exists); None for a preset."""
+    if not is_aug_file(options.aug):
+        return None
+    load_pipeline(options.aug, options.img_size)
+    return Path(options.aug).read_bytes()
 
 
 def _merge_resumed(run_dir: Path, saved: TrainOptions, options: TrainOptions, names: list[str],

@@ -22,7 +22,7 @@ from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import console, examples, write_text
 from maskkit.contract.manifest import read_manifest
 from maskkit.contract.streams import is_stream
-from maskkit.options import MACHINE_OPTIONS, TrainOptions
+from maskkit.options import MACHINE_OPTIONS, TrainOptions, is_aug_file
 
 PLACES = ("name", "runs_dir")  # where a run goes: train's --name and --runs-dir, not options
 FIX = "a recipe is a YAML mapping of train options, as `maskkit train --print-config` writes it"
@@ -61,7 +61,10 @@ def read_recipe(path: str | Path, places: bool = False) -> dict:
         raise MaskkitError(f"{path}: not a readable recipe ({reason[:120]}); {FIX}") from None
     run_config = isinstance(data, Mapping) and isinstance(data.get("options"), Mapping)
     if run_config:
+        copy = data.get("aug_file")  # the run's copy of its --aug FILE.yaml: the recipe trains with that
         data = {k: v for k, v in data["options"].items() if k not in MACHINE_OPTIONS}
+        if isinstance(copy, str) and is_aug_file(str(data.get("aug", ""))):
+            data["aug"] = str(path.parent / copy)
     if not isinstance(data, Mapping):
         raise MaskkitError(f"{path}: not a mapping of options; {FIX}")
     fields = as_fields(data, str(path))

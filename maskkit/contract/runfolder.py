@@ -19,13 +19,16 @@ import pandas as pd
 
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import atomic_path, examples, read_csv, write_csv
+from maskkit.contract.manifest import file_sha256
 from maskkit.options import INPUT_SIDE_RANGE, TrainOptions
 
 CONFIG, MANIFEST, METRICS, BEST, LAST, VAL_PREDS = (
     "config.json", "manifest.csv", "metrics.csv", "best.pt", "last.pt", "val_preds.csv")
 CONFUSION, CURVES = "confusion.png", "curves.png"
 STEPS, TENSORBOARD = "steps.csv", "tb"  # engine/tracking.py: every step's loss, and --logger tensorboard's folder
-RUN_FILES = (CONFIG, MANIFEST, METRICS, BEST, LAST, VAL_PREDS, CONFUSION, CURVES, STEPS)
+AUG_PIPELINE = "aug.yaml"  # the copy of `--aug FILE.yaml` the run trains with (config.json: aug_file, aug_sha256)
+TRAIN_BATCH = "train_batch.jpg"  # the first augmented training batch with its labels (engine/plots.py)
+RUN_FILES = (CONFIG, MANIFEST, METRICS, BEST, LAST, VAL_PREDS, CONFUSION, CURVES, STEPS, AUG_PIPELINE, TRAIN_BATCH)
 CONFIG_FORMAT = 2
 METRIC_COLUMNS = ("epoch", "seconds", "lr", "train_loss", "val_loss", "val_f1", "val_acc",
                   "f1_mask", "f1_gender", "f1_age")
@@ -91,6 +94,21 @@ def read_config(run_dir: str | Path) -> dict:
     check_geometry(view, path)
     check_normalisation(view, path)
     return view
+
+
+def aug_pipeline(run_dir: str | Path, view: Mapping) -> str | None:
+    """The run's copy of its `--aug FILE.yaml` (RUN/aug.yaml) as a path to train with, None for a
+    preset; a copy that is missing or changed since the run started (aug_sha256) is one line."""
+    if not view.get("aug_file"):
+        return None
+    path = Path(run_dir) / str(view["aug_file"])
+    if not path.is_file():
+        raise MaskkitError(f"{path}: missing (the copy of --aug {view['options'].get('aug')} this run trains with); "
+                           "restore it, or start a new run")
+    if file_sha256(path) != view.get("aug_sha256"):
+        raise MaskkitError(f"{path}: changed since the run started (its sha256 differs from config.json's aug_sha256); "
+                           "restore it, or start a new run")
+    return str(path)
 
 
 def check_normalisation(view: Mapping, path: Path) -> None:

@@ -1,23 +1,28 @@
 """Image recipes (albumentations), in the manner of torchvision's references/classification/presets.py.
 
 Every recipe is `geometry` (bring any image to the model's input size: resize to the working size,
-then a deterministic centre crop) + augmentation (training only) + `finish` (Normalize and
-ToTensorV2, or ToTensorV2 alone when the device normalises: see `normalize_batch`). Readers that
+then a deterministic centre crop) + augmentation (training only: a preset, torchvision's policies
+wrapped by `TorchvisionPolicy`, or the user's own albumentations pipeline from `load_pipeline`, then
+`--erasing`) + `finish` (Normalize and ToTensorV2, or ToTensorV2 alone when the device normalises:
+see `normalize_batch`). Readers that
 need the pixels at the model's geometry before normalisation (cam's overlays) call `geometry` and
 `finish` themselves instead of cutting a recipe apart.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import albumentations as A
 import cv2
+import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 
 from maskkit.contract.errors import MaskkitError
-from maskkit.options import AUGMENTATIONS, DEFAULT_CROP, FULL_CROP, parse_crop
+from maskkit.options import AUG_NAMES, DEFAULT_CROP, FULL_CROP, POLICIES, is_aug_file, parse_crop
 
 SQUARE_RATIO = (0.9, 1.1)  # width / height counted as square by `--crop auto`
 
@@ -77,17 +82,35 @@ def eval_transform(img_size: Sequence[int], mean: Sequence[float], std: Sequence
 
 
 def build_transform(aug: str, img_size: Sequence[int], mean: Sequence[float], std: Sequence[float],
-                    crop: Sequence[float] = DEFAULT_CROP, normalize: bool = True) -> A.Compose:
+                    crop: Sequence[float] = DEFAULT_CROP, normalize: bool = True, erasing: float = 0.0) -> A.Compose:
     """Training transform. none: as eval; basic: centre crop, RandomBrightnessContrast, GaussNoise,
     HorizontalFlip (that team's recipe); strong: adds Affine (shift, scale, rotate: it uses the
-    pixels around the crop), HueSaturationValue or ColorJitter, and CoarseDropout.
+    pixels around the crop), HueSaturationValue or ColorJitter, and CoarseDropout; randaugment,
+    trivialaugment, augmix: HorizontalFlip + torchvision's policy (`policy_steps`); FILE.yaml: the
+    user's albumentations pipeline (`load_pipeline`) between geometry and finish. `erasing` > 0
+    adds RandomErasing (A.Erasing, noise-filled) with that probability after the augmentation.
     Seed it per item with `set_random_state` (ImageDataset does) for reproducible augmentation.
     normalize=False leaves out Normalize (uint8 tensors; see `normalize_batch`).
     """
-    if aug not in AUGMENTATIONS:
-        raise MaskkitError(f"unknown augmentation {aug!r}: use none, basic or strong")
+    steps = training_steps(aug, img_size, crop)
+    if erasing > 0:
+        steps.append(A.Erasing(scale=(0.02, 0.33), ratio=(0.3, 3.3), fill="random", p=float(erasing)))
+    return A.Compose([*steps, *finish_steps(mean, std, normalize)])
+
+
+def training_steps(aug: str, img_size: Sequence[int], crop: Sequence[float] = DEFAULT_CROP) -> list:
+    """The geometry and the random part of a training recipe, before `finish` (strong puts its
+    Affine between the resize and the crop, so that a shift shows the pixels around the crop)."""
+    if aug not in AUG_NAMES and not is_aug_file(aug):
+        raise MaskkitError(f"unknown augmentation {aug!r}: use none, basic or strong, {', '.join(POLICIES)}, or an "
+                           "albumentations FILE.yaml")
+    geometry = geometry_steps(img_size, crop)
+    if is_aug_file(aug):
+        return [*geometry, load_pipeline(aug, img_size)]
     if aug == "none":
-        return eval_transform(img_size, mean, std, crop, normalize)
+        return geometry
+    if aug in POLICIES:
+        return [*geometry, *policy_steps(aug)]
     work = work_size(img_size, crop)
     photometric = [
         A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
@@ -95,8 +118,8 @@ def build_transform(aug: str, img_size: Sequence[int], mean: Sequence[float], st
         A.HorizontalFlip(p=0.5),
     ]
     if aug == "basic":
-        return A.Compose([*geometry_steps(img_size, crop), *photometric, *finish_steps(mean, std, normalize)])
-    strong = [
+        return [*geometry, *photometric]
+    return [
         A.Resize(*work, interpolation=cv2.INTER_AREA),
         A.Affine(scale=(0.9, 1.1), translate_percent=(-0.06, 0.06), rotate=(-12, 12),
                  border_mode=cv2.BORDER_REFLECT_101, p=0.7),
@@ -108,4 +131,68 @@ def build_transform(aug: str, img_size: Sequence[int], mean: Sequence[float], st
         ], p=0.5),
         A.CoarseDropout(num_holes_range=(1, 3), hole_height_range=(0.08, 0.2), hole_width_range=(0.08, 0.2), p=0.3),
     ]
-    return A.Compose([*strong, *finish_steps(mean, std, normalize)])
+
+
+# --- torchvision's policies and the user's own pipeline -------------------------------------------
+
+class TorchvisionPolicy(A.ImageOnlyTransform):
+    """A torchvision.transforms.v2 policy (RandAugment, TrivialAugmentWide, AugMix) on the HWC uint8
+    image. v2 draws from torch's global generator, so each call runs in a forked generator seeded
+    from this transform's own (which ImageDataset seeds per item): the image's augmentation depends
+    on its item seed alone, as albumentations' do."""
+
+    def __init__(self, policy: torch.nn.Module, p: float = 1.0) -> None:
+        super().__init__(p=p)
+        self.policy = policy
+
+    def get_params(self) -> dict:
+        return {"torch_seed": int(self.random_generator.integers(0, 2**63 - 1))}
+
+    def apply(self, img: np.ndarray, torch_seed: int = 0, **params) -> np.ndarray:
+        chw = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(torch_seed)
+            out = self.policy(chw)
+        return out.permute(1, 2, 0).contiguous().numpy()
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("policy",)
+
+
+def policy_steps(name: str) -> list:
+    """HorizontalFlip + torchvision's policy `name` at its defaults (RandAugment: 2 ops at magnitude 9)."""
+    from torchvision.transforms import v2  # only for these recipes
+
+    policy = {"randaugment": v2.RandAugment, "trivialaugment": v2.TrivialAugmentWide, "augmix": v2.AugMix}[name]()
+    return [A.HorizontalFlip(p=0.5), TorchvisionPolicy(policy)]
+
+
+def load_pipeline(path: str | Path, img_size: Sequence[int] = (64, 48)) -> A.BaseCompose | A.BasicTransform:
+    """The user's albumentations pipeline at `path` (`A.save(pipeline, path, data_format="yaml")`),
+    tried once on a random image of `img_size` (H, W): it must give back an RGB uint8 image of that
+    size (maskkit's geometry sizes it and its finish normalises). A missing, unreadable or invalid
+    file is one MaskkitError naming it."""
+    path = Path(path)
+    fix = f"write it with A.save(pipeline, {str(path)!r}, data_format='yaml'), or use --aug {'/'.join(AUG_NAMES)}"
+    if not path.is_file():
+        raise MaskkitError(f"--aug {path}: file not found; {fix}")
+    height, width = int(img_size[0]), int(img_size[1])
+    try:
+        with warnings.catch_warnings():  # albumentations warns about the file's gaps: the error says it all
+            warnings.simplefilter("ignore")
+            pipeline = A.load(str(path), data_format="yaml")
+            if not isinstance(pipeline, (A.BaseCompose, A.BasicTransform)):
+                raise TypeError(f"holds a {type(pipeline).__name__}, not a transform")
+            probe = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+            out = A.Compose([pipeline])(image=probe)["image"]
+    except Exception as exc:  # noqa: BLE001 - yaml, albumentations and the transforms raise many types
+        lines = str(exc).strip().splitlines()
+        reason = (lines[0] if lines else type(exc).__name__)[:200]
+        if isinstance(exc, KeyError):  # albumentations' registry or a missing key of the file
+            reason = f"unknown transform or missing key {reason}"
+        raise MaskkitError(f"--aug {path}: not a readable albumentations pipeline ({reason}); {fix}") from None
+    if not (isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.shape == (height, width, 3)):
+        got = f"{type(out).__name__} {getattr(out, 'dtype', '')} {tuple(getattr(out, 'shape', ()))}".strip()
+        raise MaskkitError(f"--aug {path}: the pipeline must keep the image RGB uint8 at its size ({height}x{width}x3), "
+                           f"but gives {got}: leave resizing, Normalize and ToTensorV2 out (maskkit adds them)")
+    return pipeline

@@ -45,12 +45,13 @@ def skipped_rows(manifest: pd.DataFrame, options: TrainOptions) -> pd.Series:
     return pd.Series(in_age_band(manifest, age_band(options.drop_ages)), index=manifest.index)
 
 
-def device_side(device: torch.device, aug: str) -> tuple[bool, bool]:
+def device_side(device: torch.device, aug: str, erasing: float = 0.0) -> tuple[bool, bool]:
     """(normalise on the device, augment on the device). On CUDA the loader ships uint8 crops and
     the GPU normalises (4x fewer bytes, less CPU per image), and the basic recipe's flips, noise and
-    brightness/contrast run on the GPU batch too (data/gpu_augment.py); on the CPU the loader does all."""
+    brightness/contrast run on the GPU batch too (data/gpu_augment.py); on the CPU the loader does all.
+    The GPU batch augmentation has no RandomErasing: basic with `--erasing` augments in the loader."""
     on_cuda = device.type == "cuda"
-    return on_cuda, on_cuda and aug == "basic"
+    return on_cuda, on_cuda and aug == "basic" and not erasing
 
 
 # --- the data ----------------------------------------------------------------------------------
@@ -91,17 +92,21 @@ def build_cache_of_manifest(options: TrainOptions, config: dict, manifest: pd.Da
 
 
 def build_datasets(options: TrainOptions, config: dict, manifest: pd.DataFrame, trains: pd.Series,
-                   normalize_on_device: bool, augment_on_device: bool) -> tuple[ImageDataset, ImageDataset | None]:
-    """(training set, validation set or None with `--fold all`), both reading the manifest's cache."""
+                   normalize_on_device: bool, augment_on_device: bool,
+                   aug: str | None = None) -> tuple[ImageDataset, ImageDataset | None]:
+    """(training set, validation set or None with `--fold all`), both reading the manifest's cache.
+    `aug`: the augmentation to build in place of options.aug (a run folder's copy of --aug FILE.yaml)."""
     img_size, mean, std, crop = tuple(config["img_size"]), config["mean"], config["std"], tuple(config["crop"])
     images, valid = build_cache_of_manifest(options, config, manifest)
     train_at = np.flatnonzero((trains & ~skipped_rows(manifest, options)).to_numpy())
     val_at = np.flatnonzero(~trains.to_numpy())
     train_rows, val_rows = manifest.iloc[train_at].reset_index(drop=True), manifest.iloc[val_at].reset_index(drop=True)
-    train_transform = build_transform("none" if augment_on_device else options.aug, img_size, mean, std, crop,
-                                      normalize=not normalize_on_device)
+    aug = options.aug if aug is None else aug
+    train_transform = build_transform("none" if augment_on_device else aug, img_size, mean, std, crop,
+                                      normalize=not normalize_on_device,
+                                      erasing=0.0 if augment_on_device else options.erasing)
     # uint8 crops with nothing random on the host: whole batches are cut from the cache at once
-    gather_train = normalize_on_device and (augment_on_device or options.aug == "none")
+    gather_train = normalize_on_device and (augment_on_device or (aug == "none" and not options.erasing))
     drop = age_band(options.drop_ages) if options.drop_ages_mode == "loss" else None
     train_set = ImageDataset(train_rows["path"], targets_of(train_rows, options.old_age, drop), img_size, train_transform,
                              cache=images, valid=None if valid is None else valid[train_at], crop=crop,
@@ -116,18 +121,19 @@ def build_datasets(options: TrainOptions, config: dict, manifest: pd.DataFrame, 
 
 
 def build_data(manifest: pd.DataFrame, options: TrainOptions, config: dict, device: torch.device,
-               amp_dtype: torch.dtype | None, dist: Distributed) -> TrainData:
-    """Datasets, sampler and loaders of the fold, and how batches move to `device`."""
+               amp_dtype: torch.dtype | None, dist: Distributed, aug: str | None = None) -> TrainData:
+    """Datasets, sampler and loaders of the fold, and how batches move to `device` (`aug`: as build_datasets)."""
     trains = training_rows(manifest, options)
     train_rows = manifest[trains & ~skipped_rows(manifest, options)].reset_index(drop=True)
     val_rows = manifest[~trains].reset_index(drop=True)
-    normalize_on_device, augment_on_device = device_side(device, options.aug)
+    normalize_on_device, augment_on_device = device_side(device, options.aug, options.erasing)
     mean, std = config["mean"], config["std"]
     on_device = OnDevice(device, amp_dtype, (mean, std) if normalize_on_device else None,
                          pad_to=options.batch_size if device.type == "cuda" else None)
     train_on_device = dataclasses.replace(
         on_device, augment=BatchAugment(tuple(mean), tuple(std)) if augment_on_device else None, seed=options.seed)
-    train_set, val_set = build_datasets(options, config, manifest, trains, normalize_on_device, augment_on_device)
+    train_set, val_set = build_datasets(options, config, manifest, trains, normalize_on_device, augment_on_device,
+                                        aug)
     world = dist.world_size
     if len(train_set) < options.batch_size * world:
         raise MaskkitError(f"--batch-size {options.batch_size}: x {world} processes is more than the "

@@ -1,7 +1,9 @@
-"""The pictures of a run folder: curves.png (losses and F1 per epoch) and confusion.png."""
+"""The pictures of a run folder: curves.png (losses and F1 per epoch), confusion.png and
+train_batch.jpg (the first augmented training batch with its labels)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,10 @@ import pandas as pd
 
 from maskkit.contract.labels import NUM_CLASSES
 from maskkit.contract.runfolder import CONFUSION, CURVES, METRICS, VAL_PREDS
-from maskkit.data.images import write_figure
+from maskkit.data.images import contact_sheet, write_figure, write_image
+
+BATCH_TILES, BATCH_COLUMNS = 16, 4  # train_batch.jpg: at most 16 images, 4 a row (as ultralytics plots)
+TILE_HEIGHT = 160  # pixels: small inputs are enlarged (nearest) so their label stays readable
 
 
 def plot_run(run_dir: Path) -> None:
@@ -77,3 +82,26 @@ def draw_confusion(true, pred, path: Path, title: str) -> None:
                     color="white" if share[i, j] > 0.5 else "black")
     ax.set(xlabel="predicted", ylabel="true", title=title)
     write_figure(path, fig)
+
+
+def draw_train_batch(images: np.ndarray, labels: Sequence[int], path: Path) -> None:
+    """train_batch.jpg: the first BATCH_TILES images of a batch ((B, H, W, 3) uint8 RGB, as the model
+    sees them after augmentation), each enlarged to at least TILE_HEIGHT pixels (nearest, so the
+    pixels stay the model's) with its training class written on it, in a grid; an atomic write."""
+    import cv2
+
+    from maskkit.contract.labels import class_name
+
+    tiles = []
+    for image, label in zip(images[:BATCH_TILES], labels):
+        factor = max(1, -(-TILE_HEIGHT // image.shape[0]))
+        tile = cv2.resize(np.ascontiguousarray(image), None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
+        text = f"{int(label)} {class_name(int(label))}"
+        (width, height), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 1.0, 1)
+        scale = min(0.5, (tile.shape[1] - 4) / width)
+        box_h = int((height + base) * scale) + 4
+        cv2.rectangle(tile, (0, 0), (int(width * scale) + 4, box_h), (0, 0, 0), thickness=-1)
+        cv2.putText(tile, text, (2, box_h - int(base * scale) - 2), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                    (255, 255, 255), 1, cv2.LINE_AA)
+        tiles.append(tile)
+    write_image(path, contact_sheet(tiles, columns=BATCH_COLUMNS), rgb=True)

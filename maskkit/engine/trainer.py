@@ -7,7 +7,9 @@ the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import itertools
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -17,12 +19,14 @@ import torch
 
 from maskkit.contract import runfolder
 from maskkit.contract.errors import MaskkitError, RunFailure, Terminated
+from maskkit.data.loader import collate
 from maskkit.engine.build import build_data, build_optimisation, build_training_model, make_scheduler
 from maskkit.engine.checkpoint import EpochResult, RunKeeper, Validation, restore_rng, rng_states
 from maskkit.engine.devices import autocast_dtype, resolve_device
 from maskkit.engine.distributed import Distributed
 from maskkit.engine.loop import EpochState, NonFiniteLoss, TrainingState, evaluate, train_one_epoch
 from maskkit.engine.loss import MaskLoss
+from maskkit.engine.plots import BATCH_TILES, draw_train_batch
 from maskkit.contract.progress import RunClock, progress_bar
 from maskkit.engine.runtime import seed_everything, stop_signals_set_flag
 from maskkit.engine.tracking import Tracker
@@ -55,7 +59,8 @@ class Trainer:
             # Autotuning pays off because every batch has one shape: training drops the short last
             # batch, and validation runs at the training batch size with its last batch padded.
             torch.backends.cudnn.benchmark = True
-        self.data = build_data(manifest, options, config, self.device, self.amp_dtype, self.dist)
+        self.data = build_data(manifest, options, config, self.device, self.amp_dtype, self.dist,
+                               aug=runfolder.aug_pipeline(run_dir, config))
         self.model = build_training_model(options, config["img_size"], self.device, resumed)
         self.train_model = self.dist.wrap(self.model, self.device)  # under DDP, the wrapped model
         self.loss = MaskLoss.from_options(options)
@@ -107,6 +112,32 @@ class Trainer:
         self.state = TrainingState(**{**state, "current": EpochState(**state["current"])})
         restore_rng(saved["rng"], loader=self.data.train_loader.generator, cutmix=self.opt.cutmix_generator)
         self.opt.scheduler.step_update(self.state.global_step)
+
+    # -- train_batch.jpg --
+
+    def first_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, labels) of epoch 1's first training batch (its first BATCH_TILES images: each is
+        augmented from its own seed) as the model gets it, before CutMix: drawn from a copy of the
+        sampler, so training's own loader and generators are untouched."""
+        sampler = copy.copy(self.data.sampler)
+        sampler.set_epoch(0)
+        sampler.skip = 0
+        keys = list(itertools.islice(iter(sampler), min(self.options.batch_size, BATCH_TILES)))
+        images, targets, _ = collate(self.data.train_set.__getitems__(keys))
+        with torch.no_grad():
+            images = self.data.train_on_device.train_images(images, targets["draw"], 0)
+        return images, targets["label"]
+
+    def write_train_batch(self) -> None:
+        """RUN/train_batch.jpg, once: a resumed run writes it only when it is missing."""
+        path = self.run_dir / runfolder.TRAIN_BATCH
+        if not self.dist.main or path.exists():
+            return
+        images, labels = self.first_batch()
+        mean = torch.tensor(self.config["mean"], device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.config["std"], device=images.device).view(1, -1, 1, 1)
+        pixels = (images.float() * std + mean).mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+        draw_train_batch(pixels.permute(0, 2, 3, 1).cpu().numpy(), labels.tolist(), path)
 
     # -- one epoch --
 
@@ -184,6 +215,7 @@ class Trainer:
         steps = self.data.steps_per_epoch
         self.clock = RunClock(self.state.epoch * steps + self.state.current.step, self.options.epochs * steps)
         if self.dist.main:
+            self.write_train_batch()
             self.keeper.tracker = Tracker(self.run_dir, self.options, self.config, self.state.global_step)
         try:
             return self._fit(stop, on_epoch)
