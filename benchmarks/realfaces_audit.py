@@ -11,6 +11,7 @@ the audit reads DATA in place, and nothing here writes outside --work.
 
   python benchmarks/realfaces_audit.py /work/realfaces/noisy --oof runs/lite0-f{0,1,2,3,4} [--confirmed ids.txt]
   python benchmarks/realfaces_audit.py DATA --oof runs/lite0-f{0,1,2,3,4} --flip --proxy --work W --csv table.csv
+  python benchmarks/realfaces_audit.py DATA --proxy --expert opinions.csv   # opinions: `maskkit expert DATA/train`
 
 --flip replaces each run folder's val_preds.csv by the same images predicted with flip TTA
 (`maskkit predict RUN - --tta flip`, the paths on stdin). Besides the cut-off rows, the table has a
@@ -116,6 +117,7 @@ def main() -> None:
                         "(frozen Lite0 features + logistic regression; cached under WORK/proxy-oof)")
     parser.add_argument("--flip", action="store_true", help="run folders in --oof: predict their validation "
                         "images again with flip TTA and use those predictions (cached under WORK/flip)")
+    parser.add_argument("--expert", type=Path, help="an opinions CSV of `maskkit expert` (audit --expert)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of --flip's predict")
     parser.add_argument("--confirmed", type=Path, help="person ids confirmed as real source errors (count as hits)")
     parser.add_argument("--cutoffs", type=float, nargs="+", default=list(CUTOFFS))
@@ -131,13 +133,15 @@ def main() -> None:
         args.oof = [flipped_oof(path, work, args.threads) if path.is_dir() else path for path in args.oof]
     if args.proxy:
         args.oof = [*args.oof, *proxy_oof(args.data / "train", work / "proxy-oof")]
-    if not args.oof:
-        sys.exit("realfaces_audit: give --oof FILES or --proxy")
+    if not args.oof and not args.expert:
+        sys.exit("realfaces_audit: give --oof FILES, --proxy or --expert")
     fixes_path = work / "fixes.csv"
     command = [sys.executable, "-m", "maskkit", "audit", str(args.data / "train"), "--min-score", "0",
                "--fixes-out", str(fixes_path), "-o", str(work / "suspects.csv")]
     for path in args.oof:
         command += ["--oof", str(path)]
+    if args.expert:
+        command += ["--expert", str(args.expert)]
     result = subprocess.run(command, stderr=subprocess.PIPE, text=True)
     if result.returncode != 0:
         sys.exit(f"realfaces_audit: {(result.stderr.strip().splitlines() or ['maskkit audit failed'])[-1]}")

@@ -75,6 +75,7 @@ SHEET_TILES = 30  # suspects on the contact sheet (a line of images each), unles
 # this age confidence (the package's top-class percentage) or more. Not yet fitted on real faces.
 EXPERT_AGE_MARGIN = 10
 EXPERT_AGE_CONFIDENCE = 20
+EXPERT_AGE_MIN_SCORE = 0.8  # chosen on realfaces build A (benchmarks/README.md): at 0.4, 2 of 22 age rows were errors
 WEAK_F1 = {"gender": (1 + 1 / 2) / 2, "mask": (1 + 1 / 3) / 2}
 HASH_BITS = 8  # dHash candidates: at most this many of 64 bits differ
 THUMB_CORRELATION = 0.98  # confirmed near-duplicate: grayscale thumbnails correlate at least this much
@@ -367,7 +368,8 @@ def group_boundary(given: int, other: int) -> int:
     return (YOUNG_BELOW, OLD_FROM)[given] if other > given else (YOUNG_BELOW, OLD_FROM)[given - 1]
 
 
-def expert_age_suspects(evidence: Evidence, person: str, idx: np.ndarray, opinion: dict | None) -> list[dict]:
+def expert_age_suspects(evidence: Evidence, person: str, idx: np.ndarray, opinion: dict | None,
+                        min_score: float = EXPERT_AGE_MIN_SCORE) -> list[dict]:
     """The outside expert puts the person's age EXPERT_AGE_MARGIN years or more across a group
     boundary, at EXPERT_AGE_CONFIDENCE or more, and the fold models lean the same way: a fix of the
     years to the expert's estimate (its own rows in --fixes-out)."""
@@ -383,6 +385,8 @@ def expert_age_suspects(evidence: Evidence, person: str, idx: np.ndarray, opinio
     if margin < EXPERT_AGE_MARGIN:
         return []
     share = float(verdict[other] / (verdict[other] + verdict[given]))  # the folds' lean, given one of the two
+    if share < min_score:
+        return []
     _, models, agree = evidence.person("age", person)
     return [suspect(person, "age", years, guess, share,
                     f"expert: {guess} years ({AGE_GROUPS[other]}), labelled {AGE_GROUPS[given]}",
@@ -452,7 +456,7 @@ def label_suspects(images: pd.DataFrame, probs: np.ndarray, min_score: float = M
     rows, cases = [], []  # cases: one per error (a swap's two rows share the person's)
     for person, idx in evidence.persons.items():
         swap_rows, pair = swap_suspects(evidence, idx, 0.0)
-        ages = expert_age_suspects(evidence, person, idx, by_person.get(person)) \
+        ages = expert_age_suspects(evidence, person, idx, by_person.get(person), max(floor, EXPERT_AGE_MIN_SCORE)) \
             or age_suspects(evidence, person, idx, max(floor, age_min_score))
         for row in [*gender_suspects(evidence, person, idx, 0.0), *ages, *swap_rows]:
             rows.append(row)
