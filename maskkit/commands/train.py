@@ -95,7 +95,7 @@ def load_pseudo(options: TrainOptions, source: str | Path | None, manifest: pd.D
         return manifest, {}
     preds = Path(options.pseudo)
     if is_stream(preds) or not preds.is_file():
-        raise MaskkitError(f"--pseudo {preds}: not a file (give the prediction CSV of maskkit predict or vote --soft; "
+        raise MaskkitError(f"--pseudo {preds}: not a file (give the prediction CSV of maskkit predict or vote --soft --probs; "
                            "config.json records its sha256)")
     digest = file_sha256(preds)
     if config is not None and digest != config.get("pseudo_sha256"):
