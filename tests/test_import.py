@@ -110,6 +110,22 @@ def test_a_csv_source_reads_paths_relative_to_it(drawn, cli, tmp_path):
     assert set(imported["race"]) == {"Unknown"}
 
 
+def test_train_and_tune_offer_only_the_validation_folds_of_a_manifest_with_extra_persons(drawn, cli, tmp_path):
+    from maskkit.commands.tune import Study, check_manifest
+    from maskkit.contract.errors import MaskkitError
+    from maskkit.contract.recipe import check_new_run
+    from maskkit.options import TrainOptions
+
+    utk_folder(drawn, tmp_path / "utk", persons=2)
+    assert cli("import", tmp_path / "utk", tmp_path / "extra").exit_code == 0
+    folds = tmp_path / "folds.csv"
+    assert cli("split", drawn / "train", "--folds", 2, "--extra", tmp_path / "extra" / "train", "-o", folds).exit_code == 0
+    with pytest.raises(MaskkitError, match=r"has folds 0, 1; pick one"):
+        check_new_run(folds, TrainOptions(fold=2))
+    # the oof objective pools the first K validation folds, never the extra persons' -1
+    assert check_manifest(folds, TrainOptions(), Study("s", tmp_path, objective="oof", folds=2)) == (0, 1)
+
+
 # --- bad input ----------------------------------------------------------------------------------
 
 def photos(*names: str, size: tuple[int, int] = (48, 64)):
