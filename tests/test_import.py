@@ -98,6 +98,22 @@ def test_a_rerun_skips_finished_persons_and_the_same_photo_twice_is_one_person(d
     assert not [p for p in images.iterdir() if p.name.startswith(".")]
 
 
+def test_a_photo_that_cannot_be_decoded_is_one_line_and_the_finished_persons_are_listed(drawn, cli, tmp_path):
+    src, out = tmp_path / "utk", tmp_path / "extra"
+    utk_folder(drawn, src, persons=6)
+    ok, png = cv2.imencode(".png", np.zeros((64, 48, 3), np.uint8))
+    (src / utk_name(61, "male", 99).replace(".jpg.chip.jpg", ".png")).write_bytes(png.tobytes()[:60])  # header only
+    result = cli("import", src, out, "--seed", 3)
+    assert result.exit_code == 2 and "cannot decode this photo" in result.stderr.strip().splitlines()[-1]
+    listed = pd.read_csv(out / "train" / "train.csv")
+    folders = [p for p in (out / "train" / "images").iterdir()]
+    assert 0 < len(listed) < 6 and sorted(listed["path"]) == sorted(p.name for p in folders)  # the finished ones
+    assert all(len(list(p.iterdir())) == len(IMAGE_STEMS) for p in folders)
+    next(src.glob("*.png")).unlink()
+    assert cli("import", src, out, "--seed", 3).exit_code == 0
+    assert len(pd.read_csv(out / "train" / "train.csv")) == 6
+
+
 def test_a_csv_source_reads_paths_relative_to_it(drawn, cli, tmp_path):
     table = utk_folder(drawn, tmp_path / "photos", persons=3)
     names = sorted(p.name for p in (tmp_path / "photos").iterdir())

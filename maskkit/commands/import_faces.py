@@ -243,12 +243,14 @@ def run(src: str | Path, out: str | Path, ages: str | None = None, limit: int | 
             images.mkdir(parents=True, exist_ok=True)
         remove_dead_work_folders(images)
         todo = [row for row in chosen.itertuples() if not (images / folder_name(row)).is_dir()]
-        with progress_bar("import", len(todo), show=show_progress) as bar:
-            for row in todo:
-                with write_errors(images):
-                    write_person(images, row, seed)
-                bar.advance()
-        table = write_train_csv(root)
+        try:
+            with progress_bar("import", len(todo), show=show_progress) as bar:
+                for row in todo:
+                    with write_errors(images):
+                        write_person(images, row, seed)
+                    bar.advance()
+        finally:  # a failed or interrupted run still lists the persons it finished
+            table = write_train_csv(root)
     groups = pd.Series(age_group(chosen["age"].to_numpy())).value_counts().reindex(range(3), fill_value=0)
     console.print(f"maskkit import: {len(todo)} persons written, {len(chosen) - len(todo)} already there "
                   f"({', '.join(f'{AGE_GROUPS[g]}: {n}' for g, n in groups.items())}); {root} holds {len(table)} "
