@@ -126,6 +126,7 @@ def test_a_csv_source_reads_paths_relative_to_it(drawn, cli, tmp_path):
     assert set(imported["race"]) == {"Unknown"}
 
 
+@pytest.mark.slow  # imports optuna
 def test_train_and_tune_offer_only_the_validation_folds_of_a_manifest_with_extra_persons(drawn, cli, tmp_path):
     from maskkit.commands.tune import Study, check_manifest
     from maskkit.contract.errors import MaskkitError
