@@ -109,17 +109,41 @@ def split(
     seed: o.Seed = SEED,
     fixes: o.Fixes = None,
     out: o.Out = None,
+    extra: o.Extra = None,
 ) -> None:
     """Split persons into stratified folds and write the manifest CSV (path,person,...,label,fold).
 
     A gender x age stratum with fewer persons than folds is named in a warning (some folds then
     lack it); persons never share folds. --fixes may be repeated: the files apply in the order given.
+    --extra persons (maskkit import) get fold -1: they train in every fold and never validate.
     Example: maskkit split data/train --folds 5 --fixes known --fixes my_fixes.csv > folds.csv
+    Example: maskkit split data/train --extra utk60/train -o folds.csv
     """
     from maskkit.commands import split as split_module
 
     with reported("split"):
-        split_module.run(data, folds=folds, seed=seed, fixes=fixes or [], out=out)
+        split_module.run(data, folds=folds, seed=seed, fixes=fixes or [], out=out, extra=extra)
+
+
+@app.command("import")
+def import_faces(
+    src: o.ImportSource,
+    out: o.ImportOut,
+    ages: o.ImportAges = None,
+    limit: o.ImportLimit = None,
+    seed: o.Seed = SEED,
+) -> None:
+    """Turn age- and gender-labelled face photos into extra persons with the seven shots (masks drawn).
+
+    Each photo becomes one person (id x + its sha1, never a competition id): mask1..mask5 and
+    incorrect_mask drawn on it in synth's mask styles, normal the photo itself. Give OUT/train to
+    split --extra.
+    Example: maskkit import UTKFace utk60 --ages 60-120 --limit 500 && maskkit split data/train --extra utk60/train -o folds.csv
+    """
+    from maskkit.commands import import_faces as import_module
+
+    with reported("import"):
+        import_module.run(src, out, ages=ages, limit=limit, seed=seed)
 
 
 def train(ctx: typer.Context, source: Path, config: Optional[Path], print_config: bool, runs_dir: Path,

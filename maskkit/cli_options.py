@@ -140,6 +140,19 @@ Fixes = Annotated[Optional[List[str]], typer.Option(
     "as 000020_female_Asian_50 and apply only to a dataset holding at least half of their persons, so a drawn "
     "dataset is untouched. Repeat to apply several, in the order given.")]
 
+Extra = Annotated[Optional[Path], typer.Option(
+    "--extra", metavar="EXTRA/train", help="Extra persons (from `maskkit import`, in the competition layout) that "
+    "train in every fold and never validate: fold -1 in the manifest; stratification ignores them.")]
+
+# --- import --------------------------------------------------------------------------------------
+ImportSource = Annotated[Path, typer.Argument(help="Folder of face photos named age_gender_race_date.jpg (UTKFace: "
+                                              "gender 0 male, 1 female), or a CSV path,age,gender.")]
+ImportOut = Annotated[Path, typer.Argument(help="Folder to write (OUT/train in the competition layout): new, empty, "
+                                           "or an earlier import (a re-run adds to it, skipping finished persons).")]
+ImportAges = Annotated[Optional[str], typer.Option("--ages", metavar="LOW-HIGH",
+                                                   help="Only photos of these ages, in years, e.g. 60-120 or 60-.")]
+ImportLimit = Annotated[Optional[int], typer.Option("--limit", min=1, help="At most N persons, drawn by --seed.")]
+
 # --- segment and cam -----------------------------------------------------------------------------
 SegmentModel = Annotated[Literal[vocab.SEGMENT_MODELS], typer.Option("--model", help="DeepLabV3 backbone.")]
 Fill = Annotated[Literal[vocab.FILLS], typer.Option(

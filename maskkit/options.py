@@ -387,6 +387,21 @@ class TrainOptions:
         valid=lambda fold: fold == ALL_FOLDS or (isinstance(fold, int) and fold >= 0), rule="use a fold number >= 0 or all",
         help="Validation fold; the other folds train. all: every person trains, no validation, a fixed --epochs "
              "(the full-data model; best.pt = the final weights).")
+    pseudo: str | None = option(
+        None, "--pseudo", panel=DATA, cli_type="path", metavar="PREDS.csv",
+        help="Pseudo-labels: a prediction CSV with p0..p17 (predict, vote --soft --probs) of the --pseudo-data images; those "
+             "whose likeliest mask, gender and age group each reach --pseudo-min train in every fold with the "
+             "predicted labels, and never validate. config.json records the file's sha256.")
+    pseudo_data: str | None = option(
+        None, "--pseudo-data", panel=DATA, cli_type="path", metavar="DATA/eval",
+        help="The images --pseudo predicted: DATA/eval or a folder of images (default: eval beside the training "
+             "data's train folder).")
+    pseudo_min: float = option(0.9, "--pseudo-min", panel=DATA, valid=_between(0, 1), rule="use a probability in [0, 1]",
+                               help="--pseudo: the probability each task's likeliest value needs.")
+    pseudo_weight: float = option(1.0, "--pseudo-weight", panel=DATA, valid=lambda w: 0 < w <= 100,
+                                  rule="use a weight in (0, 100]",
+                                  help="--pseudo: how often a pseudo image is drawn, relative to a training image "
+                                       "(its sampling weight; 1: as often).")
     precision: str = option("auto", "--precision", panel=OPTIM, choices=PRECISIONS,
                             help="CUDA autocast: auto (bf16 where supported, else fp16), bf16, fp16 or fp32.")
     device: str = shared(DEVICE, "auto")

@@ -47,11 +47,12 @@ from maskkit.contract.errors import MaskkitError, RunFailure
 from maskkit.contract.files import Inputs, WriteError, atomic_path, console, examples, folder_lock, remove_stale_temps, write_csv
 from maskkit.contract.layout import load_train
 from maskkit.contract.paths import run_name
-from maskkit.contract.manifest import check_images_exist, file_sha256, read_manifest
+from maskkit.contract.manifest import check_images_exist, file_sha256, read_manifest, validation_folds
 from maskkit.data.fingerprints import strange_images
 from maskkit.contract.streams import is_stream, read_input
 from maskkit.data.folds import make_manifest
 from maskkit.data.loader import image_size
+from maskkit.data.pseudo import images_root, pseudo_rows
 from maskkit.data.presets import load_pipeline, resolve_crop
 from maskkit.engine.build import skipped_rows, training_rows
 from maskkit.engine.devices import resolve_device, use_threads
@@ -84,6 +85,40 @@ def load_source(source: str | Path) -> tuple[pd.DataFrame, bytes | None]:
         raise MaskkitError(f"{source}: not found (give a manifest CSV from maskkit split, or DATA/train)")
     data = read_input(source)
     return read_manifest(source, data=data), data
+
+
+def load_pseudo(options: TrainOptions, source: str | Path | None, manifest: pd.DataFrame,
+                config: dict | None = None) -> tuple[pd.DataFrame, dict]:
+    """The manifest with the pseudo-labelled rows of `--pseudo` added (data/pseudo.py), and what
+    config.json records of them (`config`: a resumed run's, whose file must not have changed)."""
+    if options.pseudo is None:
+        return manifest, {}
+    preds = Path(options.pseudo)
+    if is_stream(preds) or not preds.is_file():
+        raise MaskkitError(f"--pseudo {preds}: not a file (give the prediction CSV of maskkit predict or vote --soft --probs; "
+                           "config.json records its sha256)")
+    digest = file_sha256(preds)
+    if config is not None and digest != config.get("pseudo_sha256"):
+        raise MaskkitError(f"{preds}: changed since the run started (its sha256 differs from config.json's "
+                           "pseudo_sha256); restore it, or start a new run")
+    images = (config or {}).get("pseudo_data") or options.pseudo_data or images_root(source or "", manifest)
+    if images is None:
+        raise MaskkitError(f"--pseudo {preds}: which images did it predict? pass --pseudo-data DATA/eval")
+    rows, total = pseudo_rows(preds, images, options.pseudo_min, options.old_age)
+    if rows.empty:
+        raise MaskkitError(f"--pseudo-min {options.pseudo_min:g}: none of the {total} images of {preds} is that "
+                           "confident in every task; lower it, or drop --pseudo")
+    trained = {str(Path(p).resolve()) for p in manifest["path"]}
+    overlap = [p for p in rows["path"] if str(Path(p).resolve()) in trained]
+    if overlap:
+        raise MaskkitError(f"--pseudo {preds}: {len(overlap)} of its images are in the manifest ({examples(overlap)}), "
+                           "so a validation image could train; pseudo-label test images only")
+    if config is None:
+        console.print(f"pseudo-labels: {len(rows)} of the {total} images of {preds} reach --pseudo-min "
+                      f"{options.pseudo_min:g} in every task; they train in every fold (sampling weight "
+                      f"{options.pseudo_weight:g})", markup=False, highlight=False)
+    info = {"pseudo_sha256": digest, "pseudo_data": str(images), "pseudo_images": len(rows), "pseudo_predicted": total}
+    return pd.concat([manifest, rows], ignore_index=True), info
 
 
 # --- the run folder's config ---------------------------------------------------------------------
@@ -142,7 +177,7 @@ def build_config(options: TrainOptions, manifest_path: Path, source: str, manife
 # --- entry point -------------------------------------------------------------------------------
 
 def _check_new_run(source: str | Path, options: TrainOptions, manifest: pd.DataFrame) -> None:
-    folds = sorted(manifest["fold"].unique())
+    folds = validation_folds(manifest)
     if not options.all_folds and options.fold not in folds:
         raise MaskkitError(f"--fold {options.fold}: {source} has folds {examples(folds, 10)}; pick one of them, "
                            "or all (a full-data model)")
@@ -178,6 +213,7 @@ def _new_run(source: str | Path, options: TrainOptions, runs_dir: Path, name: st
     made_here = data is None
     _check_new_run(source, options, manifest)
     pipeline = _aug_file_bytes(options)
+    trained, pseudo = load_pseudo(options, source, manifest)
     run_dir = runfolder.prepare_run_dir(Path(runs_dir), name or options.run_name, overwrite)
     try:  # the folder holds no run files now: what fails from here leaves none
         if made_here:
@@ -185,7 +221,7 @@ def _new_run(source: str | Path, options: TrainOptions, runs_dir: Path, name: st
         else:  # byte for byte, so its sha256 names the user's file
             with atomic_path(run_dir / runfolder.MANIFEST) as tmp:
                 tmp.write_bytes(data)
-        config = build_config(options, run_dir / runfolder.MANIFEST, str(source), manifest)
+        config = {**build_config(options, run_dir / runfolder.MANIFEST, str(source), manifest), **pseudo}
         if pipeline is not None:  # the run trains with its own copy: resume and --config stay exact
             with atomic_path(run_dir / runfolder.AUG_PIPELINE) as tmp:
                 tmp.write_bytes(pipeline)
@@ -198,7 +234,7 @@ def _new_run(source: str | Path, options: TrainOptions, runs_dir: Path, name: st
     if made_here:
         console.print(f"split {source} into {AUTO_FOLDS} person folds (seed {AUTO_SPLIT_SEED}): "
                       f"{run_dir / runfolder.MANIFEST}")
-    return run_dir, config, manifest
+    return run_dir, config, trained
 
 
 def _aug_file_bytes(options: TrainOptions) -> bytes | None:
@@ -321,7 +357,8 @@ def _new_run_dir(source: str | Path | None, options: TrainOptions | None, runs_d
     """RUNS_DIR/NAME of a new run (RUNS_DIR: runs; NAME: one folder name), checked against the inputs."""
     options = options or TrainOptions()
     run_dir = Path(runs_dir if runs_dir is not None else "runs") / run_name(name or options.run_name)
-    Inputs.of(source if source is not None else "data/train", options.weights).check_folder(run_dir, "run folder")
+    Inputs.of(source if source is not None else "data/train", options.weights, options.pseudo,
+              options.pseudo_data).check_folder(run_dir, "run folder")
     return run_dir
 
 
@@ -365,6 +402,7 @@ def run(
         extended = False
         if resume is not None:
             options, config, manifest, extended = resume_options(run_dir, options, given)
+            manifest, _ = load_pseudo(options, config.get("source"), manifest, config)
             check_resume_target(run_dir, runs_dir, name)  # after the options: a changed option is named first
             check_resume_source(run_dir, source, config)
         dist = Distributed.from_env(options.device)

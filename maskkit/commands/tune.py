@@ -52,7 +52,7 @@ from optuna.trial import TrialState
 from maskkit.contract import runfolder
 from maskkit.contract.errors import MaskkitError, RunFailure
 from maskkit.contract.files import Inputs, atomic_path, console, examples, open_lock, write_csv
-from maskkit.contract.manifest import check_images_exist, read_manifest
+from maskkit.contract.manifest import check_images_exist, read_manifest, validation_folds
 from maskkit.contract.oof import pooled_predictions
 from maskkit.contract.paths import study_name
 from maskkit.contract.recipe import PLACES, as_fields, is_recipe_file, write_recipe
@@ -373,7 +373,7 @@ def check_manifest(manifest: Path, fixed: TrainOptions, study: Study) -> tuple:
     if not manifest.is_file():
         raise MaskkitError(f"{manifest}: manifest not found (give the manifest CSV from maskkit split)")
     frame = read_manifest(manifest)
-    folds = sorted(int(f) for f in frame["fold"].unique())
+    folds = validation_folds(frame)  # extra persons (fold -1) never validate
     if study.objective == "oof":
         if not 2 <= study.folds <= len(folds):
             raise MaskkitError(f"--folds {study.folds}: {manifest} has {len(folds)} folds; use 2..{len(folds)}")

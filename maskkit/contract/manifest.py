@@ -20,6 +20,7 @@ from maskkit.contract.paths import check_no_parent
 
 MANIFEST_COLUMNS = ("path", "person", "gender", "age", "mask", "label", "fold")
 MAKE_ONE = "make one with: maskkit split DATA/train -o manifest.csv"
+EXTRA_FOLD = -1  # `split --extra` persons: they train in every fold and validate in none
 
 
 def check_persons_disjoint(manifest: pd.DataFrame, source: str) -> None:
@@ -31,6 +32,11 @@ def check_persons_disjoint(manifest: pd.DataFrame, source: str) -> None:
             f"{source}: {len(leaked)} persons sit in two folds, so validation would leak into training "
             f"({examples(leaked)}); re-make the manifest with maskkit split"
         )
+
+
+def validation_folds(manifest: pd.DataFrame) -> list[int]:
+    """The manifest's folds that validate (EXTRA_FOLD's persons train in every fold and validate in none)."""
+    return sorted(int(f) for f in manifest["fold"].unique() if f != EXTRA_FOLD)
 
 
 def check_manifest_rows(manifest: pd.DataFrame, source: str) -> None:

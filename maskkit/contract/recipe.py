@@ -20,7 +20,7 @@ import yaml
 
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import console, examples, write_text
-from maskkit.contract.manifest import read_manifest
+from maskkit.contract.manifest import read_manifest, validation_folds
 from maskkit.contract.streams import is_stream
 from maskkit.options import MACHINE_OPTIONS, TrainOptions, is_aug_file
 
@@ -105,7 +105,7 @@ def check_new_run(source: str | Path, options: TrainOptions) -> None:
     if not Path(source).exists():
         raise MaskkitError(f"{source}: not found (give a manifest CSV from maskkit split, or DATA/train)")
     if Path(source).is_file() and not options.all_folds:
-        folds = sorted(read_manifest(source)["fold"].unique())
+        folds = validation_folds(read_manifest(source))
         if options.fold not in folds:
             raise MaskkitError(f"--fold {options.fold}: {source} has folds {examples(folds, 10)}; pick one of them, "
                                "or all (a full-data model)")

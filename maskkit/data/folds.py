@@ -10,7 +10,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import console
 from maskkit.contract.labels import AGE_GROUPS, GENDERS, age_group
-from maskkit.contract.manifest import MANIFEST_COLUMNS, check_persons_disjoint
+from maskkit.contract.manifest import EXTRA_FOLD, MANIFEST_COLUMNS, check_persons_disjoint
 
 
 def person_strata(images: pd.DataFrame) -> pd.Series:
@@ -54,3 +54,16 @@ def make_manifest(images: pd.DataFrame, folds: int = 5, seed: int = 42, source: 
     manifest = images.assign(fold=images["person"].map(fold_of).astype(int))
     check_persons_disjoint(manifest, source)
     return manifest.loc[:, list(MANIFEST_COLUMNS)].reset_index(drop=True)
+
+
+def add_extra(manifest: pd.DataFrame, extra: pd.DataFrame, source: str) -> pd.DataFrame:
+    """The manifest with the extra persons' images (`load_train` rows) in EXTRA_FOLD: they train in
+    every fold and validate in none; a person id the manifest already has is refused."""
+    shared = sorted(set(extra["person"]) & set(manifest["person"]))
+    if shared:
+        raise MaskkitError(f"{source}: {len(shared)} extra person id(s) are also persons of the dataset "
+                           f"({', '.join(shared[:3])}); extra persons need their own ids (maskkit import writes x...)")
+    rows = extra.assign(fold=EXTRA_FOLD).loc[:, list(MANIFEST_COLUMNS)]
+    both = pd.concat([manifest, rows], ignore_index=True)
+    check_persons_disjoint(both, source)
+    return both

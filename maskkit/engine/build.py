@@ -21,6 +21,7 @@ from maskkit.data.cache import CacheFolderError, available_memory, cache_bytes, 
 from maskkit.data.gpu_augment import BatchAugment
 from maskkit.data.loader import ImageDataset, build_cache, make_loader
 from maskkit.data.presets import build_transform, eval_transform, work_size
+from maskkit.data.pseudo import PSEUDO_FOLD, weigh_pseudo
 from maskkit.data.sampling import ResumableSampler, ShardSampler, balanced_weights, in_age_band, targets_of
 from maskkit.engine.devices import default_workers
 from maskkit.engine.distributed import Distributed
@@ -139,6 +140,8 @@ def build_data(manifest: pd.DataFrame, options: TrainOptions, config: dict, devi
         raise MaskkitError(f"--batch-size {options.batch_size}: x {world} processes is more than the "
                            f"{len(train_set)} training images; use a smaller one")
     weights = balanced_weights(train_set.targets["label"][train_set.rows]) if options.balanced else None
+    is_pseudo = (train_rows["fold"] == PSEUDO_FOLD).to_numpy()[train_set.rows]
+    weights = weigh_pseudo(weights, is_pseudo, options.pseudo_weight)
     # By default the machine's cores are shared among the processes torchrun started on it.
     workers = (max(1, default_workers(device) // dist.local_world_size) if options.workers is None
                else options.workers)
