@@ -58,6 +58,7 @@ def test_crafted_oof_where_an_age_bias_helps_is_improved_and_the_file_says_so(cl
     assert calib["age_bias"][0] == 0 and min(calib["age_bias"][1:]) > 0.5  # the older groups raised
     assert calib["class_bias"] is None and calib["task"] == "mask-gender-age-18"
     assert calib["recipes"][0]["weight"] == 1.0 and calib["oof"]["images"] == 420
+    assert calib["oof"]["held_out"]["macro_f1"] > before["macro_f1"] + 0.03  # a real bias: it holds on unseen folds
     import hashlib
     assert calib["recipes"][0]["sha256"] == hashlib.sha256(oof.read_bytes()).hexdigest()
     probs, label = oof_of(oof)
@@ -86,6 +87,22 @@ def test_the_fit_keeps_the_identity_when_nothing_beats_it():
     probs[np.arange(len(label)), label] = 1 - 0.01 * (NUM_CLASSES - 1)  # already perfect
     found = fit(probs[None], label, biases=True)
     assert found.age_bias.tolist() == [0, 0, 0] and not found.class_bias.any() and found.weights.tolist() == [1]
+
+
+def test_held_out_decisions_never_see_their_own_fold_and_one_fold_has_none(cli, tmp_path):
+    from maskkit.engine.decision import held_out
+
+    probs, label = oof_of(crafted_oof(tmp_path / "oof.csv", rows=280, seed=6))
+    folds = np.arange(len(label)) % 4
+    shuffled = label.copy()
+    shuffled[folds == 0] = np.random.default_rng(0).permutation(label[folds == 0])
+    first, second = held_out(probs[None], label, folds), held_out(probs[None], shuffled, folds)
+    assert (first[folds == 0] == second[folds == 0]).all()  # fold 0's labels never reach fold 0's decisions
+    assert held_out(probs[None], label, np.zeros(len(label))) is None
+    one_fold = pd.read_csv(tmp_path / "oof.csv").assign(fold=0)
+    one_fold.to_csv(tmp_path / "one.csv", index=False)
+    calib, stderr = calibrated(cli, tmp_path / "one.csv")
+    assert calib["oof"]["held_out"] is None and "held out" not in stderr
 
 
 def test_class_biases_only_with_the_option_and_never_lower(cli, tmp_path):
@@ -125,6 +142,12 @@ def test_the_fit_never_lowers_the_oof_f1_of_trained_runs(cli, single_run, multi_
         calib, _ = calibrated(cli, *args)
         assert calib["oof"]["after"]["macro_f1"] >= calib["oof"]["before"]["macro_f1"]
         assert calib["oof"]["images"] == len(pd.read_csv(files[0]))
+    voted = cli("vote", *files, "--soft", "--calibration", _write(tmp_path / "calib.json", calib))
+    assert voted.exit_code == 0, voted.stderr  # vote applies the two recipes' fit as calibrate scored it
+    truth = pd.read_csv(files[0]).set_index("ImageID")["label"]
+    answers = pd.read_csv(StringIO(voted.stdout)).set_index("ImageID")["ans"]
+    assert scores(truth, answers.loc[truth.index])["macro_f1"] == pytest.approx(calib["oof"]["after"]["macro_f1"],
+                                                                                abs=1e-6)
 
 
 def _write(path: Path, calib: dict) -> Path:

@@ -22,13 +22,13 @@ from maskkit.contract.files import Inputs, console, examples
 from maskkit.contract.labels import AGE_GROUPS
 from maskkit.contract.oof import read_oof
 from maskkit.contract.streams import is_stream, read_input
-from maskkit.engine.decision import fit, soft_vote
+from maskkit.engine.decision import fit, held_out, soft_vote
 from maskkit.engine.metrics import scores
 
 
-def read_recipes(files: Sequence[Path]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(recipes, rows, 18) probabilities in the first file's row order, the rows' true classes, and each
-    file's sha256; every file must hold the same images with the same labels."""
+def read_recipes(files: Sequence[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """(recipes, rows, 18) probabilities in the first file's row order, the rows' true classes and folds
+    (the first file's), and each file's sha256; every file must hold the same images with the same labels."""
     probs, hashes, first = [], [], None
     for path in files:
         data = read_input(path) if is_stream(path) else None
@@ -46,7 +46,7 @@ def read_recipes(files: Sequence[Path]) -> tuple[np.ndarray, np.ndarray, list[st
             raise MaskkitError(f"{path}: {int(wrong.sum())} images with another label than in {files[0]} "
                                f"({examples(order[wrong].tolist())}); calibrate recipes trained on one manifest")
         probs.append(p[positions])
-    return np.stack(probs), first["label"].to_numpy(), hashes
+    return np.stack(probs), first["label"].to_numpy(), first["fold"].astype(str).to_numpy(), hashes
 
 
 def first_positions(frame, order, path: Path, reference: Path) -> np.ndarray:
@@ -60,13 +60,15 @@ def first_positions(frame, order, path: Path, reference: Path) -> np.ndarray:
                        f"(e.g. {examples((missing + extra)[:3])}); every OOF file must pool the same manifest's folds")
 
 
-def summary(before: dict, after: dict, images: int, recipes: int) -> Table:
-    table = Table(title=f"OOF macro F1 of {images} images" + (f", soft vote of {recipes} recipes" if recipes > 1 else ""),
+def summary(before: dict, after: dict, unseen: dict | None, images: int, recipes: int) -> Table:
+    """before / after (fitted on all rows) / held out (each fold decided by the fit on the other folds)."""
+    title = f"OOF macro F1 of {images} images" + (f", soft vote of {recipes} recipes" if recipes > 1 else "")
+    table = Table(title=title + ("; held out: each fold decided by the fit on the other folds" if unseen else ""),
                   title_justify="left")
-    for column in ("score", "before", "after"):
+    for column in ("score", "before", "after", *(["held out"] if unseen else [])):
         table.add_column(column, justify="left" if column == "score" else "right")
     for key in SCORE_KEYS:
-        table.add_row(key, f"{before[key]:.4f}", f"{after[key]:.4f}")
+        table.add_row(key, f"{before[key]:.4f}", f"{after[key]:.4f}", *([f"{unseen[key]:.4f}"] if unseen else []))
     return table
 
 
@@ -87,7 +89,7 @@ def run(files: Sequence[str | Path], out: str | Path | None = None, biases: bool
         raise MaskkitError("calibrate: no out-of-fold files (pass what maskkit runs --oof-out writes)")
     files = [Path(f) for f in files]
     check_out(out, Inputs.of(files))
-    probs, labels, hashes = read_recipes(files)
+    probs, labels, folds, hashes = read_recipes(files)
     equal = soft_vote(probs, np.ones(len(files)))
     found = fit(probs, labels, biases=biases)
     decision = Decision(
@@ -97,9 +99,12 @@ def run(files: Sequence[str | Path], out: str | Path | None = None, biases: bool
         images=len(labels), before={}, after={}, maskkit=__version__)
     before = scores(labels, equal.argmax(axis=1))
     after = scores(labels, decision.apply(soft_vote(probs, decision.weights())).argmax(axis=1))  # as vote applies it
+    unseen = held_out(probs, labels, folds, biases=biases)
+    unseen = scores(labels, unseen) if unseen is not None else None
     decision = replace(decision, before={k: round(before[k], 6) for k in SCORE_KEYS},
-                       after={k: round(after[k], 6) for k in SCORE_KEYS})
-    console.print(summary(before, after, len(labels), len(files)))
+                       after={k: round(after[k], 6) for k in SCORE_KEYS},
+                       held_out={k: round(unseen[k], 6) for k in SCORE_KEYS} if unseen else None)
+    console.print(summary(before, after, unseen, len(labels), len(files)))
     if len(files) > 1:
         for f, p, w in zip(files, probs, found.weights):
             console.print(f"{f}: OOF macro F1 {scores(labels, p.argmax(axis=1))['macro_f1']:.4f} alone, "

@@ -53,6 +53,7 @@ class Decision:
     before: dict
     after: dict
     maskkit: str = ""
+    held_out: dict | None = None  # the F1 of decisions fitted on the other folds (None: one fold)
 
     def bias(self) -> np.ndarray:
         """The (18,) additive log-bias of each class."""
@@ -71,7 +72,7 @@ class Decision:
                 "recipes": [{"file": r.file, "sha256": r.sha256, "weight": r.weight} for r in self.recipes],
                 "age_bias": list(self.age_bias),
                 "class_bias": list(self.class_bias) if self.class_bias is not None else None,
-                "oof": {"images": self.images, "before": self.before, "after": self.after}}
+                "oof": {"images": self.images, "before": self.before, "after": self.after, "held_out": self.held_out}}
 
     def write(self, out: str | Path | None) -> None:
         """calib.json (stdout when `out` is None or '-'), atomically; the caller checks `out` first."""
@@ -123,7 +124,8 @@ class Decision:
             raise bad("oof", "{images, before, after}")
         return cls(tuple(parsed), tuple(float(v) for v in age_bias),
                    tuple(float(v) for v in class_bias) if class_bias is not None else None,
-                   oof["images"], oof["before"], oof["after"], str(data.get("maskkit", "")))
+                   oof["images"], oof["before"], oof["after"], str(data.get("maskkit", "")),
+                   oof.get("held_out") if isinstance(oof.get("held_out"), dict) else None)
 
     def vote_weights(self, path: str | Path, files: list) -> np.ndarray | None:
         """The soft-vote weights for `files` (None when fitted on one recipe); one line when their count

@@ -71,6 +71,21 @@ def fit(probs: np.ndarray, labels: np.ndarray, biases: bool = False) -> Fit:
     return Fit(weights, age_bias, class_bias)
 
 
+def held_out(probs: np.ndarray, labels: np.ndarray, folds: np.ndarray, biases: bool = False) -> np.ndarray | None:
+    """Each row's class under the decision fitted on the other folds' rows: an honest estimate of what the
+    fit gains on unseen images (None with fewer than two folds)."""
+    names = np.unique(folds)
+    if len(names) < 2:
+        return None
+    decided = np.zeros(len(labels), np.int64)
+    for fold in names:
+        rows = folds == fold
+        found = fit(probs[:, ~rows], labels[~rows], biases=biases)
+        mean = soft_vote(probs[:, rows], found.weights)
+        decided[rows] = decide(mean, bias_of(found.age_bias, found.class_bias))
+    return decided
+
+
 def fit_weights(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Soft-vote weights by coordinate ascent over WEIGHT_GRID from equal weights."""
     weights = np.ones(len(probs))
