@@ -142,7 +142,9 @@ def test_the_fit_never_lowers_the_oof_f1_of_trained_runs(cli, single_run, multi_
         calib, _ = calibrated(cli, *args)
         assert calib["oof"]["after"]["macro_f1"] >= calib["oof"]["before"]["macro_f1"]
         assert calib["oof"]["images"] == len(pd.read_csv(files[0]))
-    voted = cli("vote", *files, "--soft", "--calibration", _write(tmp_path / "calib.json", calib))
+    swapped = cli("vote", *reversed(files), "--soft", "--calibration", _write(tmp_path / "calib.json", calib))
+    assert_one_line_error(swapped, "in the order calibrate was given them")  # weights never go to the wrong file
+    voted = cli("vote", *files, "--soft", "--calibration", tmp_path / "calib.json")
     assert voted.exit_code == 0, voted.stderr  # vote applies the two recipes' fit as calibrate scored it
     truth = pd.read_csv(files[0]).set_index("ImageID")["label"]
     answers = pd.read_csv(StringIO(voted.stdout)).set_index("ImageID")["ans"]

@@ -9,6 +9,8 @@ several recipes, `recipes[k].weight` are the weights of their soft vote, taken b
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -136,7 +138,23 @@ class Decision:
             raise MaskkitError(f"{path}: vote weights fitted for {len(self.recipes)} recipes "
                                f"({examples([r.file for r in self.recipes], 4)}), but vote got {len(files)} file(s); "
                                "give one prediction CSV of each recipe, in the order calibrate was given them")
+        fitted = {r.sha256: k for k, r in enumerate(self.recipes)}
+        for k, file in enumerate(files):
+            found = fitted.get(_sha256(file))
+            if found is not None and found != k:
+                raise MaskkitError(f"{file}: is the out-of-fold file {self.recipes[found].file}, recipe {found + 1} of "
+                                   f"{path}, given as file {k + 1}; give the files in the order calibrate was given them")
         return self.weights()
+
+
+def _sha256(path: str | Path) -> str | None:
+    """The sha256 of a regular file's bytes (None for a stream or a missing file: nothing to compare)."""
+    path = Path(path)
+    if str(path) == "-" or not path.is_file():
+        return None
+    with contextlib.suppress(OSError):
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    return None
 
 
 def _number(value: object, low: float = -math.inf) -> bool:
