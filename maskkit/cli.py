@@ -237,6 +237,7 @@ def predict(
     sources: o.PredictSources,
     tta: o.TtaMode = "none", out: o.Out = None, names: o.Names = False, batch_size: o.BatchSize = 64,
     device: o.Device = "auto", workers: o.Workers = None, threads: o.Threads = None,
+    calibration: o.Calibration = None,
 ) -> None:
     """Write the prediction CSV (ImageID,ans,p0..p17) of one or more models for any images.
 
@@ -250,7 +251,7 @@ def predict(
 
     with reported("predict", threads):
         predict_module.run(sources, tta=tta, out=out, batch_size=batch_size, device=device, workers=workers,
-                           names=names)
+                           names=names, calibration=calibration)
 
 
 @app.command()
@@ -340,6 +341,7 @@ def vote(
     info: Optional[Path] = typer.Option(None, "--info", help="info.csv whose ImageID order the output follows."),
     probs: bool = typer.Option(False, "--probs", help="With --soft: also write the averaged p0..p17."),
     out: o.Out = None,
+    calibration: o.Calibration = None,
 ) -> None:
     """Hard or soft vote of prediction CSVs; ties go to the earliest input.
 
@@ -348,7 +350,22 @@ def vote(
     from maskkit.commands import vote as vote_module
 
     with reported("vote"):
-        vote_module.run(files, soft=soft, weights=file_weights, info=info, probs=probs, out=out)
+        vote_module.run(files, soft=soft, weights=file_weights, info=info, probs=probs, out=out,
+                        calibration=calibration)
+
+
+@app.command()
+def calibrate(files: o.OofFiles, biases: o.CalibrateBiases = False, out: o.CalibrateOut = None) -> None:
+    """Fit the decision that maximises out-of-fold macro F1 (age-group biases; vote weights of several recipes).
+
+    Prints the OOF F1 of each task before and after; writes calib.json for predict/vote --calibration.
+
+    Example: maskkit calibrate oof/effb2.csv oof/vit.csv -o calib.json
+    """
+    from maskkit.commands import calibrate as calibrate_module
+
+    with reported("calibrate"):
+        calibrate_module.run(files, out=out, biases=biases)
 
 
 def spread_values(args: List[str], flag: str, takes_value: set) -> List[str]:

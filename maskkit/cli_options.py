@@ -228,6 +228,18 @@ AuditExpert = Annotated[Optional[str], typer.Option(
     "--expert", metavar="FILE", help="Opinions CSV of `maskkit expert` (or 'run': compute them now), one more "
     "evidence set beside --oof for gender, and age suspects where it and the fold models agree.")]
 
+# --- calibrate, and the --calibration of predict and vote ---------------------------------------
+OofFiles = Annotated[List[Path], typer.Argument(
+    metavar="OOF", show_default=False,
+    help="Out-of-fold predictions from `maskkit runs --recipe ID --oof-out FILE` (ImageID,ans,p0..p17,person,"
+         "label,fold), one file per recipe; several also fit the weights of their soft vote.")]
+CalibrateBiases = Annotated[bool, typer.Option("--biases", help="Also fit one log-bias per class (18 parameters; "
+                                               "off by default: an earlier 18-bias fit lost 0.03 on eval).")]
+CalibrateOut = Annotated[Optional[Path], typer.Option("-o", "--out", help="Write calib.json here instead of stdout.")]
+Calibration = Annotated[Optional[Path], typer.Option(
+    "--calibration", help="calib.json from `maskkit calibrate`: its fitted biases decide (and, fitted on several "
+    "recipes, its vote weights weigh a soft vote of one prediction CSV per recipe, in calibrate's order).")]
+
 
 # --- help text as click and every other CLI write it ---------------------------------------------
 # typer 0.29 writes `{run}` for required arguments in usage lines, `<list[Path]>` as their type and

@@ -7,7 +7,8 @@ folder (recursive), DATA/train or a manifest CSV (keyed by their paths as `split
 `-` (paths on stdin, one per line, read verbatim: only the line ending is removed). Several models
 give the mean of their probabilities, in one pass over the images (engine/inference.py, shared with
 `val`), each model's rows refused unless they are probabilities. `p*` are the 18 class probabilities (a
-multi-output model's are p_mask x p_gender x p_age), `ans` their argmax.
+multi-output model's are p_mask x p_gender x p_age), `ans` their argmax. With `--calibration
+calib.json` (`maskkit calibrate`, fitted on one recipe) `p*` are the calibrated probabilities.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from maskkit.contract.decision import Decision
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import Inputs, console, examples, is_image
 from maskkit.contract.layout import load_eval, read_train
@@ -166,25 +168,40 @@ def resolve_images(args: Sequence[str], stdin=None) -> pd.DataFrame:
     return table
 
 
+def calibration_for_predict(path: str | Path) -> Decision:
+    """calib.json, refused when it was fitted on several recipes (its weights are a vote's: `vote --soft`)."""
+    decision = Decision.read(path)
+    if len(decision.recipes) > 1:
+        raise MaskkitError(f"{path}: fitted on the soft vote of {len(decision.recipes)} recipes; apply it with "
+                           "maskkit vote --soft --calibration on their predictions, or calibrate on one recipe "
+                           "for predict")
+    return decision
+
+
 def run(models: str | Path | Sequence[str | Path], data: str | Path | Sequence[str | Path] = (), tta: str = "none",
         out: str | Path | None = None, batch_size: int = 64, device: str = "auto", workers: int | None = None,
-        show_progress: bool | None = None, names: bool = False, stdin=None) -> pd.DataFrame:
+        show_progress: bool | None = None, names: bool = False, stdin=None,
+        calibration: str | Path | None = None) -> pd.DataFrame:
     """Predict the images `data` names (default DATA/eval) with the mean of `models`; write the CSV.
 
     `models` may also hold the image arguments after the models (the command line passes one list).
-    `tta` is one of options.TTA_MODES (the command line checks it); torch's threads are the caller's."""
+    `tta` is one of options.TTA_MODES (the command line checks it); torch's threads are the caller's.
+    `calibration`: a calib.json whose decision is applied to the probabilities."""
+    decision = calibration_for_predict(calibration) if calibration is not None else None
     models, data = ([x] if isinstance(x, (str, Path)) else list(x) for x in (models, data))
     models, image_args = split_arguments([str(a) for a in [*models, *data]])
     images = resolve_images(image_args, stdin)
     header = prediction_header(names)
     inputs = Inputs.of(*models, images["path"].tolist(),  # run folders are inputs: nothing is written inside
-                       [a for a in image_args if Path(a).is_dir() or is_manifest(a)])
+                       [a for a in image_args if Path(a).is_dir() or is_manifest(a)], calibration)
     inputs.check(out, header=header)
     torch_device = resolve_device(device)
     members = [onnx_member(m, torch_device) if m.lower().endswith(".onnx") else torch_member(m, torch_device)
                for m in models]
     workers = default_workers(torch_device) if workers is None else workers
     probs = ensemble_probs(members, images["path"].tolist(), tta, batch_size, workers, torch_device, show_progress)
+    if decision is not None:
+        probs = decision.apply(probs)
     frame = prediction_frame(images["ImageID"].tolist(), probs, names=names)
     write_predictions(frame, out, inputs=inputs)
     if out is not None and str(out) != "-":

@@ -2,7 +2,9 @@
 
 Hard vote: each input adds its weight to the class it predicts; the class with the most weight wins,
 and a tie goes to the class predicted by the earliest input among the tied classes (list the best
-model first). Soft vote: the weighted mean of p0..p17, renormalised; `ans` is its argmax.
+model first). Soft vote: the weighted mean of p0..p17, renormalised; `ans` is its argmax. With
+`--calibration calib.json` (`maskkit calibrate`), the soft vote takes the fitted weights (when fitted on
+several recipes) and the fitted biases decide (contract/decision.py).
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import numpy as np
 import pandas as pd
 
 from maskkit.contract.errors import MaskkitError
-from maskkit.contract.files import Inputs, examples, read_csv, write_csv
+from maskkit.contract.decision import Decision
+from maskkit.contract.files import Inputs, console, examples, read_csv, write_csv
 from maskkit.contract.labels import NUM_CLASSES
 from maskkit.contract.predictions import PROB_COLUMNS, read_predictions
+from maskkit.engine.decision import soft_vote
 
 
 def parse_weights(text: str | None, count: int) -> np.ndarray:
@@ -64,21 +68,36 @@ def hard_vote(answers: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return np.where(tied, first, inputs + 1).argmin(axis=1)
 
 
-def soft_vote(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """(inputs, rows, 18) probabilities -> (rows, 18) weighted mean, rows renormalised to sum to 1."""
-    mean = np.tensordot(weights / weights.sum(), probs, axes=1)
-    return mean / mean.sum(axis=1, keepdims=True)
+def calibrated_weights(calibration: Path, decision: Decision, files: list[Path],
+                       weights: str | None) -> np.ndarray | None:
+    """The vote weights calib.json fitted for `files` (None when it was fitted on one recipe), named on stderr."""
+    fitted = decision.vote_weights(calibration, files)
+    if fitted is None:
+        return None
+    if weights is not None:
+        raise MaskkitError(f"--file-weights {weights}: {calibration} holds fitted vote weights; leave --file-weights "
+                           "out, or calibrate on one recipe")
+    pairs = ", ".join(f"{f}={w:g} (fitted on {r.file})" for f, w, r in zip(files, fitted, decision.recipes))
+    console.print(f"vote weights from {calibration}: {pairs}", markup=False, highlight=False)
+    return fitted
 
 
 def vote(files: Sequence[Path], soft: bool = False, weights: str | None = None,
-         info: Path | None = None, probs: bool = False) -> pd.DataFrame:
-    """The vote of `files` as a DataFrame: ImageID, ans (+ p0..p17 with `probs`)."""
+         info: Path | None = None, probs: bool = False, calibration: Path | None = None) -> pd.DataFrame:
+    """The vote of `files` as a DataFrame: ImageID, ans (+ p0..p17 with `probs`); with `calibration`
+    (a soft vote only), calib.json's weights and biases."""
     if not files:
         raise MaskkitError("vote: no input files (pass one or more prediction CSVs)")
     if probs and not soft:
         raise MaskkitError("--probs writes the averaged probabilities of a soft vote; add --soft")
+    if calibration is not None and not soft:
+        raise MaskkitError(f"--calibration {calibration}: a calibration decides on probabilities; add --soft")
     files = [Path(f) for f in files]
     w = parse_weights(weights, len(files))
+    decision = Decision.read(calibration) if calibration is not None else None
+    if decision is not None:
+        fitted = calibrated_weights(calibration, decision, files, weights)
+        w = w if fitted is None else fitted
     frames, probabilities = zip(*(read_predictions(f, probabilities=soft) for f in files))
     if info is not None:
         info_df = read_csv(info, ["ImageID"], fix="the competition's info.csv has columns ImageID,ans",
@@ -95,6 +114,8 @@ def vote(files: Sequence[Path], soft: bool = False, weights: str | None = None,
     if soft:
         stacked = np.stack([p[pos] for p, pos in zip(probabilities, positions)])
         mean = soft_vote(stacked, w)
+        if decision is not None:
+            mean = decision.apply(mean)
         out["ans"] = mean.argmax(axis=1)
         if probs:
             out = pd.concat([out, pd.DataFrame(mean, columns=PROB_COLUMNS)], axis=1)
@@ -105,9 +126,9 @@ def vote(files: Sequence[Path], soft: bool = False, weights: str | None = None,
 
 
 def run(files: Sequence[Path], soft: bool = False, weights: str | None = None, info: Path | None = None,
-        probs: bool = False, out: Path | None = None) -> None:
+        probs: bool = False, out: Path | None = None, calibration: Path | None = None) -> None:
     """`maskkit vote`: write the vote to stdout or atomically to `out`."""
-    inputs = Inputs.of(files, info)
+    inputs = Inputs.of(files, info, calibration)
     inputs.check(out, header=["ImageID", "ans", *(PROB_COLUMNS if probs else [])])
-    result = vote(files, soft=soft, weights=weights, info=info, probs=probs)
+    result = vote(files, soft=soft, weights=weights, info=info, probs=probs, calibration=calibration)
     write_csv(result, out, float_format="%.6g", inputs=inputs)

@@ -1,12 +1,13 @@
 """Pooled out-of-fold predictions (docs/formats.md, "Runs table" and `runs --oof-out`): the
 val_preds.csv of a recipe's fold runs as one table, the first run of a repeated fold winning.
-`runs` scores and writes it; `tune --objective oof` scores it."""
+`runs` scores and writes it; `tune --objective oof` scores it; `calibrate` reads it (`read_oof`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from maskkit.contract.errors import MaskkitError
@@ -17,6 +18,8 @@ from maskkit.contract.runfolder import VAL_PREDS, read_config
 from maskkit.options import ALL_FOLDS
 
 OOF_COLUMNS = ("ImageID", "ans", *PROB_COLUMNS, "person", "label", "fold")
+OOF_FIX = "out-of-fold predictions are what maskkit runs --recipe ID --oof-out FILE writes: " \
+          "ImageID,ans,p0..p17,person,label,fold"
 
 
 def fold_runs(run_dirs: Sequence[Path]) -> list[tuple[Path, object]]:
@@ -58,3 +61,19 @@ def pooled_predictions(run_dirs: Sequence[Path]) -> tuple[pd.DataFrame, list]:
         raise MaskkitError(f"{examples([str(p) for p in run_dirs])}: val_preds.csv rows with a label outside 0..17 "
                            "(re-run maskkit train on these folds)")
     return pooled.assign(label=label.astype(int)), folds
+
+
+def read_oof(path: str | Path, data: bytes | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+    """One file `runs --oof-out` wrote, checked as a prediction CSV with p0..p17 and a true class 0..17
+    in `label` on every row and a `fold` column. Returns (table with integer label, (rows, 18) probabilities).
+    `data`: the file's bytes, already read."""
+    frame, probs = read_predictions(path, fix=OOF_FIX, data=data)
+    missing = [c for c in ("label", "fold") if c not in frame]
+    if missing:
+        raise MaskkitError(f"{path}: no {' or '.join(missing)} column, so not out-of-fold predictions ({OOF_FIX})")
+    label = pd.to_numeric(frame["label"], errors="coerce")
+    bad = ~label.between(0, NUM_CLASSES - 1) | (label % 1 != 0)
+    if bad.any():
+        raise MaskkitError(f"{path}: {int(bad.sum())} rows whose label is not a class 0..{NUM_CLASSES - 1} "
+                           f"({examples(frame.loc[bad, 'ImageID'].tolist())}); {OOF_FIX}")
+    return frame.assign(label=label.astype(np.int64)), probs
