@@ -219,8 +219,8 @@ def run(
 
     `detector`: a name of engine/faces.DETECTORS, or a detector object (tests inject a stand-in).
     `workers`: detecting processes (default: up to 4, one per core; 0: this process). The detectors run
-    on the CPU; `device` is checked, and used by yunet where OpenCV is built with CUDA (opencv-python-headless
-    is not), since detection costs little beside training.
+    on the CPU, in parallel over `workers`; `device` is checked, and used by yunet where OpenCV is built with
+    CUDA (opencv-python-headless is not).
     """
     src, out_dir = Path(src), Path(out_dir)
     weights = Path(weights) if weights is not None else None
