@@ -177,9 +177,14 @@ def test_the_default_detector_writes_well_formed_boxes_and_train_and_predict_run
     assert len(predicted.stdout.strip().splitlines()) == len(load_eval(out / "eval")) + 1
 
 
-def test_a_missing_detector_file_names_the_download(data, tmp_path, cli):
-    result = cli("crop", data, tmp_path / "out", "--detector", "yunet", "--device", "cpu")
-    assert_one_line_error(result, "maskkit crop: error: ", "--weights FILE", "face_detection_yunet")
+@pytest.mark.parametrize("detector, weights, needle", [
+    ("yunet", None, "face_detection_yunet"), ("yunet", "gone.onnx", "face_detection_yunet"),
+    ("dlib", "gone.dat", "mmod_human_face_detector.dat"),
+])
+def test_a_missing_detector_file_names_the_download(data, tmp_path, cli, detector, weights, needle):
+    extra = ["--weights", tmp_path / weights] if weights else []
+    result = cli("crop", data, tmp_path / "out", "--detector", detector, *extra, "--device", "cpu")
+    assert_one_line_error(result, "maskkit crop: error: ", "--weights", needle)
     assert not (tmp_path / "out").exists()
 
 

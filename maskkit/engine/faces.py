@@ -211,7 +211,8 @@ def load_detector(name: str = DEFAULT_DETECTOR, weights: str | Path | None = Non
     """The detector `name` (DETECTORS), from `weights` where it takes a file; a one-line error when it cannot load."""
     weights = Path(weights) if weights is not None else None
     if weights is not None and not weights.is_file():
-        raise MaskkitError(f"{weights}: weights file not found (--weights for --detector {name})")
+        where = {"yunet": f"; download {YUNET_URL}", "dlib": f"; download {DLIB_CNN_URL} and unpack it"}
+        raise MaskkitError(f"{weights}: weights file not found (--weights for --detector {name}{where.get(name, '')})")
     builders: dict[str, Callable[[], Detector]] = {
         "mtcnn": Mtcnn,
         "dlib": lambda: Dlib(weights),
