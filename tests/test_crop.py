@@ -128,7 +128,7 @@ class Killed(Exception):
 
 def test_a_killed_run_resumes_and_ends_with_the_same_files(data, tmp_path, monkeypatch):
     whole = tmp_path / "whole"
-    cut(data, whole)
+    cut(data, whole, workers=1, batch_size=5)  # detected in a worker process: the same files
     out, writes, write = tmp_path / "out", [0], crop.write_image
 
     def dying(*args, **kwargs):
