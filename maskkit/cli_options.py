@@ -157,6 +157,14 @@ ImportLimit = Annotated[Optional[int], typer.Option("--limit", min=1, help="At m
 SegmentModel = Annotated[Literal[vocab.SEGMENT_MODELS], typer.Option("--model", help="DeepLabV3 backbone.")]
 Fill = Annotated[Literal[vocab.FILLS], typer.Option(
     "--fill", help="Background: black, white, gray, mean (the image's mean colour) or blur.")]
+FaceDetector = Annotated[Literal[vocab.FACE_DETECTORS], typer.Option(
+    "--detector", help="Face detector: mtcnn (ships its weights), dlib (HOG; pip install dlib-bin), haar (OpenCV 4 "
+    "only), yunet (--weights its ONNX file), mediapipe (pip install mediapipe==0.10.14).")]
+CropAspect = Annotated[Literal[vocab.CROP_ASPECTS], typer.Option(
+    "--aspect", help="Shape of every crop, width:height: square (train's --crop auto then keeps the whole crop) or 3:4.")]
+CropMargin = Annotated[float, typer.Option(
+    "--margin", min=0.0, max=2.0, help="Widen the face box: each side moves out by this share of the face's width "
+    "(left, right) or height (top, bottom), 0..2.")]
 CamMethod = Annotated[Literal[vocab.CAM_METHODS], typer.Option("--method", help="CAM method.")]
 TtaMode = Annotated[Literal[vocab.TTA_MODES], typer.Option(
     "--tta", help="Test-time augmentation: none or flip (average with the mirror image).")]

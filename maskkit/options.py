@@ -52,6 +52,10 @@ RUNS_COLUMNS = ("name", "status", "backbone", "heads", "age_weight", "old_age", 
 RUN_STATUSES = ("done", "running", "unfinished")  # the runs table's status, in its order of rank
 FILLS = ("black", "white", "gray", "mean", "blur")  # segment's backgrounds
 SEGMENT_MODELS = ("resnet50", "resnet101", "mobilenet")
+FACE_DETECTORS = ("mtcnn", "dlib", "haar", "yunet", "mediapipe")  # crop --detector (engine/faces.py)
+# crop's default detector: the best measured of those that install cleanly (benchmarks/README.md, "Face crop").
+DEFAULT_DETECTOR = "mtcnn"
+CROP_ASPECTS = ("square", "3:4")  # crop --aspect: width:height of every crop
 CAM_METHODS = ("gradcam", "gradcam++", "eigencam")
 CAM_HEADS = ("class", "mask", "gender", "age", "all")
 DROP_AGES_MODES = ("loss", "skip")  # train --drop-ages: the band's persons give no age loss, or do not train

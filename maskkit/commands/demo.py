@@ -1,7 +1,7 @@
 """`maskkit demo [OUT]`: the whole pipeline on a small drawn dataset, in a few minutes on a CPU.
 
-synth -> split -> train lite0 on two folds -> predict eval -> soft vote -> macro F1 against the
-drawn truth. Each step is the maskkit command a user would type (printed before it runs, run in
+synth -> crop (every photo cut to its face) -> split -> train lite0 on two folds -> predict eval ->
+soft vote -> macro F1 against the drawn truth. Each step is the maskkit command a user would type (printed before it runs, run in
 this process). Every step writes into OUT and is skipped when its output is already there, so an
 interrupted demo continues where it stopped (training resumes from last.pt).
 
@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from maskkit.contract.boxes import BOXES
+from maskkit.contract.boxes import JOURNAL as CROP_JOURNAL
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import console, write_csv
 from maskkit.contract.predictions import read_predictions
@@ -87,16 +89,20 @@ def macro_f1(truth: pd.DataFrame, preds: pd.DataFrame, source: str) -> float:
 
 
 def draw_and_split(app: Commands, plan: DemoPlan, out: Path) -> tuple[Path, Path]:
-    """Steps 1-2: the drawn dataset and its manifest (each skipped when already there)."""
-    data, manifest = out / "data", out / "manifest.csv"
+    """Steps 1-3: the drawn dataset, its face crops and their manifest (each skipped when already there);
+    returns the cropped dataset and the manifest."""
+    data, faces, manifest = out / "data", out / "data_face", out / "manifest.csv"
     if not (data / "eval" / "truth.csv").is_file():
-        console.rule("1/5 synth: drawing a small dataset")
+        console.rule("1/6 synth: drawing a small dataset")
         run_command(app, "synth", data, "--persons", plan.persons, "--eval-persons", plan.eval_persons,
                     "--size", plan.size.text, "--seed", 0, "--overwrite")
+    if not (faces / BOXES).is_file() or (faces / CROP_JOURNAL).is_file():
+        console.rule("2/6 crop: every photo cut to its face")
+        run_command(app, "crop", data, faces)
     if not manifest.is_file():
-        console.rule("2/5 split: persons into folds")
-        run_command(app, "split", data / "train", "--folds", plan.folds, "--seed", SEED, "-o", manifest)
-    return data, manifest
+        console.rule("3/6 split: persons into folds")
+        run_command(app, "split", faces / "train", "--folds", plan.folds, "--seed", SEED, "-o", manifest)
+    return faces, manifest
 
 
 def train_and_predict(app: Commands, plan: DemoPlan, out: Path, manifest: Path, fold: int,
@@ -104,7 +110,7 @@ def train_and_predict(app: Commands, plan: DemoPlan, out: Path, manifest: Path, 
     """Steps 3-4 for one fold: train (or resume) its model, predict the eval set; the prediction CSV."""
     backbone, args = train_args(plan)
     run_dir = out / "runs" / f"{backbone}-f{fold}"
-    console.rule(f"3/5 train: {backbone}, fold {fold}")
+    console.rule(f"4/6 train: {backbone}, fold {fold}")
     if (run_dir / LAST).is_file() and (run_dir / CONFIG).is_file():
         run_command(app, "train", "--resume", run_dir, *runtime)
     else:
@@ -112,8 +118,8 @@ def train_and_predict(app: Commands, plan: DemoPlan, out: Path, manifest: Path, 
                     "--name", run_dir.name, "--overwrite")
     pred = out / "preds" / f"{run_dir.name}.csv"
     if not pred.is_file() or pred.stat().st_mtime < (run_dir / BEST).stat().st_mtime:
-        console.rule(f"4/5 predict: {run_dir.name} on {out / 'data' / 'eval'}")
-        run_command(app, "predict", run_dir, out / "data" / "eval", "-o", pred, *runtime)
+        console.rule(f"5/6 predict: {run_dir.name} on {out / 'data_face' / 'eval'}")
+        run_command(app, "predict", run_dir, out / "data_face" / "eval", "-o", pred, *runtime)
     return pred
 
 
@@ -122,7 +128,7 @@ def vote_and_score(app: Commands, out: Path, truth: pd.DataFrame, pred_files: li
     table = [{"model": p.stem, "macro_f1": macro_f1(truth, read_predictions(p, probabilities=False)[0], str(p))}
              for p in pred_files]
     if len(pred_files) > 1:
-        console.rule("5/5 vote: soft vote of the fold models")
+        console.rule("6/6 vote: soft vote of the fold models")
         submission = out / "submission.csv"
         run_command(app, "vote", *pred_files, "--soft", "-o", submission)
         voted = read_predictions(submission, probabilities=False)[0]
@@ -143,10 +149,10 @@ def run(out_dir: str | Path = "demo", *, app: Commands, epochs: int = 4, device:
         raise MaskkitError(f"{out}: exists and is a file; name a folder for the demo (re-running reuses it)")
     resolve_device(device)  # a device that is not here fails before synth draws anything
     started = time.perf_counter()
-    data, manifest = draw_and_split(app, plan, out)
+    _, manifest = draw_and_split(app, plan, out)
     runtime = ["--device", device, "--workers", plan.workers, *(["--threads", threads] if threads else [])]
     pred_files = [train_and_predict(app, plan, out, manifest, fold, runtime) for fold in range(plan.models)]
-    truth = pd.read_csv(data / "eval" / "truth.csv", dtype={"ImageID": str})
+    truth = pd.read_csv(out / "data" / "eval" / "truth.csv", dtype={"ImageID": str})
     table = vote_and_score(app, out, truth, pred_files)
     write_csv(table, out / "scores.csv")
     console.rule("eval macro F1 against the drawn truth")

@@ -16,18 +16,17 @@ written atomically at the end from the previous report, the journal and this run
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from maskkit.contract.errors import MaskkitError, RunFailure
-from maskkit.contract.files import (LOCK_FILE, Inputs, WriteError, atomic_path, console, examples, folder_lock,
-                                    is_hidden, is_image, remove_stale_temps, write_errors)
+from maskkit.contract.files import (LOCK_FILE, Inputs, WriteError, console, examples, folder_lock, remove_stale_temps,
+                                    write_errors)
 from maskkit.contract.journal import (FINISHED, JOURNAL, REPORT, Journal, Records, forget_records,
                                       is_segment_output, read_records, write_report)
+from maskkit.contract import mirror
+from maskkit.contract.mirror import Layout
 from maskkit.contract.paths import as_text
 from maskkit.data.masks import mask_path
 from maskkit.engine.deeplab import load_deeplab, prepare
@@ -38,50 +37,9 @@ from maskkit.engine.segmentation import Job, Settings, Style, Summary, segment_i
 MIN_SHORT_SIDE, MAX_SHORT_SIDE = 16, 4096  # --short-side: 4096 is 8x the model's training resolution
 
 
-@dataclass(frozen=True)
-class Layout:
-    """What to do with IN's files: images to segment and other files to copy (relative paths)."""
-
-    images: list[Path]
-    copies: list[Path]
-
-
-def _image_dirs(root: Path) -> list[Path] | None:
-    """The competition layout's image folders under IN, or None for a plain image folder."""
-    def is_split(folder: Path) -> bool:
-        return (folder / "train.csv").is_file() or (folder / "info.csv").is_file()
-
-    if is_split(root):
-        return [root / "images"]
-    folders = [root / name / "images" for name in ("train", "eval") if is_split(root / name)]
-    return folders or None
-
-
 def scan(root: Path) -> Layout:
-    """IN's files, hidden ones (`._x.jpg`, dot folders) left out.
-
-    In the competition layout only the images under `images/` are segmented (a `masks/` folder
-    beside them is copied as it is); in a plain folder every image is.
-    """
-    image_dirs = _image_dirs(root)
-    images, copies = [], []
-    for folder, subfolders, files in os.walk(root):
-        subfolders[:] = sorted(d for d in subfolders if not is_hidden(d))
-        here = Path(folder)
-        for name in sorted(files):
-            if is_hidden(name):
-                continue
-            path = here / name
-            rel = path.relative_to(root)
-            if path.is_symlink() and not path.exists():  # a loop (ln -s x x) or a link to nothing
-                raise MaskkitError(f"{path}: a symbolic link that leads nowhere (it loops or its target is gone); "
-                                   "remove it or point it at a file, then re-run")
-            inside = image_dirs is None or any(d == here or d in here.parents for d in image_dirs)
-            if is_image(path) and inside:
-                images.append(rel)
-            elif rel.as_posix() != REPORT:
-                copies.append(rel)
-    return Layout(sorted(images, key=Path.as_posix), sorted(copies, key=Path.as_posix))
+    """IN's files (contract/mirror.scan), segment's own report left out."""
+    return mirror.scan(root, skip=(REPORT,))
 
 
 # --- checks before anything is written ---------------------------------------------------------
@@ -132,21 +90,7 @@ def check_mask_names(src: Path, images: Sequence[Path], masks: Path) -> None:
 
 def copy_others(src: Path, out: Path, copies: Sequence[Path], masks: Path | None, overwrite: bool) -> int:
     """Copy IN's non-image files (CSVs...) to OUT unless an identical copy is there; returns how many."""
-    copied = 0
-    skip_under = masks.resolve() if masks is not None else None
-    for rel in copies:
-        source, target = src / rel, out / rel
-        if skip_under is not None and skip_under in target.resolve().parents:
-            continue  # our own masks go there
-        stat = source.stat()
-        if not overwrite and target.is_file():
-            have = target.stat()
-            if have.st_size == stat.st_size and have.st_mtime_ns == stat.st_mtime_ns:
-                continue
-        with atomic_path(target) as tmp:
-            shutil.copy2(source, tmp)
-        copied += 1
-    return copied
+    return mirror.copy_files(src, out, copies, overwrite, skip_under=masks.resolve() if masks is not None else None)
 
 
 def prepare_out(src: Path, out: Path, layout: Layout, masks: Path | None, overwrite: bool) -> Records:
