@@ -4,7 +4,7 @@ Logic lives in the subcommand modules; this file only names the options (each de
 maskkit/cli_options.py, from the vocabulary of maskkit/options.py), turns errors into one-line
 messages with the exit codes of docs/formats.md, and sets torch's threads once per command.
 The subcommand modules (and torch) are imported inside the commands so that `--help` is fast.
-Over 400 lines: one declaration block per subcommand (fourteen of them), nothing else.
+Over 400 lines: one declaration block per subcommand (eighteen of them), nothing else.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from maskkit.contract.files import write_csv
+from maskkit.contract.journal import read_journaled
 from maskkit.contract.paths import as_text
 
 BOXES = "crop_boxes.csv"
@@ -83,17 +84,10 @@ def is_crop_output(out: Path) -> bool:
 
 def read_records(out: Path) -> Records:
     """path -> row from the previous boxes CSV and then the journal of a killed run."""
-    records: Records = {}
-    for name in (BOXES, JOURNAL):
-        path = out / name
-        if not path.is_file():
-            continue
-        with open(path, newline="", encoding="utf-8") as handle:
-            for cells in csv.reader(handle):
-                row = _parse(cells)
-                if row is not None:
-                    records[row.path] = row
-    return records
+    def parse(cells: list[str]) -> tuple[str, BoxRow] | None:
+        row = _parse(cells)
+        return None if row is None else (row.path, row)
+    return read_journaled(out, (BOXES, JOURNAL), parse)
 
 
 def write_boxes(out: Path, images: Sequence[Path], records: Records) -> None:

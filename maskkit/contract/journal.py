@@ -9,8 +9,9 @@ so a killed run's work is known on re-run and the journal's presence marks an in
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -31,23 +32,35 @@ def is_segment_output(out: Path) -> bool:
     return (out / REPORT).is_file() or (out / JOURNAL).is_file()
 
 
-def read_records(out: Path) -> Records:
-    """path -> (person_area, status) from the previous report and then the journal of a killed run."""
-    records: Records = {}
-    for name in (REPORT, JOURNAL):
+def read_journaled(out: Path, names: Sequence[str], parse: Callable[[list[str]], tuple[str, Any] | None]) -> dict:
+    """key -> value of every row `parse` accepts, from each file of `names` in OUT in turn (a report,
+    then the journal of a killed run, whose later rows win). A killed run may leave a cut last line:
+    `parse` returns None for a row that is not complete and valid."""
+    records: dict = {}
+    for name in names:
         path = out / name
         if not path.is_file():
             continue
         with open(path, newline="", encoding="utf-8") as handle:
-            for row in csv.reader(handle):
-                # A killed run may leave a cut last line: take only complete, valid rows.
-                if len(row) != 3 or row[2] not in STATUSES:
-                    continue
-                try:
-                    records[row[0]] = (float(row[1]), row[2])
-                except ValueError:
-                    continue
+            for cells in csv.reader(handle):
+                parsed = parse(cells)
+                if parsed is not None:
+                    records[parsed[0]] = parsed[1]
     return records
+
+
+def _parse(cells: list[str]) -> tuple[str, tuple[float, str]] | None:
+    if len(cells) != 3 or cells[2] not in STATUSES:
+        return None
+    try:
+        return cells[0], (float(cells[1]), cells[2])
+    except ValueError:
+        return None
+
+
+def read_records(out: Path) -> Records:
+    """path -> (person_area, status) from the previous report and then the journal of a killed run."""
+    return read_journaled(out, (REPORT, JOURNAL), _parse)
 
 
 def report_table(images: Sequence[Path], records: Records) -> pd.DataFrame:

