@@ -10,7 +10,6 @@ place, so a killed run's work is known on re-run.
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
 from dataclasses import astuple, dataclass, fields
@@ -19,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from maskkit.contract.files import write_csv
+from maskkit.contract import journal as journaled
 from maskkit.contract.journal import read_journaled
 from maskkit.contract.paths import as_text
 
@@ -110,19 +110,11 @@ def read_boxes(path: str | Path) -> pd.DataFrame:
                        na_values={c: [""] for c in COLUMNS if c not in ("path", "how", "source")})
 
 
-class Journal:
-    """Rows appended (and flushed) as crops finish; a context manager that closes the file."""
+class Journal(journaled.Journal):
+    """Box rows appended (and flushed) as crops finish; a context manager that closes the file."""
 
     def __init__(self, out: Path) -> None:
-        self.handle = open(out / JOURNAL, "w", newline="", encoding="utf-8")
-        self.writer = csv.writer(self.handle, lineterminator="\n")
-
-    def __enter__(self) -> Journal:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.handle.close()
+        super().__init__(out, JOURNAL)
 
     def add(self, row: BoxRow) -> None:
-        self.writer.writerow(_cells(row))
-        self.handle.flush()
+        self.append(_cells(row))

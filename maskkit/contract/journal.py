@@ -87,10 +87,11 @@ def forget_records(out: Path) -> None:
 
 
 class Journal:
-    """Rows appended (and flushed) as outputs finish; a context manager that closes the file."""
+    """Rows appended (and flushed) as outputs finish; a context manager that closes the file.
+    `name`: the journal's file in OUT (crop's boxes journal is one too)."""
 
-    def __init__(self, out: Path) -> None:
-        self.handle = open(out / JOURNAL, "w", newline="", encoding="utf-8")
+    def __init__(self, out: Path, name: str = JOURNAL) -> None:
+        self.handle = open(out / name, "w", newline="", encoding="utf-8")
         self.writer = csv.writer(self.handle, lineterminator="\n")
 
     def __enter__(self) -> Journal:
@@ -99,6 +100,9 @@ class Journal:
     def __exit__(self, *_: object) -> None:
         self.handle.close()
 
-    def add(self, rel: str, area: float, status: str) -> None:
-        self.writer.writerow([rel, f"{area:.6f}", status])
+    def append(self, cells: Sequence[object]) -> None:
+        self.writer.writerow(cells)
         self.handle.flush()
+
+    def add(self, rel: str, area: float, status: str) -> None:
+        self.append([rel, f"{area:.6f}", status])
