@@ -20,7 +20,7 @@ from maskkit.contract.boxes import BOXES, HOWS, JOURNAL, read_boxes
 from maskkit.contract.layout import load_eval, load_train
 from maskkit.data.faceboxes import ASPECTS, fit
 from maskkit.data.images import read_image
-from maskkit.engine.faces import Face
+from maskkit.engine.faces import FRAMINGS, Face, find_face
 from maskkit.options import Size
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -215,3 +215,31 @@ def test_bad_call_is_one_line_and_changes_no_input(cli, world, request, row):
 def test_an_option_out_of_its_range_is_one_line_before_anything_is_written(world, argv, option, monkeypatch, capsys):
     assert_refused_while_parsing(world, argv, option, monkeypatch, capsys)
     assert not (world / "face").exists()
+
+
+def test_a_face_missed_in_the_first_framing_is_found_in_the_next_and_mapped_back_to_the_photo():
+    """find_face tries FRAMINGS in turn: a detector that only answers its second call still gives the
+    face, in the photo's own pixels (that framing's border and scale undone)."""
+    calls = []
+
+    def second_time_lucky(work: np.ndarray) -> list[Face]:
+        calls.append(work.shape[:2])
+        if len(calls) < 2:
+            return []
+        height, width = work.shape[:2]  # the photo sits in the middle of the grey frame
+        return [Face(width * 0.4, height * 0.4, width * 0.2, height * 0.2, 0.9)]
+
+    photo = np.zeros((200, 100, 3), np.uint8)
+    face = find_face(second_time_lucky, photo)
+    border, side = FRAMINGS[1]
+    assert len(calls) == 2 and max(calls[1]) == side
+    pad = round(border * 200)
+    framed = 200 + 2 * pad
+    assert face is not None and face.score == 0.9
+    assert face.y == pytest.approx(framed * 0.4 - pad, abs=2) and face.h == pytest.approx(framed * 0.2, abs=2)
+
+
+def test_no_framing_finds_a_face_so_find_face_says_none_after_trying_each():
+    calls = []
+    assert find_face(lambda work: calls.append(1) or [], np.zeros((64, 64, 3), np.uint8)) is None
+    assert len(calls) == len(FRAMINGS)
