@@ -59,6 +59,7 @@ def test_expert_writes_one_well_formed_row_per_drawn_person(faces, tmp_path, cli
     found = opinions[opinions["status"] == "found"]
     assert len(found) >= 3 and found["photo"].isin(["normal", "incorrect_mask"]).all()
     assert ((found["p_female"] > 0.5) == (found["gender"] == "female")).all()
+    assert (found["p_female"] * 100 % 1 > 0).any()  # the network's probability, not the package's floored percent
     last = opinions.iloc[-1]
     assert last["status"] == "no face" and last["gender"] == "" and np.isnan(last["age"])  # no guess
     assert not partial_path(out).exists()
@@ -140,3 +141,17 @@ def test_audit_expert_run_computes_the_opinions_on_the_fly(faces, tmp_path, cli)
     assert "expert opinions on 6 of 6 persons" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "s.csv"])  # no opinions file left
     assert list(pd.read_csv(tmp_path / "s.csv").columns)[-1] == "wrong_by"
+
+
+def test_another_version_of_the_package_falls_back_to_its_public_floored_api():
+    """A model without the 2.0 internals: the opinion comes from `predict`, the largest face's floored percents."""
+    class PublicOnly:
+        def predict(self, rgb):
+            return [{"gender": {"value": "male", "confidence": 97}, "age": {"value": 41, "confidence": 30},
+                     "face": [0, 0, 10, 10]},
+                    {"gender": {"value": "female", "confidence": 88}, "age": {"value": 23, "confidence": 55},
+                     "face": [0, 0, 40, 40]}]
+
+    found = engine.face_attributes(PublicOnly(), np.zeros((48, 48, 3), np.uint8))
+    assert found == {"p_female": 0.88, "gender": "female", "gender_confidence": 88, "age": 23, "age_confidence": 55}
+    assert engine.face_attributes(type("NoFace", (), {"predict": lambda self, rgb: []})(), None) is None

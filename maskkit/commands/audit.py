@@ -41,7 +41,7 @@ from maskkit.contract.errors import MaskkitError
 from maskkit.contract.files import Inputs, console, examples, files_in, write_csv
 from maskkit.contract.fixes import FIXES_COLUMNS
 from maskkit.contract.labels import (AGE_GROUPS, GENDERS, IMAGE_STEMS, MASKS, NUM_CLASSES, OLD_FROM, YOUNG_BELOW,
-                                    age_group)
+                                    age_group, logit)
 from maskkit.contract.manifest import read_manifest
 from maskkit.contract.opinions import check_opinions, opinions_table, read_opinions
 from maskkit.contract.paths import as_text
@@ -49,7 +49,7 @@ from maskkit.contract.predictions import PROB_COLUMNS, read_predictions
 from maskkit.contract.runfolder import VAL_PREDS, read_config
 from maskkit.data.fingerprints import SCAN_COLUMNS, near_duplicates, scan_file
 from maskkit.data.images import contact_sheet, image_magic, read_image, write_image
-from maskkit.engine.calibration import Evidence, calibrated, label_noise_posterior, log_probs, pooled
+from maskkit.engine.calibration import Evidence, flip_probability, pooled
 from maskkit.engine.expert import compute, persons_of
 from maskkit.engine.metrics import scores
 from maskkit.contract.progress import progress_bar
@@ -341,9 +341,9 @@ def gender_suspects(evidence: Evidence, person: str, idx: np.ndarray, min_score:
 
 
 def expert_note(evidence: Evidence, person: str) -> str:
-    """'; expert: calibrated P(female) 0.93' where the outside expert judged the person."""
+    """'; expert: P(female) 0.9312' where the outside expert judged the person."""
     found = evidence.expert.get(person)
-    return "" if found is None else f"; expert: calibrated P({GENDERS[1]}) {found[1]:.2f}"
+    return "" if found is None else f"; expert: P({GENDERS[1]}) {found:.4f}"
 
 
 def age_suspects(evidence: Evidence, person: str, idx: np.ndarray, min_score: float) -> list[dict]:
@@ -476,24 +476,23 @@ def label_suspects(images: pd.DataFrame, probs: np.ndarray, min_score: float = M
 
 def expert_gender_suspects(images: pd.DataFrame, opinions: pd.DataFrame, min_score: float = MIN_SCORE,
                            top: int | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
-    """--expert without --oof: the expert alone judges gender, as one prediction set would (its P(female)
-    temperature-scaled against the labels, weighed against cleanlab's noise matrix). No age suspects:
-    those need the fold models to agree. Returns what label_suspects does."""
+    """--expert without --oof: the expert alone judges gender (`flip_probability` of its log-odds,
+    fitted on the labels with their flip rate). No age suspects: those need the fold models to agree.
+    Returns what label_suspects does."""
     given_of = images.groupby("person", sort=True)["gender"].first()
     found = opinions[(opinions["status"] == "found") & opinions["person"].isin(given_of.index)]
     given = np.array([GENDERS.index(given_of[p]) for p in found["person"]], dtype=np.int64)
     female = found["p_female"].to_numpy(float)
     rows, cases = [], []
     if len(found):
-        probs = calibrated(log_probs(np.stack([1 - female, female], axis=1)), given)
-        posterior = label_noise_posterior(probs, given)
+        p_wrong = flip_probability(logit(female)[:, None], given)
         for k, opinion in enumerate(found.itertuples()):
             other = 1 - given[k]
-            calls = bool(probs[k].argmax() != given[k])
-            rows.append(suspect(opinion.person, "gender", GENDERS[given[k]], GENDERS[other], posterior[k, other],
+            calls = bool(round(female[k]) != given[k])
+            rows.append(suspect(opinion.person, "gender", GENDERS[given[k]], GENDERS[other], p_wrong[k],
                                 f"expert: {opinion.gender} ({int(opinion.gender_confidence)}%)",
-                                f"expert P(female) {female[k]:.2f} on {opinion.photo}, calibrated {probs[k, 1]:.2f}",
-                                p_wrong=posterior[k, other], models=f"{int(calls)}/1", wrong_by=["expert"] * calls)
+                                f"expert P(female) {female[k]:.4f} on {opinion.photo}",
+                                p_wrong=p_wrong[k], models=f"{int(calls)}/1", wrong_by=["expert"] * calls)
                         | FIX)
             cases.append(f"{opinion.person}/gender")
     every = rank(frame(rows, extra=("fix",)).assign(case=cases))

@@ -6,8 +6,10 @@ Each prediction set's probabilities are temperature-scaled per task, fitted on t
 evidence, not seven votes: gender and age group are judged on the mean of the person's calibrated
 log-probabilities, scaled by a second, person-level temperature, then weighed against the label with
 cleanlab's noise matrix. Sets are combined by the mean of their log-probabilities (a person) or of
-their log-odds (a swapped pair of images). An outside expert that never saw the labels (audit
---expert, `add_expert`) is independent evidence: its calibrated gender probabilities multiply in.
+their log-odds (a swapped pair of images). With an outside expert that never saw the labels (audit
+--expert, `add_expert`), a person's gender is judged by `flip_fit` instead: the expert's and each
+set's log-odds weighted by how well each knows gender, fitted on the labels together with their
+flip rate.
 """
 
 from __future__ import annotations
@@ -20,15 +22,19 @@ import pandas as pd
 from cleanlab.count import estimate_py_and_noise_matrices_from_probabilities
 from cleanlab.filter import find_label_issues
 from cleanlab.rank import get_label_quality_scores
-from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax, softmax
+from scipy.optimize import minimize, minimize_scalar
+from scipy.special import expit, log_softmax, softmax
 
 from maskkit.contract.labels import AGE_GROUPS, TASKS, decode, logit, task_probs
 
 SWAP_PRIOR = (0.5, 0.25, 0.25)  # as labelled, swapped, any other pair of true masks (shared by those 7)
-# How much the outside expert's evidence counts (audit --expert): its calibrated likelihood ratio to
-# this power. 1 is plain Bayes for independent evidence; to fit on a realfaces build A (issue 27).
-EXPERT_WEIGHT = 1.0
+FLIP_RATE_BOUNDS = (1e-3, 0.3)  # flip_fit's label flip rate is searched here
+MAX_WEIGHT = 5.0  # flip_fit's weight of one source's log-odds: finite where a tiny set separates perfectly
+FALLBACK_FLIP_RATE = 0.05  # flip_fit with too few labels (under 10, or one class) to fit on
+# flip_fit's prior on the flip rate, Beta(a, b): mode 0.02, worth about 50 persons, so that a small
+# set's one confident disagreement is not read as the source's own error rate (the 58 published gender
+# fixes of the competition's 2,700 persons are 2 %).
+FLIP_RATE_PRIOR = (2.0, 50.0)
 
 
 def log_probs(probs: np.ndarray) -> np.ndarray:
@@ -93,6 +99,45 @@ def label_noise_posterior(probs: np.ndarray, given: np.ndarray) -> np.ndarray:
     return posterior / posterior.sum(axis=1, keepdims=True)
 
 
+def flip_fit(log_odds: np.ndarray, given: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """(weights >= 0, bias, flip rate) maximising the posterior (FLIP_RATE_PRIOR) of binary labels each
+    flipped with one small probability: P(given = 1 | x) = (1 - rate) s + rate (1 - s), s = sigmoid(x . weights + bias).
+
+    Each column of `log_odds` is one source's log-odds of class 1 (0 where it has no opinion). Fitted on
+    the labels themselves: the rate takes the confident disagreements that a plain temperature would
+    spread over every row by flattening the source (realfaces: an outside expert's temperature 1.5-1.9
+    with a rate of 0.026-0.033 against 2.8-3.0 without, benchmarks/README.md), and the weights say how
+    well each source knows the labels.
+    """
+    x = np.asarray(log_odds, float).reshape(len(given), -1)
+    y = np.asarray(given, float)
+    if len(y) < 10 or len(np.unique(y)) < 2:
+        return np.ones(x.shape[1]), 0.0, FALLBACK_FLIP_RATE
+    k, (a, b) = x.shape[1], FLIP_RATE_PRIOR
+
+    def nll(theta: np.ndarray) -> float:
+        s = expit(x @ theta[:k] + theta[k])
+        rate = theta[k + 1]
+        p = np.clip((1 - rate) * s + rate * (1 - s), 1e-12, 1 - 1e-12)
+        prior = (a - 1) * np.log(rate) + (b - 1) * np.log1p(-rate)
+        return float(-(np.sum(y * np.log(p) + (1 - y) * np.log(1 - p)) + prior) / len(y))
+
+    bounds = [(0.0, MAX_WEIGHT)] * k + [(None, None), FLIP_RATE_BOUNDS]
+    fits = [minimize(nll, np.r_[np.full(k, 0.5), 0.0, rate], method="L-BFGS-B", bounds=bounds)
+            for rate in (0.01, 0.05)]
+    theta = min(fits, key=lambda fit: fit.fun).x
+    return theta[:k], float(theta[k]), float(theta[k + 1])
+
+
+def flip_probability(log_odds: np.ndarray, given: np.ndarray) -> np.ndarray:
+    """P(label wrong) of each binary label under `flip_fit` of the same rows: the flip's share of the
+    label's likelihood, rate (1 - s_given) / (rate (1 - s_given) + (1 - rate) s_given)."""
+    x = np.asarray(log_odds, float).reshape(len(given), -1)
+    weights, bias, rate = flip_fit(x, given)
+    s_given = expit(np.where(np.asarray(given) == 1, 1, -1) * (x @ weights + bias))
+    return rate * (1 - s_given) / (rate * (1 - s_given) + (1 - rate) * s_given)
+
+
 def cleanlab_issues(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """cleanlab's (issue flags, label quality scores); quiet about classes with few examples.
 
@@ -150,20 +195,23 @@ class Evidence:
         self.flags, self.quality = {}, {}
         for task in self.probs:
             self.flags[task], self.quality[task] = cleanlab_issues(self.given[task], self.probs[task])
-        self.expert: dict[str, np.ndarray] = {}  # person -> the expert's calibrated P(male, female)
+        self.expert: dict[str, float] = {}  # person -> the outside expert's P(female) (add_expert)
+        self.gender_wrong: dict[str, float] = {}  # person -> P(gender label wrong), with the expert
 
     def add_expert(self, p_female: dict[str, float]) -> None:
-        """An outside model's P(female) per person (audit --expert), calibrated by temperature against
-        the given genders like a prediction set. It never saw the labels, so `person` multiplies its
-        likelihood ratio into the fold models' posterior (Bayes for independent evidence) instead of
-        averaging it in: the better it knows gender, the less its calibration flattens it."""
-        names = [p for p in self.persons if p in p_female and np.isfinite(p_female[p])]
-        if not names:
+        """An outside model's P(female) per person (audit --expert). It never saw the labels, so the
+        persons' gender is judged by `flip_fit` over its log-odds and each set's person-level
+        calibrated log-odds (0 where a source has no opinion): each weighted by how well it knows the
+        labels, fitted with their flip rate. `person` then returns that P(label wrong)."""
+        self.expert = {p: float(v) for p, v in p_female.items() if p in self.persons and np.isfinite(v)}
+        if not self.expert:
             return
-        female = np.array([p_female[p] for p in names], float)
+        names = list(self.persons)
+        columns = [[logit(self.expert[p]) if p in self.expert else 0.0 for p in names]]
+        for probs in self.person_probs["gender"]:
+            columns.append([logit(probs[p][1][1]) if p in probs else 0.0 for p in names])
         given = np.array([int(self.given["gender"][self.persons[p][0]]) for p in names])
-        probs = calibrated(log_probs(np.stack([1 - female, female], axis=1)), given)
-        self.expert = dict(zip(names, probs))
+        self.gender_wrong = dict(zip(names, flip_probability(np.stack(columns, axis=1), given)))
 
     def wrong_by(self, task: str, person: str) -> list[str]:
         """The evidence sets whose own verdict is another class than the label: oof1.. (the --oof sets in
@@ -171,7 +219,7 @@ class Evidence:
         given = int(self.given[task][self.persons[person][0]])
         names = [f"oof{k + 1}" for k, probs in enumerate(self.person_probs[task])
                  if person in probs and probs[person][1].argmax() != given]
-        if task == "gender" and person in self.expert and self.expert[person].argmax() != given:
+        if task == "gender" and person in self.expert and round(self.expert[person]) != given:
             names.append("expert")
         return names
 
@@ -210,19 +258,21 @@ class Evidence:
         return result
 
     def person(self, task: str, person: str) -> tuple[np.ndarray, int, int]:
-        """(P(true class | photos, label) combined over sets, sets covering the person, sets whose own
-        calibrated verdict is another class than the label)."""
+        """(P(true class | photos, label) combined over sets (gender with the expert: `add_expert`'s),
+        sources judging the person, sources whose own verdict is another class than the label)."""
         given = int(self.given[task][self.persons[person][0]])
         found = [probs[person] for probs in self.person_probs[task] if person in probs]
         if not found:
             return np.full(len(AGE_GROUPS) if task == "age" else 2, np.nan), 0, 0
         combined = pooled(np.array([posterior for posterior, _ in found]))
         agree = int(sum(verdict.argmax() != given for _, verdict in found))
-        expert = self.expert.get(person) if task == "gender" else None
-        if expert is None:
+        if task != "gender" or person not in self.gender_wrong:
             return combined, len(found), agree
-        combined = combined * np.clip(expert, 1e-7, 1.0) ** EXPERT_WEIGHT  # flat prior: P_expert is its likelihood
-        return combined / combined.sum(), len(found) + 1, agree + int(expert.argmax() != given)
+        combined = np.full(2, self.gender_wrong[person])
+        combined[given] = 1 - combined[given]
+        if person not in self.expert:
+            return combined, len(found), agree
+        return combined, len(found) + 1, agree + int(round(self.expert[person]) != given)
 
     def likeliest_swap(self, idx: np.ndarray) -> tuple[float, tuple[int, int], list[float]] | None:
         """The person's likeliest swapped pair of images: (P(swapped) over sets, the pair, each set's P)."""

