@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--full", action="store_true", help="also train the full-data model (--fold all) and score it")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (train and predict)")
     parser.add_argument("--split-seed", type=int, default=42, help="seed of `maskkit split` (same folds for every recipe)")
+    parser.add_argument("--split-extra", type=Path, nargs="+", default=[],
+                        help="`maskkit split --extra`: imported persons that train in every fold (maskkit import)")
     parser.add_argument("--tta", default="none", help="predict --tta: none or flip")
     parser.add_argument("--threads", type=int, help="torch CPU threads per process (sets OMP_NUM_THREADS)")
     parser.add_argument("--work", type=Path, default=Path("realfaces-work"), help="folder of recipe folders")
@@ -108,8 +110,9 @@ def main(argv: list[str] | None = None) -> dict:
     log = home / "log.txt"
     manifest = home / "manifest.csv"
     if not manifest.is_file():
-        maskkit("split", args.data / "train", "--folds", args.folds, "--seed", args.split_seed, "-o", manifest,
-                env=env, log=log)
+        extra_persons = [part for folder in args.split_extra for part in ("--extra", folder)]
+        maskkit("split", args.data / "train", "--folds", args.folds, "--seed", args.split_seed, *extra_persons,
+                "-o", manifest, env=env, log=log)
 
     folds = [int(f) for f in args.only.split(",")] if args.only else list(range(args.folds))
     base = [*BASE_OPTIONS, "--epochs", args.epochs, "--input-size", args.input_size]
