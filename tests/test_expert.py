@@ -83,11 +83,22 @@ def test_a_partial_file_is_continued_not_restarted(faces, tmp_path, monkeypatch)
 
 
 @pytest.mark.slow
-def test_two_workers_give_the_same_opinions(faces, tmp_path, cli):
+@pytest.mark.timeout(300)
+def test_two_workers_give_the_same_opinions_after_opencv_ran_threads_here(faces, tmp_path, cli, monkeypatch):
+    """The workers start while this process's OpenCV pool has threads (as after any earlier command in
+    a long-lived process): workers forked from it deadlocked there and the run never ended."""
     needs_model()
+    monkeypatch.setattr(engine, "CHUNK", 2)  # several chunks of the few persons, so the pool is used
     one, two = tmp_path / "one.csv", tmp_path / "two.csv"
     assert cli("expert", faces / "train", "-o", one).exit_code == 0
-    result = cli("expert", faces / "train", "-o", two, "--workers", "2")
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        big = np.random.default_rng(0).integers(0, 255, (1500, 1500, 3), dtype=np.uint8)
+        cv2.GaussianBlur(cv2.resize(big, (1200, 1200)), (9, 9), 0)  # the pool's threads are up
+        result = cli("expert", faces / "train", "-o", two, "--workers", "2")
+    finally:
+        cv2.setNumThreads(before)
     assert result.exit_code == 0, result.stderr
     assert one.read_bytes() == two.read_bytes()
 

@@ -16,6 +16,7 @@ where those are not there.
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 
@@ -124,7 +125,10 @@ def opinions(persons: Sequence[Person], workers: int = 1) -> Iterator[list[dict]
             yield _opinions_of(chunk)
         return
     load_model()  # the missing package is reported here, once, not by every worker
-    with ProcessPoolExecutor(max_workers=workers, initializer=_worker_start) as pool:
+    # spawn, not fork: a child forked while this process's OpenCV pool (or onnxruntime's) has threads
+    # deadlocks in it, and the pool's map then waits for ever (a hung CI run, reproduced every time).
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_start) as pool:
         yield from pool.map(_opinions_of, chunks)
 
 
