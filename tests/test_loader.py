@@ -188,3 +188,50 @@ def test_gathered_batches_equal_the_per_image_transform_and_collation(images):
         assert x1.dtype == torch.uint8 and torch.equal(x0, x1) and torch.equal(r0, r1)
         assert t0.keys() == t1.keys() and all(torch.equal(t0[k], t1[k]) for k in t0)
     assert 2 not in torch.cat([r for _, _, r in batches[1]]).tolist()
+
+
+STUCK_LOADER = """
+import os, sys, time
+import torch
+from maskkit.data.loader import make_loader
+
+class Stuck(torch.utils.data.Dataset):  # a worker that never returns, as one deadlocked after fork
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, item):
+        print(os.getpid(), flush=True)
+        time.sleep(600)
+
+next(iter(make_loader(Stuck(), batch_size=2, shuffle=False, workers=1)))
+"""
+
+
+@pytest.mark.slow
+def test_a_stuck_worker_dies_with_the_killed_main_process(tmp_path):
+    """kill -9 of a run whose loader worker is stuck: the worker goes too (torch's own check runs only
+    between items), so no orphan holds the run's pipes, memory or cores."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    main = subprocess.Popen([sys.executable, "-c", STUCK_LOADER], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    worker = int(main.stdout.readline())
+    main.send_signal(signal.SIGKILL)
+    main.wait(timeout=60)
+
+    def alive(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 20
+    while alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if alive(worker):
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the loader worker outlived the killed main process")

@@ -21,6 +21,7 @@ one pipeline whose parts share the same image geometry.
 from __future__ import annotations
 
 import copy
+import functools
 import multiprocessing
 import os
 import random
@@ -38,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from maskkit.contract.errors import MaskkitError, RunFailure
 from maskkit.contract.files import console, examples
+from maskkit.data.forking import die_with_parent
 from maskkit.data.images import read_image
 from maskkit.data.presets import DEFAULT_CROP, work_size
 from maskkit.contract.progress import progress_bar
@@ -314,8 +316,10 @@ class SeededSampler(Sampler):
         return iter([(int(i), int(seeds[i])) for i in order])
 
 
-def worker_init(worker_id: int) -> None:
-    # Seed the global RNGs from torch's per-worker seed for any library that still uses them.
+def worker_init(parent: int, worker_id: int) -> None:
+    """A worker dies with `parent`, the main process (a worker left blocked would hold the run's pipes
+    for ever), and seeds the global RNGs from torch's per-worker seed for any library that still uses them."""
+    die_with_parent(parent, worker_id)
     # (No cv2.setNumThreads here: in a forked child it can deadlock on the parent's thread pool.)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
@@ -346,7 +350,7 @@ def make_loader(
         # One OpenCV thread in this process joins the pool's threads before the workers fork
         # (the workers give the parallelism; build_cache's Python threads are unaffected).
         cv2.setNumThreads(1)
-        extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor, "worker_init_fn": worker_init}
+        extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor, "worker_init_fn": functools.partial(worker_init, os.getpid())}
         if sys.platform.startswith("linux"):
             # fork shares the cache copy-on-write; spawn/forkserver would pickle it to every worker
             extra["multiprocessing_context"] = multiprocessing.get_context("fork")

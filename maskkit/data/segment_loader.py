@@ -7,25 +7,18 @@ images in the same batches as an uninterrupted one; workers die with the main pr
 from __future__ import annotations
 
 import collections
-import contextlib
-import ctypes
 import functools
 import os
-import signal
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from maskkit.data.forking import die_with_parent
 from maskkit.data.images import read_image
 from maskkit.data.masks import to_working
-
-PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
-
 
 class Images(Dataset):
     """Decodes an image (BGR, full size) and its RGB copy at the working resolution (in workers).
@@ -60,33 +53,6 @@ def collate(items: list[tuple[int, np.ndarray | None, torch.Tensor | None]]) -> 
     groups = [(positions, torch.stack([items[p][2] for p in positions])) for positions in shapes.values()]
     return {"index": [i for i, _, _ in items], "image": [image for _, image, _ in items],
             "readable": [work is not None for _, _, work in items], "groups": groups}
-
-
-def die_with_parent(parent: int, _worker: int) -> None:
-    """DataLoader worker init (via functools.partial): on Linux the worker dies with the main process.
-
-    Without it, `kill -9` of the main process leaves workers blocked on a full queue forever.
-    """
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
-
-
-@contextlib.contextmanager
-def serial_opencv() -> Iterator[None]:
-    """OpenCV without its own thread pool while DataLoader workers are forked.
-
-    A worker forked from a process whose OpenCV pool is running can deadlock in that pool (seen with
-    cv2.setNumThreads in the worker); parallelism comes from the workers and the writing threads.
-    """
-    previous = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
-        yield
-    finally:
-        cv2.setNumThreads(previous)
 
 
 def fixed_batches(count: int, batch_size: int, wanted: set[int]) -> list[list[int]]:

@@ -17,6 +17,7 @@ where those are not there.
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 
@@ -25,6 +26,7 @@ import cv2
 from maskkit.contract.errors import MaskkitError
 from maskkit.contract.opinions import FOUND, NO_FACE, PHOTOS  # PHOTOS: tried in this order
 from maskkit.contract.progress import progress_bar
+from maskkit.data.forking import die_with_parent
 from maskkit.data.images import read_image
 
 CHUNK = 8  # persons per task sent to a worker process
@@ -110,8 +112,9 @@ def _opinions_of(chunk: Sequence[Person]) -> list[dict]:
     return [opinion(person) for person in chunk]
 
 
-def _worker_start() -> None:
-    """A worker process: one thread (the pool is the parallelism), the model loaded once, up front."""
+def _worker_start(parent: int) -> None:
+    """A worker process: dies with `parent`, one thread (the pool is the parallelism), the model loaded once, up front."""
+    die_with_parent(parent)
     cv2.setNumThreads(1)
     load_model()
 
@@ -128,7 +131,7 @@ def opinions(persons: Sequence[Person], workers: int = 1) -> Iterator[list[dict]
     # spawn, not fork: a child forked while this process's OpenCV pool (or onnxruntime's) has threads
     # deadlocks in it, and the pool's map then waits for ever (a hung CI run, reproduced every time).
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_worker_start) as pool:
+                             initializer=_worker_start, initargs=(os.getpid(),)) as pool:
         yield from pool.map(_opinions_of, chunks)
 
 

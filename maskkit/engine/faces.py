@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from maskkit.contract.errors import MaskkitError
 from maskkit.data.images import read_image
-from maskkit.data.segment_loader import die_with_parent, serial_opencv
+from maskkit.data.forking import die_with_parent, serial_opencv
 from maskkit.options import DEFAULT_DETECTOR, FACE_DETECTORS
 
 DETECTORS = FACE_DETECTORS

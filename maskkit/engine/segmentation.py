@@ -38,7 +38,8 @@ from maskkit.contract.journal import Journal, Records
 from maskkit.contract.labels import logit
 from maskkit.data.images import JPEG_QUALITY, image_magic, write_image
 from maskkit.data.masks import composite, composite_batch, mask_with_area, soften
-from maskkit.data.segment_loader import make_loader, serial_opencv
+from maskkit.data.forking import serial_opencv
+from maskkit.data.segment_loader import make_loader
 from maskkit.engine.deeplab import error_line, person_margins, person_scores
 from maskkit.engine.devices import cpu_count
 from maskkit.contract.progress import progress_bar
