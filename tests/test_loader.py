@@ -191,7 +191,7 @@ def test_gathered_batches_equal_the_per_image_transform_and_collation(images):
 
 
 STUCK_LOADER = """
-import os, sys, time
+import os, time
 import torch
 from maskkit.data.loader import make_loader
 

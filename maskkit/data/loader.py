@@ -350,7 +350,8 @@ def make_loader(
         # One OpenCV thread in this process joins the pool's threads before the workers fork
         # (the workers give the parallelism; build_cache's Python threads are unaffected).
         cv2.setNumThreads(1)
-        extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor, "worker_init_fn": functools.partial(worker_init, os.getpid())}
+        extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor,
+                 "worker_init_fn": functools.partial(worker_init, os.getpid())}
         if sys.platform.startswith("linux"):
             # fork shares the cache copy-on-write; spawn/forkserver would pickle it to every worker
             extra["multiprocessing_context"] = multiprocessing.get_context("fork")

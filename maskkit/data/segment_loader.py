@@ -20,6 +20,7 @@ from maskkit.data.forking import die_with_parent
 from maskkit.data.images import read_image
 from maskkit.data.masks import to_working
 
+
 class Images(Dataset):
     """Decodes an image (BGR, full size) and its RGB copy at the working resolution (in workers).
 

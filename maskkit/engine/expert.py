@@ -129,7 +129,7 @@ def opinions(persons: Sequence[Person], workers: int = 1) -> Iterator[list[dict]
         return
     load_model()  # the missing package is reported here, once, not by every worker
     # spawn, not fork: a child forked while this process's OpenCV pool (or onnxruntime's) has threads
-    # deadlocks in it, and the pool's map then waits for ever (a hung CI run, reproduced every time).
+    # deadlocks in it, and the pool's map then waits for ever (reproduced every time after OpenCV ran threads).
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_worker_start, initargs=(os.getpid(),)) as pool:
         yield from pool.map(_opinions_of, chunks)
